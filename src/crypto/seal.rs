@@ -1,0 +1,244 @@
+//! AEAD sealing with XChaCha20-Poly1305 and the nonce scheme.
+//!
+//! Nonce (24 bytes) = sender instance id (16 random bytes chosen once per process) || a 64-bit
+//! counter that the process increments for every message it seals. Why it never repeats under
+//! one key: within a process the counter only goes up and sealing stops before it wraps
+//! ([`CryptoError::NonceExhausted`]); two processes would need to draw the same 128-bit instance
+//! id, which the birthday bound puts below 2^-64 even after 2^32 process starts. A process never
+//! shares its [`NonceSequence`] across threads without a lock, and a data directory is used by
+//! one process at a time, so no two writers share an instance id. The counter doubles as the
+//! replay sequence number checked by [`crate::crypto::ReplayGuard`].
+
+use std::fmt;
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use zeroize::Zeroize;
+
+use super::{CryptoError, Epoch, Purpose};
+use crate::id::InstanceId;
+
+/// Length of the Poly1305 authentication tag appended to every sealed payload.
+pub const TAG_LEN: usize = 16;
+
+/// A 24-byte nonce: sender instance id then counter (big-endian).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nonce {
+    /// The sealing process.
+    pub sender: InstanceId,
+    /// Per-process message counter.
+    pub counter: u64,
+}
+
+impl Nonce {
+    /// Encoded length.
+    pub const LEN: usize = 24;
+
+    /// The 24 nonce bytes.
+    pub fn to_bytes(self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[..16].copy_from_slice(&self.sender.0);
+        out[16..].copy_from_slice(&self.counter.to_be_bytes());
+        out
+    }
+
+    /// Inverse of [`Nonce::to_bytes`].
+    pub fn from_bytes(bytes: [u8; Self::LEN]) -> Self {
+        let mut sender = [0u8; 16];
+        sender.copy_from_slice(&bytes[..16]);
+        let mut counter = [0u8; 8];
+        counter.copy_from_slice(&bytes[16..]);
+        Nonce { sender: InstanceId(sender), counter: u64::from_be_bytes(counter) }
+    }
+}
+
+/// The nonces of one sealing process: never hands out the same one twice.
+#[derive(Debug)]
+pub struct NonceSequence {
+    sender: InstanceId,
+    next: u64,
+}
+
+impl NonceSequence {
+    /// Starts at counter 1 for `sender` (the process's instance id).
+    pub fn new(sender: InstanceId) -> Self {
+        NonceSequence { sender, next: 1 }
+    }
+
+    /// The next unused nonce.
+    pub fn next_nonce(&mut self) -> Result<Nonce, CryptoError> {
+        if self.next == u64::MAX {
+            return Err(CryptoError::NonceExhausted);
+        }
+        let nonce = Nonce { sender: self.sender, counter: self.next };
+        self.next += 1;
+        Ok(nonce)
+    }
+}
+
+/// One derived key, ready to seal and open.
+#[derive(Clone)]
+pub struct EpochKey {
+    cipher: XChaCha20Poly1305,
+    mac_key: [u8; 32],
+    purpose: Purpose,
+    epoch: Epoch,
+}
+
+impl fmt::Debug for EpochKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EpochKey({:?}, epoch {})", self.purpose, self.epoch)
+    }
+}
+
+impl Drop for EpochKey {
+    fn drop(&mut self) {
+        self.mac_key.zeroize();
+    }
+}
+
+impl EpochKey {
+    pub(super) fn from_bytes(mut key: [u8; 32], purpose: Purpose, epoch: Epoch) -> Self {
+        let cipher = XChaCha20Poly1305::new((&key).into());
+        // The tag key is derived from, and independent of, the AEAD key.
+        let mac_key = blake3::derive_key("meshnode v1 tag key", &key);
+        key.zeroize();
+        EpochKey { cipher, mac_key, purpose, epoch }
+    }
+
+    /// The epoch this key belongs to.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The purpose of this key.
+    pub fn purpose(&self) -> Purpose {
+        self.purpose
+    }
+
+    /// Appends `plaintext` sealed under `nonce` with `aad` authenticated to `out`
+    /// (ciphertext then tag).
+    pub fn seal_into(&self, nonce: Nonce, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(plaintext);
+        let nonce = XNonce::from(nonce.to_bytes());
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(&nonce, aad, &mut out[start..])
+            // Only fails for messages over 256 GiB, far above every limit in meshnode.
+            .expect("XChaCha20-Poly1305 message length");
+        out.extend_from_slice(&tag);
+    }
+
+    /// Seals into a new vector.
+    pub fn seal(&self, nonce: Nonce, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(plaintext.len() + TAG_LEN);
+        self.seal_into(nonce, aad, plaintext, &mut out);
+        out
+    }
+
+    /// Opens `sealed` (ciphertext then tag); fails on any change to the bytes, the nonce, the
+    /// associated data or the key.
+    pub fn open(&self, nonce: Nonce, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if sealed.len() < TAG_LEN {
+            return Err(CryptoError::Truncated { len: sealed.len() });
+        }
+        let (ct, tag) = sealed.split_at(sealed.len() - TAG_LEN);
+        let mut buf = ct.to_vec();
+        let nonce = XNonce::from(nonce.to_bytes());
+        self.cipher
+            .decrypt_in_place_detached(&nonce, aad, &mut buf, tag.into())
+            .map_err(|_| CryptoError::Decrypt)?;
+        Ok(buf)
+    }
+
+    /// A 16-byte keyed tag (BLAKE3 keyed hash) over visible bytes, for discovery packets that
+    /// are readable by design but must not be forgeable by non-members.
+    pub fn tag(&self, data: &[u8]) -> [u8; 16] {
+        let hash = blake3::keyed_hash(&self.mac_key, data);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&hash.as_bytes()[..16]);
+        out
+    }
+
+    /// Checks a tag made by [`EpochKey::tag`] in constant time.
+    pub fn verify_tag(&self, data: &[u8], tag: &[u8]) -> bool {
+        let expected = self.tag(data);
+        tag.len() == expected.len()
+            && expected.iter().zip(tag).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+
+    /// A short non-secret fingerprint, for tests and diagnostics (never the key itself).
+    pub fn fingerprint(&self) -> [u8; 8] {
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&self.tag(b"fingerprint")[..8]);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{KeySchedule, SystemKey};
+    use proptest::prelude::*;
+
+    fn key(epoch: u64) -> EpochKey {
+        let s = KeySchedule::new(
+            &SystemKey::from_bytes([7; 32]),
+            "1,2,3,4".parse().unwrap(),
+            &"live".parse().unwrap(),
+            86_400,
+        );
+        s.key(Purpose::LanDatagram, Epoch(epoch))
+    }
+
+    #[test]
+    fn nonces_never_repeat() {
+        let mut seq = NonceSequence::new(InstanceId([1; 16]));
+        let a = seq.next_nonce().unwrap();
+        let b = seq.next_nonce().unwrap();
+        assert_ne!(a.to_bytes(), b.to_bytes());
+        assert_eq!(Nonce::from_bytes(a.to_bytes()), a);
+        seq.next = u64::MAX;
+        assert_eq!(seq.next_nonce(), Err(CryptoError::NonceExhausted));
+    }
+
+    #[test]
+    fn tamper_wrong_key_wrong_aad_are_rejected() {
+        let k = key(1);
+        let nonce = Nonce { sender: InstanceId([2; 16]), counter: 5 };
+        let sealed = k.seal(nonce, b"header", b"payload");
+        assert_eq!(k.open(nonce, b"header", &sealed).unwrap(), b"payload");
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x01;
+            assert_eq!(k.open(nonce, b"header", &bad), Err(CryptoError::Decrypt));
+        }
+        assert_eq!(key(2).open(nonce, b"header", &sealed), Err(CryptoError::Decrypt));
+        assert_eq!(k.open(nonce, b"headex", &sealed), Err(CryptoError::Decrypt));
+        let other = Nonce { counter: 6, ..nonce };
+        assert_eq!(k.open(other, b"header", &sealed), Err(CryptoError::Decrypt));
+        assert_eq!(k.open(nonce, b"header", &sealed[..10]), Err(CryptoError::Truncated { len: 10 }));
+    }
+
+    #[test]
+    fn tags() {
+        let k = key(1);
+        let t = k.tag(b"IDQY visible");
+        assert!(k.verify_tag(b"IDQY visible", &t));
+        assert!(!k.verify_tag(b"IDQY visiblf", &t));
+        assert!(!key(2).verify_tag(b"IDQY visible", &t));
+        assert!(!k.verify_tag(b"IDQY visible", &t[..15]));
+    }
+
+    proptest! {
+        #[test]
+        fn seal_open_round_trip(msg in proptest::collection::vec(any::<u8>(), 0..2000), aad in proptest::collection::vec(any::<u8>(), 0..64), counter in any::<u64>()) {
+            let k = key(3);
+            let nonce = Nonce { sender: InstanceId([9; 16]), counter };
+            let sealed = k.seal(nonce, &aad, &msg);
+            prop_assert_eq!(sealed.len(), msg.len() + TAG_LEN);
+            prop_assert_eq!(k.open(nonce, &aad, &sealed).unwrap(), msg);
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! meshnode: a peer-to-peer mesh node that carries retail business transactions to every
+//! machine of a system that needs them, over whatever path exists today.
+//!
+//! Layers, top to bottom (see `ARCHITECTURE.md` in the shared folder): the CLI, the data
+//! directory, the ledger (store + DATI logs), the wire format, and crypto underneath all.
+
+pub mod crypto;
+pub mod id;
+pub mod unit;
+
+pub use id::{DatabaseId, DeviceId, Environment, InstallId, InstanceId, Physkey, RmSystem};
+pub use unit::{FileScopes, TransferUnit, UnitKind, Urgency};
