@@ -519,7 +519,7 @@ impl PhyskeyClock {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use rand::SeedableRng;
+    use rand::{Rng, SeedableRng};
 
     #[test]
     fn rmsystem_round_trip_and_errors() {

@@ -4,9 +4,16 @@
 //! Layers, top to bottom (see `ARCHITECTURE.md` in the shared folder): the CLI, the data
 //! directory, the ledger (store + DATI logs), the wire format, and crypto underneath all.
 
+pub mod cli;
+pub mod config;
 pub mod crypto;
+pub mod datadir;
+pub mod dati;
 pub mod id;
+pub mod ledger;
+pub mod store;
 pub mod unit;
+pub mod wire;
 
 pub use id::{DatabaseId, DeviceId, Environment, InstallId, InstanceId, Physkey, RmSystem};
 pub use unit::{FileScopes, TransferUnit, UnitKind, Urgency};

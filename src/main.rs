@@ -1,1 +1,5 @@
-fn main() {}
+//! The `meshnode` binary: everything lives in the library; see `meshnode::cli`.
+
+fn main() -> std::process::ExitCode {
+    meshnode::cli::main()
+}

@@ -1,0 +1,87 @@
+//! `meshnode --status`: what this node is and holds, for an operator (table) or a script
+//! (`--json`). Works whether or not another process holds the data directory.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde_json::json;
+
+use crate::datadir::{read_identity, read_system_key, DataDir, DirLock};
+use crate::dati;
+use crate::store::Store;
+
+pub(super) fn run(dir: &Path, as_json: bool) -> anyhow::Result<()> {
+    let secrets = read_system_key(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let schedule_period = crate::config::Config::load(&dir.join(crate::datadir::CONFIG_FILE))
+        .map(|c| c.node.key_epoch_period_secs)
+        .unwrap_or(crate::crypto::DEFAULT_EPOCH_PERIOD_SECS);
+    let key_epoch = secrets.key_schedule(schedule_period).epoch_at(super::now_ms() / 1000).0;
+    let files = dati::list_files(&dir.join("dati")).unwrap_or_default();
+    let dati_files: Vec<_> = files.iter().map(|f| json!({"name": f.name, "size": f.size})).collect();
+
+    let mut status = json!({
+        "rmsystem": secrets.rmsystem.to_string(),
+        "env": secrets.env.to_string(),
+        "running": false,
+        "key_epoch": key_epoch,
+        "dati_files": dati_files,
+    });
+    if let Some(pid) = DirLock::holder(dir) {
+        // Another process (a submit, or later the node) has the store open; report what the
+        // files tell and say who holds it.
+        let identity = read_identity(dir)?;
+        status["dbid"] = json!(identity.dbid.as_str());
+        status["device_id"] = json!(crate::datadir::device_id(dir)?.to_string());
+        status["busy_pid"] = json!(pid);
+        status["units_total"] = serde_json::Value::Null;
+        status["units_by_origin"] = serde_json::Value::Null;
+    } else {
+        let (datadir, ledger) = super::open_ledger(dir)?;
+        fill_from_store(&mut status, &datadir, ledger.store());
+        ledger.close()?;
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print_table(&status);
+    }
+    Ok(())
+}
+
+fn fill_from_store(status: &mut serde_json::Value, datadir: &DataDir, store: &impl Store) {
+    status["dbid"] = json!(datadir.identity.dbid.as_str());
+    status["device_id"] = json!(datadir.device_id.to_string());
+    status["units_total"] = json!(store.units_total());
+    let by_origin: serde_json::Map<String, serde_json::Value> = store
+        .count_by_origin()
+        .into_iter()
+        .map(|(origin, n)| (origin.to_string(), json!(n)))
+        .collect();
+    status["units_by_origin"] = serde_json::Value::Object(by_origin);
+}
+
+fn print_table(s: &serde_json::Value) {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    println!("system    {} ({})", text(&s["rmsystem"]), text(&s["env"]));
+    println!("dbid      {}   device {}", text(&s["dbid"]), text(&s["device_id"]));
+    match s.get("busy_pid") {
+        Some(pid) => println!("node      not running; data directory busy (pid {})", text(pid)),
+        None => println!("node      not running"),
+    }
+    println!("key epoch {}", text(&s["key_epoch"]));
+    println!("units     {}", text(&s["units_total"]));
+    if let Some(origins) = s["units_by_origin"].as_object() {
+        for (origin, n) in origins {
+            println!("  {origin}  {n}");
+        }
+    }
+    let files = s["dati_files"].as_array().cloned().unwrap_or_default();
+    println!("daily logs {}", files.len());
+    for f in files {
+        println!("  {}  {} bytes", text(&f["name"]), text(&f["size"]));
+    }
+}

@@ -1,0 +1,264 @@
+//! `meshnode.toml`: the node's settings, their defaults, and validation with clear messages.
+//!
+//! `meshnode init` writes [`Config::TEMPLATE`], every setting with its default and a comment.
+//! Unknown keys are errors (a typo must not silently fall back to a default), and every error
+//! names the file, the line and the fix. This module does not read the system key (see
+//! `crate::datadir`).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::crypto::DEFAULT_EPOCH_PERIOD_SECS;
+use crate::unit::DEFAULT_PAYLOAD_LIMIT;
+
+/// Errors reading or validating `meshnode.toml`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// TOML syntax error or unknown key; the message carries line and column.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, with the line, the column and the offending text.
+        message: String,
+    },
+    /// A value out of range.
+    #[error("invalid config {path}: {key} = {value} is out of range; {expected}")]
+    Range {
+        /// The file.
+        path: PathBuf,
+        /// The setting, `section.name`.
+        key: &'static str,
+        /// The value given.
+        value: u64,
+        /// The allowed range, in words.
+        expected: &'static str,
+    },
+}
+
+/// All settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[node]`.
+    pub node: NodeConfig,
+    /// `[store]`.
+    pub store: StoreConfig,
+    /// `[dati]`.
+    pub dati: DatiConfig,
+    /// `[submit]`.
+    pub submit: SubmitConfig,
+}
+
+/// `[node]`: settings that must agree across a system.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Largest unit payload accepted, in bytes.
+    pub payload_limit: u64,
+    /// Key epoch period in seconds.
+    pub key_epoch_period_secs: u64,
+}
+
+/// `[store]`: the local indexed store.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// sled page cache in MiB.
+    pub cache_mb: u64,
+    /// How often the store is flushed and the log replay point moved, in milliseconds.
+    pub checkpoint_interval_ms: u64,
+}
+
+/// `[dati]`: the TUBT daily log files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatiConfig {
+    /// Start a new file when the current one would exceed this many bytes.
+    pub file_size_limit: u64,
+}
+
+/// `[submit]`: local submission.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubmitConfig {
+    /// Units per group commit when submitting JSON lines.
+    pub batch_size: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node: NodeConfig::default(),
+            store: StoreConfig::default(),
+            dati: DatiConfig::default(),
+            submit: SubmitConfig::default(),
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            payload_limit: DEFAULT_PAYLOAD_LIMIT as u64,
+            key_epoch_period_secs: DEFAULT_EPOCH_PERIOD_SECS,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { cache_mb: 64, checkpoint_interval_ms: 1000 }
+    }
+}
+
+impl Default for DatiConfig {
+    fn default() -> Self {
+        DatiConfig { file_size_limit: 64 << 20 }
+    }
+}
+
+impl Default for SubmitConfig {
+    fn default() -> Self {
+        SubmitConfig { batch_size: 1000 }
+    }
+}
+
+impl Config {
+    /// The file `meshnode init` writes: every setting at its default, with a comment.
+    pub const TEMPLATE: &'static str = r#"# meshnode settings. Every value below is the default; change one and restart the node.
+# Unknown keys are refused, so a typo is reported instead of silently ignored.
+
+[node]
+# Largest payload of one transfer unit, in bytes (1 MiB). Larger submissions are refused with
+# an error. Keep it the same on every node of the system: a node drops units over its limit.
+payload_limit = 1048576
+# Derived keys change every this many seconds (24 h). Nodes accept the previous, current and
+# next period, so clocks may differ by up to one period. Keep it the same on every node.
+key_epoch_period_secs = 86400
+
+[store]
+# Page cache of the local store, in MiB. More speeds up reads of old units; the node's memory
+# grows by about this much.
+cache_mb = 64
+# How often, in milliseconds, the store is flushed and the daily-log replay point advanced.
+# Acknowledged units are durable in the daily logs regardless; this bounds restart work.
+checkpoint_interval_ms = 1000
+
+[dati]
+# A daily log file (dati/TUBT_<DBID>_<NNNN>_<YYYYMMDD>.DATI) is closed and a new one started
+# each UTC day, or earlier when it would grow past this many bytes (64 MiB).
+file_size_limit = 67108864
+
+[submit]
+# Units written per group commit by `meshnode submit --jsonl` (one disk sync per batch).
+batch_size = 1000
+"#;
+
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let check = |key: &'static str, value: u64, min: u64, max: u64, expected: &'static str| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(ConfigError::Range { path: path.to_path_buf(), key, value, expected })
+            }
+        };
+        check(
+            "node.payload_limit",
+            self.node.payload_limit,
+            1,
+            16 << 20,
+            "use 1 to 16777216 bytes",
+        )?;
+        check(
+            "node.key_epoch_period_secs",
+            self.node.key_epoch_period_secs,
+            60,
+            366 * 86_400,
+            "use 60 seconds to 366 days",
+        )?;
+        check("store.cache_mb", self.store.cache_mb, 4, 64 << 10, "use 4 to 65536 MiB")?;
+        check(
+            "store.checkpoint_interval_ms",
+            self.store.checkpoint_interval_ms,
+            10,
+            600_000,
+            "use 10 ms to 10 minutes",
+        )?;
+        check(
+            "dati.file_size_limit",
+            self.dati.file_size_limit,
+            64 << 10,
+            4 << 30,
+            "use 64 KiB to 4 GiB",
+        )?;
+        check("submit.batch_size", self.submit.batch_size, 1, 100_000, "use 1 to 100000")?;
+        Ok(())
+    }
+
+    /// The payload limit as a `usize`.
+    pub fn payload_limit(&self) -> usize {
+        usize::try_from(self.node.payload_limit).unwrap_or(usize::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_is_the_defaults() {
+        let parsed = Config::parse(Config::TEMPLATE, Path::new("meshnode.toml")).unwrap();
+        assert_eq!(parsed, Config::default());
+        assert_eq!(Config::parse("", Path::new("x")).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let err = Config::parse("[node]\npayload_limit = 5\npayload_limt = 3\n", Path::new("m.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("m.toml"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("payload_limt"), "{err}");
+
+        let err = Config::parse("[node]\npayload_limit = \"big\"\n", Path::new("m.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+
+        let err = Config::parse("[store]\ncache_mb = 1\n", Path::new("m.toml")).unwrap_err().to_string();
+        assert!(err.contains("store.cache_mb = 1"), "{err}");
+        assert!(err.contains("4 to 65536"), "{err}");
+
+        let err = Config::parse("[node\n", Path::new("m.toml")).unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+}

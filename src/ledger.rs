@@ -1,0 +1,347 @@
+//! The ledger: the node's durable record of units, made of the DATI daily logs (the write-ahead
+//! log) and the store (the indexed copy).
+//!
+//! Write path, per batch (group commit):
+//! 1. validate, deduplicate, allocate own sequence numbers and physkeys;
+//! 2. append every new unit to its origin's daily log and fdatasync the touched files: from
+//!    here the batch survives kill -9 and power loss;
+//! 3. insert the batch into the store in one atomic store batch;
+//! 4. acknowledge.
+//!
+//! The store is flushed only on a checkpoint schedule; after each flush the log positions it
+//! covers are recorded in the store's meta. Opening replays every log record after the last
+//! recorded checkpoint, so units the store lost in a crash come back, and (because step 2 comes
+//! before step 3) the store never holds a unit the logs lack. Sequence numbers are never reused:
+//! the next own seq is one past the highest held after replay, and nothing leaves the node
+//! before step 2 (a seq allocated by a batch that crashed before its sync was never
+//! acknowledged nor sent, so it is free again).
+//!
+//! This module reads no clock: callers pass `now_ms`. It does not talk to the network.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::dati::{self, DatiConfig, DatiError, DatiPosition, DatiWriter};
+use crate::datadir::DataDir;
+use crate::id::{DatabaseId, InstanceId, Physkey, PhyskeyClock};
+use crate::store::{InsertOutcome, SledStore, Store, StoreError};
+use crate::unit::{FileScopes, TransferUnit, UnitError, UnitKind, Urgency};
+
+const META_CHECKPOINT: &str = "dati_checkpoint";
+const META_NNNN: &str = "dati_nnnn";
+const REPLAY_BATCH: usize = 4096;
+
+/// Errors of the ledger.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A daily log failed.
+    #[error(transparent)]
+    Dati(#[from] DatiError),
+    /// An earlier write failed part way; this ledger refuses further writes.
+    #[error("an earlier write failed; reopen the data directory (restart meshnode) before writing again")]
+    Poisoned,
+    /// A meta value written by meshnode does not decode.
+    #[error("store meta value {name:?} is damaged; run `meshnode rebuild` to rebuild the store from the daily logs")]
+    BadMeta {
+        /// The meta key.
+        name: &'static str,
+    },
+    /// A submission that cannot be accepted.
+    #[error(transparent)]
+    Unit(#[from] UnitError),
+    /// The origin has used every sequence number a physkey can carry.
+    #[error("origin {0} has used every sequence number; allocate a new data directory")]
+    SeqExhausted(DatabaseId),
+}
+
+/// One unit an application hands in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submission {
+    /// TUBT, TUEV or TUST.
+    pub kind: UnitKind,
+    /// How soon it must travel.
+    pub urgency: Urgency,
+    /// TUBT file scopes.
+    pub scopes: FileScopes,
+    /// The application's own record key; makes resubmission idempotent. Generated if absent.
+    pub physkey: Option<Physkey>,
+    /// The opaque payload.
+    pub payload: Vec<u8>,
+}
+
+/// What the application is told about an accepted submission, once it is durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    /// The origin (this node's dbid, or another's for an earlier unit with the same physkey).
+    pub origin: DatabaseId,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its physkey.
+    pub physkey: Physkey,
+    /// True when the physkey was already held: nothing new was written.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub existing: bool,
+}
+
+/// What happened while opening, for the operator's log.
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    /// Log records replayed into the store after the last checkpoint.
+    pub replayed: u64,
+    /// Human-readable notes from repairing the logs (torn tails cut, files skipped).
+    pub repairs: Vec<String>,
+}
+
+/// The durable record of one data directory.
+pub struct Ledger<S: Store = SledStore> {
+    store: S,
+    dati: DatiWriter,
+    own: DatabaseId,
+    clock: PhyskeyClock,
+    next_own_seq: u64,
+    payload_limit: usize,
+    checkpoint_interval_ms: u64,
+    last_checkpoint_ms: Option<u64>,
+    poisoned: bool,
+}
+
+impl Ledger<SledStore> {
+    /// Opens the ledger of a locked data directory, repairing and replaying the logs.
+    pub fn open(dir: &DataDir, instance: InstanceId) -> Result<(Self, OpenReport), LedgerError> {
+        let cache = dir.config.store.cache_mb.saturating_mul(1 << 20);
+        let store = SledStore::open(&dir.store_path(), cache)?;
+        Ledger::with_store(store, dir, instance)
+    }
+}
+
+impl<S: Store> Ledger<S> {
+    /// Opens the ledger over `store` (any implementation) with the logs of `dir`.
+    pub fn with_store(
+        mut store: S,
+        dir: &DataDir,
+        instance: InstanceId,
+    ) -> Result<(Self, OpenReport), LedgerError> {
+        let keys = dir.key_schedule();
+        let nnnn_floor: BTreeMap<DatabaseId, u32> = meta_decode(&store, META_NNNN)?.unwrap_or_default();
+        let cfg = DatiConfig { dir: dir.dati_path(), size_limit: dir.config.dati.file_size_limit };
+        let (writer, dati_report) = DatiWriter::open(cfg, keys.clone(), instance, &nnnn_floor)?;
+        let mut report = OpenReport {
+            repairs: dati_report.repairs.iter().map(|r| format!("{r:?}")).collect(),
+            ..OpenReport::default()
+        };
+
+        // Replay everything after the checkpoint; the store ignores what it already holds.
+        let checkpoint: BTreeMap<DatabaseId, DatiPosition> =
+            meta_decode(&store, META_CHECKPOINT)?.unwrap_or_default();
+        let mut batch = Vec::with_capacity(REPLAY_BATCH);
+        let replay = dati::read_from(&dir.dati_path(), &keys, &checkpoint, |unit| {
+            if store.contains(&unit.origin, unit.seq) {
+                return Ok(());
+            }
+            batch.push(unit);
+            report.replayed += 1;
+            if batch.len() >= REPLAY_BATCH {
+                store.insert_batch(&batch, &[])?;
+                batch.clear();
+            }
+            Ok::<(), LedgerError>(())
+        })?;
+        report.repairs.extend(replay.problems.iter().map(|p| format!("skipped during replay: {p}")));
+        if !batch.is_empty() {
+            store.insert_batch(&batch, &[])?;
+        }
+
+        let own = dir.identity.dbid;
+        let next_own_seq = store.next_seq(&own);
+        let floor = match next_own_seq.checked_sub(1).filter(|s| *s > 0) {
+            Some(last) => store.get(&own, last)?.map(|u| {
+                u.physkey.generated_parts().map_or(u.created_ms, |p| p.time_ms.max(u.created_ms))
+            }),
+            None => None,
+        };
+        let mut ledger = Ledger {
+            store,
+            dati: writer,
+            own,
+            clock: PhyskeyClock::new(floor.unwrap_or(0)),
+            next_own_seq,
+            payload_limit: dir.config.payload_limit(),
+            checkpoint_interval_ms: dir.config.store.checkpoint_interval_ms,
+            last_checkpoint_ms: None,
+            poisoned: false,
+        };
+        if report.replayed > 0 {
+            ledger.checkpoint()?;
+        }
+        Ok((ledger, report))
+    }
+
+    /// The store, for reads.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// This node's dbid.
+    pub fn own_dbid(&self) -> DatabaseId {
+        self.own
+    }
+
+    /// The payload limit in force.
+    pub fn payload_limit(&self) -> usize {
+        self.payload_limit
+    }
+
+    /// Validates one submission without writing anything.
+    pub fn check(&self, sub: &Submission) -> Result<(), UnitError> {
+        if sub.payload.len() > self.payload_limit {
+            return Err(UnitError::PayloadTooLarge { len: sub.payload.len(), limit: self.payload_limit });
+        }
+        Ok(())
+    }
+
+    /// Submits local units as one group commit. Returns one receipt per submission, in order,
+    /// after all of them are durable. Submissions must have passed [`Ledger::check`]; one that
+    /// did not makes the whole call fail before anything is written.
+    pub fn submit_batch(
+        &mut self,
+        subs: Vec<Submission>,
+        now_ms: u64,
+    ) -> Result<Vec<Receipt>, LedgerError> {
+        if self.poisoned {
+            return Err(LedgerError::Poisoned);
+        }
+        for sub in &subs {
+            self.check(sub)?;
+        }
+        let mut receipts = Vec::with_capacity(subs.len());
+        let mut units = Vec::with_capacity(subs.len());
+        let mut batch_keys: BTreeMap<Physkey, usize> = BTreeMap::new();
+        let mut seq = self.next_own_seq;
+        for sub in subs {
+            if let Some(key) = sub.physkey {
+                if let Some((origin, existing)) = self.store.find_physkey(&key)? {
+                    receipts.push(Receipt { origin, seq: existing, physkey: key, existing: true });
+                    continue;
+                }
+                if let Some(&i) = batch_keys.get(&key) {
+                    let first: &TransferUnit = &units[i];
+                    receipts.push(Receipt { origin: first.origin, seq: first.seq, physkey: key, existing: true });
+                    continue;
+                }
+            }
+            let time = self.clock.next(now_ms);
+            let physkey = match sub.physkey {
+                Some(key) => key,
+                None => Physkey::generate(time, &self.own, seq).ok_or(LedgerError::SeqExhausted(self.own))?,
+            };
+            if sub.physkey.is_some() {
+                batch_keys.insert(physkey, units.len());
+            }
+            units.push(TransferUnit {
+                kind: sub.kind,
+                physkey,
+                origin: self.own,
+                seq,
+                created_ms: now_ms,
+                urgency: sub.urgency,
+                scopes: sub.scopes,
+                payload: sub.payload,
+            });
+            receipts.push(Receipt { origin: self.own, seq, physkey, existing: false });
+            seq += 1;
+        }
+        self.write(&units, now_ms)?;
+        self.next_own_seq = seq;
+        Ok(receipts)
+    }
+
+    /// Accepts units that arrived from elsewhere (a peer, a carried log file): skips what is
+    /// held, logs and stores the rest durably. Returns how many were new.
+    pub fn accept_batch(&mut self, units: Vec<TransferUnit>, now_ms: u64) -> Result<usize, LedgerError> {
+        if self.poisoned {
+            return Err(LedgerError::Poisoned);
+        }
+        let mut seen = BTreeSet::new();
+        let fresh: Vec<TransferUnit> = units
+            .into_iter()
+            .filter(|u| !self.store.contains(&u.origin, u.seq) && seen.insert((u.origin, u.seq)))
+            .collect();
+        let n = fresh.len();
+        self.write(&fresh, now_ms)?;
+        self.next_own_seq = self.next_own_seq.max(self.store.next_seq(&self.own));
+        Ok(n)
+    }
+
+    fn write(&mut self, units: &[TransferUnit], now_ms: u64) -> Result<Vec<InsertOutcome>, LedgerError> {
+        if units.is_empty() {
+            return Ok(Vec::new());
+        }
+        let result = (|| {
+            for unit in units {
+                self.dati.append(unit, now_ms)?;
+            }
+            self.dati.sync()?;
+            Ok::<_, LedgerError>(self.store.insert_batch(units, &[])?)
+        })();
+        match result {
+            Ok(outcomes) => {
+                self.maybe_checkpoint(now_ms)?;
+                Ok(outcomes)
+            }
+            Err(e) => {
+                // Part of the batch may be in the logs; a retry with the same seqs would write
+                // different units under them. Refuse until reopened (which replays the logs).
+                self.poisoned = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn maybe_checkpoint(&mut self, now_ms: u64) -> Result<(), LedgerError> {
+        match self.last_checkpoint_ms {
+            None => self.last_checkpoint_ms = Some(now_ms),
+            Some(last) if now_ms.saturating_sub(last) >= self.checkpoint_interval_ms => {
+                self.checkpoint()?;
+                self.last_checkpoint_ms = Some(now_ms);
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Flushes the store and records the log positions it now covers, so a later open replays
+    /// only what came after.
+    pub fn checkpoint(&mut self) -> Result<(), LedgerError> {
+        let positions = self.dati.positions();
+        let nnnn = self.dati.nnnn_high_water();
+        self.store.flush()?;
+        // Recorded after the flush: a checkpoint on disk never claims more than the store holds.
+        self.store.meta_put(META_CHECKPOINT, &postcard::to_stdvec(&positions).expect("encode"))?;
+        self.store.meta_put(META_NNNN, &postcard::to_stdvec(&nnnn).expect("encode"))?;
+        self.store.flush()?;
+        Ok(())
+    }
+
+    /// Checkpoints and closes; the next open replays nothing.
+    pub fn close(mut self) -> Result<(), LedgerError> {
+        if self.poisoned {
+            return Err(LedgerError::Poisoned);
+        }
+        self.checkpoint()
+    }
+}
+
+fn meta_decode<S: Store, T: for<'de> Deserialize<'de>>(
+    store: &S,
+    name: &'static str,
+) -> Result<Option<T>, LedgerError> {
+    match store.meta_get(name)? {
+        None => Ok(None),
+        Some(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(|_| LedgerError::BadMeta { name }),
+    }
+}

@@ -1,0 +1,474 @@
+//! The production store: one sled tree, keys by prefix (layout in the module doc of
+//! `crate::store`).
+//!
+//! Each insert batch is one `sled::Batch` holding the unit runs, the version vector entries of
+//! the origins it adds to, new physkey index entries and the caller's meta writes, so a crash
+//! keeps all of it or none. Units of one origin with contiguous seqs are stored as one value (a
+//! run, at most [`RUN_MAX_UNITS`] units or [`RUN_MAX_BYTES`]) because sled costs several µs per
+//! key. The version vector is loaded whole at open, so duplicates and `contains` never read sled.
+//!
+//! If applying a batch fails, sled may hold part of it in memory (a crash would drop it, as the
+//! batch is unsealed); this store then refuses further batches until it is reopened, so that no
+//! run can be written over a stale half-written one.
+//!
+//! This store does not fsync on insert (see [`Store::flush`]) and does not compact runs later: a
+//! unit stays in the run it arrived in.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use sled::IVec;
+
+use super::plan::{self, OriginTags};
+use super::{
+    Corruption, InsertOutcome, MetaWrite, OriginRange, Store, StoreError, StoreKey, VersionVector,
+    MAX_APP_NAME,
+};
+use crate::id::{DatabaseId, Physkey};
+use crate::unit::TransferUnit;
+
+/// A run holds at most this many units.
+pub(crate) const RUN_MAX_UNITS: u32 = 64;
+/// A run grows past this many bytes only to hold its first unit.
+///
+/// Kept small on purpose: sled 0.34 keeps up to 17 values in a leaf and writes any page over a
+/// quarter of its 512 KiB segment (128 KiB) as a separate blob file, created on every rewrite
+/// of that leaf. 17 runs of 7 KiB stay under that; 64-unit runs of 256-byte payloads (21 KiB)
+/// did not, and measured about twice the CPU per unit.
+pub(crate) const RUN_MAX_BYTES: usize = 7 << 10;
+
+const UNIT: u8 = b'u';
+const VECTOR: u8 = b'v';
+const PHYSKEY: u8 = b'p';
+const CURSOR: u8 = b'c';
+const META: u8 = b'm';
+const UNIT_KEY_LEN: usize = 1 + DatabaseId::LEN + 8;
+const INDEX_VALUE_LEN: usize = DatabaseId::LEN + 8;
+
+/// The sled-backed [`Store`].
+#[derive(Debug)]
+pub struct SledStore {
+    db: sled::Db,
+    vector: VersionVector,
+    tags: OriginTags,
+    /// An earlier `apply_batch` failed: refuse batches until reopened.
+    poisoned: bool,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in directory `path` with a page cache of
+    /// `cache_capacity_bytes` (see [`super::DEFAULT_CACHE_CAPACITY`]), and loads the version
+    /// vector. sled also writes back on its own every 500 ms.
+    pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity_bytes)
+            .flush_every_ms(Some(500))
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let mut vector = VersionVector::new();
+        for item in db.scan_prefix([VECTOR]) {
+            let (key, value) = item?;
+            let origin = key
+                .get(1..)
+                .and_then(|b| DatabaseId::from_bytes(b).ok())
+                .ok_or_else(|| corrupt(&key, Corruption::Key))?;
+            let range = OriginRange::decode(&origin, &value).map_err(|e| corrupt(&key, e))?;
+            vector.replace(origin, Some(range));
+        }
+        let tags = OriginTags::from_vector(&vector);
+        Ok(SledStore { db, vector, tags, poisoned: false })
+    }
+
+    /// Bytes sled uses on disk, for status output.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    /// The application index entry for `physkey`.
+    fn index_get(&self, physkey: &Physkey) -> Result<Option<(DatabaseId, u64)>, StoreError> {
+        let key = physkey_key(physkey);
+        let Some(value) = self.db.get(key)? else {
+            return Ok(None);
+        };
+        let origin = value.get(..DatabaseId::LEN).and_then(|b| DatabaseId::from_bytes(b).ok());
+        let seq = value.get(DatabaseId::LEN..).and_then(be_u64);
+        match (origin, seq) {
+            (Some(origin), Some(seq)) => Ok(Some((origin, seq))),
+            _ => Err(corrupt(&key, Corruption::Index)),
+        }
+    }
+
+    /// The run holding `seq` of `origin` would be the last run starting at or before it.
+    fn run_at_or_before(
+        &self,
+        origin: &DatabaseId,
+        seq: u64,
+    ) -> Result<Option<(IVec, IVec)>, StoreError> {
+        Ok(self.db.range(unit_key(origin, 0)..=unit_key(origin, seq)).next_back().transpose()?)
+    }
+}
+
+impl Store for SledStore {
+    fn insert_batch(
+        &mut self,
+        units: &[TransferUnit],
+        meta: &[MetaWrite],
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        let plan = {
+            let this = &*self;
+            plan::plan_batch(&this.vector, units, &mut |key| this.find_physkey(key))?
+        };
+        if plan.accepted.is_empty() && meta.is_empty() {
+            return Ok(plan.outcomes);
+        }
+        let mut batch = sled::Batch::default();
+        let mut accepted: Vec<&TransferUnit> =
+            plan.accepted.iter().filter_map(|&i| units.get(i)).collect();
+        accepted.sort_unstable_by_key(|u| (u.origin, u.seq));
+        let mut run: Option<RunBuilder> = None;
+        for unit in accepted {
+            let encoded = unit.encode();
+            if !run.as_ref().is_some_and(|r| r.continues_with(unit, encoded.len())) {
+                if let Some(done) = run.take() {
+                    done.finish(&mut batch);
+                }
+                run = Some(RunBuilder::new(unit));
+            }
+            if let Some(r) = run.as_mut() {
+                r.push(&encoded);
+            }
+        }
+        if let Some(done) = run {
+            done.finish(&mut batch);
+        }
+        for (origin, range) in &plan.touched {
+            batch.insert(&vector_key(origin)[..], range.encode());
+        }
+        for (physkey, (origin, seq)) in &plan.index {
+            let mut value = [0u8; INDEX_VALUE_LEN];
+            value[..DatabaseId::LEN].copy_from_slice(origin.as_bytes());
+            value[DatabaseId::LEN..].copy_from_slice(&seq.to_be_bytes());
+            batch.insert(&physkey_key(physkey)[..], &value[..]);
+        }
+        for (name, value) in meta {
+            match value {
+                Some(value) => batch.insert(meta_key(name), value.as_slice()),
+                None => batch.remove(meta_key(name)),
+            }
+        }
+        if let Err(e) = self.db.apply_batch(batch) {
+            self.poisoned = true;
+            return Err(e.into());
+        }
+        for (origin, range) in plan.touched {
+            self.tags.add(origin);
+            self.vector.replace(origin, Some(range));
+        }
+        Ok(plan.outcomes)
+    }
+
+    fn contains(&self, origin: &DatabaseId, seq: u64) -> bool {
+        self.vector.contains(origin, seq)
+    }
+
+    fn get(&self, origin: &DatabaseId, seq: u64) -> Result<Option<TransferUnit>, StoreError> {
+        if !self.vector.contains(origin, seq) {
+            return Ok(None);
+        }
+        let missing = || corrupt(&unit_key(origin, seq), Corruption::Missing { seq });
+        let (key, value) = self.run_at_or_before(origin, seq)?.ok_or_else(missing)?;
+        for entry in Run::parse(&key, &value)?.entries() {
+            let (at, bytes) = entry?;
+            if at == seq {
+                return decode_unit(&key, origin, seq, bytes).map(Some);
+            }
+        }
+        Err(missing())
+    }
+
+    fn range(
+        &self,
+        origin: &DatabaseId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<TransferUnit>, StoreError> {
+        let from = from.max(1);
+        let mut out = Vec::new();
+        if limit == 0 || from > self.vector.highest(origin) {
+            return Ok(out);
+        }
+        out.reserve(limit.min(1024));
+        let start = match self.run_at_or_before(origin, from)? {
+            Some((key, _)) => key,
+            None => IVec::from(&unit_key(origin, from)[..]),
+        };
+        for item in self.db.range(start..=IVec::from(&unit_key(origin, u64::MAX)[..])) {
+            let (key, value) = item?;
+            for entry in Run::parse(&key, &value)?.entries() {
+                let (seq, bytes) = entry?;
+                if seq < from {
+                    continue;
+                }
+                out.push(decode_unit(&key, origin, seq, bytes)?);
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn find_physkey(&self, physkey: &Physkey) -> Result<Option<(DatabaseId, u64)>, StoreError> {
+        plan::find_physkey(
+            physkey,
+            &self.tags,
+            &self.vector,
+            |origin, seq| self.get(origin, seq),
+            |key| self.index_get(key),
+        )
+    }
+
+    fn version_vector(&self) -> &VersionVector {
+        &self.vector
+    }
+
+    fn meta_get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(meta_key(name))?.map(|v| v.to_vec()))
+    }
+
+    fn meta_put(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.db.insert(meta_key(name), value)?;
+        Ok(())
+    }
+
+    fn cursor(&self, app: &str) -> Result<BTreeMap<DatabaseId, u64>, StoreError> {
+        let prefix = cursor_prefix(app)?;
+        let mut out = BTreeMap::new();
+        for item in self.db.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            let origin = key.get(prefix.len()..).and_then(|b| DatabaseId::from_bytes(b).ok());
+            match (origin, be_u64(&value)) {
+                (Some(origin), Some(seq)) => out.insert(origin, seq),
+                _ => return Err(corrupt(&key, Corruption::Index)),
+            };
+        }
+        Ok(out)
+    }
+
+    fn set_cursor(&mut self, app: &str, origin: &DatabaseId, seq: u64) -> Result<(), StoreError> {
+        let mut key = cursor_prefix(app)?;
+        key.extend_from_slice(origin.as_bytes());
+        self.db.insert(key, &seq.to_be_bytes()[..])?;
+        Ok(())
+    }
+
+    fn for_each_unit(&self, f: &mut dyn FnMut(&TransferUnit) -> bool) -> Result<(), StoreError> {
+        for item in self.db.scan_prefix([UNIT]) {
+            let (key, value) = item?;
+            let run = Run::parse(&key, &value)?;
+            for entry in run.entries() {
+                let (seq, bytes) = entry?;
+                if !f(&decode_unit(&key, &run.origin, seq, bytes)?) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// Builds one run value: count, then length-prefixed encoded units.
+struct RunBuilder {
+    key: [u8; UNIT_KEY_LEN],
+    origin: DatabaseId,
+    next_seq: Option<u64>,
+    count: u32,
+    buf: Vec<u8>,
+}
+
+impl RunBuilder {
+    fn new(first: &TransferUnit) -> Self {
+        let mut buf = Vec::with_capacity(RUN_MAX_BYTES.min(64 * (first.encoded_len_hint() + 4)));
+        buf.extend_from_slice(&[0; 4]);
+        RunBuilder {
+            key: unit_key(&first.origin, first.seq),
+            origin: first.origin,
+            next_seq: Some(first.seq),
+            count: 0,
+            buf,
+        }
+    }
+
+    fn continues_with(&self, unit: &TransferUnit, encoded_len: usize) -> bool {
+        self.origin == unit.origin
+            && self.next_seq == Some(unit.seq)
+            && self.count < RUN_MAX_UNITS
+            && self.buf.len() + 4 + encoded_len <= RUN_MAX_BYTES
+    }
+
+    fn push(&mut self, encoded: &[u8]) {
+        // A unit is at most the payload limit (MiBs), far below u32::MAX.
+        let len = u32::try_from(encoded.len()).unwrap_or(u32::MAX);
+        self.buf.extend_from_slice(&len.to_be_bytes());
+        self.buf.extend_from_slice(encoded);
+        self.count += 1;
+        self.next_seq = self.next_seq.and_then(|s| s.checked_add(1));
+    }
+
+    fn finish(mut self, batch: &mut sled::Batch) {
+        // buf starts with the 4 bytes reserved in `new`.
+        self.buf[..4].copy_from_slice(&self.count.to_be_bytes());
+        batch.insert(&self.key[..], self.buf);
+    }
+}
+
+/// A run value read from disk, checked as it is walked.
+struct Run<'a> {
+    key: &'a [u8],
+    origin: DatabaseId,
+    first_seq: u64,
+    count: u32,
+    body: &'a [u8],
+}
+
+impl<'a> Run<'a> {
+    fn parse(key: &'a [u8], value: &'a [u8]) -> Result<Self, StoreError> {
+        let origin = key.get(1..1 + DatabaseId::LEN).and_then(|b| DatabaseId::from_bytes(b).ok());
+        let first_seq = key.get(1 + DatabaseId::LEN..).and_then(be_u64);
+        let (Some(origin), Some(first_seq)) = (origin, first_seq) else {
+            return Err(corrupt(key, Corruption::Key));
+        };
+        let count =
+            value.get(..4).and_then(be_u32).ok_or_else(|| corrupt(key, Corruption::Truncated))?;
+        if count == 0 {
+            return Err(corrupt(key, Corruption::EmptyRun));
+        }
+        Ok(Run { key, origin, first_seq, count, body: value.get(4..).unwrap_or_default() })
+    }
+
+    fn entries(&self) -> RunEntries<'a> {
+        RunEntries {
+            key: self.key,
+            next_seq: Some(self.first_seq),
+            left: self.count,
+            rest: self.body,
+        }
+    }
+}
+
+/// `(seq, encoded unit)` of each unit in a run, in order.
+struct RunEntries<'a> {
+    key: &'a [u8],
+    next_seq: Option<u64>,
+    left: u32,
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for RunEntries<'a> {
+    type Item = Result<(u64, &'a [u8]), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            if self.rest.is_empty() {
+                return None;
+            }
+            let len = self.rest.len();
+            self.rest = &[];
+            return Some(Err(corrupt(self.key, Corruption::Trailing { len })));
+        }
+        let entry = (|| {
+            let seq = self.next_seq?;
+            let len = usize::try_from(self.rest.get(..4).and_then(be_u32)?).ok()?;
+            let bytes = self.rest.get(4..4usize.checked_add(len)?)?;
+            Some((seq, bytes, len + 4))
+        })();
+        let Some((seq, bytes, used)) = entry else {
+            self.left = 0;
+            self.rest = &[];
+            return Some(Err(corrupt(self.key, Corruption::Truncated)));
+        };
+        self.rest = self.rest.get(used..).unwrap_or_default();
+        self.left -= 1;
+        self.next_seq = seq.checked_add(1);
+        Some(Ok((seq, bytes)))
+    }
+}
+
+fn decode_unit(
+    key: &[u8],
+    origin: &DatabaseId,
+    seq: u64,
+    bytes: &[u8],
+) -> Result<TransferUnit, StoreError> {
+    // The payload cannot be longer than the encoding; the ledger checked the real limit.
+    let unit = TransferUnit::decode(bytes, bytes.len()).map_err(|e| corrupt(key, e))?;
+    if unit.origin != *origin || unit.seq != seq {
+        return Err(corrupt(key, Corruption::Misplaced { origin: unit.origin, seq: unit.seq }));
+    }
+    Ok(unit)
+}
+
+fn corrupt(key: &[u8], why: impl Into<Corruption>) -> StoreError {
+    StoreError::Corrupt { key: StoreKey(key.to_vec()), why: why.into() }
+}
+
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
+}
+
+fn be_u32(bytes: &[u8]) -> Option<u32> {
+    <[u8; 4]>::try_from(bytes).ok().map(u32::from_be_bytes)
+}
+
+fn unit_key(origin: &DatabaseId, seq: u64) -> [u8; UNIT_KEY_LEN] {
+    let mut key = [0u8; UNIT_KEY_LEN];
+    key[0] = UNIT;
+    key[1..1 + DatabaseId::LEN].copy_from_slice(origin.as_bytes());
+    key[1 + DatabaseId::LEN..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn vector_key(origin: &DatabaseId) -> [u8; 1 + DatabaseId::LEN] {
+    let mut key = [0u8; 1 + DatabaseId::LEN];
+    key[0] = VECTOR;
+    key[1..].copy_from_slice(origin.as_bytes());
+    key
+}
+
+fn physkey_key(physkey: &Physkey) -> [u8; 1 + Physkey::LEN] {
+    let mut key = [0u8; 1 + Physkey::LEN];
+    key[0] = PHYSKEY;
+    key[1..].copy_from_slice(physkey.as_bytes());
+    key
+}
+
+fn meta_key(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(META);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// `c`, the name length, the name: a length prefix so no name is a prefix of another's keys.
+fn cursor_prefix(app: &str) -> Result<Vec<u8>, StoreError> {
+    let len = u8::try_from(app.len()).map_err(|_| StoreError::AppNameTooLong { len: app.len() })?;
+    debug_assert!(usize::from(len) <= MAX_APP_NAME);
+    let mut key = Vec::with_capacity(2 + app.len() + DatabaseId::LEN);
+    key.push(CURSOR);
+    key.push(len);
+    key.extend_from_slice(app.as_bytes());
+    Ok(key)
+}
+
+#[cfg(test)]
+#[path = "sled_tests.rs"]
+mod tests;

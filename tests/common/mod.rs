@@ -1,0 +1,93 @@
+//! Helpers for tests that run the real `meshnode` binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_meshnode"))
+}
+
+/// A `meshnode` command with a clean environment for the settings meshnode reads.
+pub fn cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(args).env_remove("MESHNODE_DATA_DIR").env_remove("MESHNODE_LOG");
+    c
+}
+
+/// Runs meshnode with `args` (stdin closed) and returns its output.
+pub fn run(args: &[&str]) -> Output {
+    cmd(args).stdin(Stdio::null()).output().expect("run meshnode")
+}
+
+/// Runs meshnode with `input` on stdin.
+pub fn run_with_input(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = cmd(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn meshnode");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+/// Runs and asserts success; returns stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(out.status.success(), "meshnode {args:?} failed:\n{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Runs and asserts failure; returns stderr.
+pub fn fails(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(!out.status.success(), "meshnode {args:?} should have failed:\n{}", text(&out.stdout));
+    text(&out.stderr)
+}
+
+/// Lossy UTF-8.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `path` as &str.
+pub fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Creates a new system in `dir/name` and returns its path.
+pub fn init(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let d = dir.join(name);
+    let mut args = vec!["init", "--data-dir", s(&d)];
+    args.extend_from_slice(extra);
+    ok(&args);
+    d
+}
+
+/// `meshnode --status --json` parsed.
+pub fn status(d: &Path) -> serde_json::Value {
+    serde_json::from_str(&ok(&["--status", "--json", "--data-dir", s(d)])).expect("status json")
+}
+
+/// `meshnode units --json` parsed.
+pub fn units(d: &Path) -> Vec<serde_json::Value> {
+    ok(&["units", "--json", "--data-dir", s(d)])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("unit json"))
+        .collect()
+}
+
+/// The DATI files of a data directory, sorted.
+pub fn dati_files(d: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(d.join("dati"))
+        .map(|r| r.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "DATI")).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
