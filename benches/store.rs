@@ -65,6 +65,7 @@ fn child_open(dir: &Path) {
     let (datadir, _) = DataDir::open(dir, &mut OsRng).unwrap();
     let (mut ledger, report) = Ledger::open(&datadir, InstanceId::random(&mut OsRng)).unwrap();
     let open = start.elapsed();
+    eprintln!("child: rss after open {} KiB", rss_kib("VmRSS:"));
     let total = ledger.store().units_total();
     let own = ledger.own_dbid();
     // Typical work after a restart: read scattered units, submit a few batches.
@@ -75,6 +76,7 @@ fn child_open(dir: &Path) {
             read += 1;
         }
     }
+    eprintln!("child: rss after reads {} KiB", rss_kib("VmRSS:"));
     for b in 0..10u64 {
         ledger.submit_batch((0..1000).map(|i| sub(b * 1000 + i)).collect(), now_ms()).unwrap();
     }
@@ -153,6 +155,7 @@ fn main() {
         .output()
         .unwrap();
     assert!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stderr));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
     let child: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let disk: u64 = walk_size(&dir);
 
@@ -202,6 +205,10 @@ struct Cleanup(PathBuf);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        if std::env::var_os("MESHNODE_BENCH_KEEP").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
         std::fs::remove_dir_all(&self.0).ok();
     }
 }

@@ -229,9 +229,31 @@ batch_size = 1000
     }
 }
 
+/// Entry points for the fuzz targets (`fuzz/`), also run by the unit tests.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing {
+    use std::path::Path;
+
+    /// Parses arbitrary bytes as a config: never panics, and every error names the file.
+    pub fn config_parse(data: &[u8]) {
+        let Ok(text) = std::str::from_utf8(data) else { return };
+        if let Err(e) = super::Config::parse(text, Path::new("fuzz.toml")) {
+            assert!(e.to_string().contains("fuzz.toml"), "error without the file name: {e}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(text in "(\\[[a-z]{0,8}\\]\n|[a-z_]{0,16} = [0-9a-z\"]{0,12}\n|.{0,20}\n){0,8}") {
+            fuzzing::config_parse(text.as_bytes());
+        }
+    }
 
     #[test]
     fn template_is_the_defaults() {

@@ -19,25 +19,12 @@ fn torn_tail_mid_record_is_cut() {
     let (units, path) = write_units(dir.path(), 10);
     let offsets = record_offsets(&path);
     let len = fs::metadata(&path).unwrap().len();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(len - 7)
-        .unwrap();
+    fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 7).unwrap();
 
     let (mut w, report) = open(dir.path(), DEFAULT_SIZE_LIMIT);
     match &report.repairs[..] {
-        [Repair::TornTailCut {
-            path: p,
-            offset,
-            cut_bytes,
-            cause,
-        }] => {
-            assert_eq!(
-                (p, *offset, *cut_bytes),
-                (&path, offsets[9], len - 7 - offsets[9])
-            );
+        [Repair::TornTailCut { path: p, offset, cut_bytes, cause }] => {
+            assert_eq!((p, *offset, *cut_bytes), (&path, offsets[9], len - 7 - offsets[9]));
             assert!(
                 matches!(cause, DatiError::BadRecord { offset, why: RecordProblem::Truncated { .. }, .. } if *offset == offsets[9]),
                 "{cause}"
@@ -45,15 +32,14 @@ fn torn_tail_mid_record_is_cut() {
         }
         other => panic!("{other:?}"),
     }
+    let line = report.repairs[0].to_string();
+    assert!(
+        line.contains("torn tail") && line.contains(&format!("offset {}", offsets[9])),
+        "{line}"
+    );
     assert_eq!(fs::metadata(&path).unwrap().len(), offsets[9]);
     assert_eq!(read_units(&path), units[..9]);
-    assert_eq!(
-        w.positions()[&origin(0)],
-        DatiPosition {
-            nnnn: 1,
-            offset: offsets[9]
-        }
-    );
+    assert_eq!(w.positions()[&origin(0)], DatiPosition { nnnn: 1, offset: offsets[9] });
 
     // The writer continues the same file and chain.
     w.append(&units[9], T0).unwrap();
@@ -73,20 +59,12 @@ fn garbage_or_zeros_after_the_last_record_are_cut() {
         let mut bytes = good.clone();
         bytes.extend_from_slice(&tail);
         fs::write(&path, &bytes).unwrap();
-        assert_eq!(
-            verify_file(&path, &keys()).unwrap_err().offset(),
-            Some(good.len() as u64)
-        );
+        assert_eq!(verify_file(&path, &keys()).unwrap_err().offset(), Some(good.len() as u64));
 
         let (_, report) = open(dir.path(), DEFAULT_SIZE_LIMIT);
         match &report.repairs[..] {
-            [Repair::TornTailCut {
-                offset, cut_bytes, ..
-            }] => {
-                assert_eq!(
-                    (*offset, *cut_bytes),
-                    (good.len() as u64, tail.len() as u64)
-                );
+            [Repair::TornTailCut { offset, cut_bytes, .. }] => {
+                assert_eq!((*offset, *cut_bytes), (good.len() as u64, tail.len() as u64));
             }
             other => panic!("{other:?}"),
         }
@@ -112,20 +90,13 @@ fn damage_before_good_records_is_reported_and_kept() {
     );
     let message = err.to_string();
     assert!(message.contains(&path.display().to_string()), "{message}");
-    assert!(
-        message.contains(&format!("offset {}", offsets[3])),
-        "{message}"
-    );
+    assert!(message.contains(&format!("offset {}", offsets[3])), "{message}");
     assert!(message.contains("checksum"), "{message}");
 
     // A reader reports the damage and goes on with the records after it.
     let items: Vec<_> = DatiReader::open(&path, &keys()).unwrap().collect();
     assert_eq!(items.iter().filter(|r| r.is_err()).count(), 1);
-    let read: Vec<_> = items
-        .into_iter()
-        .filter_map(Result::ok)
-        .map(|r| r.unit)
-        .collect();
+    let read: Vec<_> = items.into_iter().filter_map(Result::ok).map(|r| r.unit).collect();
     let mut expected = units.clone();
     expected.remove(3);
     assert_eq!(read, expected);
@@ -140,13 +111,7 @@ fn damage_before_good_records_is_reported_and_kept() {
         other => panic!("{other:?}"),
     }
     assert_eq!(fs::read(&path).unwrap(), bytes);
-    assert_eq!(
-        w.positions()[&o],
-        DatiPosition {
-            nnnn: 1,
-            offset: bytes.len() as u64
-        }
-    );
+    assert_eq!(w.positions()[&o], DatiPosition { nnnn: 1, offset: bytes.len() as u64 });
     w.append(&unit(o, 11, 50), T0).unwrap();
     w.sync().unwrap();
     let files = list_files(dir.path()).unwrap();
@@ -166,10 +131,7 @@ fn a_bad_header_on_the_newest_file_starts_a_new_file() {
         matches!(
             &report.repairs[..],
             [Repair::DamagedFileKept {
-                cause: DatiError::BadHeader {
-                    why: HeaderProblem::Checksum,
-                    ..
-                },
+                cause: DatiError::BadHeader { why: HeaderProblem::Checksum, .. },
                 ..
             }]
         ),
@@ -199,10 +161,7 @@ fn every_flipped_byte_is_caught_at_its_record_and_the_rest_still_reads() {
         fs::write(&flipped, &bytes).unwrap();
         let err = verify_file(&flipped, &keys()).expect_err(&format!("flip at {i} not caught"));
         match offsets.iter().rposition(|&o| o as usize <= i) {
-            None => assert!(
-                matches!(err, DatiError::BadHeader { .. }),
-                "byte {i}: {err}"
-            ),
+            None => assert!(matches!(err, DatiError::BadHeader { .. }), "byte {i}: {err}"),
             Some(k) => {
                 assert_eq!(err.offset(), Some(offsets[k]), "byte {i}: {err}");
                 let read: Vec<_> = DatiReader::open(&flipped, &keys())
@@ -231,16 +190,7 @@ fn swapped_or_moved_records_are_caught() {
     bytes.extend_from_slice(&clean[offsets[3]..]);
     fs::write(&path, &bytes).unwrap();
     let err = verify_file(&path, &keys()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            DatiError::BadRecord {
-                why: RecordProblem::ChainBroken,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, DatiError::BadRecord { why: RecordProblem::ChainBroken, .. }), "{err}");
     assert_eq!(err.offset(), Some(offsets[1] as u64));
 
     // A record copied from another file does not authenticate there.
@@ -251,23 +201,11 @@ fn swapped_or_moved_records_are_caught() {
     bytes.extend_from_slice(&foreign[offsets[3]..]);
     fs::write(&path, &bytes).unwrap();
     let err = verify_file(&path, &keys()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            DatiError::BadRecord {
-                why: RecordProblem::ChainBroken,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, DatiError::BadRecord { why: RecordProblem::ChainBroken, .. }), "{err}");
     let items: Vec<_> = DatiReader::open(&path, &keys()).unwrap().collect();
     assert!(matches!(
         items.last(),
-        Some(Err(DatiError::BadRecord {
-            why: RecordProblem::Decrypt,
-            ..
-        }))
+        Some(Err(DatiError::BadRecord { why: RecordProblem::Decrypt, .. }))
     ));
 }
 
@@ -289,18 +227,12 @@ fn wrong_key_is_a_clear_error() {
     );
     for wrong in [other_key, other_system] {
         let err = verify_file(&path, &wrong).unwrap_err();
-        assert!(
-            matches!(&err, DatiError::WrongKey { path: p, offset: 56 } if p == &path),
-            "{err}"
-        );
+        assert!(matches!(&err, DatiError::WrongKey { path: p, offset: 56 } if p == &path), "{err}");
         let message = err.to_string();
         assert!(
             message.contains("another system") && message.contains(&path.display().to_string())
         );
-        assert!(matches!(
-            DatiReader::open(&path, &wrong),
-            Err(DatiError::WrongKey { .. })
-        ));
+        assert!(matches!(DatiReader::open(&path, &wrong), Err(DatiError::WrongKey { .. })));
         let cfg = DatiConfig::new(dir.path());
         let opened = DatiWriter::open(cfg, wrong.clone(), InstanceId([1; 16]), &BTreeMap::new());
         assert!(matches!(opened, Err(DatiError::WrongKey { .. })));

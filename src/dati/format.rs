@@ -17,8 +17,10 @@ pub const HEADER_LEN: usize = 76;
 /// Largest record body: 32 MiB. A length field above it is damage, never an allocation.
 pub const MAX_RECORD_BODY: usize = 32 << 20;
 
-/// Header bytes covered by the key check.
+/// Header bytes covered by the key check, which follows them.
 const KEYED_LEN: usize = 56;
+/// Where the key check starts in the header.
+pub(crate) const KEY_CHECK_OFFSET: usize = KEYED_LEN;
 /// Header bytes covered by the header crc32c.
 const CHECKED_LEN: usize = 72;
 /// Body bytes before the sealed unit: prev hash, seq, epoch, nonce.
@@ -55,13 +57,7 @@ impl DatiHeader {
         created_ms: u64,
         file_id: [u8; 16],
     ) -> Self {
-        DatiHeader {
-            origin,
-            nnnn,
-            date,
-            created_ms,
-            file_id,
-        }
+        DatiHeader { origin, nnnn, date, created_ms, file_id }
     }
 
     /// The header bytes; `header_key` is the static log key.
@@ -89,15 +85,9 @@ impl DatiHeader {
     /// Parses header bytes (checks magic, version, checksum and origin, not the key).
     pub(crate) fn decode(bytes: &[u8]) -> Result<DatiHeader, HeaderProblem> {
         let mut take = Take(bytes);
-        let truncated = || HeaderProblem::Truncated {
-            len: crate::dati::len64(bytes.len()),
-        };
+        let truncated = || HeaderProblem::Truncated { len: crate::dati::len64(bytes.len()) };
         if take.array::<8>() != Some(MAGIC) {
-            return Err(if bytes.len() < MAGIC.len() {
-                truncated()
-            } else {
-                HeaderProblem::Magic
-            });
+            return Err(if bytes.len() < MAGIC.len() { truncated() } else { HeaderProblem::Magic });
         }
         let [version] = take.array::<1>().ok_or_else(truncated)?;
         if version != FORMAT_VERSION {
@@ -114,13 +104,7 @@ impl DatiHeader {
         let date = take.u32().ok_or_else(truncated)?;
         let created_ms = take.u64().ok_or_else(truncated)?;
         let file_id = take.array::<16>().ok_or_else(truncated)?;
-        Ok(DatiHeader {
-            origin,
-            nnnn,
-            date,
-            created_ms,
-            file_id,
-        })
+        Ok(DatiHeader { origin, nnnn, date, created_ms, file_id })
     }
 
     /// Whether the key check of header `bytes` (already decoded) verifies under `header_key`.
@@ -243,13 +227,7 @@ impl<'a> Body<'a> {
         let seq = take.u64()?;
         let epoch = Epoch(take.u64()?);
         let nonce = Nonce::from_bytes(take.array::<{ Nonce::LEN }>()?);
-        Some(Body {
-            prev_hash,
-            seq,
-            epoch,
-            nonce,
-            sealed: take.0,
-        })
+        Some(Body { prev_hash, seq, epoch, nonce, sealed: take.0 })
     }
 
     /// Opens and decodes the unit; `key` must be the log key of `self.epoch`.
@@ -259,17 +237,12 @@ impl<'a> Body<'a> {
         key: &EpochKey,
     ) -> Result<TransferUnit, RecordProblem> {
         let aad = aad(&header.file_id, &self.prev_hash, self.seq, self.epoch);
-        let plain = key
-            .open(self.nonce, &aad, self.sealed)
-            .map_err(|_| RecordProblem::Decrypt)?;
+        let plain = key.open(self.nonce, &aad, self.sealed).map_err(|_| RecordProblem::Decrypt)?;
         // The unit was validated against the node's payload limit when it was accepted; here
         // only the record limit applies, so a file stays readable if that setting goes down.
         let unit = TransferUnit::decode(&plain, MAX_RECORD_BODY).map_err(RecordProblem::Unit)?;
         if unit.origin != header.origin || unit.seq != self.seq {
-            return Err(RecordProblem::UnitMismatch {
-                origin: unit.origin,
-                seq: unit.seq,
-            });
+            return Err(RecordProblem::UnitMismatch { origin: unit.origin, seq: unit.seq });
         }
         Ok(unit)
     }
@@ -315,7 +288,7 @@ mod tests {
         DatiHeader::new(
             "ITB85JUYCJS4IQA".parse().unwrap(),
             8146,
-            2014_08_13,
+            20140813,
             1_407_888_000_123,
             [0xAB; 16],
         )
@@ -328,10 +301,7 @@ mod tests {
             file_id: &header.file_id,
             prev_hash: prev,
             seq: unit.seq,
-            nonce: Nonce {
-                sender: InstanceId([5; 16]),
-                counter: 9,
-            },
+            nonce: Nonce { sender: InstanceId([5; 16]), counter: 9 },
             key: &key,
         };
         let hash = encode_record(&mut out, seal, &unit.encode()).unwrap();
@@ -363,24 +333,15 @@ mod tests {
             &"live".parse().unwrap(),
             86_400,
         );
-        assert!(!DatiHeader::key_matches(
-            &bytes,
-            &other.static_key(Purpose::Log)
-        ));
+        assert!(!DatiHeader::key_matches(&bytes, &other.static_key(Purpose::Log)));
     }
 
     #[test]
     fn header_problems() {
         let key = keys().static_key(Purpose::Log);
         let bytes = header().encode(&key);
-        assert_eq!(
-            DatiHeader::decode(&bytes[..3]),
-            Err(HeaderProblem::Truncated { len: 3 })
-        );
-        assert_eq!(
-            DatiHeader::decode(&bytes[..40]),
-            Err(HeaderProblem::Truncated { len: 40 })
-        );
+        assert_eq!(DatiHeader::decode(&bytes[..3]), Err(HeaderProblem::Truncated { len: 3 }));
+        assert_eq!(DatiHeader::decode(&bytes[..40]), Err(HeaderProblem::Truncated { len: 40 }));
         let mut bad = bytes;
         bad[0] = b'X';
         assert_eq!(DatiHeader::decode(&bad), Err(HeaderProblem::Magic));
@@ -390,11 +351,7 @@ mod tests {
         for i in 9..HEADER_LEN {
             let mut bad = bytes;
             bad[i] ^= 0x40;
-            assert_eq!(
-                DatiHeader::decode(&bad),
-                Err(HeaderProblem::Checksum),
-                "byte {i}"
-            );
+            assert_eq!(DatiHeader::decode(&bad), Err(HeaderProblem::Checksum), "byte {i}");
         }
         let mut bad = bytes;
         bad[9] = b'a';
@@ -416,35 +373,20 @@ mod tests {
         assert_eq!(frame_len(bytes[..8].try_into().unwrap()), Ok(body));
         assert!(frame_checksum_ok(&bytes));
         assert_eq!(&bytes[8..40], &prev);
-        assert_eq!(
-            hex::encode(&bytes[40..56]),
-            "00000000000000070000000000004a38"
-        );
-        assert_eq!(
-            hex::encode(&bytes[56..80]),
-            format!("{}0000000000000009", "05".repeat(16))
-        );
+        assert_eq!(hex::encode(&bytes[40..56]), "00000000000000070000000000004a38");
+        assert_eq!(hex::encode(&bytes[56..80]), format!("{}0000000000000009", "05".repeat(16)));
         assert_eq!(hash, *blake3::hash(&bytes[8..8 + body]).as_bytes());
         let parsed = Body::parse(&bytes[8..8 + body]).unwrap();
         let key = keys().key(Purpose::Log, parsed.epoch);
         assert_eq!(parsed.open(&header, &key).unwrap(), unit);
         // Any other file id, prev hash or seq fails authentication.
-        let moved = DatiHeader {
-            file_id: [0xAC; 16],
-            ..header.clone()
-        };
+        let moved = DatiHeader { file_id: [0xAC; 16], ..header.clone() };
         assert_eq!(parsed.open(&moved, &key), Err(RecordProblem::Decrypt));
-        let relinked = Body {
-            prev_hash: [0x12; 32],
-            ..parsed
-        };
+        let relinked = Body { prev_hash: [0x12; 32], ..parsed };
         assert_eq!(relinked.open(&header, &key), Err(RecordProblem::Decrypt));
         let reseq = Body { seq: 8, ..parsed };
         assert_eq!(reseq.open(&header, &key), Err(RecordProblem::Decrypt));
-        let other_origin = DatiHeader {
-            origin: "AAAAAAAAAAAAAAA".parse().unwrap(),
-            ..header
-        };
+        let other_origin = DatiHeader { origin: "AAAAAAAAAAAAAAA".parse().unwrap(), ..header };
         assert!(matches!(
             parsed.open(&other_origin, &key),
             Err(RecordProblem::UnitMismatch { seq: 7, .. })
@@ -460,22 +402,14 @@ mod tests {
             h
         };
         assert_eq!(frame_len([0; 8]), Err(RecordProblem::LengthChecksum));
-        assert_eq!(
-            frame_len(head(87)),
-            Err(RecordProblem::TooShort { len: 87 })
-        );
+        assert_eq!(frame_len(head(87)), Err(RecordProblem::TooShort { len: 87 }));
         assert_eq!(frame_len(head(88)), Ok(88));
         assert_eq!(frame_len(head(32 << 20)), Ok(32 << 20));
         assert_eq!(
             frame_len(head((32 << 20) + 1)),
-            Err(RecordProblem::TooLong {
-                len: (32 << 20) + 1
-            })
+            Err(RecordProblem::TooLong { len: (32 << 20) + 1 })
         );
-        assert_eq!(
-            frame_len(head(u32::MAX)),
-            Err(RecordProblem::TooLong { len: u32::MAX })
-        );
+        assert_eq!(frame_len(head(u32::MAX)), Err(RecordProblem::TooLong { len: u32::MAX }));
     }
 
     #[test]
@@ -487,16 +421,10 @@ mod tests {
             file_id: &header.file_id,
             prev_hash: &[0; 32],
             seq: 1,
-            nonce: Nonce {
-                sender: InstanceId([5; 16]),
-                counter: 1,
-            },
+            nonce: Nonce { sender: InstanceId([5; 16]), counter: 1 },
             key: &key,
         };
-        assert_eq!(
-            encode_record(&mut out, seal, &vec![0; MAX_RECORD_BODY]),
-            None
-        );
+        assert_eq!(encode_record(&mut out, seal, &vec![0; MAX_RECORD_BODY]), None);
         assert_eq!(out, [1, 2, 3]);
     }
 

@@ -72,11 +72,15 @@
 //!
 //! - Whole records cut from the end of a file at a record boundary cannot be detected from the
 //!   file alone; the ledger's checkpoints and seq gaps see that.
+//! - After damage, reading resumes at the next record that passes both checksums; its link to
+//!   the records before it cannot be checked (it still has to authenticate, so it is a genuine
+//!   record of this file), and the damage itself is reported.
 //! - Finding the next record after damage costs one 4-byte checksum per damaged byte; a crafted
 //!   file can make it cost more (bounded by the 32 MiB record limit per candidate).
 //! - It does not lock the directory (the data directory code does: one process at a time), decide
 //!   what to replay (the ledger does), archive old files, or print JSON (the CLI does).
 
+mod bodies;
 mod format;
 mod reader;
 mod writer;
@@ -97,8 +101,9 @@ use serde::{Deserialize, Serialize};
 use crate::id::DatabaseId;
 use crate::unit::UnitError;
 
+pub use bodies::{DatiBodies, RecordLocation};
 pub use format::{DatiHeader, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_RECORD_BODY};
-pub use reader::{read_from, verify_file, DatiReader, DatiRecord, ReplayReport, VerifyReport};
+pub use reader::{read_from, read_from_located, verify_file, DatiReader, DatiRecord, ReplayReport, VerifyReport};
 pub use writer::{DatiWriter, OpenReport, Repair};
 
 /// Default size limit of one file: 64 MiB.
@@ -117,10 +122,7 @@ pub struct DatiConfig {
 impl DatiConfig {
     /// `dir` with the default size limit.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        DatiConfig {
-            dir: dir.into(),
-            size_limit: DEFAULT_SIZE_LIMIT,
-        }
+        DatiConfig { dir: dir.into(), size_limit: DEFAULT_SIZE_LIMIT }
     }
 }
 
@@ -262,6 +264,19 @@ pub enum DatiError {
         /// The file size.
         size: u64,
     },
+    /// A log file the store points into is not in the directory.
+    #[error(
+        "daily log {nnnn} of origin {origin} is missing from {}: the store keeps only an index into the daily logs, so put the file back (it may have been archived away), or run `meshnode rebuild` to drop what it held",
+        dir.display()
+    )]
+    MissingLog {
+        /// The origin.
+        origin: DatabaseId,
+        /// The file's NNNN.
+        nnnn: u32,
+        /// The log directory.
+        dir: PathBuf,
+    },
 }
 
 impl DatiError {
@@ -269,11 +284,7 @@ impl DatiError {
         op: &'static str,
         path: &'a Path,
     ) -> impl (FnOnce(io::Error) -> DatiError) + 'a {
-        move |source| DatiError::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
-        }
+        move |source| DatiError::Io { op, path: path.to_path_buf(), source }
     }
 
     /// The byte offset of the damage, for record errors and key-check failures.
@@ -419,10 +430,10 @@ pub fn utc_date(unix_ms: u64) -> u32 {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + u64::from(month <= 2);
     if year > 9999 {
-        return 9999_12_31;
+        return 99991231;
     }
     // year <= 9999, so the value is below 10^8 and fits a u32.
-    u32::try_from(year * 10_000 + month * 100 + day).unwrap_or(9999_12_31)
+    u32::try_from(year * 10_000 + month * 100 + day).unwrap_or(99991231)
 }
 
 /// The DATI files in `dir`, sorted by (origin, NNNN, name). Other files, directories and
@@ -442,14 +453,7 @@ pub fn list_files(dir: &Path) -> Result<Vec<DatiFileInfo>, DatiError> {
         if !meta.is_file() {
             continue;
         }
-        out.push(DatiFileInfo {
-            path,
-            name,
-            origin,
-            nnnn,
-            date,
-            size: meta.len(),
-        });
+        out.push(DatiFileInfo { path, name, origin, nnnn, date, size: meta.len() });
     }
     out.sort_by(|a, b| (a.origin, a.nnnn, &a.name).cmp(&(b.origin, b.nnnn, &b.name)));
     Ok(out)

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::crypto::{Epoch, EpochKey, KeySchedule, Nonce, Purpose};
 use crate::dati::format::{self, Body, DatiHeader, FRAME_HEAD, FRAME_OVERHEAD, HEADER_LEN};
-use crate::dati::RecordProblem;
+use crate::dati::{RecordLocation, RecordProblem};
 use crate::dati::{len64, list_files, parse_file_name, DatiError, DatiPosition, HeaderProblem};
 use crate::id::DatabaseId;
 use crate::unit::TransferUnit;
@@ -112,10 +112,7 @@ pub struct DatiReader<R = File> {
 
 impl<R> std::fmt::Debug for DatiReader<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatiReader")
-            .field("path", &self.path)
-            .field("pos", &self.pos)
-            .finish()
+        f.debug_struct("DatiReader").field("path", &self.path).field("pos", &self.pos).finish()
     }
 }
 
@@ -137,20 +134,12 @@ impl DatiReader<File> {
             let header = &reader.header;
             if parse_file_name(name).is_some_and(|n| n != (header.origin, header.nnnn, header.date))
             {
-                let why = HeaderProblem::NameMismatch {
-                    expected: header.file_name(),
-                };
-                return Err(DatiError::BadHeader {
-                    path: path.to_path_buf(),
-                    why,
-                });
+                let why = HeaderProblem::NameMismatch { expected: header.file_name() };
+                return Err(DatiError::BadHeader { path: path.to_path_buf(), why });
             }
         }
         if offset > reader.pos {
-            reader
-                .src
-                .seek_to(offset)
-                .map_err(DatiError::io("seek", path))?;
+            reader.src.seek_to(offset).map_err(DatiError::io("seek", path))?;
             reader.pos = offset;
             reader.expect_prev = None;
         }
@@ -162,30 +151,19 @@ impl DatiReader<File> {
 impl<'a> DatiReader<&'a [u8]> {
     /// A reader over bytes in memory (for fuzzing and tests); errors name the path `<bytes>`.
     pub fn from_bytes(bytes: &'a [u8], keys: &KeySchedule) -> Result<Self, DatiError> {
-        Self::new(
-            Source::new(bytes, Some(len64(bytes.len()))),
-            Path::new("<bytes>"),
-            keys,
-        )
+        Self::new(Source::new(bytes, Some(len64(bytes.len()))), Path::new("<bytes>"), keys)
     }
 }
 
 impl<R: Read> DatiReader<R> {
     /// Reads and checks the header (format, checksum, key check).
     fn new(mut src: Source<R>, path: &Path, keys: &KeySchedule) -> Result<Self, DatiError> {
-        let bytes = src
-            .window(0, HEADER_LEN)
-            .map_err(DatiError::io("read", path))?;
-        let bad = |why| DatiError::BadHeader {
-            path: path.to_path_buf(),
-            why,
-        };
+        let bytes = src.window(0, HEADER_LEN).map_err(DatiError::io("read", path))?;
+        let bad = |why| DatiError::BadHeader { path: path.to_path_buf(), why };
         let header = DatiHeader::decode(bytes).map_err(bad)?;
         if !DatiHeader::key_matches(bytes, &keys.static_key(Purpose::Log)) {
-            return Err(DatiError::WrongKey {
-                path: path.to_path_buf(),
-                offset: 56,
-            });
+            let offset = len64(format::KEY_CHECK_OFFSET);
+            return Err(DatiError::WrongKey { path: path.to_path_buf(), offset });
         }
         let header_hash = *blake3::hash(bytes).as_bytes();
         Ok(DatiReader {
@@ -279,11 +257,7 @@ impl<R: Read> DatiReader<R> {
                 return Some(Err(self.bad(offset, RecordProblem::ChainBroken)));
             }
         }
-        let frame = Frame {
-            offset,
-            len,
-            hash: *blake3::hash(body).as_bytes(),
-        };
+        let frame = Frame { offset, len, hash: *blake3::hash(body).as_bytes() };
         self.expect_prev = Some(frame.hash);
         self.pos = frame.end();
         Some(Ok(frame))
@@ -291,27 +265,18 @@ impl<R: Read> DatiReader<R> {
 
     /// Opens the unit of a frame returned by the last `next_frame`.
     fn open_frame(&mut self, frame: Frame) -> Result<DatiRecord, DatiError> {
-        let problem = |why| DatiError::BadRecord {
-            path: self.path.clone(),
-            offset: frame.offset,
-            why,
-        };
+        let problem =
+            |why| DatiError::BadRecord { path: self.path.clone(), offset: frame.offset, why };
         let body = self
             .src
             .buffered(frame.offset + len64(FRAME_HEAD), frame.len)
             .and_then(Body::parse)
             .ok_or_else(|| problem(RecordProblem::Checksum))?;
-        if self
-            .record_key
-            .as_ref()
-            .is_some_and(|k| k.epoch() != body.epoch)
-        {
+        if self.record_key.as_ref().is_some_and(|k| k.epoch() != body.epoch) {
             self.record_key = None;
         }
         let keys = &self.keys;
-        let key = self
-            .record_key
-            .get_or_insert_with(|| keys.key(Purpose::Log, body.epoch));
+        let key = self.record_key.get_or_insert_with(|| keys.key(Purpose::Log, body.epoch));
         let unit = body.open(&self.header, key).map_err(problem)?;
         Ok(DatiRecord {
             offset: frame.offset,
@@ -325,37 +290,25 @@ impl<R: Read> DatiReader<R> {
 
     /// Reads and checks the record at `offset`; `Ok(None)` at the end of the file.
     fn read_frame(&mut self, offset: u64) -> Result<Option<usize>, FrameError> {
-        let head = self
-            .src
-            .window(offset, FRAME_HEAD)
-            .map_err(FrameError::Io)?;
+        let head = self.src.window(offset, FRAME_HEAD).map_err(FrameError::Io)?;
         let available = len64(head.len());
         let Some(head) = head.first_chunk::<FRAME_HEAD>() else {
             if available == 0 {
                 return Ok(None);
             }
             let needed = len64(FRAME_HEAD);
-            return Err(FrameError::Bad(RecordProblem::Truncated {
-                needed,
-                available,
-            }));
+            return Err(FrameError::Bad(RecordProblem::Truncated { needed, available }));
         };
         let len = format::frame_len(*head).map_err(FrameError::Bad)?;
         let needed = FRAME_OVERHEAD + len;
         if let Some(available) = self.src.remaining(offset).filter(|&r| r < len64(needed)) {
             let needed = len64(needed);
-            return Err(FrameError::Bad(RecordProblem::Truncated {
-                needed,
-                available,
-            }));
+            return Err(FrameError::Bad(RecordProblem::Truncated { needed, available }));
         }
         let frame = self.src.window(offset, needed).map_err(FrameError::Io)?;
         if frame.len() < needed {
             let (needed, available) = (len64(needed), len64(frame.len()));
-            return Err(FrameError::Bad(RecordProblem::Truncated {
-                needed,
-                available,
-            }));
+            return Err(FrameError::Bad(RecordProblem::Truncated { needed, available }));
         }
         if !format::frame_checksum_ok(frame) {
             return Err(FrameError::Bad(RecordProblem::Checksum));
@@ -374,8 +327,7 @@ impl<R: Read> DatiReader<R> {
             }
             let scanned = window.len() + 1 - FRAME_HEAD;
             let candidate = window.windows(FRAME_HEAD).position(|head| {
-                head.first_chunk::<FRAME_HEAD>()
-                    .is_some_and(|h| format::frame_len(*h).is_ok())
+                head.first_chunk::<FRAME_HEAD>().is_some_and(|h| format::frame_len(*h).is_ok())
             });
             let Some(i) = candidate else {
                 at += len64(scanned);
@@ -390,11 +342,7 @@ impl<R: Read> DatiReader<R> {
     }
 
     fn bad(&self, offset: u64, why: RecordProblem) -> DatiError {
-        DatiError::BadRecord {
-            path: self.path.clone(),
-            offset,
-            why,
-        }
+        DatiError::BadRecord { path: self.path.clone(), offset, why }
     }
 }
 
@@ -424,11 +372,7 @@ pub fn verify_file(path: &Path, keys: &KeySchedule) -> Result<VerifyReport, Dati
         records += 1;
     }
     let bytes = reader.src.total.unwrap_or(reader.pos);
-    Ok(VerifyReport {
-        header: reader.header,
-        records,
-        bytes,
-    })
+    Ok(VerifyReport { header: reader.header, records, bytes })
 }
 
 /// Replays the logs in `dir`: passes to `f`, in file order, every unit at or after each origin's
@@ -447,6 +391,20 @@ where
     E: From<DatiError>,
     F: FnMut(TransferUnit) -> Result<(), E>,
 {
+    read_from_located(dir, keys, positions, |unit, _| f(unit))
+}
+
+/// Like [`read_from`], and also passes where each record is, for an index of the logs.
+pub fn read_from_located<E, F>(
+    dir: &Path,
+    keys: &KeySchedule,
+    positions: &BTreeMap<DatabaseId, DatiPosition>,
+    mut f: F,
+) -> Result<ReplayReport, E>
+where
+    E: From<DatiError>,
+    F: FnMut(TransferUnit, RecordLocation) -> Result<(), E>,
+{
     let mut report = ReplayReport::default();
     for file in list_files(dir)? {
         let start = match positions.get(&file.origin) {
@@ -456,9 +414,7 @@ where
         };
         if start > file.size {
             let (path, offset, size) = (file.path, start, file.size);
-            report
-                .problems
-                .push(DatiError::PositionPastEnd { path, offset, size });
+            report.problems.push(DatiError::PositionPastEnd { path, offset, size });
             continue;
         }
         let reader = match DatiReader::open_at(&file.path, keys, start) {
@@ -473,7 +429,12 @@ where
         for record in reader {
             match record {
                 Ok(record) => {
-                    f(record.unit)?;
+                    let at = RecordLocation {
+                        nnnn: file.nnnn,
+                        offset: record.offset,
+                        len: u32::try_from(record.len).unwrap_or(u32::MAX),
+                    };
+                    f(record.unit, at)?;
                     report.records += 1;
                 }
                 Err(e @ DatiError::Io { .. }) => return Err(e.into()),
@@ -511,13 +472,7 @@ struct Source<R> {
 
 impl<R: Read> Source<R> {
     fn new(inner: R, total: Option<u64>) -> Self {
-        Source {
-            inner,
-            buf: Vec::new(),
-            start: 0,
-            eof: false,
-            total,
-        }
+        Source { inner, buf: Vec::new(), start: 0, eof: false, total }
     }
 
     /// Bytes left from `pos`, when the total is known.

@@ -23,9 +23,7 @@ pub(super) fn keys() -> KeySchedule {
 }
 
 pub(super) fn origin(i: usize) -> DatabaseId {
-    ["ITB85JUYCJS4IQA", "AAAAAAAAAAAAAA1", "ZZZZZZZZZZZZZZ9"][i]
-        .parse()
-        .unwrap()
+    ["ITB85JUYCJS4IQA", "AAAAAAAAAAAAAA1", "ZZZZZZZZZZZZZZ9"][i].parse().unwrap()
 }
 
 pub(super) fn unit(origin: DatabaseId, seq: u64, payload_len: usize) -> TransferUnit {
@@ -46,10 +44,7 @@ pub(super) fn open_floor(
     limit: u64,
     floor: &BTreeMap<DatabaseId, u32>,
 ) -> (DatiWriter, OpenReport) {
-    let cfg = DatiConfig {
-        dir: dir.to_path_buf(),
-        size_limit: limit,
-    };
+    let cfg = DatiConfig { dir: dir.to_path_buf(), size_limit: limit };
     DatiWriter::open(cfg, keys(), InstanceId([4; 16]), floor).unwrap()
 }
 
@@ -58,25 +53,15 @@ pub(super) fn open(dir: &Path, limit: u64) -> (DatiWriter, OpenReport) {
 }
 
 pub(super) fn read_units(path: &Path) -> Vec<TransferUnit> {
-    DatiReader::open(path, &keys())
-        .unwrap()
-        .map(|r| r.unwrap().unit)
-        .collect()
+    DatiReader::open(path, &keys()).unwrap().map(|r| r.unwrap().unit).collect()
 }
 
 pub(super) fn record_offsets(path: &Path) -> Vec<u64> {
-    DatiReader::open(path, &keys())
-        .unwrap()
-        .map(|r| r.unwrap().offset)
-        .collect()
+    DatiReader::open(path, &keys()).unwrap().map(|r| r.unwrap().offset).collect()
 }
 
 pub(super) fn names(dir: &Path) -> Vec<String> {
-    list_files(dir)
-        .unwrap()
-        .into_iter()
-        .map(|f| f.name)
-        .collect()
+    list_files(dir).unwrap().into_iter().map(|f| f.name).collect()
 }
 
 /// Writes `n` units of origin 0 into a fresh log and returns them with the file's path.
@@ -95,26 +80,14 @@ pub(super) fn write_units(dir: &Path, n: u64) -> (Vec<TransferUnit>, PathBuf) {
 #[test]
 fn names_round_trip_and_unrelated_files_are_ignored() {
     let o = origin(0);
-    assert_eq!(
-        file_name(&o, 8146, 2014_08_13),
-        "TUBT_ITB85JUYCJS4IQA_8146_20140813.DATI"
-    );
-    assert_eq!(
-        file_name(&o, 7, 2014_08_13),
-        "TUBT_ITB85JUYCJS4IQA_0007_20140813.DATI"
-    );
-    assert_eq!(
-        file_name(&o, 12_345, 2014_08_13),
-        "TUBT_ITB85JUYCJS4IQA_12345_20140813.DATI"
-    );
+    assert_eq!(file_name(&o, 8146, 20140813), "TUBT_ITB85JUYCJS4IQA_8146_20140813.DATI");
+    assert_eq!(file_name(&o, 7, 20140813), "TUBT_ITB85JUYCJS4IQA_0007_20140813.DATI");
+    assert_eq!(file_name(&o, 12_345, 20140813), "TUBT_ITB85JUYCJS4IQA_12345_20140813.DATI");
     for n in [0, 7, 9999, 10_000, u32::MAX] {
-        assert_eq!(
-            parse_file_name(&file_name(&o, n, 2014_08_13)),
-            Some((o, n, 2014_08_13))
-        );
+        assert_eq!(parse_file_name(&file_name(&o, n, 20140813)), Some((o, n, 20140813)));
     }
     let lower = "tubt_ITB85JUYCJS4IQA_8146_20140813.dati";
-    assert_eq!(parse_file_name(lower), Some((o, 8146, 2014_08_13)));
+    assert_eq!(parse_file_name(lower), Some((o, 8146, 20140813)));
     for bad in [
         "TUBT_ITB85JUYCJS4IQA_814_20140813.DATI",
         "TUBT_ITB85JUYCJS4IQA_8146_2014081.DATI",
@@ -143,33 +116,23 @@ fn names_round_trip_and_unrelated_files_are_ignored() {
     }
     fs::create_dir(dir.path().join("TUBT_ITB85JUYCJS4IQA_0001_20140813.DATI")).unwrap();
     let found = list_files(dir.path()).unwrap();
-    let found: Vec<_> = found
-        .iter()
-        .map(|f| (f.origin, f.nnnn, f.date, f.size))
-        .collect();
-    assert_eq!(
-        found,
-        [
-            (o, 9, 2014_08_14, 1),
-            (o, 10, 2014_08_13, 1),
-            (origin(2), 2, 2014_08_13, 1)
-        ]
-    );
+    let found: Vec<_> = found.iter().map(|f| (f.origin, f.nnnn, f.date, f.size)).collect();
+    assert_eq!(found, [(o, 9, 20140814, 1), (o, 10, 20140813, 1), (origin(2), 2, 20140813, 1)]);
 }
 
 #[test]
 fn utc_dates() {
-    assert_eq!(utc_date(0), 1970_01_01);
-    assert_eq!(utc_date(T0), 2014_08_13);
-    assert_eq!(utc_date(T0 - 1), 2014_08_12);
-    assert_eq!(utc_date(T0 + DAY - 1), 2014_08_13);
-    assert_eq!(utc_date(946_598_400_000), 1999_12_31);
-    assert_eq!(utc_date(951_782_400_000), 2000_02_29);
-    assert_eq!(utc_date(4_107_456_000_000), 2100_02_28);
-    assert_eq!(utc_date(4_107_542_400_000), 2100_03_01);
-    assert_eq!(utc_date(253_402_300_799_999), 9999_12_31);
-    assert_eq!(utc_date(253_402_300_800_000), 9999_12_31);
-    assert_eq!(utc_date(u64::MAX), 9999_12_31);
+    assert_eq!(utc_date(0), 19700101);
+    assert_eq!(utc_date(T0), 20140813);
+    assert_eq!(utc_date(T0 - 1), 20140812);
+    assert_eq!(utc_date(T0 + DAY - 1), 20140813);
+    assert_eq!(utc_date(946_598_400_000), 19991231);
+    assert_eq!(utc_date(951_782_400_000), 20000229);
+    assert_eq!(utc_date(4_107_456_000_000), 21000228);
+    assert_eq!(utc_date(4_107_542_400_000), 21000301);
+    assert_eq!(utc_date(253_402_300_799_999), 99991231);
+    assert_eq!(utc_date(253_402_300_800_000), 99991231);
+    assert_eq!(utc_date(u64::MAX), 99991231);
 }
 
 #[test]
@@ -196,16 +159,10 @@ fn round_trip_many_units_several_origins() {
         assert_eq!((report.records, report.bytes), (300, f.size));
         assert_eq!(
             (report.header.origin, report.header.nnnn, report.header.date),
-            (f.origin, 1, 2014_08_13)
+            (f.origin, 1, 20140813)
         );
         assert_eq!(read_units(&f.path), expected[&f.origin]);
-        assert_eq!(
-            w.positions()[&f.origin],
-            DatiPosition {
-                nnnn: 1,
-                offset: f.size
-            }
-        );
+        assert_eq!(w.positions()[&f.origin], DatiPosition { nnnn: 1, offset: f.size });
     }
     // Records carry what `log dump` prints, and tile the file.
     let mut records = DatiReader::open(&files[0].path, &keys()).unwrap();
@@ -234,7 +191,7 @@ fn rotation_by_size_numbers_files_consecutively() {
     let files = list_files(dir.path()).unwrap();
     assert!(files.len() > 5, "{} files", files.len());
     for (i, f) in files.iter().enumerate() {
-        assert_eq!((f.nnnn, f.date), (i as u32 + 1, 2014_08_13));
+        assert_eq!((f.nnnn, f.date), (i as u32 + 1, 20140813));
         let full = i + 1 == files.len() || f.size > 3000;
         assert!(f.size <= 4096 && full, "{}: {} bytes", f.name, f.size);
     }
@@ -242,13 +199,7 @@ fn rotation_by_size_numbers_files_consecutively() {
     assert_eq!(read, units);
     let last = files.last().unwrap();
     assert_eq!(w.nnnn_high_water()[&origin(0)], last.nnnn);
-    assert_eq!(
-        w.positions()[&origin(0)],
-        DatiPosition {
-            nnnn: last.nnnn,
-            offset: last.size
-        }
-    );
+    assert_eq!(w.positions()[&origin(0)], DatiPosition { nnnn: last.nnnn, offset: last.size });
 }
 
 #[test]
@@ -261,10 +212,8 @@ fn a_record_over_the_size_limit_goes_alone_in_a_new_file() {
     }
     w.sync().unwrap();
     let files = list_files(dir.path()).unwrap();
-    let counts: Vec<_> = files
-        .iter()
-        .map(|f| verify_file(&f.path, &keys()).unwrap().records)
-        .collect();
+    let counts: Vec<_> =
+        files.iter().map(|f| verify_file(&f.path, &keys()).unwrap().records).collect();
     assert_eq!(counts, [1, 1, 1]);
     assert!(files[1].size > 2000);
 }
@@ -308,16 +257,9 @@ fn nnnn_follows_the_floor_and_never_goes_back() {
     let o = origin(0);
     let (mut w, _) = open_floor(dir.path(), DEFAULT_SIZE_LIMIT, &BTreeMap::from([(o, 8145)]));
     w.append(&unit(o, 1, 10), T0).unwrap();
-    assert_eq!(
-        w.nnnn_high_water(),
-        BTreeMap::from([(o, 8145)]),
-        "not named before sync"
-    );
+    assert_eq!(w.nnnn_high_water(), BTreeMap::from([(o, 8145)]), "not named before sync");
     w.sync().unwrap();
-    assert_eq!(
-        names(dir.path()),
-        ["TUBT_ITB85JUYCJS4IQA_8146_20140813.DATI"]
-    );
+    assert_eq!(names(dir.path()), ["TUBT_ITB85JUYCJS4IQA_8146_20140813.DATI"]);
     let high_water = w.nnnn_high_water();
     assert_eq!(high_water, BTreeMap::from([(o, 8146)]));
     drop(w);
@@ -329,19 +271,13 @@ fn nnnn_follows_the_floor_and_never_goes_back() {
     let (mut w, _) = open_floor(dir.path(), DEFAULT_SIZE_LIMIT, &high_water);
     w.append(&unit(o, 2, 10), T0 - DAY).unwrap();
     w.sync().unwrap();
-    assert_eq!(
-        names(dir.path()),
-        ["TUBT_ITB85JUYCJS4IQA_8147_20140812.DATI"]
-    );
+    assert_eq!(names(dir.path()), ["TUBT_ITB85JUYCJS4IQA_8147_20140812.DATI"]);
     drop(w);
 
     // A floor below the files found does not matter; more than four digits when needed.
     let floor = BTreeMap::from([(o, 3), (origin(1), 9999)]);
     let (mut w, _) = open_floor(dir.path(), DEFAULT_SIZE_LIMIT, &floor);
-    assert_eq!(
-        w.nnnn_high_water(),
-        BTreeMap::from([(o, 8147), (origin(1), 9999)])
-    );
+    assert_eq!(w.nnnn_high_water(), BTreeMap::from([(o, 8147), (origin(1), 9999)]));
     w.append(&unit(o, 3, 10), T0).unwrap();
     w.append(&unit(origin(1), 1, 10), T0).unwrap();
     w.sync().unwrap();
@@ -387,35 +323,17 @@ fn read_from_replays_after_positions() {
     let after = |o: DatabaseId, seqs: std::ops::RangeInclusive<u64>| seqs.map(move |s| (o, s));
 
     let got = replay(&checkpoint);
-    assert_eq!(
-        got,
-        after(b, 6..=8).chain(after(a, 6..=10)).collect::<Vec<_>>()
-    );
+    assert_eq!(got, after(b, 6..=8).chain(after(a, 6..=10)).collect::<Vec<_>>());
     let got = replay(&BTreeMap::new());
-    assert_eq!(
-        got,
-        after(b, 1..=8).chain(after(a, 1..=10)).collect::<Vec<_>>()
-    );
+    assert_eq!(got, after(b, 1..=8).chain(after(a, 1..=10)).collect::<Vec<_>>());
     let got = replay(&BTreeMap::from([(a, checkpoint[&a])]));
-    assert_eq!(
-        got,
-        after(b, 1..=8).chain(after(a, 6..=10)).collect::<Vec<_>>()
-    );
+    assert_eq!(got, after(b, 1..=8).chain(after(a, 6..=10)).collect::<Vec<_>>());
     assert!(replay(&w.positions()).is_empty());
 
     // A position past the end of its file is reported; an error from the callback stops.
-    let past = BTreeMap::from([(
-        b,
-        DatiPosition {
-            nnnn: 1,
-            offset: 1 << 40,
-        },
-    )]);
+    let past = BTreeMap::from([(b, DatiPosition { nnnn: 1, offset: 1 << 40 })]);
     let report = read_from::<DatiError, _>(dir.path(), &keys(), &past, |_| Ok(())).unwrap();
-    assert!(matches!(
-        report.problems[..],
-        [DatiError::PositionPastEnd { .. }]
-    ));
+    assert!(matches!(report.problems[..], [DatiError::PositionPastEnd { .. }]));
     let mut calls = 0;
     let stopped = read_from::<DatiError, _>(dir.path(), &keys(), &BTreeMap::new(), |_| {
         calls += 1;
@@ -433,10 +351,7 @@ fn files_never_synced_are_removed_at_open() {
     assert!(names(dir.path()).is_empty(), "a file is named only by sync");
     drop(w);
     let (w, report) = open(dir.path(), DEFAULT_SIZE_LIMIT);
-    assert!(
-        matches!(&report.repairs[..], [Repair::UnsyncedFileRemoved { .. }]),
-        "{report:?}"
-    );
+    assert!(matches!(&report.repairs[..], [Repair::UnsyncedFileRemoved { .. }]), "{report:?}");
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     assert!(w.positions().is_empty());
 }
@@ -455,10 +370,8 @@ fn a_reopened_writer_continues_the_file_and_chain_with_new_nonces() {
     }
     let files = list_files(dir.path()).unwrap();
     assert_eq!(files.len(), 1);
-    let records: Vec<_> = DatiReader::open(&files[0].path, &keys())
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let records: Vec<_> =
+        DatiReader::open(&files[0].path, &keys()).unwrap().map(Result::unwrap).collect();
     assert_eq!(
         records.iter().map(|r| &r.unit).collect::<Vec<_>>(),
         units.iter().collect::<Vec<_>>()
@@ -471,14 +384,8 @@ fn a_reopened_writer_continues_the_file_and_chain_with_new_nonces() {
 fn invalid_units_are_refused() {
     let dir = tempdir().unwrap();
     let (mut w, _) = open(dir.path(), DEFAULT_SIZE_LIMIT);
-    let zero = TransferUnit {
-        seq: 0,
-        ..unit(origin(0), 1, 10)
-    };
-    assert!(matches!(
-        w.append(&zero, T0),
-        Err(DatiError::InvalidUnit { seq: 0, .. })
-    ));
+    let zero = TransferUnit { seq: 0, ..unit(origin(0), 1, 10) };
+    assert!(matches!(w.append(&zero, T0), Err(DatiError::InvalidUnit { seq: 0, .. })));
     w.sync().unwrap();
     assert!(names(dir.path()).is_empty());
 }
@@ -494,10 +401,7 @@ fn a_failed_sync_fails_the_writer_until_reopened() {
     fs::write(&taken, b"not ours").unwrap();
     assert!(matches!(w.sync(), Err(DatiError::NameTaken { path }) if path == taken));
     assert_eq!(fs::read(&taken).unwrap(), b"not ours");
-    assert!(matches!(
-        w.append(&unit(o, 2, 10), T0),
-        Err(DatiError::WriterFailed { .. })
-    ));
+    assert!(matches!(w.append(&unit(o, 2, 10), T0), Err(DatiError::WriterFailed { .. })));
     assert!(matches!(w.sync(), Err(DatiError::WriterFailed { .. })));
 }
 
@@ -570,9 +474,6 @@ fn append_throughput() {
         let start = Instant::now();
         let (_, report) = open(dir.path(), DEFAULT_SIZE_LIMIT);
         assert!(report.repairs.is_empty());
-        println!(
-            "dati open (tail scan of newest files): {:.3} s",
-            start.elapsed().as_secs_f64()
-        );
+        println!("dati open (tail scan of newest files): {:.3} s", start.elapsed().as_secs_f64());
     }
 }

@@ -22,6 +22,7 @@ use rand::RngCore;
 use crate::crypto::{EpochKey, KeySchedule, NonceSequence, Purpose};
 use crate::dati::format::{self, DatiHeader, RecordSeal, FRAME_OVERHEAD, HEADER_LEN};
 use crate::dati::reader::DatiReader;
+use crate::dati::RecordLocation;
 use crate::dati::{
     len64, list_files, parse_file_name, utc_date, DatiConfig, DatiError, DatiFileInfo,
     DatiPosition, MAX_RECORD_BODY,
@@ -33,6 +34,8 @@ use crate::unit::TransferUnit;
 const FLUSH_AT: usize = 512 << 10;
 /// Open file handles kept between syncs; the least recently used beyond it are closed.
 const MAX_OPEN_FILES: usize = 64;
+/// fdatasyncs run at the same time by one `sync`.
+const PARALLEL_SYNCS: usize = 16;
 
 /// What [`DatiWriter::open`] found and repaired. The caller logs each repair.
 #[derive(Debug, Default)]
@@ -77,6 +80,28 @@ pub enum Repair {
         /// Its size.
         bytes: u64,
     },
+}
+
+impl std::fmt::Display for Repair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Repair::TornTailCut { path, offset, cut_bytes, cause } => write!(
+                f,
+                "cut a torn tail of {cut_bytes} bytes from {} at offset {offset}: {cause}",
+                path.display()
+            ),
+            Repair::DamagedFileKept { path, cause } => write!(
+                f,
+                "kept damaged {} as it is and started a new file for its origin: {cause}",
+                path.display()
+            ),
+            Repair::UnsyncedFileRemoved { path, bytes } => write!(
+                f,
+                "removed {} ({bytes} bytes never confirmed durable by a sync)",
+                path.display()
+            ),
+        }
+    }
 }
 
 /// Appends units to the logs of their origins. One writer per directory (the data directory
@@ -132,7 +157,12 @@ impl DatiWriter {
         nnnn_floor: &BTreeMap<DatabaseId, u32>,
     ) -> Result<(Self, OpenReport), DatiError> {
         let dir = cfg.dir;
-        fs::create_dir_all(&dir).map_err(DatiError::io("create", &dir))?;
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(DatiError::io("create", &dir))?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
         let mut report = OpenReport::default();
         let mut dir_changed = remove_temp_files(&dir, &mut report)?;
         let files = list_files(&dir)?;
@@ -148,29 +178,14 @@ impl DatiWriter {
         let mut synced = BTreeMap::new();
         for (origin, info) in newest {
             let end = match inspect_tail(&info, &keys)? {
-                Tail::Good {
-                    header,
-                    end,
-                    prev_hash,
-                } => {
-                    current.insert(
-                        origin,
-                        LogFile::existing(header, &info.path, end, prev_hash),
-                    );
+                Tail::Good { header, end, prev_hash } => {
+                    current.insert(origin, LogFile::existing(header, &info.path, end, prev_hash));
                     end
                 }
-                Tail::Torn {
-                    header,
-                    end,
-                    prev_hash,
-                    cause,
-                } => {
+                Tail::Torn { header, end, prev_hash, cause } => {
                     truncate(&info.path, end)?;
                     dir_changed = true;
-                    current.insert(
-                        origin,
-                        LogFile::existing(header, &info.path, end, prev_hash),
-                    );
+                    current.insert(origin, LogFile::existing(header, &info.path, end, prev_hash));
                     let cut_bytes = info.size.saturating_sub(end);
                     let path = info.path.clone();
                     report.repairs.push(Repair::TornTailCut {
@@ -182,20 +197,11 @@ impl DatiWriter {
                     end
                 }
                 Tail::Damaged { cause } => {
-                    report.repairs.push(Repair::DamagedFileKept {
-                        path: info.path,
-                        cause,
-                    });
+                    report.repairs.push(Repair::DamagedFileKept { path: info.path, cause });
                     info.size
                 }
             };
-            synced.insert(
-                origin,
-                DatiPosition {
-                    nnnn: info.nnnn,
-                    offset: end,
-                },
-            );
+            synced.insert(origin, DatiPosition { nnnn: info.nnnn, offset: end });
         }
         if dir_changed {
             sync_dir(&dir)?;
@@ -223,23 +229,23 @@ impl DatiWriter {
     /// new file when the UTC day of `now_ms` differs from the current file's date or the record
     /// would take the file past the size limit. The record is durable after the next
     /// [`DatiWriter::sync`]; units appended but not synced are lost when the writer is dropped.
-    pub fn append(&mut self, unit: &TransferUnit, now_ms: u64) -> Result<(), DatiError> {
+    /// Returns where the record is, for an index of the logs ([`crate::dati::DatiBodies`]).
+    pub fn append(
+        &mut self,
+        unit: &TransferUnit,
+        now_ms: u64,
+    ) -> Result<RecordLocation, DatiError> {
         self.check_failed()?;
         let (origin, seq) = (unit.origin, unit.seq);
-        unit.validate(MAX_RECORD_BODY)
-            .map_err(|source| DatiError::InvalidUnit {
-                origin,
-                seq,
-                source,
-            })?;
+        unit.validate(MAX_RECORD_BODY).map_err(|source| DatiError::InvalidUnit {
+            origin,
+            seq,
+            source,
+        })?;
         let plain = unit.encode();
         let body_len = format::body_len(plain.len());
         if body_len > MAX_RECORD_BODY {
-            return Err(DatiError::UnitTooLarge {
-                origin,
-                seq,
-                len: plain.len(),
-            });
+            return Err(DatiError::UnitTooLarge { origin, seq, len: plain.len() });
         }
         let record_len = len64(FRAME_OVERHEAD + body_len);
         let date = utc_date(now_ms);
@@ -248,13 +254,8 @@ impl DatiWriter {
             self.record_key = None;
         }
         let keys = &self.keys;
-        let key = self
-            .record_key
-            .get_or_insert_with(|| keys.key(Purpose::Log, epoch));
-        let nonce = self
-            .nonces
-            .next_nonce()
-            .map_err(|_| DatiError::NonceExhausted)?;
+        let key = self.record_key.get_or_insert_with(|| keys.key(Purpose::Log, epoch));
+        let nonce = self.nonces.next_nonce().map_err(|_| DatiError::NonceExhausted)?;
         let new_file = |allocated: &mut BTreeMap<DatabaseId, u32>| {
             let nnnn = allocated.get(&origin).copied().unwrap_or(0).checked_add(1);
             let nnnn = nnnn.ok_or(DatiError::NnnnExhausted { origin })?;
@@ -280,19 +281,15 @@ impl DatiWriter {
             }
             Entry::Vacant(entry) => entry.insert(new_file(&mut self.allocated)?),
         };
-        let seal = RecordSeal {
-            file_id: &file.file_id,
-            prev_hash: &file.prev_hash,
-            seq,
-            nonce,
-            key,
+        let at = RecordLocation {
+            nnnn: file.nnnn,
+            offset: file.size(),
+            len: u32::try_from(record_len).unwrap_or(u32::MAX),
         };
-        let hash =
-            format::encode_record(&mut file.buf, seal, &plain).ok_or(DatiError::UnitTooLarge {
-                origin,
-                seq,
-                len: plain.len(),
-            })?;
+        let seal =
+            RecordSeal { file_id: &file.file_id, prev_hash: &file.prev_hash, seq, nonce, key };
+        let hash = format::encode_record(&mut file.buf, seal, &plain)
+            .ok_or(DatiError::UnitTooLarge { origin, seq, len: plain.len() })?;
         file.prev_hash = hash;
         file.unsynced = true;
         self.appends += 1;
@@ -303,7 +300,8 @@ impl DatiWriter {
                 return Err(e);
             }
         }
-        Ok(())
+        debug_assert_eq!(file.size(), at.offset + u64::from(at.len));
+        Ok(at)
     }
 
     /// Writes the buffers and fdatasyncs every file appended to since the last sync; names new
@@ -352,34 +350,35 @@ impl DatiWriter {
     }
 
     fn sync_files(&mut self) -> Result<(), DatiError> {
-        let mut named = false;
-        for file in &mut self.closing {
-            named |= file.sync()?;
-            let mark = self.high_water.entry(file.origin).or_insert(file.nnnn);
-            *mark = (*mark).max(file.nnnn);
+        // Hand every buffer to the OS first, so that the fdatasyncs can overlap.
+        let pending = self.closing.iter_mut().chain(self.current.values_mut());
+        for file in pending.filter(|f| f.unsynced) {
+            file.write_out()?;
+            file.handle()?;
         }
-        self.closing.clear();
-        for (origin, file) in &mut self.current {
-            if !file.unsynced {
-                continue;
-            }
-            named |= file.sync()?;
-            let mark = self.high_water.entry(*origin).or_insert(file.nnnn);
-            *mark = (*mark).max(file.nnnn);
+        let pending: Vec<&LogFile> =
+            self.closing.iter().chain(self.current.values()).filter(|f| f.unsynced).collect();
+        fdatasync_all(&pending)?;
+        let mut named = false;
+        let mut touched = Vec::new();
+        for file in self.closing.iter_mut().filter(|f| f.unsynced) {
+            named |= file.publish()?;
+        }
+        for (origin, file) in self.current.iter_mut().filter(|(_, f)| f.unsynced) {
+            named |= file.publish()?;
+            touched.push((*origin, DatiPosition { nnnn: file.nnnn, offset: file.written }));
         }
         if named {
             sync_dir(&self.dir)?;
         }
-        for (origin, file) in &self.current {
-            if file.temp.is_none() {
-                self.synced.insert(
-                    *origin,
-                    DatiPosition {
-                        nnnn: file.nnnn,
-                        offset: file.written,
-                    },
-                );
-            }
+        for file in self.closing.drain(..) {
+            let mark = self.high_water.entry(file.origin).or_insert(file.nnnn);
+            *mark = (*mark).max(file.nnnn);
+        }
+        for (origin, position) in touched {
+            let mark = self.high_water.entry(origin).or_insert(position.nnnn);
+            *mark = (*mark).max(position.nnnn);
+            self.synced.insert(origin, position);
         }
         Ok(())
     }
@@ -489,10 +488,7 @@ impl LogFile {
             Some(handle) => handle,
             None => {
                 let path = self.current_path();
-                OpenOptions::new()
-                    .append(true)
-                    .open(path)
-                    .map_err(DatiError::io("open", path))?
+                OpenOptions::new().append(true).open(path).map_err(DatiError::io("open", path))?
             }
         };
         Ok(self.handle.insert(handle))
@@ -505,11 +501,9 @@ impl LogFile {
         }
         let path = self.current_path().to_path_buf();
         let buf = std::mem::take(&mut self.buf);
-        let result = self.handle().and_then(|handle| {
-            handle
-                .write_all(&buf)
-                .map_err(DatiError::io("write", &path))
-        });
+        let result = self
+            .handle()
+            .and_then(|handle| handle.write_all(&buf).map_err(DatiError::io("write", &path)));
         self.buf = buf;
         result?;
         self.written += len64(self.buf.len());
@@ -517,18 +511,11 @@ impl LogFile {
         Ok(())
     }
 
-    /// Writes, fdatasyncs and, for a new file, links it under its name. Returns whether it
+    /// Marks the file synced and, for a new file, links it under its name. Returns whether it
     /// named the file (the directory then needs an fsync).
-    fn sync(&mut self) -> Result<bool, DatiError> {
-        self.write_out()?;
-        let path = self.current_path().to_path_buf();
-        self.handle()?
-            .sync_data()
-            .map_err(DatiError::io("fdatasync", &path))?;
+    fn publish(&mut self) -> Result<bool, DatiError> {
         self.unsynced = false;
-        let Some(temp) = self.temp.take() else {
-            return Ok(false);
-        };
+        let Some(temp) = self.temp.take() else { return Ok(false) };
         if let Err(e) = publish(&temp, &self.path) {
             self.temp = Some(temp);
             return Err(e);
@@ -537,19 +524,42 @@ impl LogFile {
     }
 }
 
+/// fdatasyncs `files`, at most [`PARALLEL_SYNCS`] at a time: concurrent flushes of several files
+/// cost little more than one.
+fn fdatasync_all(files: &[&LogFile]) -> Result<(), DatiError> {
+    let sync = |file: &LogFile| match &file.handle {
+        Some(handle) => handle.sync_data().map_err(DatiError::io("fdatasync", file.current_path())),
+        None => Ok(()),
+    };
+    if let [file] = files {
+        return sync(file);
+    }
+    for group in files.chunks(PARALLEL_SYNCS) {
+        std::thread::scope(|scope| {
+            let running: Vec<_> = group.iter().map(|f| (f, scope.spawn(|| sync(f)))).collect();
+            for (file, thread) in running {
+                thread.join().unwrap_or_else(|_| {
+                    let source = std::io::Error::other("fdatasync thread panicked");
+                    Err(DatiError::Io { op: "fdatasync", path: file.current_path().into(), source })
+                })?;
+            }
+            Ok::<_, DatiError>(())
+        })?;
+    }
+    Ok(())
+}
+
 /// Gives the file at `temp` its name without ever replacing an existing file.
 fn publish(temp: &Path, path: &Path) -> Result<(), DatiError> {
     match fs::hard_link(temp, path) {
         Ok(()) => fs::remove_file(temp).map_err(DatiError::io("remove", temp)),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(DatiError::NameTaken {
-            path: path.to_path_buf(),
-        }),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(DatiError::NameTaken { path: path.to_path_buf() })
+        }
         // File systems without hard links: check, then rename.
         Err(_) => {
             if path.exists() {
-                return Err(DatiError::NameTaken {
-                    path: path.to_path_buf(),
-                });
+                return Err(DatiError::NameTaken { path: path.to_path_buf() });
             }
             fs::rename(temp, path).map_err(DatiError::io("rename", temp))
         }
@@ -559,18 +569,9 @@ fn publish(temp: &Path, path: &Path) -> Result<(), DatiError> {
 /// What the scan of an origin's newest file found.
 enum Tail {
     /// Good to the end.
-    Good {
-        header: DatiHeader,
-        end: u64,
-        prev_hash: [u8; 32],
-    },
+    Good { header: DatiHeader, end: u64, prev_hash: [u8; 32] },
     /// Good up to `end`, then nothing good.
-    Torn {
-        header: DatiHeader,
-        end: u64,
-        prev_hash: [u8; 32],
-        cause: DatiError,
-    },
+    Torn { header: DatiHeader, end: u64, prev_hash: [u8; 32], cause: DatiError },
     /// A bad header, or damage before good records.
     Damaged { cause: DatiError },
 }
@@ -601,17 +602,8 @@ fn inspect_tail(info: &DatiFileInfo, keys: &KeySchedule) -> Result<Tail, DatiErr
     }
     let header = reader.header().clone();
     Ok(match first_error {
-        None => Tail::Good {
-            header,
-            end,
-            prev_hash,
-        },
-        Some(cause) => Tail::Torn {
-            header,
-            end,
-            prev_hash,
-            cause,
-        },
+        None => Tail::Good { header, end, prev_hash },
+        Some(cause) => Tail::Torn { header, end, prev_hash, cause },
     })
 }
 
@@ -624,36 +616,27 @@ fn remove_temp_files(dir: &Path, report: &mut OpenReport) -> Result<bool, DatiEr
             continue;
         };
         let inner = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp"));
-        if !inner.is_some_and(|n| parse_file_name(n).is_some()) {
+        if inner.is_none_or(|n| parse_file_name(n).is_none()) {
             continue;
         }
         let path = entry.path();
-        let bytes = fs::metadata(&path)
-            .map_err(DatiError::io("stat", &path))?
-            .len();
+        let bytes = fs::metadata(&path).map_err(DatiError::io("stat", &path))?.len();
         fs::remove_file(&path).map_err(DatiError::io("remove", &path))?;
-        report
-            .repairs
-            .push(Repair::UnsyncedFileRemoved { path, bytes });
+        report.repairs.push(Repair::UnsyncedFileRemoved { path, bytes });
         removed = true;
     }
     Ok(removed)
 }
 
 fn truncate(path: &Path, len: u64) -> Result<(), DatiError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(DatiError::io("open", path))?;
+    let file = OpenOptions::new().write(true).open(path).map_err(DatiError::io("open", path))?;
     file.set_len(len).map_err(DatiError::io("truncate", path))?;
     file.sync_all().map_err(DatiError::io("fsync", path))
 }
 
 /// Makes new and removed names in `dir` durable.
 fn sync_dir(dir: &Path) -> Result<(), DatiError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(DatiError::io("fsync directory", dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(DatiError::io("fsync directory", dir))
 }
 
 fn random_file_id() -> [u8; 16] {

@@ -5,7 +5,9 @@
 //! plays it backwards. So a flush costs nothing however large the store, and a crash costs what
 //! it discards. Iteration is over `BTreeMap`s only, so behaviour is deterministic.
 //!
-//! This store keeps units decoded (no byte encoding), so it never reports corruption.
+//! This store keeps units decoded (no byte encoding), so it never reports corruption. It keeps
+//! whole units even when inserted with [`Store::insert_located`] (the trait's default), so it
+//! needs no body source.
 
 use std::collections::BTreeMap;
 

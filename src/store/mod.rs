@@ -1,13 +1,31 @@
-//! The durable store behind the node: the indexed copy of every transfer unit held, the version
+//! The durable store behind the node: the index of every transfer unit held, the version
 //! vector, the physkey index, delivery cursors and small meta values.
 //!
 //! Two implementations of [`Store`]: [`SledStore`] in production and [`MemoryStore`] for the
 //! simulator (with [`MemoryStore::crash`] to model losing what was not flushed).
 //!
+//! # Key-value separation: the daily logs hold the unit bytes
+//!
+//! Every unit is appended and synced to a DATI daily log before it is inserted into the store,
+//! so the logs already are a durable value log (as in WiscKey or Bitcask). The ledger inserts
+//! with [`Store::insert_located`], and [`SledStore`] then keeps only a [`BodyRef`] per unit
+//! (about 17 bytes: log file number, offset, length) and loads the unit through a
+//! [`BodySource`] when it is read. This keeps the sled tree small, which matters because sled
+//! 0.34 keeps in memory roughly everything it has touched whatever its cache size says: with
+//! whole units inline, reading across a store of a million 256-byte units cost over 300 MiB.
+//!
+//! The consequence: **the daily log files must stay on disk while the store refers to them.**
+//! Archiving a log file away makes its units unreadable (reads fail with
+//! [`StoreError::Body`]) until it is put back; `meshnode rebuild` rebuilds the index from the
+//! logs that are there. A store opened without a body source ([`SledStore::open`]) still
+//! answers everything but the unit bytes themselves. Units inserted with
+//! [`Store::insert_batch`] are kept inline, whole, as before; a store may hold both kinds.
+//!
 //! # Contract
 //!
-//! - [`Store::insert_batch`] is atomic with respect to crashes: after a crash either the whole
-//!   batch (units, version vector, physkey index and meta writes) is there or none of it.
+//! - [`Store::insert_batch`] and [`Store::insert_located`] are atomic with respect to crashes:
+//!   after a crash either the whole batch (units or their body refs, version vector, physkey
+//!   index and meta writes) is there or none of it.
 //! - Nothing is durable before [`Store::flush`]. The ledger gets durability from its write-ahead
 //!   log (the DATI daily logs) and replays from its last checkpoint on open, so the store may
 //!   lose a suffix of batches in a crash but never part of one, and re-inserting is idempotent.
@@ -23,9 +41,11 @@
 //!
 //! # Sled layout (one tree, so one `sled::Batch` covers everything)
 //!
-//! - `u` origin(15) first_seq(8 BE): a run of units with contiguous seqs (at most 64 units or
-//!   7 KiB; `sled_store.rs` says why): count (u32 BE), then per unit its length (u32 BE) and its
-//!   [`TransferUnit::encode`] bytes.
+//! - `u` origin(15) first_seq(8 BE): a run of entries for contiguous seqs (at most 7 KiB, and
+//!   64 entries, or 256 if all are located; `sled_store.rs` says why): count (u32 BE), then per
+//!   entry a tag byte and
+//!   - tag 0, inline: the length (u32 BE) and the [`TransferUnit::encode`] bytes;
+//!   - tag 1, located: the [`BodyRef`]: file (u32 BE), offset (u64 BE), len (u32 BE).
 //! - `v` origin(15): that origin's [`OriginRange`] (postcard).
 //! - `p` physkey(32): origin(15) seq(8 BE), for application physkeys only.
 //! - `c` len(app)(1) app origin(15): delivered seq (8 BE); every seq up to it is delivered.
@@ -33,10 +53,12 @@
 //!
 //! # Not here
 //!
-//! The store validates nothing about a unit (the ledger did), writes no log, allocates no seq
-//! and decides nothing about replication. Outbound queue state per peer, when it comes, is kept
-//! in meta values; the store offers nothing special for it.
+//! The store validates nothing about a unit (the ledger did), writes and reads no log itself
+//! (the [`BodySource`] does), allocates no seq and decides nothing about replication. Outbound
+//! queue state per peer, when it comes, is kept in meta values; the store offers nothing special
+//! for it.
 
+mod body;
 mod memory;
 mod plan;
 mod sled_store;
@@ -47,6 +69,7 @@ mod vector;
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub use body::{BodyError, BodyRef, BodySource};
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
 pub use vector::{OriginRange, VectorError, VersionVector};
@@ -57,7 +80,7 @@ use crate::unit::{TransferUnit, UnitError};
 /// Default sled page cache: 64 MiB.
 pub const DEFAULT_CACHE_CAPACITY: u64 = 64 << 20;
 
-/// What [`Store::insert_batch`] did with one unit.
+/// What [`Store::insert_batch`] or [`Store::insert_located`] did with one unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum InsertOutcome {
@@ -79,18 +102,34 @@ impl InsertOutcome {
     }
 }
 
-/// A meta write carried by [`Store::insert_batch`]: the name and the new value (`None` deletes).
+/// A meta write carried by [`Store::insert_batch`] or [`Store::insert_located`]: the name and the
+/// new value (`None` deletes).
 pub type MetaWrite = (String, Option<Vec<u8>>);
 
 /// The durable store. See the module doc for the contract.
 pub trait Store: Send {
-    /// Inserts units not yet held; atomic with `meta`. Returns one outcome per input unit, in
-    /// order.
+    /// Inserts units not yet held, keeping their bytes in the store; atomic with `meta`.
+    /// Returns one outcome per input unit, in order.
     fn insert_batch(
         &mut self,
         units: &[TransferUnit],
         meta: &[MetaWrite],
     ) -> Result<Vec<InsertOutcome>, StoreError>;
+
+    /// [`Store::insert_batch`] for units whose bytes are already durable where each
+    /// [`BodyRef`] says (a daily log record): a store with a [`BodySource`] keeps only the
+    /// reference and loads the unit from there when it is read. Same outcomes, deduplication,
+    /// physkey index and atomicity as `insert_batch`; the refs of duplicates are dropped.
+    ///
+    /// The default, for stores that keep units themselves, is `insert_batch` on the units.
+    fn insert_located(
+        &mut self,
+        units: &[(TransferUnit, BodyRef)],
+        meta: &[MetaWrite],
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        let units: Vec<TransferUnit> = units.iter().map(|(unit, _)| unit.clone()).collect();
+        self.insert_batch(&units, meta)
+    }
 
     /// Whether `seq` of `origin` is held (a memory lookup).
     fn contains(&self, origin: &DatabaseId, seq: u64) -> bool;
@@ -132,7 +171,7 @@ pub trait Store: Send {
     fn meta_get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Writes a meta value, durable at the next flush. For writes that must be atomic with units,
-    /// pass them to [`Store::insert_batch`].
+    /// pass them to [`Store::insert_batch`] or [`Store::insert_located`].
     fn meta_put(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError>;
 
     /// The delivery cursor of application `app`: per origin, every seq up to the value is
@@ -181,6 +220,30 @@ pub enum StoreError {
         /// Its length.
         len: usize,
     },
+    /// A unit kept in the daily logs was read from a store opened without them
+    /// ([`SledStore::open`] rather than [`SledStore::open_with_bodies`]).
+    #[error(
+        "unit {origin} seq {seq} is kept in the daily logs, but the store was opened without them"
+    )]
+    NoBodySource {
+        /// The unit's origin.
+        origin: DatabaseId,
+        /// The unit's seq.
+        seq: u64,
+    },
+    /// The [`BodySource`] could not load a unit (its daily log file is missing, unreadable or
+    /// damaged). If the file was archived away, put it back; otherwise `meshnode rebuild`.
+    #[error("cannot load unit {origin} seq {seq} from daily log file {} of its origin", at.file)]
+    Body {
+        /// The unit's origin.
+        origin: DatabaseId,
+        /// The unit's seq.
+        seq: u64,
+        /// Where the store's index says it is.
+        at: BodyRef,
+        /// The source's error.
+        source: BodyError,
+    },
 }
 
 /// What is wrong with a corrupt value (see [`StoreError::Corrupt`]).
@@ -212,6 +275,28 @@ pub enum Corruption {
         origin: DatabaseId,
         /// The seq inside the unit.
         seq: u64,
+    },
+    /// The daily log record an entry points at holds another unit.
+    #[error(
+        "seq {seq} points at log file {} offset {}, which holds {found_origin} seq {found_seq}",
+        at.file,
+        at.offset
+    )]
+    WrongBody {
+        /// The seq the entry is for.
+        seq: u64,
+        /// Where the entry points.
+        at: BodyRef,
+        /// The origin of the unit found there.
+        found_origin: DatabaseId,
+        /// The seq of the unit found there.
+        found_seq: u64,
+    },
+    /// A run entry with a tag this build does not know.
+    #[error("unknown entry tag {tag}")]
+    EntryTag {
+        /// The tag byte.
+        tag: u8,
     },
     /// The version vector says a unit is held but no run contains it.
     #[error("unit {seq} is held by the version vector but missing")]

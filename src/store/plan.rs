@@ -7,7 +7,7 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::{InsertOutcome, OriginRange, StoreError, VersionVector};
+use super::{BodyRef, InsertOutcome, OriginRange, StoreError, VersionVector};
 use crate::id::{DatabaseId, Physkey};
 use crate::unit::TransferUnit;
 
@@ -24,15 +24,44 @@ pub(crate) struct Plan {
     pub touched: BTreeMap<DatabaseId, OriginRange>,
 }
 
+/// An element of an insert batch: a unit, or a unit with its [`BodyRef`].
+pub(crate) trait BatchUnit {
+    /// The unit.
+    fn unit(&self) -> &TransferUnit;
+
+    /// Where its bytes already are, if the store is to keep only that.
+    fn body(&self) -> Option<BodyRef>;
+}
+
+impl BatchUnit for TransferUnit {
+    fn unit(&self) -> &TransferUnit {
+        self
+    }
+
+    fn body(&self) -> Option<BodyRef> {
+        None
+    }
+}
+
+impl BatchUnit for (TransferUnit, BodyRef) {
+    fn unit(&self) -> &TransferUnit {
+        &self.0
+    }
+
+    fn body(&self) -> Option<BodyRef> {
+        Some(self.1)
+    }
+}
+
 /// Looks a physkey up in what the store held before the batch.
 pub(crate) type Lookup<'a> =
     dyn FnMut(&Physkey) -> Result<Option<(DatabaseId, u64)>, StoreError> + 'a;
 
 /// Plans inserting `units` into a store holding `vector`; `lookup` is the store's
 /// [`super::Store::find_physkey`].
-pub(crate) fn plan_batch(
+pub(crate) fn plan_batch<U: BatchUnit>(
     vector: &VersionVector,
-    units: &[TransferUnit],
+    units: &[U],
     lookup: &mut Lookup<'_>,
 ) -> Result<Plan, StoreError> {
     let mut plan = Plan {
@@ -44,7 +73,7 @@ pub(crate) fn plan_batch(
     // per origin rather than once per unit.
     let mut pending: HashMap<Physkey, (DatabaseId, u64)> = HashMap::new();
     let mut tags: BTreeMap<DatabaseId, u64> = BTreeMap::new();
-    for (i, unit) in units.iter().enumerate() {
+    for (i, unit) in units.iter().map(BatchUnit::unit).enumerate() {
         let name = (unit.origin, unit.seq);
         let range = match plan.touched.entry(unit.origin) {
             Entry::Occupied(e) => e.into_mut(),
@@ -88,15 +117,15 @@ pub(crate) fn plan_batch(
 
 /// A unit accepted earlier in this batch whose own generated key is `key`. Only keys in the
 /// generated layout can match, so this scan runs only for an application key that mimics one.
-fn held_earlier_in_batch(
-    units: &[TransferUnit],
+fn held_earlier_in_batch<U: BatchUnit>(
+    units: &[U],
     accepted: &[usize],
     key: &Physkey,
 ) -> Option<(DatabaseId, u64)> {
     let parts = key.generated_parts()?;
     accepted
         .iter()
-        .filter_map(|&i| units.get(i))
+        .filter_map(|&i| units.get(i).map(BatchUnit::unit))
         .find(|u| u.seq == parts.seq && u.physkey == *key && u.origin.tag() == parts.origin_tag)
         .map(|u| (u.origin, u.seq))
 }

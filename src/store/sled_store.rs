@@ -3,9 +3,23 @@
 //!
 //! Each insert batch is one `sled::Batch` holding the unit runs, the version vector entries of
 //! the origins it adds to, new physkey index entries and the caller's meta writes, so a crash
-//! keeps all of it or none. Units of one origin with contiguous seqs are stored as one value (a
-//! run, at most [`RUN_MAX_UNITS`] units or [`RUN_MAX_BYTES`]) because sled costs several µs per
-//! key. The version vector is loaded whole at open, so duplicates and `contains` never read sled.
+//! keeps all of it or none. Entries of one origin with contiguous seqs are stored as one value
+//! (a run, at most [`RUN_MAX_BYTES`] and [`RUN_MAX_INLINE`] or [`RUN_MAX_LOCATED`] entries)
+//! because sled costs several µs per key. The version vector is loaded whole at open, so
+//! duplicates and `contains` never read sled.
+//!
+//! # Key-value separation
+//!
+//! An entry is either the whole encoded unit (inline, from [`Store::insert_batch`]) or a
+//! [`BodyRef`] to the daily log record holding it (located, from [`Store::insert_located`]).
+//! The ledger inserts located: the tree then holds about 17 bytes per unit instead of ~300,
+//! and since sled 0.34 keeps in memory about as much of its tree as has been touched (whatever
+//! `cache_capacity` says), that is what bounds memory for a node reading across its whole store.
+//! Reads of a located entry go to the [`BodySource`] given to [`SledStore::open_with_bodies`],
+//! and the unit that comes back must be the one asked for, or the read fails as corruption.
+//! So the daily log files must stay where the source finds them: a store whose logs were
+//! archived away still answers counts, `contains`, cursors and application physkeys, but reads
+//! of those units fail with [`StoreError::Body`] until the files are back.
 //!
 //! If applying a batch fails, sled may hold part of it in memory (a crash would drop it, as the
 //! batch is unsealed); this store then refuses further batches until it is reopened, so that no
@@ -15,27 +29,39 @@
 //! unit stays in the run it arrived in.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use sled::IVec;
 
-use super::plan::{self, OriginTags};
+use super::plan::{self, BatchUnit, OriginTags};
 use super::{
-    Corruption, InsertOutcome, MetaWrite, OriginRange, Store, StoreError, StoreKey, VersionVector,
-    MAX_APP_NAME,
+    BodyRef, BodySource, Corruption, InsertOutcome, MetaWrite, OriginRange, Store, StoreError,
+    StoreKey, VersionVector, MAX_APP_NAME,
 };
 use crate::id::{DatabaseId, Physkey};
 use crate::unit::TransferUnit;
 
-/// A run holds at most this many units.
-pub(crate) const RUN_MAX_UNITS: u32 = 64;
-/// A run grows past this many bytes only to hold its first unit.
+/// A run with an inline entry holds at most this many entries.
+pub(crate) const RUN_MAX_INLINE: u32 = 64;
+/// A run of located entries only (17 bytes each) holds at most this many: 4.3 KiB, under
+/// [`RUN_MAX_BYTES`].
+pub(crate) const RUN_MAX_LOCATED: u32 = 256;
+/// A run grows past this many bytes only to hold its first entry.
 ///
 /// Kept small on purpose: sled 0.34 keeps up to 17 values in a leaf and writes any page over a
 /// quarter of its 512 KiB segment (128 KiB) as a separate blob file, created on every rewrite
 /// of that leaf. 17 runs of 7 KiB stay under that; 64-unit runs of 256-byte payloads (21 KiB)
 /// did not, and measured about twice the CPU per unit.
 pub(crate) const RUN_MAX_BYTES: usize = 7 << 10;
+
+/// Entry tag: length (u32 BE) and the encoded unit follow.
+const ENTRY_INLINE: u8 = 0;
+/// Entry tag: a [`BodyRef`] follows.
+const ENTRY_LOCATED: u8 = 1;
+/// Bytes of a located entry, tag included.
+const LOCATED_ENTRY_LEN: usize = 1 + BodyRef::LEN;
 
 const UNIT: u8 = b'u';
 const VECTOR: u8 = b'v';
@@ -46,11 +72,12 @@ const UNIT_KEY_LEN: usize = 1 + DatabaseId::LEN + 8;
 const INDEX_VALUE_LEN: usize = DatabaseId::LEN + 8;
 
 /// The sled-backed [`Store`].
-#[derive(Debug)]
 pub struct SledStore {
     db: sled::Db,
     vector: VersionVector,
     tags: OriginTags,
+    /// Where located entries are read from; `None` makes reading one an error.
+    bodies: Option<Arc<dyn BodySource>>,
     /// An earlier `apply_batch` failed: refuse batches until reopened.
     poisoned: bool,
 }
@@ -59,7 +86,29 @@ impl SledStore {
     /// Opens (or creates) the store in directory `path` with a page cache of
     /// `cache_capacity_bytes` (see [`super::DEFAULT_CACHE_CAPACITY`]), and loads the version
     /// vector. sled also writes back on its own every 500 ms.
+    ///
+    /// Without a [`BodySource`], reading a unit inserted with [`Store::insert_located`] fails
+    /// with [`StoreError::NoBodySource`]; everything else works (see
+    /// [`SledStore::open_with_bodies`]).
     pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<Self, StoreError> {
+        Self::open_inner(path, cache_capacity_bytes, None)
+    }
+
+    /// [`SledStore::open`] with the source that loads units inserted with
+    /// [`Store::insert_located`] (the ledger's reader of the daily logs).
+    pub fn open_with_bodies(
+        path: &Path,
+        cache_capacity_bytes: u64,
+        source: Arc<dyn BodySource>,
+    ) -> Result<Self, StoreError> {
+        Self::open_inner(path, cache_capacity_bytes, Some(source))
+    }
+
+    fn open_inner(
+        path: &Path,
+        cache_capacity_bytes: u64,
+        bodies: Option<Arc<dyn BodySource>>,
+    ) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_capacity_bytes)
@@ -77,7 +126,7 @@ impl SledStore {
             vector.replace(origin, Some(range));
         }
         let tags = OriginTags::from_vector(&vector);
-        Ok(SledStore { db, vector, tags, poisoned: false })
+        Ok(SledStore { db, vector, tags, bodies, poisoned: false })
     }
 
     /// Bytes sled uses on disk, for status output.
@@ -99,20 +148,40 @@ impl SledStore {
         }
     }
 
-    /// The run holding `seq` of `origin` would be the last run starting at or before it.
-    fn run_at_or_before(
+    /// The unit an entry of run `key` stands for, which is `seq` of `origin`.
+    fn load(
         &self,
+        key: &[u8],
         origin: &DatabaseId,
         seq: u64,
-    ) -> Result<Option<(IVec, IVec)>, StoreError> {
-        Ok(self.db.range(unit_key(origin, 0)..=unit_key(origin, seq)).next_back().transpose()?)
+        entry: Entry<'_>,
+    ) -> Result<TransferUnit, StoreError> {
+        let at = match entry {
+            Entry::Inline(bytes) => return decode_unit(key, origin, seq, bytes),
+            Entry::Located(at) => at,
+        };
+        let Some(source) = &self.bodies else {
+            return Err(StoreError::NoBodySource { origin: *origin, seq });
+        };
+        let unit = source.load(origin, seq, at).map_err(|source| StoreError::Body {
+            origin: *origin,
+            seq,
+            at,
+            source,
+        })?;
+        if unit.origin != *origin || unit.seq != seq {
+            let why =
+                Corruption::WrongBody { seq, at, found_origin: unit.origin, found_seq: unit.seq };
+            return Err(corrupt(key, why));
+        }
+        Ok(unit)
     }
-}
 
-impl Store for SledStore {
-    fn insert_batch(
+    /// [`Store::insert_batch`] and [`Store::insert_located`]: each unit is written as the
+    /// entry [`BatchUnit::body`] asks for.
+    fn insert<U: BatchUnit>(
         &mut self,
-        units: &[TransferUnit],
+        units: &[U],
         meta: &[MetaWrite],
     ) -> Result<Vec<InsertOutcome>, StoreError> {
         if self.poisoned {
@@ -126,20 +195,23 @@ impl Store for SledStore {
             return Ok(plan.outcomes);
         }
         let mut batch = sled::Batch::default();
-        let mut accepted: Vec<&TransferUnit> =
-            plan.accepted.iter().filter_map(|&i| units.get(i)).collect();
-        accepted.sort_unstable_by_key(|u| (u.origin, u.seq));
+        let mut accepted: Vec<&U> = plan.accepted.iter().filter_map(|&i| units.get(i)).collect();
+        accepted.sort_unstable_by_key(|u| (u.unit().origin, u.unit().seq));
         let mut run: Option<RunBuilder> = None;
-        for unit in accepted {
-            let encoded = unit.encode();
-            if !run.as_ref().is_some_and(|r| r.continues_with(unit, encoded.len())) {
+        for item in accepted {
+            let unit = item.unit();
+            let entry = match item.body() {
+                Some(at) => NewEntry::Located(at),
+                None => NewEntry::Inline(unit.encode()),
+            };
+            if !run.as_ref().is_some_and(|r| r.continues_with(unit, &entry)) {
                 if let Some(done) = run.take() {
                     done.finish(&mut batch);
                 }
-                run = Some(RunBuilder::new(unit));
+                run = Some(RunBuilder::new(unit, &entry));
             }
             if let Some(r) = run.as_mut() {
-                r.push(&encoded);
+                r.push(&entry);
             }
         }
         if let Some(done) = run {
@@ -171,6 +243,33 @@ impl Store for SledStore {
         Ok(plan.outcomes)
     }
 
+    /// The run holding `seq` of `origin` would be the last run starting at or before it.
+    fn run_at_or_before(
+        &self,
+        origin: &DatabaseId,
+        seq: u64,
+    ) -> Result<Option<(IVec, IVec)>, StoreError> {
+        Ok(self.db.range(unit_key(origin, 0)..=unit_key(origin, seq)).next_back().transpose()?)
+    }
+}
+
+impl Store for SledStore {
+    fn insert_batch(
+        &mut self,
+        units: &[TransferUnit],
+        meta: &[MetaWrite],
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        self.insert(units, meta)
+    }
+
+    fn insert_located(
+        &mut self,
+        units: &[(TransferUnit, BodyRef)],
+        meta: &[MetaWrite],
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        self.insert(units, meta)
+    }
+
     fn contains(&self, origin: &DatabaseId, seq: u64) -> bool {
         self.vector.contains(origin, seq)
     }
@@ -182,9 +281,9 @@ impl Store for SledStore {
         let missing = || corrupt(&unit_key(origin, seq), Corruption::Missing { seq });
         let (key, value) = self.run_at_or_before(origin, seq)?.ok_or_else(missing)?;
         for entry in Run::parse(&key, &value)?.entries() {
-            let (at, bytes) = entry?;
+            let (at, entry) = entry?;
             if at == seq {
-                return decode_unit(&key, origin, seq, bytes).map(Some);
+                return self.load(&key, origin, seq, entry).map(Some);
             }
         }
         Err(missing())
@@ -209,11 +308,11 @@ impl Store for SledStore {
         for item in self.db.range(start..=IVec::from(&unit_key(origin, u64::MAX)[..])) {
             let (key, value) = item?;
             for entry in Run::parse(&key, &value)?.entries() {
-                let (seq, bytes) = entry?;
+                let (seq, entry) = entry?;
                 if seq < from {
                     continue;
                 }
-                out.push(decode_unit(&key, origin, seq, bytes)?);
+                out.push(self.load(&key, origin, seq, entry)?);
                 if out.len() >= limit {
                     return Ok(out);
                 }
@@ -271,8 +370,8 @@ impl Store for SledStore {
             let (key, value) = item?;
             let run = Run::parse(&key, &value)?;
             for entry in run.entries() {
-                let (seq, bytes) = entry?;
-                if !f(&decode_unit(&key, &run.origin, seq, bytes)?) {
+                let (seq, entry) = entry?;
+                if !f(&self.load(&key, &run.origin, seq, entry)?) {
                     return Ok(());
                 }
             }
@@ -286,48 +385,101 @@ impl Store for SledStore {
     }
 }
 
-/// Builds one run value: count, then length-prefixed encoded units.
+impl fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SledStore")
+            .field("db", &self.db)
+            .field("origins", &self.vector.len())
+            .field("units", &self.vector.total())
+            .field("bodies", &self.bodies.is_some())
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+/// A run entry to write.
+enum NewEntry {
+    /// The encoded unit.
+    Inline(Vec<u8>),
+    /// Where the unit is.
+    Located(BodyRef),
+}
+
+impl NewEntry {
+    fn len(&self) -> usize {
+        match self {
+            NewEntry::Inline(encoded) => 1 + 4 + encoded.len(),
+            NewEntry::Located(_) => LOCATED_ENTRY_LEN,
+        }
+    }
+}
+
+/// Builds one run value: count, then tagged entries.
 struct RunBuilder {
     key: [u8; UNIT_KEY_LEN],
     origin: DatabaseId,
     next_seq: Option<u64>,
     count: u32,
+    /// Holds an inline entry, so [`RUN_MAX_INLINE`] applies.
+    inline: bool,
     buf: Vec<u8>,
 }
 
 impl RunBuilder {
-    fn new(first: &TransferUnit) -> Self {
-        let mut buf = Vec::with_capacity(RUN_MAX_BYTES.min(64 * (first.encoded_len_hint() + 4)));
+    fn new(first: &TransferUnit, entry: &NewEntry) -> Self {
+        let capacity = match entry {
+            NewEntry::Inline(_) => 64 * (first.encoded_len_hint() + 5),
+            NewEntry::Located(_) => 4 + RUN_MAX_LOCATED as usize * LOCATED_ENTRY_LEN,
+        };
+        let mut buf = Vec::with_capacity(RUN_MAX_BYTES.min(capacity));
         buf.extend_from_slice(&[0; 4]);
         RunBuilder {
             key: unit_key(&first.origin, first.seq),
             origin: first.origin,
             next_seq: Some(first.seq),
             count: 0,
+            inline: false,
             buf,
         }
     }
 
-    fn continues_with(&self, unit: &TransferUnit, encoded_len: usize) -> bool {
+    fn continues_with(&self, unit: &TransferUnit, entry: &NewEntry) -> bool {
+        let inline = self.inline || matches!(entry, NewEntry::Inline(_));
+        let max = if inline { RUN_MAX_INLINE } else { RUN_MAX_LOCATED };
         self.origin == unit.origin
             && self.next_seq == Some(unit.seq)
-            && self.count < RUN_MAX_UNITS
-            && self.buf.len() + 4 + encoded_len <= RUN_MAX_BYTES
+            && self.count < max
+            && self.buf.len() + entry.len() <= RUN_MAX_BYTES
     }
 
-    fn push(&mut self, encoded: &[u8]) {
-        // A unit is at most the payload limit (MiBs), far below u32::MAX.
-        let len = u32::try_from(encoded.len()).unwrap_or(u32::MAX);
-        self.buf.extend_from_slice(&len.to_be_bytes());
-        self.buf.extend_from_slice(encoded);
+    fn push(&mut self, entry: &NewEntry) {
+        match entry {
+            NewEntry::Inline(encoded) => {
+                // A unit is at most the payload limit (MiBs), far below u32::MAX.
+                let len = u32::try_from(encoded.len()).unwrap_or(u32::MAX);
+                self.buf.push(ENTRY_INLINE);
+                self.buf.extend_from_slice(&len.to_be_bytes());
+                self.buf.extend_from_slice(encoded);
+                self.inline = true;
+            }
+            NewEntry::Located(at) => {
+                self.buf.push(ENTRY_LOCATED);
+                self.buf.extend_from_slice(&at.to_bytes());
+            }
+        }
         self.count += 1;
         self.next_seq = self.next_seq.and_then(|s| s.checked_add(1));
     }
 
-    fn finish(mut self, batch: &mut sled::Batch) {
+    fn finish(self, batch: &mut sled::Batch) {
+        let (key, value) = self.into_value();
+        batch.insert(&key[..], value);
+    }
+
+    fn into_value(mut self) -> ([u8; UNIT_KEY_LEN], Vec<u8>) {
         // buf starts with the 4 bytes reserved in `new`.
         self.buf[..4].copy_from_slice(&self.count.to_be_bytes());
-        batch.insert(&self.key[..], self.buf);
+        (self.key, self.buf)
     }
 }
 
@@ -365,7 +517,16 @@ impl<'a> Run<'a> {
     }
 }
 
-/// `(seq, encoded unit)` of each unit in a run, in order.
+/// A run entry read from disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry<'a> {
+    /// The encoded unit (not yet decoded).
+    Inline(&'a [u8]),
+    /// Where the unit is.
+    Located(BodyRef),
+}
+
+/// `(seq, entry)` of each entry in a run, in order.
 struct RunEntries<'a> {
     key: &'a [u8],
     next_seq: Option<u64>,
@@ -374,7 +535,7 @@ struct RunEntries<'a> {
 }
 
 impl<'a> Iterator for RunEntries<'a> {
-    type Item = Result<(u64, &'a [u8]), StoreError>;
+    type Item = Result<(u64, Entry<'a>), StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.left == 0 {
@@ -385,21 +546,36 @@ impl<'a> Iterator for RunEntries<'a> {
             self.rest = &[];
             return Some(Err(corrupt(self.key, Corruption::Trailing { len })));
         }
-        let entry = (|| {
-            let seq = self.next_seq?;
-            let len = usize::try_from(self.rest.get(..4).and_then(be_u32)?).ok()?;
-            let bytes = self.rest.get(4..4usize.checked_add(len)?)?;
-            Some((seq, bytes, len + 4))
+        let parsed = (|| {
+            let seq = self.next_seq.ok_or(Corruption::Truncated)?;
+            let (&tag, body) = self.rest.split_first().ok_or(Corruption::Truncated)?;
+            let (entry, used) = match tag {
+                ENTRY_INLINE => {
+                    let len = body.get(..4).and_then(be_u32).ok_or(Corruption::Truncated)?;
+                    let len = usize::try_from(len).map_err(|_| Corruption::Truncated)?;
+                    let bytes = body.get(4..).and_then(|b| b.get(..len));
+                    (Entry::Inline(bytes.ok_or(Corruption::Truncated)?), 1 + 4 + len)
+                }
+                ENTRY_LOCATED => {
+                    let at = body.get(..BodyRef::LEN).and_then(BodyRef::from_bytes);
+                    (Entry::Located(at.ok_or(Corruption::Truncated)?), LOCATED_ENTRY_LEN)
+                }
+                tag => return Err(Corruption::EntryTag { tag }),
+            };
+            Ok((seq, entry, used))
         })();
-        let Some((seq, bytes, used)) = entry else {
-            self.left = 0;
-            self.rest = &[];
-            return Some(Err(corrupt(self.key, Corruption::Truncated)));
+        let (seq, entry, used) = match parsed {
+            Ok(parsed) => parsed,
+            Err(why) => {
+                self.left = 0;
+                self.rest = &[];
+                return Some(Err(corrupt(self.key, why)));
+            }
         };
         self.rest = self.rest.get(used..).unwrap_or_default();
         self.left -= 1;
         self.next_seq = seq.checked_add(1);
-        Some(Ok((seq, bytes)))
+        Some(Ok((seq, entry)))
     }
 }
 
