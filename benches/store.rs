@@ -51,7 +51,13 @@ fn fdatasync_rate(dir: &Path) -> f64 {
 fn sub(i: u64) -> Submission {
     let mut payload = vec![0u8; 256];
     payload[..8].copy_from_slice(&i.to_le_bytes());
-    Submission { kind: UnitKind::Tubt, urgency: Urgency::Normal, scopes: FileScopes::NONE, physkey: None, payload }
+    Submission {
+        kind: UnitKind::Tubt,
+        urgency: Urgency::Normal,
+        scopes: FileScopes::NONE,
+        physkey: None,
+        payload,
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -186,7 +192,9 @@ fn main() {
 
 fn walk_size(p: &Path) -> u64 {
     match std::fs::metadata(p) {
-        Ok(m) if m.is_dir() => std::fs::read_dir(p).map(|r| r.flatten().map(|e| walk_size(&e.path())).sum()).unwrap_or(0),
+        Ok(m) if m.is_dir() => std::fs::read_dir(p)
+            .map(|r| r.flatten().map(|e| walk_size(&e.path())).sum())
+            .unwrap_or(0),
         Ok(m) => m.len(),
         Err(_) => 0,
     }

@@ -47,7 +47,7 @@ pub enum ConfigError {
 }
 
 /// All settings.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[node]`.
@@ -94,17 +94,6 @@ pub struct DatiConfig {
 pub struct SubmitConfig {
     /// Units per group commit when submitting JSON lines.
     pub batch_size: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            node: NodeConfig::default(),
-            store: StoreConfig::default(),
-            dati: DatiConfig::default(),
-            submit: SubmitConfig::default(),
-        }
-    }
 }
 
 impl Default for NodeConfig {
@@ -264,9 +253,10 @@ mod tests {
 
     #[test]
     fn errors_name_line_and_key() {
-        let err = Config::parse("[node]\npayload_limit = 5\npayload_limt = 3\n", Path::new("m.toml"))
-            .unwrap_err()
-            .to_string();
+        let err =
+            Config::parse("[node]\npayload_limit = 5\npayload_limt = 3\n", Path::new("m.toml"))
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("m.toml"), "{err}");
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("payload_limt"), "{err}");
@@ -276,7 +266,8 @@ mod tests {
             .to_string();
         assert!(err.contains("line 2"), "{err}");
 
-        let err = Config::parse("[store]\ncache_mb = 1\n", Path::new("m.toml")).unwrap_err().to_string();
+        let err =
+            Config::parse("[store]\ncache_mb = 1\n", Path::new("m.toml")).unwrap_err().to_string();
         assert!(err.contains("store.cache_mb = 1"), "{err}");
         assert!(err.contains("4 to 65536"), "{err}");
 

@@ -165,10 +165,7 @@ impl SystemSecrets {
     fn parse(text: &str, path: &Path, expect_kind: &str) -> Result<Self, DataDirError> {
         let bad = |why: String| DataDirError::BadFile { path: path.to_path_buf(), why };
         let file: SecretsFile = toml::from_str(text).map_err(|e| {
-            bad(format!(
-                "not a meshnode {expect_kind} file: {}",
-                e.to_string().trim_end()
-            ))
+            bad(format!("not a meshnode {expect_kind} file: {}", e.to_string().trim_end()))
         })?;
         if file.format != 1 {
             return Err(bad(format!(
@@ -352,7 +349,8 @@ pub fn device_id(dir: &Path) -> Result<DeviceId, DataDirError> {
 }
 
 fn first_mac() -> Option<String> {
-    let mut names: Vec<_> = fs::read_dir("/sys/class/net").ok()?.flatten().map(|e| e.path()).collect();
+    let mut names: Vec<_> =
+        fs::read_dir("/sys/class/net").ok()?.flatten().map(|e| e.path()).collect();
     names.sort();
     names.into_iter().find_map(|dev| {
         let mac = fs::read_to_string(dev.join("address")).ok()?;
@@ -416,7 +414,10 @@ impl DataDir {
         let device_id = device_id(path)?;
         let marker = path.join(MARKER_FILE);
         let _ = fs::remove_file(&marker);
-        write_atomic(&marker, b"meshnode install marker: do not edit; its identity tells copies apart\n")?;
+        write_atomic(
+            &marker,
+            b"meshnode install marker: do not edit; its identity tells copies apart\n",
+        )?;
         let identity = Identity {
             dbid: DatabaseId::random(rng),
             piid: device_id.to_string(),
@@ -460,7 +461,10 @@ impl DataDir {
                 identity.piid
             ))
         } else if marker_inode != Some(identity.marker_inode) {
-            Some("the install marker changed (directory copied or restored from a backup)".to_string())
+            Some(
+                "the install marker changed (directory copied or restored from a backup)"
+                    .to_string(),
+            )
         } else {
             None
         };
@@ -468,7 +472,10 @@ impl DataDir {
             let old = identity.dbid;
             let new = DatabaseId::random(rng);
             let _ = fs::remove_file(&marker);
-            write_atomic(&marker, b"meshnode install marker: do not edit; its identity tells copies apart\n")?;
+            write_atomic(
+                &marker,
+                b"meshnode install marker: do not edit; its identity tells copies apart\n",
+            )?;
             identity.previous_dbids.push(old);
             identity.dbid = new;
             identity.piid = device_id.to_string();
@@ -533,7 +540,9 @@ pub fn read_identity(dir: &Path) -> Result<Identity, DataDirError> {
 
 fn write_identity(dir: &Path, identity: &Identity) -> Result<(), DataDirError> {
     let body = toml::to_string(identity).expect("toml of plain fields");
-    let text = format!("# meshnode identity of this data directory; written by meshnode, do not edit.\n{body}");
+    let text = format!(
+        "# meshnode identity of this data directory; written by meshnode, do not edit.\n{body}"
+    );
     write_atomic(&dir.join(IDENTITY_FILE), text.as_bytes())
 }
 
@@ -548,7 +557,11 @@ mod tests {
 
     fn secrets() -> SystemSecrets {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        SystemSecrets::generate(&mut rng, Some("77,123,89,201192".parse().unwrap()), Environment::live())
+        SystemSecrets::generate(
+            &mut rng,
+            Some("77,123,89,201192".parse().unwrap()),
+            Environment::live(),
+        )
     }
 
     #[test]

@@ -402,11 +402,7 @@ impl Physkey {
         if (lo & 0xff) as u8 != Self::MARKER {
             return None;
         }
-        Some(GeneratedPhyskey {
-            time_ms: (hi >> 64) as u64,
-            origin_tag: hi as u64,
-            seq: lo >> 8,
-        })
+        Some(GeneratedPhyskey { time_ms: (hi >> 64) as u64, origin_tag: hi as u64, seq: lo >> 8 })
     }
 
     /// Whether this key is the generated key of `(origin, seq)`.
@@ -552,7 +548,8 @@ mod tests {
         assert_eq!(id.as_str().len(), 15);
         assert_eq!(id.as_str().parse::<DatabaseId>().unwrap(), id);
         assert!("ITB85JUYCJS4IQA".parse::<DatabaseId>().is_ok());
-        for bad in ["", "ITB85JUYCJS4IQ", "ITB85JUYCJS4IQAA", "itb85juycjs4iqa", "ITB85JUYCJS4IQ-"] {
+        for bad in ["", "ITB85JUYCJS4IQ", "ITB85JUYCJS4IQAA", "itb85juycjs4iqa", "ITB85JUYCJS4IQ-"]
+        {
             assert!(bad.parse::<DatabaseId>().is_err(), "{bad}");
         }
     }

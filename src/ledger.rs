@@ -24,7 +24,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::datadir::DataDir;
-use crate::dati::{self, DatiBodies, DatiConfig, DatiError, DatiPosition, DatiWriter, RecordLocation};
+use crate::dati::{
+    self, DatiBodies, DatiConfig, DatiError, DatiPosition, DatiWriter, RecordLocation,
+};
 use crate::id::{DatabaseId, InstanceId, Physkey, PhyskeyClock};
 use crate::store::{BodyError, BodyRef, BodySource, InsertOutcome, SledStore, Store, StoreError};
 use crate::unit::{FileScopes, TransferUnit, UnitError, UnitKind, Urgency};
@@ -148,7 +150,8 @@ impl<S: Store> Ledger<S> {
         instance: InstanceId,
     ) -> Result<(Self, OpenReport), LedgerError> {
         let keys = dir.key_schedule();
-        let nnnn_floor: BTreeMap<DatabaseId, u32> = meta_decode(&store, META_NNNN)?.unwrap_or_default();
+        let nnnn_floor: BTreeMap<DatabaseId, u32> =
+            meta_decode(&store, META_NNNN)?.unwrap_or_default();
         let cfg = DatiConfig { dir: dir.dati_path(), size_limit: dir.config.dati.file_size_limit };
         let (writer, dati_report) = DatiWriter::open(cfg, keys.clone(), instance, &nnnn_floor)?;
         let mut report = OpenReport {
@@ -172,7 +175,9 @@ impl<S: Store> Ledger<S> {
             }
             Ok::<(), LedgerError>(())
         })?;
-        report.repairs.extend(replay.problems.iter().map(|p| format!("skipped during replay: {p}")));
+        report
+            .repairs
+            .extend(replay.problems.iter().map(|p| format!("skipped during replay: {p}")));
         if !batch.is_empty() {
             store.insert_located(&batch, &[])?;
         }
@@ -220,7 +225,10 @@ impl<S: Store> Ledger<S> {
     /// Validates one submission without writing anything.
     pub fn check(&self, sub: &Submission) -> Result<(), UnitError> {
         if sub.payload.len() > self.payload_limit {
-            return Err(UnitError::PayloadTooLarge { len: sub.payload.len(), limit: self.payload_limit });
+            return Err(UnitError::PayloadTooLarge {
+                len: sub.payload.len(),
+                limit: self.payload_limit,
+            });
         }
         Ok(())
     }
@@ -251,14 +259,20 @@ impl<S: Store> Ledger<S> {
                 }
                 if let Some(first) = batch_keys.get(&key).and_then(|&i| units.get(i)) {
                     let first: &TransferUnit = first;
-                    receipts.push(Receipt { origin: first.origin, seq: first.seq, physkey: key, existing: true });
+                    receipts.push(Receipt {
+                        origin: first.origin,
+                        seq: first.seq,
+                        physkey: key,
+                        existing: true,
+                    });
                     continue;
                 }
             }
             let time = self.clock.next(now_ms);
             let physkey = match sub.physkey {
                 Some(key) => key,
-                None => Physkey::generate(time, &self.own, seq).ok_or(LedgerError::SeqExhausted(self.own))?,
+                None => Physkey::generate(time, &self.own, seq)
+                    .ok_or(LedgerError::SeqExhausted(self.own))?,
             };
             if sub.physkey.is_some() {
                 batch_keys.insert(physkey, units.len());
@@ -283,7 +297,11 @@ impl<S: Store> Ledger<S> {
 
     /// Accepts units that arrived from elsewhere (a peer, a carried log file): skips what is
     /// held, logs and stores the rest durably. Returns how many were new.
-    pub fn accept_batch(&mut self, units: Vec<TransferUnit>, now_ms: u64) -> Result<usize, LedgerError> {
+    pub fn accept_batch(
+        &mut self,
+        units: Vec<TransferUnit>,
+        now_ms: u64,
+    ) -> Result<usize, LedgerError> {
         if self.poisoned {
             return Err(LedgerError::Poisoned);
         }
@@ -298,7 +316,11 @@ impl<S: Store> Ledger<S> {
         Ok(n)
     }
 
-    fn write(&mut self, units: Vec<TransferUnit>, now_ms: u64) -> Result<Vec<InsertOutcome>, LedgerError> {
+    fn write(
+        &mut self,
+        units: Vec<TransferUnit>,
+        now_ms: u64,
+    ) -> Result<Vec<InsertOutcome>, LedgerError> {
         if units.is_empty() {
             return Ok(Vec::new());
         }
@@ -365,6 +387,8 @@ fn meta_decode<S: Store, T: for<'de> Deserialize<'de>>(
 ) -> Result<Option<T>, LedgerError> {
     match store.meta_get(name)? {
         None => Ok(None),
-        Some(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(|_| LedgerError::BadMeta { name }),
+        Some(bytes) => {
+            postcard::from_bytes(&bytes).map(Some).map_err(|_| LedgerError::BadMeta { name })
+        }
     }
 }

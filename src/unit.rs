@@ -227,7 +227,10 @@ impl TransferUnit {
     /// Checks the invariants every accepted unit satisfies.
     pub fn validate(&self, payload_limit: usize) -> Result<(), UnitError> {
         if self.payload.len() > payload_limit {
-            return Err(UnitError::PayloadTooLarge { len: self.payload.len(), limit: payload_limit });
+            return Err(UnitError::PayloadTooLarge {
+                len: self.payload.len(),
+                limit: payload_limit,
+            });
         }
         if self.seq == 0 {
             return Err(UnitError::ZeroSeq);

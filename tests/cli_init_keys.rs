@@ -75,7 +75,13 @@ fn join_file_makes_a_new_member_with_its_own_dbid() {
     }
     // A damaged join file is refused with a reason.
     std::fs::write(tmp.path().join("bad.key"), "kind = \"join\"\n").unwrap();
-    let err = fails(&["init", "--data-dir", s(&tmp.path().join("c")), "--join", s(&tmp.path().join("bad.key"))]);
+    let err = fails(&[
+        "init",
+        "--data-dir",
+        s(&tmp.path().join("c")),
+        "--join",
+        s(&tmp.path().join("bad.key")),
+    ]);
     assert!(err.contains("bad.key"), "{err}");
 }
 
@@ -128,9 +134,16 @@ fn bad_config_is_reported_with_its_line_and_nothing_changes() {
     let d = init(tmp.path(), "a", &[]);
     ok(&["submit", "--data-dir", s(&d), "--file", s(&d.join("identity.toml"))]);
     let good = std::fs::read_to_string(d.join("meshnode.toml")).unwrap();
-    std::fs::write(d.join("meshnode.toml"), good.replace("cache_mb = 64", "cache_mb = 64\ncahce = 3")).unwrap();
+    std::fs::write(
+        d.join("meshnode.toml"),
+        good.replace("cache_mb = 64", "cache_mb = 64\ncahce = 3"),
+    )
+    .unwrap();
     let err = fails(&["units", "--data-dir", s(&d)]);
-    assert!(err.contains("meshnode.toml") && err.contains("line") && err.contains("cahce"), "{err}");
+    assert!(
+        err.contains("meshnode.toml") && err.contains("line") && err.contains("cahce"),
+        "{err}"
+    );
     std::fs::write(d.join("meshnode.toml"), good).unwrap();
     assert_eq!(units(&d).len(), 1);
 }

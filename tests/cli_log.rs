@@ -37,7 +37,8 @@ fn dump_prints_records_as_json_lines() {
     submit_many(&d, 3, "sale");
     let file = dati_files(&d).pop().unwrap();
     let out = ok(&["log", "dump", "--data-dir", s(&d), "--file", s(&file), "--payload"]);
-    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> =
+        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[2]["seq"], 3);
     assert_eq!(lines[2]["payload"], "{\"sale\":2}");
@@ -118,10 +119,26 @@ fn a_torn_tail_is_repaired_on_start_and_reported() {
     let mut f = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
     f.write_all(&[0x40, 0, 0, 0, 1, 2, 3]).unwrap();
     drop(f);
-    let out = cmd(&["units", "--data-dir", s(&d)]).env("MESHNODE_LOG", "meshnode=warn").output().unwrap();
+    let out =
+        cmd(&["units", "--data-dir", s(&d)]).env("MESHNODE_LOG", "meshnode=warn").output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).lines().count(), 20);
     let stderr = text(&out.stderr);
     assert!(stderr.contains("repaired") || stderr.contains("torn"), "{stderr}");
     ok(&["log", "verify", "--data-dir", s(&d)]);
+}
+
+#[test]
+fn a_missing_daily_log_is_named_with_the_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = init(tmp.path(), "a", &[]);
+    submit_many(&d, 5, "m");
+    let file = dati_files(&d).pop().unwrap();
+    let aside = tmp.path().join("archived.DATI");
+    std::fs::rename(&file, &aside).unwrap();
+    let err = fails(&["units", "--data-dir", s(&d)]);
+    assert!(err.contains("missing") && err.contains("put the file back"), "{err}");
+    // Putting it back restores everything; nothing was lost.
+    std::fs::rename(&aside, &file).unwrap();
+    assert_eq!(units(&d).len(), 5);
 }

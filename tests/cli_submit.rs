@@ -20,7 +20,10 @@ fn submit_one_unit_from_a_file_and_stdin() {
     assert_eq!(r1["seq"], 1);
     assert_eq!(r1["physkey"].as_str().unwrap().len(), 32);
 
-    let out = run_with_input(&["submit", "--data-dir", s(&d), "--kind", "TUEV", "--urgent"], b"door opened");
+    let out = run_with_input(
+        &["submit", "--data-dir", s(&d), "--kind", "TUEV", "--urgent"],
+        b"door opened",
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let r2 = receipt(text(&out.stdout).trim());
     assert_eq!(r2["seq"], 2);
@@ -49,7 +52,10 @@ fn jsonl_batches_print_one_receipt_per_line_in_order() {
     let d = init(tmp.path(), "a", &[]);
     let mut input = String::new();
     for i in 0..2500 {
-        input.push_str(&format!("{{\"kind\":\"TUBT\",\"urgent\":{},\"body\":{{\"sale\":{i},\"lines\":[1,2]}}}}\n", i % 100 == 0));
+        input.push_str(&format!(
+            "{{\"kind\":\"TUBT\",\"urgent\":{},\"body\":{{\"sale\":{i},\"lines\":[1,2]}}}}\n",
+            i % 100 == 0
+        ));
     }
     input.push('\n'); // blank lines are skipped
     let out = run_with_input(&["submit", "--data-dir", s(&d), "--jsonl", "-"], input.as_bytes());
@@ -125,7 +131,11 @@ fn oversized_payload_is_refused_and_nothing_changes() {
     let out = run_with_input(&["submit", "--data-dir", s(&d)], &big[..1 << 20]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let cfg = std::fs::read_to_string(d.join("meshnode.toml")).unwrap();
-    std::fs::write(d.join("meshnode.toml"), cfg.replace("payload_limit = 1048576", "payload_limit = 100")).unwrap();
+    std::fs::write(
+        d.join("meshnode.toml"),
+        cfg.replace("payload_limit = 1048576", "payload_limit = 100"),
+    )
+    .unwrap();
     let out = run_with_input(&["submit", "--data-dir", s(&d)], &[b'y'; 101]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("limit of 100"), "{}", text(&out.stderr));

@@ -28,7 +28,10 @@ fn round(d: &std::path::Path, round_no: u64, kill_after: usize) -> Vec<(String, 
     let writer = std::thread::spawn(move || {
         let mut i = 0u64;
         while !writer_stop.load(Ordering::Relaxed) {
-            let line = format!("{{\"body\":{{\"round\":{round_no},\"i\":{i},\"pad\":\"{}\"}}}}\n", "p".repeat(200));
+            let line = format!(
+                "{{\"body\":{{\"round\":{round_no},\"i\":{i},\"pad\":\"{}\"}}}}\n",
+                "p".repeat(200)
+            );
             if stdin.write_all(line.as_bytes()).is_err() {
                 break;
             }
@@ -66,7 +69,11 @@ fn kill_9_while_submitting_loses_nothing_acknowledged_and_never_reuses_a_seq() {
     // Small log files so kills also land around file rotation.
     let d = init(tmp.path(), "a", &[]);
     let cfg = std::fs::read_to_string(d.join("meshnode.toml")).unwrap();
-    std::fs::write(d.join("meshnode.toml"), cfg.replace("file_size_limit = 67108864", "file_size_limit = 262144")).unwrap();
+    std::fs::write(
+        d.join("meshnode.toml"),
+        cfg.replace("file_size_limit = 67108864", "file_size_limit = 262144"),
+    )
+    .unwrap();
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     let mut acked: BTreeMap<u64, String> = BTreeMap::new();

@@ -26,7 +26,8 @@ pub(super) fn run(dir: &Path, args: InitArgs) -> anyhow::Result<()> {
     let mut rng = rand::rngs::OsRng;
     let (secrets, verb) = match &args.join {
         Some(file) => (
-            SystemSecrets::read_join_file(file).with_context(|| format!("cannot read join file {}", file.display()))?,
+            SystemSecrets::read_join_file(file)
+                .with_context(|| format!("cannot read join file {}", file.display()))?,
             "joined",
         ),
         None => (SystemSecrets::generate(&mut rng, args.system, args.env), "created"),

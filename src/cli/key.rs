@@ -21,7 +21,8 @@ pub enum KeyCommand {
 pub(super) fn run(dir: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
     match cmd {
         KeyCommand::Export { out } => {
-            let secrets = read_system_key(dir).with_context(|| format!("cannot read the system key of {}", dir.display()))?;
+            let secrets = read_system_key(dir)
+                .with_context(|| format!("cannot read the system key of {}", dir.display()))?;
             secrets
                 .write_join_file(&out)
                 .with_context(|| format!("cannot write join file {}", out.display()))?;

@@ -52,8 +52,11 @@ pub(super) fn run(dir: Option<&Path>, cmd: LogCommand) -> anyhow::Result<()> {
 }
 
 fn schedule(dir: &Path) -> anyhow::Result<KeySchedule> {
-    let secrets = read_system_key(dir).with_context(|| format!("cannot read the system key of {}", dir.display()))?;
-    let period = crate::config::Config::load(&dir.join(crate::datadir::CONFIG_FILE))?.node.key_epoch_period_secs;
+    let secrets = read_system_key(dir)
+        .with_context(|| format!("cannot read the system key of {}", dir.display()))?;
+    let period = crate::config::Config::load(&dir.join(crate::datadir::CONFIG_FILE))?
+        .node
+        .key_epoch_period_secs;
     Ok(secrets.key_schedule(period))
 }
 
@@ -121,14 +124,20 @@ fn import(dir: &Path, files: &[PathBuf]) -> anyhow::Result<()> {
         let units: Vec<_> = dati::DatiReader::open(path, &keys)?
             .map(|r| r.map(|rec| rec.unit))
             .collect::<Result<_, _>>()
-            .with_context(|| format!("{} was not imported (nothing taken from it)", path.display()))?;
+            .with_context(|| {
+                format!("{} was not imported (nothing taken from it)", path.display())
+            })?;
         seen += units.len() as u64;
         for chunk in units.chunks(4096) {
             new += ledger.accept_batch(chunk.to_vec(), super::now_ms())?;
         }
     }
     ledger.close()?;
-    println!("imported {} files: {seen} units read, {new} new, {} already held", files.len(), seen - new as u64);
+    println!(
+        "imported {} files: {seen} units read, {new} new, {} already held",
+        files.len(),
+        seen - new as u64
+    );
     Ok(())
 }
 

@@ -73,7 +73,8 @@ pub fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MESHNODE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("meshnode=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -108,8 +109,8 @@ pub(crate) fn now_ms() -> u64 {
 /// Opens and locks `dir` and its ledger, logging what the operator must know.
 pub(crate) fn open_ledger(dir: &std::path::Path) -> anyhow::Result<(DataDir, Ledger)> {
     let mut rng = rand::rngs::OsRng;
-    let (datadir, notes) =
-        DataDir::open(dir, &mut rng).with_context(|| format!("cannot open data directory {}", dir.display()))?;
+    let (datadir, notes) = DataDir::open(dir, &mut rng)
+        .with_context(|| format!("cannot open data directory {}", dir.display()))?;
     for note in notes {
         match note {
             OpenNote::NewDbid { old, new, reason } => {

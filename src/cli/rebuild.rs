@@ -14,15 +14,18 @@ pub struct RebuildArgs {}
 
 pub(super) fn run(dir: &Path, _args: RebuildArgs) -> anyhow::Result<()> {
     let mut rng = rand::rngs::OsRng;
-    let (datadir, _) = DataDir::open(dir, &mut rng).with_context(|| format!("cannot open {}", dir.display()))?;
+    let (datadir, _) =
+        DataDir::open(dir, &mut rng).with_context(|| format!("cannot open {}", dir.display()))?;
     let store = datadir.store_path();
     let aside = dir.join("store.before-rebuild");
     if aside.exists() {
-        std::fs::remove_dir_all(&aside).with_context(|| format!("cannot remove {}", aside.display()))?;
+        std::fs::remove_dir_all(&aside)
+            .with_context(|| format!("cannot remove {}", aside.display()))?;
     }
     if store.exists() {
         // Kept until the rebuild succeeded, so a failed rebuild loses nothing.
-        std::fs::rename(&store, &aside).with_context(|| format!("cannot move {} aside", store.display()))?;
+        std::fs::rename(&store, &aside)
+            .with_context(|| format!("cannot move {} aside", store.display()))?;
     }
     drop(datadir);
     let result = super::open_ledger(dir).and_then(|(_d, ledger)| {

@@ -17,7 +17,8 @@ pub(super) fn run(dir: &Path, as_json: bool) -> anyhow::Result<()> {
         .unwrap_or(crate::crypto::DEFAULT_EPOCH_PERIOD_SECS);
     let key_epoch = secrets.key_schedule(schedule_period).epoch_at(super::now_ms() / 1000).0;
     let files = dati::list_files(&dir.join("dati")).unwrap_or_default();
-    let dati_files: Vec<_> = files.iter().map(|f| json!({"name": f.name, "size": f.size})).collect();
+    let dati_files: Vec<_> =
+        files.iter().map(|f| json!({"name": f.name, "size": f.size})).collect();
 
     let mut status = json!({
         "rmsystem": secrets.rmsystem.to_string(),

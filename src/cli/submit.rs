@@ -94,10 +94,14 @@ fn urgency(urgent: bool, background: bool) -> Urgency {
 
 fn run_one(dir: &Path, args: &SubmitArgs) -> anyhow::Result<()> {
     let payload = match &args.file {
-        Some(file) => std::fs::read(file).with_context(|| format!("cannot read payload file {}", file.display()))?,
+        Some(file) => std::fs::read(file)
+            .with_context(|| format!("cannot read payload file {}", file.display()))?,
         None => {
             let mut buf = Vec::new();
-            std::io::stdin().lock().read_to_end(&mut buf).context("cannot read the payload from stdin")?;
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut buf)
+                .context("cannot read the payload from stdin")?;
             buf
         }
     };
@@ -137,7 +141,8 @@ fn run_jsonl(dir: &Path, path: &Path) -> anyhow::Result<()> {
     let reader: Box<dyn BufRead + Send> = if path == Path::new("-") {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
-        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         Box::new(std::io::BufReader::new(file))
     };
     std::thread::spawn(move || {
@@ -151,16 +156,15 @@ fn run_jsonl(dir: &Path, path: &Path) -> anyhow::Result<()> {
     });
 
     let mut accepted = 0u64;
-    loop {
-        // Block for the first line, then take whatever else has already arrived.
-        let first = match rx.recv() {
-            Ok(msg) => msg,
-            Err(_) => break,
-        };
+    // Block for the first line, then take whatever else has already arrived.
+    while let Ok(first) = rx.recv() {
         let mut batch = Vec::with_capacity(batch_size);
         let mut failure = None;
         for msg in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
-            match msg.context("cannot read the input").and_then(|(n, line)| parse_line(&ledger, n, &line)) {
+            match msg
+                .context("cannot read the input")
+                .and_then(|(n, line)| parse_line(&ledger, n, &line))
+            {
                 Ok(Some(sub)) => batch.push(sub),
                 Ok(None) => {}
                 Err(e) => {
@@ -205,7 +209,9 @@ fn parse_line(ledger: &Ledger, n: u64, line: &str) -> anyhow::Result<Option<Subm
     };
     let mut scopes = FileScopes::NONE;
     for s in &parsed.scopes {
-        scopes = scopes.union(parse_scope(s).map_err(anyhow::Error::msg).with_context(|| format!("line {n}"))?);
+        scopes = scopes.union(
+            parse_scope(s).map_err(anyhow::Error::msg).with_context(|| format!("line {n}"))?,
+        );
     }
     let sub = Submission {
         kind,

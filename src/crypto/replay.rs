@@ -86,11 +86,16 @@ impl ReplayGuard {
     }
 
     /// Accepts a message of `sender` with nonce `counter` once.
-    pub fn check_and_record(&mut self, sender: InstanceId, counter: u64) -> Result<(), CryptoError> {
+    pub fn check_and_record(
+        &mut self,
+        sender: InstanceId,
+        counter: u64,
+    ) -> Result<(), CryptoError> {
         self.tick += 1;
         if !self.senders.contains_key(&sender) && self.senders.len() >= self.capacity {
             // Forget the least recently heard sender (deterministic: BTreeMap order breaks ties).
-            if let Some(oldest) = self.senders.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| *k) {
+            if let Some(oldest) = self.senders.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| *k)
+            {
                 self.senders.remove(&oldest);
             }
         }

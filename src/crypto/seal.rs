@@ -218,7 +218,10 @@ mod tests {
         assert_eq!(k.open(nonce, b"headex", &sealed), Err(CryptoError::Decrypt));
         let other = Nonce { counter: 6, ..nonce };
         assert_eq!(k.open(other, b"header", &sealed), Err(CryptoError::Decrypt));
-        assert_eq!(k.open(nonce, b"header", &sealed[..10]), Err(CryptoError::Truncated { len: 10 }));
+        assert_eq!(
+            k.open(nonce, b"header", &sealed[..10]),
+            Err(CryptoError::Truncated { len: 10 })
+        );
     }
 
     #[test]

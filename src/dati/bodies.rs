@@ -72,7 +72,7 @@ impl DatiBodies {
         let log = self.file(origin, at.nnnn)?;
         let bad = |why| DatiError::BadRecord { path: log.path.clone(), offset: at.offset, why };
         let len = usize::try_from(at.len).unwrap_or(usize::MAX);
-        if len < FRAME_OVERHEAD + MIN_BODY || len > FRAME_OVERHEAD + MAX_RECORD_BODY {
+        if !(FRAME_OVERHEAD + MIN_BODY..=FRAME_OVERHEAD + MAX_RECORD_BODY).contains(&len) {
             return Err(bad(RecordProblem::TooLong { len: at.len }));
         }
         let mut frame = vec![0u8; len];
@@ -117,7 +117,11 @@ impl DatiBodies {
         let info = list_files(&self.dir)?
             .into_iter()
             .find(|f| f.origin == *origin && f.nnnn == nnnn)
-            .ok_or_else(|| DatiError::MissingLog { origin: *origin, nnnn, dir: self.dir.clone() })?;
+            .ok_or_else(|| DatiError::MissingLog {
+                origin: *origin,
+                nnnn,
+                dir: self.dir.clone(),
+            })?;
         let file = File::open(&info.path).map_err(DatiError::io("open", &info.path))?;
         let mut bytes = [0u8; HEADER_LEN];
         file.read_exact_at(&mut bytes, 0).map_err(DatiError::io("read", &info.path))?;

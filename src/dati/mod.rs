@@ -103,7 +103,9 @@ use crate::unit::UnitError;
 
 pub use bodies::{DatiBodies, RecordLocation};
 pub use format::{DatiHeader, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_RECORD_BODY};
-pub use reader::{read_from, read_from_located, verify_file, DatiReader, DatiRecord, ReplayReport, VerifyReport};
+pub use reader::{
+    read_from, read_from_located, verify_file, DatiReader, DatiRecord, ReplayReport, VerifyReport,
+};
 pub use writer::{DatiWriter, OpenReport, Repair};
 
 /// Default size limit of one file: 64 MiB.

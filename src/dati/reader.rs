@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use crate::crypto::{Epoch, EpochKey, KeySchedule, Nonce, Purpose};
 use crate::dati::format::{self, Body, DatiHeader, FRAME_HEAD, FRAME_OVERHEAD, HEADER_LEN};
-use crate::dati::{RecordLocation, RecordProblem};
 use crate::dati::{len64, list_files, parse_file_name, DatiError, DatiPosition, HeaderProblem};
+use crate::dati::{RecordLocation, RecordProblem};
 use crate::id::DatabaseId;
 use crate::unit::TransferUnit;
 

@@ -129,12 +129,7 @@ impl DatagramSealer {
             return Err(WireError::MustBeSealed { tag });
         }
         let (prefix, _, epoch) = self.prefix(tag, now_unix_secs, body.len())?;
-        let key = cached_key(
-            &mut self.discovery_key,
-            &self.schedule,
-            Purpose::DiscoveryTag,
-            epoch,
-        );
+        let key = cached_key(&mut self.discovery_key, &self.schedule, Purpose::DiscoveryTag, epoch);
         let mut out = Vec::with_capacity(Self::sealed_len(body.len()));
         out.extend_from_slice(&prefix);
         out.extend_from_slice(body);
@@ -152,10 +147,7 @@ impl DatagramSealer {
     ) -> Result<([u8; PREFIX_LEN], Nonce, Epoch), WireError> {
         let len = Self::sealed_len(payload_len);
         if len > MAX_DATAGRAM_LEN {
-            return Err(WireError::DatagramTooLarge {
-                len,
-                max: MAX_DATAGRAM_LEN,
-            });
+            return Err(WireError::DatagramTooLarge { len, max: MAX_DATAGRAM_LEN });
         }
         let nonce = self.nonces.next_nonce()?;
         let epoch = self.schedule.epoch_at(now_unix_secs);
@@ -214,15 +206,10 @@ impl DatagramOpener {
         let (tag, header, sealed) = self.check_prefix(bytes, now_unix_secs)?;
         let aad = bytes.get(..PREFIX_LEN).unwrap_or_default();
         let key = self.key(self.purpose, header.epoch);
-        let plaintext = key
-            .open(header.nonce(), aad, sealed)
-            .map_err(|_| Rejection::DecryptFailure { tag })?;
+        let plaintext =
+            key.open(header.nonce(), aad, sealed).map_err(|_| Rejection::DecryptFailure { tag })?;
         self.check_replay(&header)?;
-        Ok(OpenedDatagram {
-            tag,
-            header,
-            plaintext,
-        })
+        Ok(OpenedDatagram { tag, header, plaintext })
     }
 
     /// Checks a discovery packet received at `now_unix_secs` and returns its body.
@@ -240,11 +227,7 @@ impl DatagramOpener {
         }
         self.check_replay(&header)?;
         let body = tagged.get(PREFIX_LEN..).unwrap_or_default().to_vec();
-        Ok(OpenedDatagram {
-            tag,
-            header,
-            plaintext: body,
-        })
+        Ok(OpenedDatagram { tag, header, plaintext: body })
     }
 
     /// The checks before authentication; returns the tag, header and the bytes after them.
@@ -259,10 +242,7 @@ impl DatagramOpener {
                 max: u64::try_from(MAX_DATAGRAM_LEN).unwrap_or(u64::MAX),
             });
         }
-        let truncated = Rejection::Truncated {
-            len: bytes.len(),
-            min: DATAGRAM_OVERHEAD,
-        };
+        let truncated = Rejection::Truncated { len: bytes.len(), min: DATAGRAM_OVERHEAD };
         let (tag, rest) = bytes.split_first_chunk::<4>().ok_or(truncated.clone())?;
         // The version is read before the full length is required: a newer layout may be
         // shorter, and is reported as unsupported rather than truncated.
@@ -275,24 +255,16 @@ impl DatagramOpener {
         }
         let tag = Tag::from_bytes(*tag);
         if header.system != self.system {
-            return Err(Rejection::ForeignSystem {
-                system: header.system,
-            });
+            return Err(Rejection::ForeignSystem { system: header.system });
         }
         if header.environment != self.environment {
-            return Err(Rejection::ForeignEnvironment {
-                environment: header.environment,
-            });
+            return Err(Rejection::ForeignEnvironment { environment: header.environment });
         }
         let current = self.schedule.epoch_at(now_unix_secs);
         if !KeySchedule::accepts(current, header.epoch) {
-            return Err(Rejection::StaleEpoch {
-                epoch: header.epoch.0,
-                current: current.0,
-            });
+            return Err(Rejection::StaleEpoch { epoch: header.epoch.0, current: current.0 });
         }
-        self.keys
-            .retain(|(_, epoch), _| KeySchedule::accepts(current, *epoch));
+        self.keys.retain(|(_, epoch), _| KeySchedule::accepts(current, *epoch));
         let after = bytes.get(PREFIX_LEN..).unwrap_or_default();
         Ok((tag, header, after))
     }
@@ -300,19 +272,14 @@ impl DatagramOpener {
     fn check_replay(&mut self, header: &VisibleHeader) -> Result<(), Rejection> {
         self.replay
             .check_and_record(header.sender, header.counter)
-            .map_err(|_| Rejection::Replay {
-                sender: header.sender,
-                counter: header.counter,
-            })
+            .map_err(|_| Rejection::Replay { sender: header.sender, counter: header.counter })
     }
 
     /// The key of `purpose` in `epoch`, derived once per epoch. The cache holds at most the
     /// accepted epochs of two purposes (pruned in `check_prefix`).
     fn key(&mut self, purpose: Purpose, epoch: Epoch) -> &EpochKey {
         let schedule = &self.schedule;
-        self.keys
-            .entry((purpose, epoch))
-            .or_insert_with(|| schedule.key(purpose, epoch))
+        self.keys.entry((purpose, epoch)).or_insert_with(|| schedule.key(purpose, epoch))
     }
 }
 
@@ -350,13 +317,7 @@ mod tests {
     fn sealer_for(key: [u8; 32], system: RmSystem, env: &str) -> DatagramSealer {
         let env: Environment = env.parse().unwrap();
         let schedule = KeySchedule::new(&SystemKey::from_bytes(key), system, &env, PERIOD);
-        DatagramSealer::new(
-            schedule,
-            Purpose::LanDatagram,
-            system,
-            &env,
-            NonceSequence::new(ALICE),
-        )
+        DatagramSealer::new(schedule, Purpose::LanDatagram, system, &env, NonceSequence::new(ALICE))
     }
 
     /// Opens with `open`, counting a rejection; returns the rejection or panics on acceptance.
@@ -396,22 +357,11 @@ mod tests {
         let mut sealer = test_sealer(InstanceId([0x11; 16]));
         let sealed = sealer.seal(Tag::Tubt, NOW, b"sale 9.95").unwrap();
         assert_eq!(sealed.len(), DatagramSealer::sealed_len(9));
-        assert_eq!(
-            hex::encode(&sealed[..PREFIX_LEN]),
-            format!("54554254{expected}")
-        );
+        assert_eq!(hex::encode(&sealed[..PREFIX_LEN]), format!("54554254{expected}"));
         let packet = sealer.seal_visible(Tag::Idqy, NOW, b"who").unwrap();
         assert_eq!(&packet[..4], b"IDQY");
-        assert_eq!(
-            &packet[PREFIX_LEN..PREFIX_LEN + 3],
-            b"who",
-            "discovery bodies are visible"
-        );
-        assert_eq!(
-            packet[PREFIX_LEN - 1],
-            2,
-            "counter 2: one sequence for both kinds"
-        );
+        assert_eq!(&packet[PREFIX_LEN..PREFIX_LEN + 3], b"who", "discovery bodies are visible");
+        assert_eq!(packet[PREFIX_LEN - 1], 2, "counter 2: one sequence for both kinds");
     }
 
     #[test]
@@ -443,42 +393,28 @@ mod tests {
                         _ if visible => RejectReason::BadTag,
                         _ => RejectReason::DecryptFailure,
                     };
-                    assert_eq!(
-                        rejection.reason(),
-                        expected,
-                        "byte {i} ^ {mask:#x}: {rejection}"
-                    );
+                    assert_eq!(rejection.reason(), expected, "byte {i} ^ {mask:#x}: {rejection}");
                 }
             }
         }
         assert_eq!(counters.total(), flips);
         assert_eq!(counters.get(RejectReason::Replay), 0);
         // Nothing was recorded in the replay window: the originals still open, once.
-        assert_eq!(
-            opener.open(&sealed, NOW).unwrap().plaintext,
-            b"a sale of 9.95"
-        );
-        assert_eq!(
-            opener.open_visible(&packet, NOW).unwrap().plaintext,
-            b"I am here"
-        );
+        assert_eq!(opener.open(&sealed, NOW).unwrap().plaintext, b"a sale of 9.95");
+        assert_eq!(opener.open_visible(&packet, NOW).unwrap().plaintext, b"I am here");
     }
 
     #[test]
     fn each_rejection_has_its_reason_and_is_counted() {
         let mut opener = test_opener();
         let mut counters = RejectCounters::new();
-        let good = sealer_for([0x42; 32], SYSTEM, "live")
-            .seal(Tag::Tubt, NOW, b"x")
-            .unwrap();
+        let good = sealer_for([0x42; 32], SYSTEM, "live").seal(Tag::Tubt, NOW, b"x").unwrap();
         assert_eq!(opener.open(&good, NOW).unwrap().plaintext, b"x");
 
         let cases: Vec<(&str, Vec<u8>, u64, RejectReason)> = vec![
             (
                 "wrong system key",
-                sealer_for([0x43; 32], SYSTEM, "live")
-                    .seal(Tag::Tubt, NOW, b"x")
-                    .unwrap(),
+                sealer_for([0x43; 32], SYSTEM, "live").seal(Tag::Tubt, NOW, b"x").unwrap(),
                 NOW,
                 RejectReason::DecryptFailure,
             ),
@@ -492,47 +428,21 @@ mod tests {
             ),
             (
                 "another environment",
-                sealer_for([0x42; 32], SYSTEM, "test")
-                    .seal(Tag::Tubt, NOW, b"x")
-                    .unwrap(),
+                sealer_for([0x42; 32], SYSTEM, "test").seal(Tag::Tubt, NOW, b"x").unwrap(),
                 NOW,
                 RejectReason::ForeignEnvironment,
             ),
             ("replayed", good.clone(), NOW, RejectReason::Replay),
-            (
-                "truncated",
-                good[..DATAGRAM_OVERHEAD - 1].to_vec(),
-                NOW,
-                RejectReason::Truncated,
-            ),
-            (
-                "oversized",
-                vec![0; MAX_DATAGRAM_LEN + 1],
-                NOW,
-                RejectReason::Oversized,
-            ),
-            (
-                "two epochs later",
-                good.clone(),
-                NOW + 2 * PERIOD,
-                RejectReason::StaleEpoch,
-            ),
-            (
-                "two epochs earlier",
-                good.clone(),
-                NOW - 2 * PERIOD,
-                RejectReason::StaleEpoch,
-            ),
+            ("truncated", good[..DATAGRAM_OVERHEAD - 1].to_vec(), NOW, RejectReason::Truncated),
+            ("oversized", vec![0; MAX_DATAGRAM_LEN + 1], NOW, RejectReason::Oversized),
+            ("two epochs later", good.clone(), NOW + 2 * PERIOD, RejectReason::StaleEpoch),
+            ("two epochs earlier", good.clone(), NOW - 2 * PERIOD, RejectReason::StaleEpoch),
         ];
         for (name, bytes, now, reason) in &cases {
             let rejection = rejected(&mut counters, opener.open(bytes, *now));
             assert_eq!(rejection.reason(), *reason, "{name}: {rejection}");
         }
-        for reason in [
-            RejectReason::ForeignSystem,
-            RejectReason::Replay,
-            RejectReason::Oversized,
-        ] {
+        for reason in [RejectReason::ForeignSystem, RejectReason::Replay, RejectReason::Oversized] {
             assert_eq!(counters.get(reason), 1, "{reason}");
         }
         assert_eq!(counters.get(RejectReason::StaleEpoch), 2);
@@ -542,18 +452,12 @@ mod tests {
         short.truncate(4);
         assert_eq!(
             opener.open(&short, NOW),
-            Err(Rejection::Truncated {
-                len: 4,
-                min: DATAGRAM_OVERHEAD
-            })
+            Err(Rejection::Truncated { len: 4, min: DATAGRAM_OVERHEAD })
         );
         let mut newer = good.clone();
         newer[4] = 2;
         newer.truncate(10);
-        assert_eq!(
-            opener.open(&newer, NOW),
-            Err(Rejection::UnsupportedVersion { version: 2 })
-        );
+        assert_eq!(opener.open(&newer, NOW), Err(Rejection::UnsupportedVersion { version: 2 }));
         for len in 0..DATAGRAM_OVERHEAD {
             let reason = opener.open(&good[..len], NOW).unwrap_err().reason();
             assert_eq!(reason, RejectReason::Truncated, "len {len}");
@@ -564,32 +468,18 @@ mod tests {
     fn discovery_rejections() {
         let mut opener = test_opener();
         let packet_of = |key, system, env: &str, now| {
-            sealer_for(key, system, env)
-                .seal_visible(Tag::Idqy, now, b"hi")
-                .unwrap()
+            sealer_for(key, system, env).seal_visible(Tag::Idqy, now, b"hi").unwrap()
         };
         let good = packet_of([0x42; 32], SYSTEM, "live", NOW);
         let cases = [
-            (
-                packet_of([0x43; 32], SYSTEM, "live", NOW),
-                RejectReason::BadTag,
-            ),
+            (packet_of([0x43; 32], SYSTEM, "live", NOW), RejectReason::BadTag),
             (
                 packet_of([0x42; 32], RmSystem([1, 2, 3, 4]), "live", NOW),
                 RejectReason::ForeignSystem,
             ),
-            (
-                packet_of([0x42; 32], SYSTEM, "test", NOW),
-                RejectReason::ForeignEnvironment,
-            ),
-            (
-                packet_of([0x42; 32], SYSTEM, "live", NOW + 2 * PERIOD),
-                RejectReason::StaleEpoch,
-            ),
-            (
-                good[..DATAGRAM_OVERHEAD - 1].to_vec(),
-                RejectReason::Truncated,
-            ),
+            (packet_of([0x42; 32], SYSTEM, "test", NOW), RejectReason::ForeignEnvironment),
+            (packet_of([0x42; 32], SYSTEM, "live", NOW + 2 * PERIOD), RejectReason::StaleEpoch),
+            (good[..DATAGRAM_OVERHEAD - 1].to_vec(), RejectReason::Truncated),
         ];
         let mut counters = RejectCounters::new();
         for (bytes, reason) in &cases {
@@ -598,13 +488,7 @@ mod tests {
         }
         assert_eq!(opener.open_visible(&good, NOW).unwrap().plaintext, b"hi");
         let rejection = rejected(&mut counters, opener.open_visible(&good, NOW));
-        assert_eq!(
-            rejection,
-            Rejection::Replay {
-                sender: ALICE,
-                counter: 1
-            }
-        );
+        assert_eq!(rejection, Rejection::Replay { sender: ALICE, counter: 1 });
         assert_eq!(counters.total(), 6);
     }
 
@@ -618,10 +502,7 @@ mod tests {
             let opened = opener.open(&sealed, NOW).unwrap();
             assert_eq!(opened.header.epoch, test_sealer_epoch(now));
             let packet = sealer.seal_visible(Tag::Idrp, now, b"here").unwrap();
-            assert_eq!(
-                opener.open_visible(&packet, NOW).unwrap().plaintext,
-                b"here"
-            );
+            assert_eq!(opener.open_visible(&packet, NOW).unwrap().plaintext, b"here");
         }
     }
 
@@ -637,10 +518,7 @@ mod tests {
         // Counter field (last 8 header bytes) set far ahead: would push counter 1 out.
         forged[PREFIX_LEN - 8..PREFIX_LEN].copy_from_slice(&1_000_000u64.to_be_bytes());
         let mut opener = test_opener();
-        assert_eq!(
-            opener.open(&forged, NOW),
-            Err(Rejection::DecryptFailure { tag: Tag::Tubt })
-        );
+        assert_eq!(opener.open(&forged, NOW), Err(Rejection::DecryptFailure { tag: Tag::Tubt }));
         assert!(opener.open(&first, NOW).is_ok());
     }
 
@@ -661,24 +539,12 @@ mod tests {
         assert_eq!(peek_tag(&sealed), Some(Tag::Tubt));
         assert_eq!(peek_tag(&packet), Some(Tag::Idqy));
         assert_eq!(peek_tag(b"IDQ"), None);
-        assert!(
-            !sealed.windows(6).any(|w| w == b"secret"),
-            "payload is encrypted"
-        );
-        assert_eq!(
-            opener.open_visible(&sealed, NOW),
-            Err(Rejection::BadTag { tag: Tag::Tubt })
-        );
-        assert_eq!(
-            opener.open(&packet, NOW),
-            Err(Rejection::DecryptFailure { tag: Tag::Idqy })
-        );
+        assert!(!sealed.windows(6).any(|w| w == b"secret"), "payload is encrypted");
+        assert_eq!(opener.open_visible(&sealed, NOW), Err(Rejection::BadTag { tag: Tag::Tubt }));
+        assert_eq!(opener.open(&packet, NOW), Err(Rejection::DecryptFailure { tag: Tag::Idqy }));
 
         let future = sealer.seal(Tag::Unknown(*b"NEWT"), NOW, b"?").unwrap();
-        assert_eq!(
-            opener.open(&future, NOW).unwrap().tag,
-            Tag::Unknown(*b"NEWT")
-        );
+        assert_eq!(opener.open(&future, NOW).unwrap().tag, Tag::Unknown(*b"NEWT"));
     }
 
     #[test]
@@ -689,10 +555,7 @@ mod tests {
         assert_eq!(sealed.len(), MAX_DATAGRAM_LEN);
         assert_eq!(test_opener().open(&sealed, NOW).unwrap().plaintext, max);
         let over = vec![7u8; DatagramSealer::MAX_PAYLOAD_LEN + 1];
-        let err = WireError::DatagramTooLarge {
-            len: MAX_DATAGRAM_LEN + 1,
-            max: MAX_DATAGRAM_LEN,
-        };
+        let err = WireError::DatagramTooLarge { len: MAX_DATAGRAM_LEN + 1, max: MAX_DATAGRAM_LEN };
         assert_eq!(sealer.seal(Tag::Tuda, NOW, &over), Err(err.clone()));
         assert_eq!(sealer.seal_visible(Tag::Idrp, NOW, &over), Err(err));
         // A refused seal took no nonce.

@@ -85,10 +85,7 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder that refuses payloads over `max_len` bytes.
     pub fn new(max_len: usize) -> FrameDecoder {
-        FrameDecoder {
-            max_len,
-            failed: None,
-        }
+        FrameDecoder { max_len, failed: None }
     }
 
     /// The payload limit.
@@ -126,10 +123,7 @@ impl FrameDecoder {
         let Some((payload, rest)) = rest.split_at_checked(payload_len) else {
             return Ok(None);
         };
-        let frame = Frame {
-            tag: Tag::from_bytes(*tag),
-            payload: payload.to_vec(),
-        };
+        let frame = Frame { tag: Tag::from_bytes(*tag), payload: payload.to_vec() };
         *buf = rest;
         Ok(Some(frame))
     }
@@ -222,16 +216,9 @@ mod tests {
 
         // Only the header of a 4 GiB frame: refused at once, nothing allocated for it.
         let header = b"TUBT\xff\xff\xff\xff";
-        let err = WireError::FrameTooLarge {
-            len: u64::from(u32::MAX),
-            max: 100,
-        };
+        let err = WireError::FrameTooLarge { len: u64::from(u32::MAX), max: 100 };
         assert_eq!(decoder.decode(&mut &header[..]), Err(err.clone()));
-        assert_eq!(
-            decoder.decode(&mut &ok[..]),
-            Err(err),
-            "a lost stream stays lost"
-        );
+        assert_eq!(decoder.decode(&mut &ok[..]), Err(err), "a lost stream stays lost");
 
         let mut decoder = FrameDecoder::new(100);
         let header = b"ZZZZ\x00\x00\x00\x65";

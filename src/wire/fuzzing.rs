@@ -29,12 +29,7 @@ pub fn test_schedule() -> KeySchedule {
 
 /// A LAN datagram opener for the test system.
 pub fn test_opener() -> DatagramOpener {
-    DatagramOpener::new(
-        test_schedule(),
-        Purpose::LanDatagram,
-        SYSTEM,
-        &Environment::live(),
-    )
+    DatagramOpener::new(test_schedule(), Purpose::LanDatagram, SYSTEM, &Environment::live())
 }
 
 /// A LAN datagram sealer for the test system, sending as `sender`.
@@ -89,28 +84,19 @@ pub fn datagram_open(data: &[u8]) {
 
     let mut sealer = test_sealer(InstanceId([7; 16]));
     let Ok(sealed) = sealer.seal(Tag::Tubt, NOW, data) else {
-        assert!(
-            data.len() > MAX_DATAGRAM_LEN - DATAGRAM_OVERHEAD,
-            "seal failed"
-        );
+        assert!(data.len() > MAX_DATAGRAM_LEN - DATAGRAM_OVERHEAD, "seal failed");
         return;
     };
     let prefix_len = DATAGRAM_OVERHEAD - crate::crypto::TAG_LEN;
     let mut grafted = sealed.get(..prefix_len).unwrap_or_default().to_vec();
     grafted.extend_from_slice(data);
     if grafted != sealed {
-        assert!(
-            opener.open(&grafted, NOW).is_err(),
-            "forged payload accepted"
-        );
+        assert!(opener.open(&grafted, NOW).is_err(), "forged payload accepted");
     }
 
     let opened = opener.open(&sealed, NOW).expect("a sealed datagram opens");
     assert_eq!((opened.tag, &opened.plaintext[..]), (Tag::Tubt, data));
-    assert!(matches!(
-        opener.open(&sealed, NOW),
-        Err(Rejection::Replay { .. })
-    ));
+    assert!(matches!(opener.open(&sealed, NOW), Err(Rejection::Replay { .. })));
     flip_one_byte_is_rejected(&sealed, data, DatagramOpener::open);
 }
 
@@ -123,15 +109,10 @@ pub fn visible_open(data: &[u8]) {
     }
     let mut sealer = test_sealer(InstanceId([8; 16]));
     let Ok(packet) = sealer.seal_visible(Tag::Idqy, NOW, data) else {
-        assert!(
-            data.len() > MAX_DATAGRAM_LEN - DATAGRAM_OVERHEAD,
-            "seal_visible failed"
-        );
+        assert!(data.len() > MAX_DATAGRAM_LEN - DATAGRAM_OVERHEAD, "seal_visible failed");
         return;
     };
-    let opened = opener
-        .open_visible(&packet, NOW)
-        .expect("a tagged packet opens");
+    let opened = opener.open_visible(&packet, NOW).expect("a tagged packet opens");
     assert_eq!((opened.tag, &opened.plaintext[..]), (Tag::Idqy, data));
     flip_one_byte_is_rejected(&packet, data, DatagramOpener::open_visible);
 }
@@ -149,8 +130,5 @@ fn flip_one_byte_is_rejected(
     if let Some(byte) = bad.get_mut(index) {
         *byte ^= mask.max(1);
     }
-    assert!(
-        open(&mut test_opener(), &bad, NOW).is_err(),
-        "tampered byte {index} accepted"
-    );
+    assert!(open(&mut test_opener(), &bad, NOW).is_err(), "tampered byte {index} accepted");
 }

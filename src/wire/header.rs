@@ -71,10 +71,7 @@ impl VisibleHeader {
 
     /// The AEAD nonce of this packet.
     pub fn nonce(&self) -> Nonce {
-        Nonce {
-            sender: self.sender,
-            counter: self.counter,
-        }
+        Nonce { sender: self.sender, counter: self.counter }
     }
 
     /// The encoded header, version byte first.
@@ -103,10 +100,7 @@ impl VisibleHeader {
     /// only; bytes after the header are ignored.
     pub fn from_bytes(bytes: &[u8]) -> Result<VisibleHeader, Rejection> {
         let len = bytes.len();
-        let short = || Rejection::Truncated {
-            len,
-            min: Self::LEN,
-        };
+        let short = || Rejection::Truncated { len, min: Self::LEN };
         let mut rest = bytes;
         let [version] = take::<1>(&mut rest).ok_or_else(short)?;
         if version != DATAGRAM_FORMAT_VERSION {
@@ -118,14 +112,7 @@ impl VisibleHeader {
         let epoch = Epoch(u64::from_be_bytes(take(&mut rest).ok_or_else(short)?));
         let sender = InstanceId(take(&mut rest).ok_or_else(short)?);
         let counter = u64::from_be_bytes(take(&mut rest).ok_or_else(short)?);
-        Ok(VisibleHeader {
-            flags,
-            system,
-            environment,
-            epoch,
-            sender,
-            counter,
-        })
+        Ok(VisibleHeader { flags, system, environment, epoch, sender, counter })
     }
 }
 
@@ -155,10 +142,7 @@ mod tests {
     fn known_bytes() {
         let live = Environment::live();
         assert_eq!(EnvironmentTag::of(&live).to_string(), "d42edcf7");
-        assert_ne!(
-            EnvironmentTag::of(&"test".parse().unwrap()),
-            EnvironmentTag::of(&live)
-        );
+        assert_ne!(EnvironmentTag::of(&"test".parse().unwrap()), EnvironmentTag::of(&live));
         let header = VisibleHeader {
             flags: 0,
             system: RmSystem([77, 123, 89, 201_192]),
@@ -185,10 +169,7 @@ mod tests {
     fn short_and_newer_headers() {
         let bytes = [1u8; VisibleHeader::LEN];
         for len in 0..VisibleHeader::LEN {
-            let expected = Rejection::Truncated {
-                len,
-                min: VisibleHeader::LEN,
-            };
+            let expected = Rejection::Truncated { len, min: VisibleHeader::LEN };
             assert_eq!(VisibleHeader::from_bytes(&bytes[..len]), Err(expected));
         }
         assert_eq!(

@@ -225,10 +225,7 @@ impl RejectReason {
 
     fn index(self) -> usize {
         // ALL lists every variant once, so the position always exists.
-        RejectReason::ALL
-            .iter()
-            .position(|r| *r == self)
-            .unwrap_or(0)
+        RejectReason::ALL.iter().position(|r| *r == self).unwrap_or(0)
     }
 }
 
@@ -270,16 +267,12 @@ impl RejectCounters {
 
     /// How many rejections were counted in all.
     pub fn total(&self) -> u64 {
-        self.counts
-            .iter()
-            .fold(0u64, |sum, n| sum.saturating_add(*n))
+        self.counts.iter().fold(0u64, |sum, n| sum.saturating_add(*n))
     }
 
     /// Each reason with its count, in [`RejectReason::ALL`] order.
     pub fn iter(&self) -> impl Iterator<Item = (RejectReason, u64)> + '_ {
-        RejectReason::ALL
-            .into_iter()
-            .zip(self.counts.iter().copied())
+        RejectReason::ALL.into_iter().zip(self.counts.iter().copied())
     }
 }
 
@@ -299,31 +292,16 @@ mod tests {
 
     fn one_of_each() -> Vec<Rejection> {
         vec![
-            Rejection::ForeignSystem {
-                system: RmSystem([1, 2, 3, 4]),
-            },
-            Rejection::ForeignEnvironment {
-                environment: EnvironmentTag([1, 2, 3, 4]),
-            },
+            Rejection::ForeignSystem { system: RmSystem([1, 2, 3, 4]) },
+            Rejection::ForeignEnvironment { environment: EnvironmentTag([1, 2, 3, 4]) },
             Rejection::BadTag { tag: Tag::Idqy },
             Rejection::DecryptFailure { tag: Tag::Tubt },
-            Rejection::Replay {
-                sender: InstanceId([5; 16]),
-                counter: 9,
-            },
-            Rejection::StaleEpoch {
-                epoch: 1,
-                current: 3,
-            },
+            Rejection::Replay { sender: InstanceId([5; 16]), counter: 9 },
+            Rejection::StaleEpoch { epoch: 1, current: 3 },
             Rejection::Malformed { tag: Tag::Qerq },
             Rejection::Truncated { len: 3, min: 74 },
-            Rejection::Oversized {
-                len: 70_000,
-                max: 65_507,
-            },
-            Rejection::UnknownType {
-                tag: Tag::Unknown(*b"ZZZZ"),
-            },
+            Rejection::Oversized { len: 70_000, max: 65_507 },
+            Rejection::UnknownType { tag: Tag::Unknown(*b"ZZZZ") },
             Rejection::UnsupportedVersion { version: 2 },
             Rejection::NonMemberLink,
         ]
@@ -373,17 +351,9 @@ mod tests {
     #[test]
     fn serializes_as_snake_case_object_with_zeros() {
         let mut counters = RejectCounters::new();
-        counters.record(&Rejection::Replay {
-            sender: InstanceId([0; 16]),
-            counter: 1,
-        });
-        counters.record(&Rejection::Replay {
-            sender: InstanceId([0; 16]),
-            counter: 1,
-        });
-        counters.record(&Rejection::ForeignSystem {
-            system: RmSystem([9, 9, 9, 9]),
-        });
+        counters.record(&Rejection::Replay { sender: InstanceId([0; 16]), counter: 1 });
+        counters.record(&Rejection::Replay { sender: InstanceId([0; 16]), counter: 1 });
+        counters.record(&Rejection::ForeignSystem { system: RmSystem([9, 9, 9, 9]) });
         let json = serde_json::to_value(&counters).unwrap();
         let object = json.as_object().unwrap();
         assert_eq!(object.len(), 12);
@@ -391,9 +361,6 @@ mod tests {
         assert_eq!(json["foreign_system"], 1);
         assert_eq!(json["non_member_link"], 0);
         let text = serde_json::to_string(&counters).unwrap();
-        assert!(
-            text.starts_with(r#"{"foreign_system":1,"foreign_environment":0,"#),
-            "{text}"
-        );
+        assert!(text.starts_with(r#"{"foreign_system":1,"foreign_environment":0,"#), "{text}");
     }
 }

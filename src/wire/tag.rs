@@ -143,9 +143,7 @@ impl fmt::Display for Tag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let bytes = self.as_bytes();
         if bytes.iter().all(|b| b.is_ascii_graphic()) {
-            bytes
-                .iter()
-                .try_for_each(|&b| fmt::Write::write_char(f, char::from(b)))
+            bytes.iter().try_for_each(|&b| fmt::Write::write_char(f, char::from(b)))
         } else {
             write!(f, "0x{}", hex::encode(bytes))
         }
@@ -169,10 +167,7 @@ mod tests {
         assert_eq!(Tag::Idqy.to_string(), "IDQY");
         assert_eq!(Tag::from_bytes(*b"ZZZZ"), Tag::Unknown(*b"ZZZZ"));
         assert_eq!(Tag::Unknown(*b"ZZZZ").to_string(), "ZZZZ");
-        assert_eq!(
-            Tag::Unknown([0, 0xff, 0x12, 0x34]).to_string(),
-            "0x00ff1234"
-        );
+        assert_eq!(Tag::Unknown([0, 0xff, 0x12, 0x34]).to_string(), "0x00ff1234");
         assert_eq!(Tag::Unknown(*b"AB\nC").to_string(), "0x41420a43");
         assert!(!Tag::Unknown(*b"ZZZZ").is_known());
     }

@@ -86,7 +86,12 @@ pub fn units(d: &Path) -> Vec<serde_json::Value> {
 /// The DATI files of a data directory, sorted.
 pub fn dati_files(d: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(d.join("dati"))
-        .map(|r| r.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "DATI")).collect())
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "DATI"))
+                .collect()
+        })
         .unwrap_or_default();
     files.sort();
     files
