@@ -188,6 +188,29 @@ fn main() {
         }
     });
     println!("{}", serde_json::to_string_pretty(&result).unwrap());
+
+    // The targets are checked here, so a regression fails the benchmark run.
+    let restart_ms = child["open_ms"].as_f64().unwrap_or(f64::MAX);
+    let rss = child["peak_rss_mib"].as_f64().unwrap_or(f64::MAX).max(fill_peak as f64 / 1024.0);
+    let mut missed = Vec::new();
+    if throughput < 30.0 * fsync {
+        missed.push(format!("batched {throughput:.0}/s < 30x fdatasync ({:.0}/s)", 30.0 * fsync));
+    }
+    if p99 > 3 * fsync_time {
+        missed.push(format!("single p99 {p99:?} > 3 fsync times ({:?})", 3 * fsync_time));
+    }
+    if units >= 1_000_000 && restart_ms > 1000.0 {
+        missed.push(format!("restart {restart_ms:.0} ms > 1000 ms"));
+    }
+    if rss > 200.0 {
+        missed.push(format!("peak RSS {rss:.1} MiB > 200 MiB"));
+    }
+    if missed.is_empty() {
+        eprintln!("store targets: all met");
+    } else {
+        eprintln!("store targets MISSED: {}", missed.join("; "));
+        std::process::exit(1);
+    }
 }
 
 fn walk_size(p: &Path) -> u64 {

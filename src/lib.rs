@@ -11,6 +11,7 @@ pub mod datadir;
 pub mod dati;
 pub mod id;
 pub mod ledger;
+pub mod proto;
 pub mod store;
 pub mod unit;
 pub mod wire;

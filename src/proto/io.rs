@@ -1,0 +1,167 @@
+//! The sans-IO contract: what a driver feeds the protocol core and what it drains from it.
+//!
+//! The core owns no sockets, reads no clock and has no global RNG. A driver (the tokio node in
+//! `net/`, or netsim's simulator) does four things and makes no protocol decisions:
+//! 1. reads a socket or link and calls [`Protocol::handle`] with the current [`Time`];
+//! 2. drains [`Protocol::poll_output`] until it returns `None`, executing each [`Output`];
+//! 3. sleeps until [`Protocol::poll_timeout`] and then calls [`Protocol::handle_timeout`];
+//! 4. repeats.
+//!
+//! Contract: time passed in never goes back (a driver clamps); an extra `handle_timeout` is
+//! harmless; outputs are drained after every input, in order.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use crate::ledger::{Receipt, Submission};
+use crate::unit::TransferUnit;
+
+/// A point in time: microseconds since the Unix epoch, as the node's clock claims it (so it may
+/// be skewed against other nodes; the core uses it for timers and for key epochs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Time(pub u64);
+
+impl Time {
+    /// From milliseconds.
+    pub fn from_millis(ms: u64) -> Time {
+        Time(ms.saturating_mul(1000))
+    }
+
+    /// Whole milliseconds.
+    pub fn as_millis(self) -> u64 {
+        self.0 / 1000
+    }
+
+    /// Whole seconds (for key epochs).
+    pub fn as_secs(self) -> u64 {
+        self.0 / 1_000_000
+    }
+
+    /// `self + micros`, saturating.
+    pub fn plus_micros(self, micros: u64) -> Time {
+        Time(self.0.saturating_add(micros))
+    }
+
+    /// `self + ms`, saturating.
+    pub fn plus_millis(self, ms: u64) -> Time {
+        self.plus_micros(ms.saturating_mul(1000))
+    }
+}
+
+impl fmt::Display for Time {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:06}", self.0 / 1_000_000, self.0 % 1_000_000)
+    }
+}
+
+/// A reliable, ordered, message-preserving link to one peer (QUIC stream or TCP connection in
+/// production, a simulated stream in netsim). Ids are chosen by the driver, unique per node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LinkId(pub u64);
+
+/// Where a datagram goes or came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DatagramDest {
+    /// A LAN multicast group (discovery or environment group), TTL 1.
+    Group(SocketAddr),
+    /// One host.
+    Unicast(SocketAddr),
+}
+
+/// Something that happened, fed to [`Protocol::handle`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Input<'a> {
+    /// A datagram arrived from `from`, sent to `to` (a group we joined, or us).
+    Datagram {
+        /// Sender address.
+        from: SocketAddr,
+        /// Where it was sent.
+        to: DatagramDest,
+        /// The bytes, untrusted.
+        bytes: &'a [u8],
+    },
+    /// One frame arrived on a link.
+    Frame {
+        /// The link.
+        link: LinkId,
+        /// The bytes, untrusted.
+        bytes: &'a [u8],
+    },
+    /// A link is usable (after [`Output::Connect`], or accepted from a remote).
+    LinkUp {
+        /// The link.
+        link: LinkId,
+        /// The remote address.
+        remote: SocketAddr,
+        /// Whether we opened it.
+        outbound: bool,
+    },
+    /// A link closed or failed; no more frames will arrive on it.
+    LinkDown {
+        /// The link.
+        link: LinkId,
+    },
+    /// An [`Output::Connect`] to `to` did not produce a link.
+    ConnectFailed {
+        /// The address.
+        to: SocketAddr,
+    },
+    /// The local application submits a unit.
+    Submit(Submission),
+    /// The local application has durably applied the delivered unit `(origin, seq)`.
+    Acknowledge {
+        /// Origin of the delivered unit.
+        origin: crate::id::DatabaseId,
+        /// Its seq.
+        seq: u64,
+    },
+}
+
+/// Something the driver must do, drained from [`Protocol::poll_output`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Output {
+    /// Send a datagram.
+    Datagram {
+        /// Group or host.
+        to: DatagramDest,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// Send one frame on a link (in order after earlier frames of that link).
+    Frame {
+        /// The link.
+        link: LinkId,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// Open a link to `to`; the driver answers with [`Input::LinkUp`] (`outbound: true`, a link
+    /// id it chose) or [`Input::ConnectFailed`]. The core also times attempts out itself.
+    Connect {
+        /// The address.
+        to: SocketAddr,
+    },
+    /// Close a link.
+    Close {
+        /// The link.
+        link: LinkId,
+    },
+    /// A submitted unit is durable: tell the application (in submission order).
+    Accepted(Receipt),
+    /// Hand a unit to the local application (in per-origin order, each once per node behind
+    /// the durable cursor; after a crash, units not acknowledged are handed again).
+    Deliver(TransferUnit),
+}
+
+/// The protocol core as a driver sees it.
+pub trait Protocol {
+    /// Feeds one input at time `now`.
+    fn handle(&mut self, now: Time, input: Input<'_>);
+    /// Runs the timers due at `now`. Harmless when none is due.
+    fn handle_timeout(&mut self, now: Time);
+    /// The next thing to do, until `None`.
+    fn poll_output(&mut self) -> Option<Output>;
+    /// When [`Protocol::handle_timeout`] should next be called.
+    fn poll_timeout(&self) -> Option<Time>;
+}
