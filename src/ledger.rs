@@ -103,7 +103,9 @@ pub struct OpenReport {
 /// The durable record of one data directory.
 pub struct Ledger<S: Store = SledStore> {
     store: S,
-    dati: DatiWriter,
+    /// The daily logs; `None` for a ledger without logs (the simulator's in-memory nodes),
+    /// where durability is the store's own `flush`.
+    dati: Option<DatiWriter>,
     own: DatabaseId,
     clock: PhyskeyClock,
     next_own_seq: u64,
@@ -182,7 +184,24 @@ impl<S: Store> Ledger<S> {
             store.insert_located(&batch, &[])?;
         }
 
-        let own = dir.identity.dbid;
+        let mut ledger =
+            Ledger::without_logs(store, dir.identity.dbid, dir.config.payload_limit())?;
+        ledger.dati = Some(writer);
+        ledger.checkpoint_interval_ms = dir.config.store.checkpoint_interval_ms;
+        if report.replayed > 0 {
+            ledger.checkpoint()?;
+        }
+        Ok((ledger, report))
+    }
+
+    /// A ledger without daily logs over `store`, writing as `own`: each batch is made durable
+    /// by the store's `flush`. For the simulator's in-memory nodes, whose crash semantics are
+    /// the store's (`MemoryStore::crash`).
+    pub fn without_logs(
+        store: S,
+        own: DatabaseId,
+        payload_limit: usize,
+    ) -> Result<Self, LedgerError> {
         let next_own_seq = store.next_seq(&own);
         let floor = match next_own_seq.checked_sub(1).filter(|s| *s > 0) {
             Some(last) => store.get(&own, last)?.map(|u| {
@@ -190,26 +209,39 @@ impl<S: Store> Ledger<S> {
             }),
             None => None,
         };
-        let mut ledger = Ledger {
+        Ok(Ledger {
             store,
-            dati: writer,
+            dati: None,
             own,
             clock: PhyskeyClock::new(floor.unwrap_or(0)),
             next_own_seq,
-            payload_limit: dir.config.payload_limit(),
-            checkpoint_interval_ms: dir.config.store.checkpoint_interval_ms,
+            payload_limit,
+            checkpoint_interval_ms: u64::MAX,
             last_checkpoint_ms: None,
             poisoned: false,
-        };
-        if report.replayed > 0 {
-            ledger.checkpoint()?;
-        }
-        Ok((ledger, report))
+        })
     }
 
     /// The store, for reads.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// Gives the store back (the simulator takes it out of a crashed node).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// Records that the application applied every unit of `origin` up to `seq` (durable with
+    /// the next batch or checkpoint).
+    pub fn acknowledge(
+        &mut self,
+        app: &str,
+        origin: &DatabaseId,
+        seq: u64,
+    ) -> Result<(), LedgerError> {
+        self.store.set_cursor(app, origin, seq)?;
+        Ok(())
     }
 
     /// This node's dbid.
@@ -296,12 +328,12 @@ impl<S: Store> Ledger<S> {
     }
 
     /// Accepts units that arrived from elsewhere (a peer, a carried log file): skips what is
-    /// held, logs and stores the rest durably. Returns how many were new.
+    /// held, logs and stores the rest durably. Returns the `(origin, seq)` of the new ones.
     pub fn accept_batch(
         &mut self,
         units: Vec<TransferUnit>,
         now_ms: u64,
-    ) -> Result<usize, LedgerError> {
+    ) -> Result<Vec<(DatabaseId, u64)>, LedgerError> {
         if self.poisoned {
             return Err(LedgerError::Poisoned);
         }
@@ -310,10 +342,10 @@ impl<S: Store> Ledger<S> {
             .into_iter()
             .filter(|u| !self.store.contains(&u.origin, u.seq) && seen.insert((u.origin, u.seq)))
             .collect();
-        let n = fresh.len();
+        let names = fresh.iter().map(|u| (u.origin, u.seq)).collect();
         self.write(fresh, now_ms)?;
         self.next_own_seq = self.next_own_seq.max(self.store.next_seq(&self.own));
-        Ok(n)
+        Ok(names)
     }
 
     fn write(
@@ -325,12 +357,17 @@ impl<S: Store> Ledger<S> {
             return Ok(Vec::new());
         }
         let result = (|| {
+            let Some(dati) = self.dati.as_mut() else {
+                let outcomes = self.store.insert_batch(&units, &[])?;
+                self.store.flush()?;
+                return Ok(outcomes);
+            };
             let mut located = Vec::with_capacity(units.len());
             for unit in units {
-                let at = self.dati.append(&unit, now_ms)?;
+                let at = dati.append(&unit, now_ms)?;
                 located.push((unit, body_ref(at)));
             }
-            self.dati.sync()?;
+            dati.sync()?;
             Ok::<_, LedgerError>(self.store.insert_located(&located, &[])?)
         })();
         match result {
@@ -362,8 +399,12 @@ impl<S: Store> Ledger<S> {
     /// Flushes the store and records the log positions it now covers, so a later open replays
     /// only what came after.
     pub fn checkpoint(&mut self) -> Result<(), LedgerError> {
-        let positions = self.dati.positions();
-        let nnnn = self.dati.nnnn_high_water();
+        let Some(dati) = self.dati.as_ref() else {
+            self.store.flush()?;
+            return Ok(());
+        };
+        let positions = dati.positions();
+        let nnnn = dati.nnnn_high_water();
         self.store.flush()?;
         // Recorded after the flush: a checkpoint on disk never claims more than the store holds.
         self.store.meta_put(META_CHECKPOINT, &postcard::to_stdvec(&positions).expect("encode"))?;

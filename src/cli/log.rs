@@ -129,7 +129,7 @@ fn import(dir: &Path, files: &[PathBuf]) -> anyhow::Result<()> {
             })?;
         seen += units.len() as u64;
         for chunk in units.chunks(4096) {
-            new += ledger.accept_batch(chunk.to_vec(), super::now_ms())?;
+            new += ledger.accept_batch(chunk.to_vec(), super::now_ms())?.len();
         }
     }
     ledger.close()?;

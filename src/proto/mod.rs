@@ -1,7 +1,19 @@
-//! The sync protocol as a sans-IO core (issue 4; in progress).
+//! The sync protocol as a sans-IO core: no sockets, no clock reads, no global RNG, so the same
+//! code runs under the tokio driver and under netsim's deterministic simulator.
 //!
-//! [`io`] is the contract between the core and its drivers (the tokio node, netsim).
+//! - [`io`]: the contract with drivers (inputs, outputs, time).
+//! - [`message`]: what travels inside sealed datagrams and frames.
+//! - [`peers`]: the peer table.
+//! - [`node`]: the state machine.
 
 pub mod io;
+pub mod message;
+pub mod node;
+pub mod peers;
 
 pub use io::{DatagramDest, Input, LinkId, Output, Protocol, Time};
+pub use node::{ConfiguredPeer, Node, NodeConfig, NodeStats};
+pub use peers::{DownReason, Peer, PeerState, Role};
+
+#[cfg(test)]
+mod tests;

@@ -61,6 +61,7 @@ pub struct DatagramSealer {
     nonces: NonceSequence,
     sealed_key: Option<EpochKey>,
     discovery_key: Option<EpochKey>,
+    max_len: usize,
 }
 
 impl DatagramSealer {
@@ -84,7 +85,15 @@ impl DatagramSealer {
             nonces,
             sealed_key: None,
             discovery_key: None,
+            max_len: MAX_DATAGRAM_LEN,
         }
+    }
+
+    /// The same layout for link frames, which may be larger than a datagram: packets up to
+    /// `max_len` bytes (e.g. [`crate::wire::DEFAULT_MAX_FRAME_LEN`]).
+    pub fn with_max_len(mut self, max_len: usize) -> DatagramSealer {
+        self.max_len = max_len;
+        self
     }
 
     /// Length of the datagram sealing `payload_len` bytes (also of a discovery packet with a
@@ -146,8 +155,8 @@ impl DatagramSealer {
         payload_len: usize,
     ) -> Result<([u8; PREFIX_LEN], Nonce, Epoch), WireError> {
         let len = Self::sealed_len(payload_len);
-        if len > MAX_DATAGRAM_LEN {
-            return Err(WireError::DatagramTooLarge { len, max: MAX_DATAGRAM_LEN });
+        if len > self.max_len {
+            return Err(WireError::DatagramTooLarge { len, max: self.max_len });
         }
         let nonce = self.nonces.next_nonce()?;
         let epoch = self.schedule.epoch_at(now_unix_secs);
@@ -180,6 +189,7 @@ pub struct DatagramOpener {
     environment: EnvironmentTag,
     replay: ReplayGuard,
     keys: BTreeMap<(Purpose, Epoch), EpochKey>,
+    max_len: usize,
 }
 
 impl DatagramOpener {
@@ -198,7 +208,15 @@ impl DatagramOpener {
             environment: EnvironmentTag::of(env),
             replay: ReplayGuard::new(DEFAULT_REPLAY_SENDERS),
             keys: BTreeMap::new(),
+            max_len: MAX_DATAGRAM_LEN,
         }
+    }
+
+    /// Accepts packets up to `max_len` bytes (for link frames; see
+    /// [`DatagramSealer::with_max_len`]).
+    pub fn with_max_len(mut self, max_len: usize) -> DatagramOpener {
+        self.max_len = max_len;
+        self
     }
 
     /// Checks and decrypts a sealed datagram received at `now_unix_secs`.
@@ -236,10 +254,10 @@ impl DatagramOpener {
         bytes: &'a [u8],
         now_unix_secs: u64,
     ) -> Result<(Tag, VisibleHeader, &'a [u8]), Rejection> {
-        if bytes.len() > MAX_DATAGRAM_LEN {
+        if bytes.len() > self.max_len {
             return Err(Rejection::Oversized {
                 len: u64::try_from(bytes.len()).unwrap_or(u64::MAX),
-                max: u64::try_from(MAX_DATAGRAM_LEN).unwrap_or(u64::MAX),
+                max: u64::try_from(self.max_len).unwrap_or(u64::MAX),
             });
         }
         let truncated = Rejection::Truncated { len: bytes.len(), min: DATAGRAM_OVERHEAD };
