@@ -66,6 +66,13 @@ pub enum Message {
         /// The encoded vector.
         vector: Vec<u8>,
     },
+    /// What main servers hold, as far as the sender knows: per origin, the seqs `1..=n` some
+    /// main server holds (seed 001: only what a main server holds is safe). Lets a lane learn,
+    /// through its store server, that its units reached head office.
+    Safe {
+        /// Origin -> contiguous count held by a main server.
+        held: Vec<(DatabaseId, u64)>,
+    },
     /// Units, each in its own encoding.
     Units {
         /// Encoded units.

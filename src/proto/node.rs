@@ -270,18 +270,60 @@ impl<S: Store> Node<S> {
     pub fn unsafe_backlog(&self) -> u64 {
         let own = self.dbid();
         let held = self.ledger.store().version_vector().count(&own);
+        let safe = self.safe_map().get(&own).copied().unwrap_or(0);
+        held.saturating_sub(safe)
+    }
+
+    /// What main servers hold as far as this node knows: per origin, the contiguous prefix held
+    /// by some main server (this node, a main-server peer's vector, or what peers report).
+    pub fn safe_map(&self) -> BTreeMap<DatabaseId, u64> {
+        let mut safe: BTreeMap<DatabaseId, u64> = BTreeMap::new();
+        let mut merge = |origin: DatabaseId, n: u64| {
+            let slot = safe.entry(origin).or_insert(0);
+            *slot = (*slot).max(n);
+        };
+        let contiguous = |v: &VersionVector| -> Vec<(DatabaseId, u64)> {
+            v.iter().map(|(o, r)| (*o, r.contiguous())).collect()
+        };
         if self.cfg.role == Role::MainServer {
-            return 0;
+            for (o, n) in contiguous(self.ledger.store().version_vector()) {
+                merge(o, n);
+            }
         }
-        let safe = self
+        for peer in self.peers.values() {
+            if peer.role == Role::MainServer {
+                for (o, n) in peer.vector.as_ref().map(contiguous).unwrap_or_default() {
+                    merge(o, n);
+                }
+            }
+            for (o, n) in &peer.safe {
+                merge(*o, *n);
+            }
+        }
+        safe
+    }
+
+    fn send_safe(&mut self) {
+        let held: Vec<(DatabaseId, u64)> = self.safe_map().into_iter().collect();
+        if held.is_empty() {
+            return;
+        }
+        let message = Message::Safe { held };
+        let encoded = message.encode();
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&blake3::hash(&encoded).as_bytes()[..16]);
+        let links: Vec<(DatabaseId, LinkId)> = self
             .peers
             .values()
-            .filter(|p| p.role == Role::MainServer)
-            .filter_map(|p| p.vector.as_ref())
-            .map(|v| v.count(&own))
-            .max()
-            .unwrap_or(0);
-        held.saturating_sub(safe)
+            .filter(|p| p.state == PeerState::Up && p.safe_sent != Some(digest))
+            .filter_map(|p| p.link.map(|l| (p.dbid, l)))
+            .collect();
+        for (dbid, link) in links {
+            self.send_frame(link, Tag::Tubs, &message);
+            if let Some(p) = self.peers.get_mut(&dbid) {
+                p.safe_sent = Some(digest);
+            }
+        }
     }
 
     fn start(&mut self, now: Time) {
@@ -536,6 +578,7 @@ impl<S: Store> Node<S> {
         for link in links {
             self.send_digest(link, false);
         }
+        self.send_safe();
         // Cursor moves and index state become durable at least once a round.
         let _ = self.ledger.checkpoint();
     }
@@ -748,6 +791,11 @@ impl<S: Store> Node<S> {
                 }
                 if lacking {
                     self.send_vector(link);
+                }
+            }
+            Message::Safe { held } => {
+                if let Some(p) = peer.and_then(|d| self.peers.get_mut(&d)) {
+                    p.safe = held.into_iter().collect();
                 }
             }
             Message::Units { units, more } => {

@@ -5,6 +5,7 @@
 //! which an offline server is pinged", default 5 minutes) at the offline-ping interval, so an
 //! offline peer is pinged, not hammered. This module decides nothing about units.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -94,6 +95,10 @@ pub struct Peer {
     pub last_seen: Time,
     /// Its version vector as it last told us.
     pub vector: Option<VersionVector>,
+    /// What it says main servers hold (origin -> contiguous count).
+    pub safe: BTreeMap<DatabaseId, u64>,
+    /// Digest of the safe map we last sent it.
+    pub safe_sent: Option<[u8; 16]>,
     /// Failed attempts in a row.
     pub failures: u32,
     /// Do not attempt a link before this.
@@ -113,6 +118,8 @@ impl Peer {
             link: None,
             last_seen: now,
             vector: None,
+            safe: BTreeMap::new(),
+            safe_sent: None,
             failures: 0,
             next_attempt: now,
         }
