@@ -356,12 +356,11 @@ impl<S: Store> Ledger<S> {
         if units.is_empty() {
             return Ok(Vec::new());
         }
+        if self.dati.is_none() {
+            return self.write_without_logs(&units);
+        }
         let result = (|| {
-            let Some(dati) = self.dati.as_mut() else {
-                let outcomes = self.store.insert_batch(&units, &[])?;
-                self.store.flush()?;
-                return Ok(outcomes);
-            };
+            let Some(dati) = self.dati.as_mut() else { return Ok(Vec::new()) };
             let mut located = Vec::with_capacity(units.len());
             for unit in units {
                 let at = dati.append(&unit, now_ms)?;
@@ -382,6 +381,20 @@ impl<S: Store> Ledger<S> {
                 Err(e)
             }
         }
+    }
+
+    /// Without logs the store's batch is atomic: a refused batch (disk full) wrote nothing and
+    /// may simply be retried. A failed flush leaves durability unknown, so that poisons.
+    fn write_without_logs(
+        &mut self,
+        units: &[TransferUnit],
+    ) -> Result<Vec<InsertOutcome>, LedgerError> {
+        let outcomes = self.store.insert_batch(units, &[])?;
+        if let Err(e) = self.store.flush() {
+            self.poisoned = true;
+            return Err(e.into());
+        }
+        Ok(outcomes)
     }
 
     fn maybe_checkpoint(&mut self, now_ms: u64) -> Result<(), LedgerError> {

@@ -426,6 +426,14 @@ impl<S: Store> Node<S> {
 
     fn on_link_up(&mut self, link: LinkId, remote: SocketAddr, outbound: bool) {
         self.connecting.remove(&remote);
+        // Until the hello arrives a configured address counts as attempted, so a link that
+        // closes without one is retried with backoff, never in a loop.
+        let ping = self.cfg.offline_ping_ms;
+        if let Some(attempt) = self.configured.get_mut(&remote) {
+            attempt.failures += 1;
+            let wait = if attempt.failures <= 3 { 1000 << (attempt.failures - 1) } else { ping };
+            attempt.next_attempt = self.now.plus_millis(wait);
+        }
         self.links.insert(link, LinkInfo { remote, peer: None, outbound });
         let hello =
             Message::Hello { dbid: self.dbid(), instance: self.cfg.instance, role: self.cfg.role };
@@ -447,9 +455,12 @@ impl<S: Store> Node<S> {
         let now = self.now;
         let Some(info) = self.links.get_mut(&link) else { return };
         if dbid == own {
-            // A link to ourselves (our own advertised address): close it.
+            // A link to ourselves (our own address was configured or announced): close it and
+            // never try that address again.
+            let remote = info.remote;
             self.out.push_back(Output::Close { link });
             self.links.remove(&link);
+            self.configured.remove(&remote);
             return;
         }
         info.peer = Some(dbid);

@@ -1,0 +1,75 @@
+//! The real protocol core (`meshnode::proto::Node`) in the chain scenario: converges without
+//! faults and under random faults, delivering each unit once per node, in per-origin order,
+//! losing nothing acknowledged.
+
+use netsim::scenario::{self, ChainParams, ScenarioKind};
+use netsim::{CoreFactory, FaultSet, Report, Simulation};
+
+fn run(params: &ChainParams, seed: u64) -> Report {
+    let scenario = scenario::build(ScenarioKind::Chain, params, seed);
+    Simulation::new(scenario, CoreFactory::default(), seed).run()
+}
+
+fn params(faults: FaultSet) -> ChainParams {
+    // Head office and 3 stores of a server and 3 lanes: 13 nodes, 200 units.
+    ChainParams { stores: 3, lanes: 3, units: 200, faults, ..ChainParams::default() }
+}
+
+fn check(faults: &str, seeds: std::ops::RangeInclusive<u64>) {
+    let params = params(faults.parse().expect("fault set"));
+    let mut failed = Vec::new();
+    for seed in seeds {
+        let report = run(&params, seed);
+        if !(report.passed && report.max_queue_len < 5_000) {
+            eprintln!("seed {seed} failed: {report:?}");
+            failed.push(seed);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "failing seeds (rerun one with `netsim run --faults {faults} --stores 3 --lanes 3 --units 200 --seed N`): {failed:?}"
+    );
+}
+
+#[test]
+fn converges_without_faults_exactly_once_in_order() {
+    let report = run(&params(FaultSet::default()), 7);
+    assert!(report.passed, "{report:?}");
+    assert_eq!(report.lost, 0);
+    assert_eq!(report.duplicates_delivered, 0);
+    assert_eq!(report.out_of_order_delivered, 0);
+    assert_eq!(report.delivered_copies, 200 * 12, "every other node delivers every unit");
+}
+
+#[test]
+fn random_loss_partitions_crashes_and_disk_full_200_seeds() {
+    check("loss,partition,crash,disk", 1..=200);
+}
+
+#[test]
+fn random_clock_skew_50_seeds() {
+    check("skew", 1..=50);
+}
+
+#[test]
+#[ignore = "slow: 1000 seeds; scripts/test --slow runs it"]
+fn slow_core_random_faults_1000_seeds() {
+    check("loss,partition,crash,disk", 1..=1000);
+}
+
+/// Found by `netsim run --faults all --seeds 1..200` (stores 3, lanes 4): with every fault
+/// combined, some copies are never delivered. Each fault alone passes this seed. Under
+/// investigation (suspects: skew combined with crash/disk-full around key epochs).
+#[test]
+#[ignore = "known failure under investigation: seed 96 with all faults combined"]
+fn regression_seed_96_all_faults() {
+    let params = ChainParams {
+        stores: 3,
+        lanes: 4,
+        units: 200,
+        faults: FaultSet::ALL,
+        ..ChainParams::default()
+    };
+    let report = run(&params, 96);
+    assert!(report.passed, "{report:?}");
+}
