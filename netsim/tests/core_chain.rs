@@ -57,11 +57,13 @@ fn slow_core_random_faults_1000_seeds() {
     check("loss,partition,crash,disk", 1..=1000);
 }
 
-/// Found by `netsim run --faults all --seeds 1..200` (stores 3, lanes 4): with every fault
-/// combined, some copies are never delivered. Each fault alone passes this seed. Under
-/// investigation (suspects: skew combined with crash/disk-full around key epochs).
+/// Found by `netsim run --faults all --seeds 1..200` (stores 3, lanes 4): some copies are never
+/// delivered. Cause (confirmed by widening the window to +-2, which makes it pass): two nodes
+/// skewed up to a day in opposite directions are two key epochs apart, and receivers accept only
+/// the previous, current and next epoch, so everything between them is refused as a stale epoch.
+/// Fix to decide: derive the accepted window from a configured maximum clock skew.
 #[test]
-#[ignore = "known failure under investigation: seed 96 with all faults combined"]
+#[ignore = "known failure: epoch window narrower than the simulated pairwise clock skew"]
 fn regression_seed_96_all_faults() {
     let params = ChainParams {
         stores: 3,
