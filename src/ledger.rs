@@ -356,11 +356,10 @@ impl<S: Store> Ledger<S> {
         if units.is_empty() {
             return Ok(Vec::new());
         }
-        if self.dati.is_none() {
+        let Some(dati) = self.dati.as_mut() else {
             return self.write_without_logs(&units);
-        }
+        };
         let result = (|| {
-            let Some(dati) = self.dati.as_mut() else { return Ok(Vec::new()) };
             let mut located = Vec::with_capacity(units.len());
             for unit in units {
                 let at = dati.append(&unit, now_ms)?;

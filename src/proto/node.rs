@@ -33,7 +33,7 @@ use crate::id::{DatabaseId, DeviceId, Environment, InstanceId, RmSystem};
 use crate::ledger::{Ledger, Submission};
 use crate::proto::io::{DatagramDest, Input, LinkId, Output, Protocol, Time};
 use crate::proto::message::{decode_units, Announce, Message};
-use crate::proto::peers::{DownReason, Peer, PeerState, Role};
+use crate::proto::peers::{backoff_ms, DownReason, Peer, PeerState, Role};
 use crate::store::{Store, VersionVector};
 use crate::unit::{TransferUnit, Urgency};
 use crate::wire::{
@@ -387,9 +387,7 @@ impl<S: Store> Node<S> {
         let own = self.dbid();
         let mut targets = Vec::new();
         for peer in self.peers.values_mut() {
-            let idle = matches!(peer.state, PeerState::Discovered | PeerState::Down);
-            let ours = !peer.lan || own < peer.dbid || peer.failures >= 2;
-            if idle && ours && peer.next_attempt <= now && !peer.addrs.is_empty() {
+            if peer.wants_link(own) && peer.next_attempt <= now {
                 let i = usize::try_from(peer.failures).unwrap_or(0) % peer.addrs.len();
                 peer.state = PeerState::Connecting;
                 targets.push(peer.addrs[i]);
@@ -414,8 +412,7 @@ impl<S: Store> Node<S> {
         let (now, ping) = (self.now, self.cfg.offline_ping_ms);
         if let Some(attempt) = self.configured.get_mut(&to) {
             attempt.failures += 1;
-            let wait = if attempt.failures <= 3 { 1000 << (attempt.failures - 1) } else { ping };
-            attempt.next_attempt = now.plus_millis(wait);
+            attempt.next_attempt = now.plus_millis(backoff_ms(attempt.failures, ping));
         }
         for peer in self.peers.values_mut() {
             if peer.state == PeerState::Connecting && peer.addrs.contains(&to) {
@@ -431,8 +428,7 @@ impl<S: Store> Node<S> {
         let ping = self.cfg.offline_ping_ms;
         if let Some(attempt) = self.configured.get_mut(&remote) {
             attempt.failures += 1;
-            let wait = if attempt.failures <= 3 { 1000 << (attempt.failures - 1) } else { ping };
-            attempt.next_attempt = self.now.plus_millis(wait);
+            attempt.next_attempt = self.now.plus_millis(backoff_ms(attempt.failures, ping));
         }
         self.links.insert(link, LinkInfo { remote, peer: None, outbound });
         let hello =
@@ -526,7 +522,8 @@ impl<S: Store> Node<S> {
         self.send_frame(link, Tag::Tubs, &Message::Vector { vector });
     }
 
-    /// Sends `link` a batch of what `theirs` lacks, urgent first; true if more remains.
+    /// Sends `link` a batch of what `theirs` lacks, urgent first, marked `more` when the batch
+    /// limit left some out.
     fn send_missing(&mut self, link: LinkId, theirs: &VersionVector) {
         let missing = self.ledger.store().version_vector().missing_from(theirs);
         let limit = self.cfg.batch_units;
@@ -882,11 +879,7 @@ impl<S: Store> Protocol for Node<S> {
         }
         let own = self.dbid();
         for peer in self.peers.values() {
-            let idle = matches!(peer.state, PeerState::Discovered | PeerState::Down);
-            if idle
-                && (!peer.lan || own < peer.dbid || peer.failures >= 2)
-                && !peer.addrs.is_empty()
-            {
+            if peer.wants_link(own) {
                 next = next.min(peer.next_attempt.max(self.now));
             }
         }

@@ -125,18 +125,36 @@ impl Peer {
         }
     }
 
-    /// Records a failed or closed link and schedules the next attempt: 1 s, 2 s, 4 s, then
-    /// every `offline_ping_ms`.
+    /// Records a failed or closed link and schedules the next attempt (see [`backoff_ms`]).
     pub fn down(&mut self, reason: DownReason, now: Time, offline_ping_ms: u64) {
         self.state = PeerState::Down;
         self.reason = reason;
         self.link = None;
         self.failures = self.failures.saturating_add(1);
-        let wait_ms = match self.failures {
-            0..=3 => 1000u64 << self.failures.saturating_sub(1).min(3),
-            _ => offline_ping_ms,
-        };
-        self.next_attempt = now.plus_millis(wait_ms);
+        self.next_attempt = now.plus_millis(backoff_ms(self.failures, offline_ping_ms));
+    }
+
+    /// Whether this node (dbid `own`) opens the link: always for peers beyond the LAN (they
+    /// were configured here); on the LAN the smaller dbid does, or either side once attempts
+    /// keep failing (the other side may not be able to reach us).
+    pub fn opened_by_us(&self, own: DatabaseId) -> bool {
+        !self.lan || own < self.dbid || self.failures >= 2
+    }
+
+    /// Whether a link attempt is wanted (idle, ours to open, an address known).
+    pub fn wants_link(&self, own: DatabaseId) -> bool {
+        matches!(self.state, PeerState::Discovered | PeerState::Down)
+            && self.opened_by_us(own)
+            && !self.addrs.is_empty()
+    }
+}
+
+/// Wait before the next attempt after `failures` failures in a row: 1 s, 2 s, 4 s, then every
+/// `offline_ping_ms` (seed 001: an offline server is pinged, not hammered).
+pub fn backoff_ms(failures: u32, offline_ping_ms: u64) -> u64 {
+    match failures {
+        0..=3 => 1000u64 << failures.saturating_sub(1),
+        _ => offline_ping_ms,
     }
 }
 
