@@ -5,9 +5,9 @@
 //! | ---- | ------- | ---------- |
 //! | IDQY | [`Announce`] with `reply: false`: who is out there? | discovery group, tagged |
 //! | IDRP | [`Announce`] with `reply: true`: I am here | unicast to the asker, tagged |
-//! | TUBS | [`Message::Hello`], [`Message::Digest`], [`Message::Vector`]: link control and anti-entropy | link frames |
+//! | TUBS | [`Message::Hello`], [`Message::Have`], [`Message::Want`], [`Message::Resync`]: link control and anti-entropy | link frames |
 //! | TUBT | [`Message::Units`] pushed eagerly | environment group or link frames |
-//! | TUDA | [`Message::Units`] sent by anti-entropy (background synchronisation) | link frames |
+//! | TUDA | [`Message::Units`] answering a `Want` (background synchronisation) | link frames |
 //!
 //! Units travel as their own encoding ([`TransferUnit::encode`]), so the format version of a
 //! unit stays with the unit.
@@ -39,6 +39,33 @@ pub struct Announce {
     pub reply: bool,
 }
 
+/// An origin named in a [`Message::Have`]: by its dbid the first time on a link (which gives it
+/// the next index of the sender's table for that link), by that index afterwards. A dbid is 15
+/// bytes; the index is usually one or two, and a `Have` names every origin that changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OriginRef {
+    /// Index in the sender's table of this link.
+    Known(u32),
+    /// First mention: the next index is this dbid.
+    New(DatabaseId),
+}
+
+/// One origin's state in a [`Message::Have`]: the seqs the sender holds (all of
+/// `1..=contiguous` plus the ranges beyond the first gap) and how many of them, from 1, some
+/// main server holds as far as the sender knows (seed 001: only what a main server holds is
+/// safe).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaveEntry {
+    /// The origin.
+    pub origin: OriginRef,
+    /// Every seq in `1..=contiguous` is held.
+    pub contiguous: u64,
+    /// Inclusive ranges held beyond the first gap, ascending.
+    pub beyond: Vec<(u64, u64)>,
+    /// Seqs `1..=safe` are held by a main server.
+    pub safe: u64,
+}
+
 /// A sealed message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -51,34 +78,39 @@ pub enum Message {
         /// Sender's role.
         role: Role,
     },
-    /// Anti-entropy round: a hash of the sender's version vector. A peer whose vector hashes
-    /// differently answers with its [`Message::Vector`].
-    Digest {
-        /// BLAKE3 of the encoded vector, truncated.
-        digest: [u8; 16],
-        /// An answer to the peer's digest saying ours is the same (so both learn the other
-        /// holds exactly what they hold); never answered.
-        same: bool,
+    /// Anti-entropy: what the sender holds. The first `Have` on a link is `full` (the receiver
+    /// replaces its model of the sender); later ones carry only the origins that changed since
+    /// the sender's previous `Have` on this link, so an idle system exchanges nothing and a busy
+    /// one a few bytes per active origin. Links are ordered, so applying them in order rebuilds
+    /// the sender's vector exactly.
+    Have {
+        /// Replace the model (and the origin table) instead of updating it.
+        full: bool,
+        /// Changed origins.
+        entries: Vec<HaveEntry>,
+        /// The sender's total count of held seqs once these entries are applied (absent on all
+        /// but the last frame of a split `Have`): a receiver whose model disagrees asks for a
+        /// [`Message::Resync`].
+        total: Option<u64>,
     },
-    /// The sender's version vector ([`crate::store::VersionVector::encode`]). The receiver
-    /// sends what the sender lacks, and its own vector when it lacks something in turn.
-    Vector {
-        /// The encoded vector.
-        vector: Vec<u8>,
+    /// Asks the receiver for the units it holds in these ranges (the sender lacks them), at most
+    /// `limit` of them, urgent first. Origins are indexes of the receiver's own table for this
+    /// link (it named them in its `Have`). Answered by [`Message::Units`] frames, the last one
+    /// with `end`.
+    Want {
+        /// (origin index, first seq, last seq).
+        ranges: Vec<(u32, u64, u64)>,
+        /// Most units to send.
+        limit: u32,
     },
-    /// What main servers hold, as far as the sender knows: per origin, the seqs `1..=n` some
-    /// main server holds (seed 001: only what a main server holds is safe). Lets a lane learn,
-    /// through its store server, that its units reached head office.
-    Safe {
-        /// Origin -> contiguous count held by a main server.
-        held: Vec<(DatabaseId, u64)>,
-    },
+    /// The sender's model of our vector disagrees with our total: send a full `Have`.
+    Resync,
     /// Units, each in its own encoding.
     Units {
         /// Encoded units.
         units: Vec<Vec<u8>>,
-        /// The sender holds more the receiver lacks: answer with a vector to get the next batch.
-        more: bool,
+        /// The last frame answering a [`Message::Want`] (eager pushes are never `end`).
+        end: bool,
     },
 }
 
@@ -110,8 +142,8 @@ impl Message {
     }
 
     /// A units message.
-    pub fn units(units: &[TransferUnit], more: bool) -> Message {
-        Message::Units { units: units.iter().map(TransferUnit::encode).collect(), more }
+    pub fn units(units: &[TransferUnit], end: bool) -> Message {
+        Message::Units { units: units.iter().map(TransferUnit::encode).collect(), end }
     }
 }
 

@@ -4,12 +4,14 @@
 //! - [`io`]: the contract with drivers (inputs, outputs, time).
 //! - [`message`]: what travels inside sealed datagrams and frames.
 //! - [`peers`]: the peer table.
+//! - [`sync`]: anti-entropy bookkeeping (change log, per-link origin tables, what to ask for).
 //! - [`node`]: the state machine.
 
 pub mod io;
 pub mod message;
 pub mod node;
 pub mod peers;
+pub mod sync;
 
 pub use io::{DatagramDest, Input, LinkId, Output, Protocol, Time};
 pub use node::{ConfiguredPeer, Node, NodeConfig, NodeStats};

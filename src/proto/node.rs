@@ -7,15 +7,20 @@
 //!   failures); configured peers are connected by the side that configured them. Both sides
 //!   send `Hello`; a second link to the same peer is closed, keeping the one opened by the
 //!   smaller dbid.
+//! - Configured peers (direct IP links beyond the LAN) are tried in priority order (seed 001):
+//!   a peer of priority p is tried only while every configured peer of better priority has
+//!   failed, and its link is closed again once a better one is back.
 //! - Eager push: a new unit (submitted here, or new to this node) is multicast once on the
 //!   environment group when LAN peers exist and it fits a datagram, and sent on the links of
-//!   the peers beyond the LAN (except the one it came from). This forwarding of what is new is
-//!   what carries units over several hops.
-//! - Anti-entropy: on an interval each up link gets a `Digest` of our version vector; a peer
-//!   whose vector differs answers with its `Vector`; the receiver sends what the other lacks in
-//!   bounded batches (urgent units first) and its own vector when it lacks something too. A
-//!   batch marked `more` is answered by a vector, so catching up streams from the store batch
-//!   by batch with bounded memory.
+//!   the peers beyond the LAN (except the one it came from, and any that already report it).
+//!   This forwarding of what is new is what carries units over several hops.
+//! - Anti-entropy (see [`crate::proto::sync`]): each round, every up link gets a `Have` listing
+//!   the origins whose held seqs changed since the last one (the first is full), so each node
+//!   keeps an exact model of each peer's vector. A node that sees a peer hold what it lacks asks
+//!   that one peer (`Want`, bounded, urgent first); the answer ends with `end`, and the next
+//!   batch is asked for then, so catching up streams from the store with one batch in flight.
+//!   Idle links carry only a keepalive `Have` every few rounds; a silent link turns the peer
+//!   suspect, then down.
 //! - Delivery: units of other origins are handed to the application in per-origin order from
 //!   the durable cursor; `Acknowledge` moves the cursor.
 //!
@@ -32,8 +37,9 @@ use crate::crypto::{KeySchedule, NonceSequence, Purpose};
 use crate::id::{DatabaseId, DeviceId, Environment, InstanceId, RmSystem};
 use crate::ledger::{Ledger, Submission};
 use crate::proto::io::{DatagramDest, Input, LinkId, Output, Protocol, Time};
-use crate::proto::message::{decode_units, Announce, Message};
+use crate::proto::message::{decode_units, Announce, HaveEntry, Message};
 use crate::proto::peers::{backoff_ms, DownReason, Peer, PeerState, Role};
+use crate::proto::sync::{plan_want, ChangeLog, LinkSync, Outstanding};
 use crate::store::{Store, VersionVector};
 use crate::unit::{TransferUnit, Urgency};
 use crate::wire::{
@@ -77,8 +83,13 @@ pub struct NodeConfig {
     pub configured: Vec<ConfiguredPeer>,
     /// IDQY interval.
     pub discovery_interval_ms: u64,
-    /// Anti-entropy interval.
+    /// Anti-entropy interval: how often changes are reported to each peer.
     pub anti_entropy_interval_ms: u64,
+    /// An idle link gets a keepalive this often; silence of three of these makes the peer
+    /// suspect, six closes the link.
+    pub keepalive_ms: u64,
+    /// A `Want` unanswered this long is given up and asked again (maybe of another peer).
+    pub want_timeout_ms: u64,
     /// How often an offline peer is tried after the first quick retries (seed 001: 5 min).
     pub offline_ping_ms: u64,
     /// How long a link attempt may take.
@@ -121,6 +132,8 @@ impl NodeConfig {
             configured: Vec::new(),
             discovery_interval_ms: 5_000,
             anti_entropy_interval_ms: 2_000,
+            keepalive_ms: 10_000,
+            want_timeout_ms: 30_000,
             offline_ping_ms: 300_000,
             connect_timeout_ms: 5_000,
             batch_units: 512,
@@ -137,16 +150,31 @@ impl NodeConfig {
 pub struct NodeStats {
     /// Datagrams and frames refused, by reason.
     pub rejects: RejectCounters,
-    /// Units received (pushed or by anti-entropy).
+    /// Discovery packets from nodes of another RmSystem or environment (counted, never peered).
+    pub foreign_nodes_heard: u64,
+    /// Units received (pushed or asked for).
     pub units_received: u64,
     /// Of those, new to this node.
     pub units_new: u64,
     /// Units refused as invalid (over the payload limit, bad encoding).
     pub units_invalid: u64,
-    /// Batches the store could not take (disk full, IO error); retried by anti-entropy.
+    /// Batches the store could not take (disk full, IO error); asked for again later.
     pub store_errors: u64,
+    /// Submissions the store could not take (the application was not given a receipt).
+    pub submits_refused: u64,
     /// Links closed because the other end never proved membership.
     pub links_refused: u64,
+    /// Links closed because nothing was heard on them.
+    pub links_silent: u64,
+    /// `Want` requests sent, and answered for peers.
+    pub wants_sent: u64,
+    /// `Want` requests this node answered.
+    pub wants_served: u64,
+    /// `Want` requests given up after the timeout.
+    pub wants_expired: u64,
+    /// Times a peer's model disagreed with its total (or a `Have` was invalid) and a full
+    /// `Have` was asked for.
+    pub resyncs: u64,
 }
 
 /// Where a batch of units came from, for forwarding.
@@ -162,12 +190,18 @@ struct LinkInfo {
     remote: SocketAddr,
     peer: Option<DatabaseId>,
     outbound: bool,
+    sync: LinkSync,
 }
 
+/// A configured peer and its attempt state (kept for the node's life: seed 001 failover needs
+/// to know which configured peers are failing).
 #[derive(Debug, Clone)]
-struct Attempt {
+struct Slot {
+    peer: ConfiguredPeer,
     failures: u32,
     next_attempt: Time,
+    /// Learned from its hello.
+    dbid: Option<DatabaseId>,
 }
 
 /// The protocol core of one node over a ledger on store `S`.
@@ -180,8 +214,8 @@ pub struct Node<S: Store> {
     link_seal: DatagramSealer,
     link_open: DatagramOpener,
     peers: BTreeMap<DatabaseId, Peer>,
-    /// Configured addresses not (yet) known as a peer, with their attempt state.
-    configured: BTreeMap<SocketAddr, Attempt>,
+    /// Configured peers, best priority first.
+    slots: Vec<Slot>,
     links: BTreeMap<LinkId, LinkInfo>,
     /// Link attempts under way: address -> deadline.
     connecting: BTreeMap<SocketAddr, Time>,
@@ -191,6 +225,10 @@ pub struct Node<S: Store> {
     next_discovery: Time,
     next_anti_entropy: Time,
     delivered: BTreeMap<DatabaseId, u64>,
+    /// Which origins changed, for `Have` deltas.
+    changes: ChangeLog,
+    /// Per origin, the seqs `1..=n` some main server holds as far as this node knows.
+    safe: BTreeMap<DatabaseId, u64>,
     stats: NodeStats,
 }
 
@@ -218,7 +256,13 @@ impl<S: Store> Node<S> {
         let link_open = DatagramOpener::new(keys, Purpose::Link, cfg.rmsystem, &cfg.env)
             .with_max_len(DEFAULT_MAX_FRAME_LEN);
         let delivered = ledger.store().cursor(&cfg.app).unwrap_or_default();
-        Node {
+        let mut slots: Vec<Slot> = cfg
+            .configured
+            .iter()
+            .map(|peer| Slot { peer: peer.clone(), failures: 0, next_attempt: Time(0), dbid: None })
+            .collect();
+        slots.sort_by_key(|s| s.peer.priority);
+        let mut node = Node {
             rng: StdRng::seed_from_u64(cfg.rng_seed),
             cfg,
             ledger,
@@ -227,7 +271,7 @@ impl<S: Store> Node<S> {
             link_seal,
             link_open,
             peers: BTreeMap::new(),
-            configured: BTreeMap::new(),
+            slots,
             links: BTreeMap::new(),
             connecting: BTreeMap::new(),
             out: VecDeque::new(),
@@ -236,8 +280,16 @@ impl<S: Store> Node<S> {
             next_discovery: Time(0),
             next_anti_entropy: Time(0),
             delivered,
+            changes: ChangeLog::default(),
+            safe: BTreeMap::new(),
             stats: NodeStats::default(),
+        };
+        if node.cfg.role == Role::MainServer {
+            let origins: Vec<DatabaseId> =
+                node.ledger.store().version_vector().origins().copied().collect();
+            node.raise_own_safe(origins);
         }
+        node
     }
 
     /// This node's dbid.
@@ -270,59 +322,39 @@ impl<S: Store> Node<S> {
     pub fn unsafe_backlog(&self) -> u64 {
         let own = self.dbid();
         let held = self.ledger.store().version_vector().count(&own);
-        let safe = self.safe_map().get(&own).copied().unwrap_or(0);
-        held.saturating_sub(safe)
+        held.saturating_sub(self.safe.get(&own).copied().unwrap_or(0))
     }
 
     /// What main servers hold as far as this node knows: per origin, the contiguous prefix held
-    /// by some main server (this node, a main-server peer's vector, or what peers report).
-    pub fn safe_map(&self) -> BTreeMap<DatabaseId, u64> {
-        let mut safe: BTreeMap<DatabaseId, u64> = BTreeMap::new();
-        let mut merge = |origin: DatabaseId, n: u64| {
-            let slot = safe.entry(origin).or_insert(0);
-            *slot = (*slot).max(n);
-        };
-        let contiguous = |v: &VersionVector| -> Vec<(DatabaseId, u64)> {
-            v.iter().map(|(o, r)| (*o, r.contiguous())).collect()
-        };
-        if self.cfg.role == Role::MainServer {
-            for (o, n) in contiguous(self.ledger.store().version_vector()) {
-                merge(o, n);
-            }
-        }
-        for peer in self.peers.values() {
-            if peer.role == Role::MainServer {
-                for (o, n) in peer.vector.as_ref().map(contiguous).unwrap_or_default() {
-                    merge(o, n);
-                }
-            }
-            for (o, n) in &peer.safe {
-                merge(*o, *n);
-            }
-        }
-        safe
+    /// by some main server (this node, a main-server peer, or what peers report).
+    pub fn safe_map(&self) -> &BTreeMap<DatabaseId, u64> {
+        &self.safe
     }
 
-    fn send_safe(&mut self) {
-        let held: Vec<(DatabaseId, u64)> = self.safe_map().into_iter().collect();
-        if held.is_empty() {
-            return;
+    /// Per peer: how many units it holds that we lack, and we hold that it lacks, from its last
+    /// `Have` (status shows these).
+    pub fn peer_backlog(&self, peer: &DatabaseId) -> Option<(u64, u64)> {
+        let p = self.peers.get(peer)?;
+        let ours = self.ledger.store().version_vector();
+        let count = |m: BTreeMap<DatabaseId, Vec<std::ops::RangeInclusive<u64>>>| -> u64 {
+            m.values().flatten().map(|r| r.end() - r.start() + 1).sum()
+        };
+        Some((count(p.vector.missing_from(ours)), count(ours.missing_from(&p.vector))))
+    }
+
+    fn raise_safe(&mut self, origin: DatabaseId, n: u64) {
+        let slot = self.safe.entry(origin).or_insert(0);
+        if n > *slot {
+            *slot = n;
+            self.changes.touch(origin);
         }
-        let message = Message::Safe { held };
-        let encoded = message.encode();
-        let mut digest = [0u8; 16];
-        digest.copy_from_slice(&blake3::hash(&encoded).as_bytes()[..16]);
-        let links: Vec<(DatabaseId, LinkId)> = self
-            .peers
-            .values()
-            .filter(|p| p.state == PeerState::Up && p.safe_sent != Some(digest))
-            .filter_map(|p| p.link.map(|l| (p.dbid, l)))
-            .collect();
-        for (dbid, link) in links {
-            self.send_frame(link, Tag::Tubs, &message);
-            if let Some(p) = self.peers.get_mut(&dbid) {
-                p.safe_sent = Some(digest);
-            }
+    }
+
+    /// A main server's own holdings are safe by definition.
+    fn raise_own_safe(&mut self, origins: impl IntoIterator<Item = DatabaseId>) {
+        for origin in origins {
+            let n = self.ledger.store().version_vector().get(&origin).map_or(0, |r| r.contiguous());
+            self.raise_safe(origin, n);
         }
     }
 
@@ -330,13 +362,15 @@ impl<S: Store> Node<S> {
         self.started = true;
         let jitter = self.rng.gen_range(0..=self.cfg.discovery_interval_ms / 10 + 1);
         self.next_discovery = now.plus_millis(jitter);
-        self.next_anti_entropy = now.plus_millis(self.cfg.anti_entropy_interval_ms);
-        for peer in &self.cfg.configured {
-            self.configured.insert(peer.addr, Attempt { failures: 0, next_attempt: now });
+        let jitter = self.rng.gen_range(0..=self.cfg.anti_entropy_interval_ms / 2);
+        self.next_anti_entropy = now.plus_millis(self.cfg.anti_entropy_interval_ms + jitter);
+        for slot in &mut self.slots {
+            slot.next_attempt = now;
         }
         let origins: Vec<DatabaseId> =
             self.ledger.store().version_vector().origins().copied().collect();
         self.deliver_ready(origins);
+        self.connect_due();
     }
 
     // ----- discovery -----
@@ -370,6 +404,11 @@ impl<S: Store> Node<S> {
             .peers
             .entry(a.dbid)
             .or_insert_with(|| Peer::new(a.dbid, a.role, addrs.clone(), true, now));
+        if peer.addrs != addrs {
+            // A changed address (DHCP, a moved machine): try the new one now.
+            peer.failures = 0;
+            peer.next_attempt = now;
+        }
         peer.addrs = addrs;
         peer.role = a.role;
         peer.lan = true;
@@ -382,6 +421,22 @@ impl<S: Store> Node<S> {
 
     // ----- links -----
 
+    /// Whether configured slot `i` is reached: its peer (by dbid or address) has a link up.
+    fn slot_up(&self, i: usize) -> bool {
+        let slot = &self.slots[i];
+        let by_dbid = slot.dbid.and_then(|d| self.peers.get(&d)).is_some_and(Peer::linked);
+        by_dbid || self.peers.values().any(|p| p.linked() && p.addrs.contains(&slot.peer.addr))
+    }
+
+    /// Whether slot `i` should be linked now (seed 001: in order of priority): every slot of
+    /// better priority is failing.
+    fn slot_wanted(&self, i: usize) -> bool {
+        let priority = self.slots[i].peer.priority;
+        (0..self.slots.len())
+            .filter(|&j| self.slots[j].peer.priority < priority)
+            .all(|j| !self.slot_up(j) && self.slots[j].failures > 0)
+    }
+
     fn connect_due(&mut self) {
         let now = self.now;
         let own = self.dbid();
@@ -393,9 +448,14 @@ impl<S: Store> Node<S> {
                 targets.push(peer.addrs[i]);
             }
         }
-        for (addr, attempt) in &self.configured {
-            if attempt.next_attempt <= now && !self.connecting.contains_key(addr) {
-                targets.push(*addr);
+        for i in 0..self.slots.len() {
+            let addr = self.slots[i].peer.addr;
+            if self.slots[i].next_attempt <= now
+                && !self.connecting.contains_key(&addr)
+                && !self.slot_up(i)
+                && self.slot_wanted(i)
+            {
+                targets.push(addr);
             }
         }
         for to in targets {
@@ -407,30 +467,64 @@ impl<S: Store> Node<S> {
         }
     }
 
+    /// Closes links to fallback peers once a configured peer of better priority is up again.
+    fn fail_back(&mut self) {
+        let mut close = Vec::new();
+        for i in 0..self.slots.len() {
+            if self.slot_up(i) && !self.slot_wanted(i) {
+                let Some(peer) = self.slots[i].dbid.and_then(|d| self.peers.get(&d)) else {
+                    continue;
+                };
+                let ours = peer.link.and_then(|l| self.links.get(&l)).is_some_and(|l| l.outbound);
+                if !peer.lan && ours {
+                    close.push(peer.dbid);
+                }
+            }
+        }
+        for dbid in close {
+            self.close_peer(dbid, DownReason::Fallback);
+        }
+    }
+
+    fn close_peer(&mut self, dbid: DatabaseId, reason: DownReason) {
+        let (now, ping) = (self.now, self.cfg.offline_ping_ms);
+        let Some(peer) = self.peers.get_mut(&dbid) else { return };
+        if let Some(link) = peer.link {
+            self.links.remove(&link);
+            self.out.push_back(Output::Close { link });
+        }
+        peer.down(reason, now, ping);
+    }
+
+    fn slot_failed(&mut self, addr: SocketAddr) {
+        let (now, ping) = (self.now, self.cfg.offline_ping_ms);
+        for slot in self.slots.iter_mut().filter(|s| s.peer.addr == addr) {
+            slot.failures = slot.failures.saturating_add(1);
+            slot.next_attempt = now.plus_millis(backoff_ms(slot.failures, ping));
+        }
+    }
+
     fn connect_failed(&mut self, to: SocketAddr, reason: DownReason) {
         self.connecting.remove(&to);
+        self.slot_failed(to);
         let (now, ping) = (self.now, self.cfg.offline_ping_ms);
-        if let Some(attempt) = self.configured.get_mut(&to) {
-            attempt.failures += 1;
-            attempt.next_attempt = now.plus_millis(backoff_ms(attempt.failures, ping));
-        }
         for peer in self.peers.values_mut() {
             if peer.state == PeerState::Connecting && peer.addrs.contains(&to) {
                 peer.down(reason, now, ping);
             }
         }
+        self.connect_due();
     }
 
     fn on_link_up(&mut self, link: LinkId, remote: SocketAddr, outbound: bool) {
         self.connecting.remove(&remote);
-        // Until the hello arrives a configured address counts as attempted, so a link that
-        // closes without one is retried with backoff, never in a loop.
-        let ping = self.cfg.offline_ping_ms;
-        if let Some(attempt) = self.configured.get_mut(&remote) {
-            attempt.failures += 1;
-            attempt.next_attempt = self.now.plus_millis(backoff_ms(attempt.failures, ping));
+        if outbound {
+            // Until the hello arrives a configured address counts as attempted, so a link
+            // that closes without one is retried with backoff, never in a loop.
+            self.slot_failed(remote);
         }
-        self.links.insert(link, LinkInfo { remote, peer: None, outbound });
+        let sync = LinkSync::new(self.now);
+        self.links.insert(link, LinkInfo { remote, peer: None, outbound, sync });
         let hello =
             Message::Hello { dbid: self.dbid(), instance: self.cfg.instance, role: self.cfg.role };
         self.send_frame(link, Tag::Tubs, &hello);
@@ -442,8 +536,18 @@ impl<S: Store> Node<S> {
         if let Some(peer) = info.peer.and_then(|d| self.peers.get_mut(&d)) {
             if peer.link == Some(link) {
                 peer.down(DownReason::LinkClosed, now, ping);
+                let dbid = peer.dbid;
+                for slot in self.slots.iter_mut().filter(|s| s.dbid == Some(dbid)) {
+                    slot.failures = slot.failures.saturating_add(1);
+                    slot.next_attempt = now.plus_millis(backoff_ms(slot.failures, ping));
+                }
             }
         }
+        if info.sync.want.is_some() {
+            // What was asked of that peer may be asked of another now.
+            self.plan_all();
+        }
+        self.connect_due();
     }
 
     fn on_hello(&mut self, link: LinkId, dbid: DatabaseId, role: Role) {
@@ -456,35 +560,34 @@ impl<S: Store> Node<S> {
             let remote = info.remote;
             self.out.push_back(Output::Close { link });
             self.links.remove(&link);
-            self.configured.remove(&remote);
+            self.slots.retain(|s| s.peer.addr != remote);
             return;
         }
         info.peer = Some(dbid);
         let (remote, outbound) = (info.remote, info.outbound);
-        let was_configured = self.configured.remove(&remote).is_some();
+        if outbound {
+            for slot in self.slots.iter_mut().filter(|s| s.peer.addr == remote) {
+                slot.dbid = Some(dbid);
+                slot.failures = 0;
+            }
+        }
         // A peer first met on a link is beyond the LAN until its announcement is heard on the
         // multicast group (which is what makes it a LAN peer).
         let addrs = if outbound { vec![remote] } else { Vec::new() };
         let peer =
             self.peers.entry(dbid).or_insert_with(|| Peer::new(dbid, role, addrs, false, now));
-        if was_configured {
-            peer.lan = false;
-            if !peer.addrs.contains(&remote) {
-                peer.addrs.push(remote);
-            }
+        if outbound && !peer.addrs.contains(&remote) {
+            peer.addrs.push(remote);
         }
         peer.role = role;
         peer.last_seen = now;
-        if let Some(old) = peer.link.filter(|old| *old != link && peer.state == PeerState::Up) {
+        if let Some(old) = peer.link.filter(|old| *old != link && peer.linked()) {
             // Two links to one peer: keep the one opened by the smaller dbid, on both sides.
             let initiator = |outbound: bool| if outbound { own } else { dbid };
             let old_outbound = self.links.get(&old).is_some_and(|l| l.outbound);
             let keep_new = initiator(outbound) == own.min(dbid)
                 && (initiator(old_outbound) != own.min(dbid) || outbound == old_outbound);
             let drop = if keep_new { old } else { link };
-            if keep_new {
-                peer.link = Some(link);
-            }
             self.links.remove(&drop);
             self.out.push_back(Output::Close { link: drop });
             if !keep_new {
@@ -494,99 +597,215 @@ impl<S: Store> Node<S> {
         peer.link = Some(link);
         peer.state = PeerState::Up;
         peer.failures = 0;
-        self.send_digest(link, false);
+        self.send_have(link, false);
+        self.fail_back();
     }
 
     fn send_frame(&mut self, link: LinkId, tag: Tag, message: &Message) {
         if let Ok(bytes) = self.link_seal.seal(tag, self.now.as_secs(), &message.encode()) {
+            if let Some(info) = self.links.get_mut(&link) {
+                info.sync.last_sent = self.now;
+            }
             self.out.push_back(Output::Frame { link, bytes });
         }
     }
 
     // ----- anti-entropy -----
 
-    fn vector_digest(&self) -> [u8; 16] {
-        let encoded = self.ledger.store().version_vector().encode();
-        let mut out = [0u8; 16];
-        out.copy_from_slice(&blake3::hash(&encoded).as_bytes()[..16]);
-        out
+    /// Sends `link` what changed in our vector since the last `Have` on it (all of it the first
+    /// time); with `always`, an empty one when nothing changed (a keepalive).
+    fn send_have(&mut self, link: LinkId, always: bool) {
+        let Some(info) = self.links.get_mut(&link) else { return };
+        let frames =
+            info.sync.have(&self.changes, self.ledger.store().version_vector(), &self.safe, always);
+        for frame in frames {
+            self.send_frame(link, Tag::Tubs, &frame);
+        }
     }
 
-    fn send_digest(&mut self, link: LinkId, same: bool) {
-        let digest = self.vector_digest();
-        self.send_frame(link, Tag::Tubs, &Message::Digest { digest, same });
-    }
-
-    fn send_vector(&mut self, link: LinkId) {
-        let vector = self.ledger.store().version_vector().encode();
-        self.send_frame(link, Tag::Tubs, &Message::Vector { vector });
-    }
-
-    /// Sends `link` a batch of what `theirs` lacks, urgent first, marked `more` when the batch
-    /// limit left some out.
-    fn send_missing(&mut self, link: LinkId, theirs: &VersionVector) {
-        let missing = self.ledger.store().version_vector().missing_from(theirs);
-        let limit = self.cfg.batch_units;
-        let mut candidates: Vec<TransferUnit> = Vec::new();
-        let mut more = false;
-        'outer: for (origin, ranges) in &missing {
-            for range in ranges {
-                let want = limit.saturating_mul(2).saturating_sub(candidates.len());
-                if want == 0 {
-                    more = true;
-                    break 'outer;
-                }
-                let Ok(units) = self.ledger.store().range(origin, *range.start(), want) else {
-                    continue;
-                };
-                let taken = units.into_iter().take_while(|u| u.seq <= *range.end());
-                candidates.extend(taken);
+    fn on_have(
+        &mut self,
+        link: LinkId,
+        dbid: DatabaseId,
+        full: bool,
+        entries: Vec<HaveEntry>,
+        total: Option<u64>,
+    ) {
+        let (Some(info), Some(peer)) = (self.links.get_mut(&link), self.peers.get_mut(&dbid))
+        else {
+            return;
+        };
+        let applied = info.sync.apply_have(full, entries, &mut peer.vector);
+        let consistent = total.is_none_or(|t| t == peer.vector.total());
+        let main = peer.role == Role::MainServer;
+        let (mut reported_safe, ok) = match applied {
+            Ok(safe) => (safe, consistent),
+            Err(_) => (Vec::new(), false),
+        };
+        if main {
+            // What a main server holds is safe.
+            for (origin, safe) in &mut reported_safe {
+                let held = peer.vector.get(origin).map_or(0, |r| r.contiguous());
+                *safe = (*safe).max(held);
             }
         }
-        if candidates.is_empty() {
+        if !ok {
+            self.stats.resyncs += 1;
+            self.send_frame(link, Tag::Tubs, &Message::Resync);
+        }
+        for (origin, n) in reported_safe {
+            self.raise_safe(origin, n);
+        }
+        self.plan(link);
+    }
+
+    /// Asks the peer on `link` for a batch of what it holds and we lack, unless a `Want` is in
+    /// flight there already; ranges asked of other peers are left out.
+    fn plan(&mut self, link: LinkId) {
+        let Some(info) = self.links.get(&link) else { return };
+        if info.sync.want.is_some() || !info.sync.reported() {
             return;
         }
-        // Urgent first (stable: per-origin order is kept within an urgency).
+        let Some(peer) = info.peer.and_then(|d| self.peers.get(&d)).filter(|p| p.linked()) else {
+            return;
+        };
+        let exclude: Vec<&VersionVector> = self
+            .links
+            .iter()
+            .filter(|(l, _)| **l != link)
+            .filter_map(|(_, i)| i.sync.want.as_ref().map(|w| &w.ranges))
+            .collect();
+        let limit = self.cfg.batch_units.max(1);
+        let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_mul(2);
+        let planned = plan_want(&peer.vector, self.ledger.store().version_vector(), &exclude, cap);
+        if planned.is_empty() {
+            return;
+        }
+        let Some(info) = self.links.get_mut(&link) else { return };
+        let mut ranges = VersionVector::new();
+        let mut wire = Vec::with_capacity(planned.len());
+        for (origin, start, end) in planned {
+            // The peer named every origin it holds in a `Have`, so it has an index.
+            let Some(i) = info.sync.their_index(&origin) else { continue };
+            wire.push((i, start, end));
+            // Bounded by `cap` seqs in total.
+            for seq in start..=end {
+                ranges.insert(origin, seq);
+            }
+        }
+        if wire.is_empty() {
+            return;
+        }
+        let deadline = self.now.plus_millis(self.cfg.want_timeout_ms);
+        info.sync.want = Some(Outstanding { ranges, deadline });
+        self.stats.wants_sent += 1;
+        let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+        self.send_frame(link, Tag::Tubs, &Message::Want { ranges: wire, limit });
+    }
+
+    fn plan_all(&mut self) {
+        let links: Vec<LinkId> = self.links.keys().copied().collect();
+        for link in links {
+            self.plan(link);
+        }
+    }
+
+    /// Answers a `Want`: up to `limit` of the asked units we hold, urgent first (stable, so
+    /// per-origin order is kept within an urgency), the last frame marked `end`.
+    fn on_want(&mut self, link: LinkId, ranges: &[(u32, u64, u64)], limit: u32) {
+        let Some(info) = self.links.get(&link) else { return };
+        let limit =
+            usize::try_from(limit).unwrap_or(usize::MAX).min(self.cfg.batch_units.max(1) * 4);
+        let mut candidates: Vec<TransferUnit> = Vec::new();
+        for &(i, start, end) in ranges {
+            let Ok(origin) = info.sync.our_origin(i) else {
+                self.stats.rejects.record_reason(RejectReason::Malformed);
+                continue;
+            };
+            let want = limit.saturating_mul(2).saturating_sub(candidates.len());
+            if want == 0 || end < start {
+                continue;
+            }
+            let span = usize::try_from(end - start).unwrap_or(usize::MAX).saturating_add(1);
+            let Ok(units) = self.ledger.store().range(&origin, start, want.min(span)) else {
+                continue;
+            };
+            candidates.extend(units.into_iter().take_while(|u| u.seq <= end));
+        }
         candidates.sort_by_key(|u| match u.urgency {
             Urgency::Urgent => 0,
             Urgency::Normal => 1,
             _ => 2,
         });
-        if candidates.len() > limit {
-            candidates.truncate(limit);
-            more = true;
-        }
-        self.send_units(link, Tag::Tuda, &candidates, more);
+        candidates.truncate(limit);
+        self.stats.wants_served += 1;
+        self.send_units(link, Tag::Tuda, &candidates, true);
     }
 
-    fn send_units(&mut self, link: LinkId, tag: Tag, units: &[TransferUnit], more: bool) {
+    /// Sends `units` on `link` in frames of at most `batch_bytes`; with `end`, the last frame
+    /// (an empty one if there are no units) is marked as the end of a `Want` answer.
+    fn send_units(&mut self, link: LinkId, tag: Tag, units: &[TransferUnit], end: bool) {
+        if units.is_empty() && end {
+            self.send_frame(link, tag, &Message::units(&[], true));
+            return;
+        }
         let mut start = 0;
         while start < units.len() {
-            let mut end = start;
+            let mut stop = start;
             let mut bytes = 0;
-            while end < units.len()
-                && (end == start || bytes + units[end].payload.len() + 80 <= self.cfg.batch_bytes)
+            while stop < units.len()
+                && (stop == start || bytes + units[stop].payload.len() + 80 <= self.cfg.batch_bytes)
             {
-                bytes += units[end].payload.len() + 80;
-                end += 1;
+                bytes += units[stop].payload.len() + 80;
+                stop += 1;
             }
-            let last = end == units.len();
-            self.send_frame(link, tag, &Message::units(&units[start..end], more && last));
-            start = end;
+            let last = stop == units.len();
+            self.send_frame(link, tag, &Message::units(&units[start..stop], end && last));
+            start = stop;
         }
     }
 
     fn anti_entropy_round(&mut self) {
-        let links: Vec<LinkId> = self
+        let now = self.now;
+        let keepalive = self.cfg.keepalive_ms;
+        let mut silent = Vec::new();
+        let mut expired = false;
+        let up: Vec<(LinkId, DatabaseId)> = self
             .peers
             .values()
-            .filter(|p| p.state == PeerState::Up)
-            .filter_map(|p| p.link)
+            .filter(|p| p.linked())
+            .filter_map(|p| p.link.map(|l| (l, p.dbid)))
             .collect();
-        for link in links {
-            self.send_digest(link, false);
+        for (link, dbid) in up {
+            let Some(info) = self.links.get_mut(&link) else { continue };
+            if info.sync.want.as_ref().is_some_and(|w| w.deadline <= now) {
+                info.sync.want = None;
+                self.stats.wants_expired += 1;
+                expired = true;
+            }
+            let quiet_ms = now.0.saturating_sub(info.sync.last_heard.0) / 1000;
+            let idle = now.0.saturating_sub(info.sync.last_sent.0) / 1000 >= keepalive;
+            if quiet_ms >= 6 * keepalive {
+                silent.push(dbid);
+                continue;
+            }
+            if quiet_ms >= 3 * keepalive {
+                if let Some(p) = self.peers.get_mut(&dbid) {
+                    p.state = PeerState::Suspect;
+                }
+            }
+            if info.sync.have_due(&self.changes) || idle {
+                self.send_have(link, idle);
+            }
         }
-        self.send_safe();
+        for dbid in silent {
+            self.stats.links_silent += 1;
+            self.close_peer(dbid, DownReason::Silent);
+        }
+        if expired {
+            self.plan_all();
+        }
+        self.fail_back();
         // Cursor moves and index state become durable at least once a round.
         let _ = self.ledger.checkpoint();
     }
@@ -607,6 +826,8 @@ impl<S: Store> Node<S> {
         let fresh = match self.ledger.accept_batch(units, self.now.as_millis()) {
             Ok(fresh) => fresh,
             Err(_) => {
+                // Refused (disk full): what a peer reports holding is asked for again once the
+                // store takes writes.
                 self.stats.store_errors += 1;
                 return;
             }
@@ -615,8 +836,18 @@ impl<S: Store> Node<S> {
         let new_units: Vec<TransferUnit> =
             fresh.iter().filter_map(|name| by_name.get(name).cloned()).collect();
         let origins: BTreeSet<DatabaseId> = fresh.iter().map(|(o, _)| *o).collect();
+        self.held_changed(&origins);
         self.forward(source, &new_units);
         self.deliver_ready(origins);
+    }
+
+    fn held_changed(&mut self, origins: &BTreeSet<DatabaseId>) {
+        for origin in origins {
+            self.changes.touch(*origin);
+        }
+        if self.cfg.role == Role::MainServer {
+            self.raise_own_safe(origins.iter().copied());
+        }
     }
 
     fn forward(&mut self, source: Source, units: &[TransferUnit]) {
@@ -643,44 +874,45 @@ impl<S: Store> Node<S> {
             Source::Link(link) => Some(link),
             _ => None,
         };
-        let targets: Vec<(LinkId, bool)> = self
+        let targets: Vec<(LinkId, bool, Vec<TransferUnit>)> = self
             .peers
             .values()
-            .filter(|p| p.state == PeerState::Up)
-            .filter_map(|p| p.link.map(|l| (l, p.lan)))
+            .filter(|p| p.linked())
+            .filter_map(|p| p.link.map(|l| (l, p)))
             .filter(|(l, _)| Some(*l) != source_link)
+            .map(|(l, p)| {
+                let pool = if p.lan { &large } else { units };
+                let lacking =
+                    pool.iter().filter(|u| !p.vector.contains(&u.origin, u.seq)).cloned().collect();
+                (l, p.lan, lacking)
+            })
             .collect();
-        for (link, lan) in targets {
-            if !lan {
-                self.send_units(link, Tag::Tubt, units, false);
-            } else if !from_lan && !large.is_empty() {
-                self.send_units(link, Tag::Tubt, &large, false);
+        for (link, lan, lacking) in targets {
+            if lacking.is_empty() || (lan && from_lan) {
+                continue;
             }
+            self.send_units(link, Tag::Tubt, &lacking, false);
         }
     }
 
     fn multicast(&mut self, units: &[TransferUnit]) {
-        let mut batch: Vec<TransferUnit> = Vec::new();
-        let mut bytes = 0;
         let to = DatagramDest::Group(self.cfg.env_group);
-        for unit in units {
-            let len = unit.payload.len() + 80;
-            if !batch.is_empty() && bytes + len > self.cfg.multicast_bytes {
-                let message = Message::units(&batch, false).encode();
-                if let Ok(bytes) = self.lan_seal.seal(Tag::Tubt, self.now.as_secs(), &message) {
-                    self.out.push_back(Output::Datagram { to, bytes });
-                }
-                batch.clear();
-                bytes = 0;
+        let mut start = 0;
+        while start < units.len() {
+            let mut stop = start;
+            let mut bytes = 0;
+            while stop < units.len()
+                && (stop == start
+                    || bytes + units[stop].payload.len() + 80 <= self.cfg.multicast_bytes)
+            {
+                bytes += units[stop].payload.len() + 80;
+                stop += 1;
             }
-            batch.push(unit.clone());
-            bytes += len;
-        }
-        if !batch.is_empty() {
-            let message = Message::units(&batch, false).encode();
+            let message = Message::units(&units[start..stop], false).encode();
             if let Ok(bytes) = self.lan_seal.seal(Tag::Tubt, self.now.as_secs(), &message) {
                 self.out.push_back(Output::Datagram { to, bytes });
             }
+            start = stop;
         }
     }
 
@@ -689,6 +921,7 @@ impl<S: Store> Node<S> {
             Ok(r) => r,
             Err(_) => {
                 self.stats.store_errors += 1;
+                self.stats.submits_refused += 1;
                 return;
             }
         };
@@ -701,6 +934,8 @@ impl<S: Store> Node<S> {
             }
             self.out.push_back(Output::Accepted(receipt));
         }
+        let origins: BTreeSet<DatabaseId> = new_units.iter().map(|u| u.origin).collect();
+        self.held_changed(&origins);
         self.forward(Source::Local, &new_units);
     }
 
@@ -733,7 +968,15 @@ impl<S: Store> Node<S> {
                     Ok(a) => self.on_announce(from, a),
                     Err(_) => self.stats.rejects.record_reason(RejectReason::Malformed),
                 },
-                Err(r) => self.stats.rejects.record(&r),
+                Err(r) => {
+                    if matches!(
+                        r.reason(),
+                        RejectReason::ForeignSystem | RejectReason::ForeignEnvironment
+                    ) {
+                        self.stats.foreign_nodes_heard += 1;
+                    }
+                    self.stats.rejects.record(&r);
+                }
             }
             return;
         }
@@ -768,48 +1011,41 @@ impl<S: Store> Node<S> {
             self.stats.rejects.record_reason(RejectReason::Malformed);
             return;
         };
+        if let Some(info) = self.links.get_mut(&link) {
+            info.sync.last_heard = self.now;
+        }
         if let Some(p) = peer.and_then(|d| self.peers.get_mut(&d)) {
             p.last_seen = self.now;
+            if p.state == PeerState::Suspect && p.link == Some(link) {
+                p.state = PeerState::Up;
+            }
         }
+        let Some(dbid) = peer else {
+            match message {
+                Message::Hello { dbid, role, .. } => self.on_hello(link, dbid, role),
+                _ => self.stats.rejects.record_reason(RejectReason::Malformed),
+            }
+            return;
+        };
         match message {
-            Message::Hello { dbid, role, .. } => self.on_hello(link, dbid, role),
-            _ if peer.is_none() => self.stats.rejects.record_reason(RejectReason::Malformed),
-            Message::Digest { digest, same } => {
-                if digest == self.vector_digest() {
-                    let mine = self.ledger.store().version_vector().clone();
-                    if let Some(p) = peer.and_then(|d| self.peers.get_mut(&d)) {
-                        p.vector = Some(mine);
-                    }
-                    if !same {
-                        self.send_digest(link, true);
-                    }
-                } else if !same {
-                    self.send_vector(link);
-                }
+            Message::Hello { .. } => {}
+            Message::Have { full, entries, total } => {
+                self.on_have(link, dbid, full, entries, total)
             }
-            Message::Vector { vector } => {
-                let Ok(theirs) = VersionVector::decode(&vector) else {
-                    self.stats.rejects.record_reason(RejectReason::Malformed);
-                    return;
-                };
-                self.send_missing(link, &theirs);
-                let lacking = !theirs.missing_from(self.ledger.store().version_vector()).is_empty();
-                if let Some(p) = peer.and_then(|d| self.peers.get_mut(&d)) {
-                    p.vector = Some(theirs);
+            Message::Want { ranges, limit } => self.on_want(link, &ranges, limit),
+            Message::Resync => {
+                if let Some(info) = self.links.get_mut(&link) {
+                    info.sync.reset_reported();
                 }
-                if lacking {
-                    self.send_vector(link);
-                }
+                self.send_have(link, true);
             }
-            Message::Safe { held } => {
-                if let Some(p) = peer.and_then(|d| self.peers.get_mut(&d)) {
-                    p.safe = held.into_iter().collect();
-                }
-            }
-            Message::Units { units, more } => {
+            Message::Units { units, end } => {
                 self.on_units(Source::Link(link), &units);
-                if more {
-                    self.send_vector(link);
+                if end {
+                    if let Some(info) = self.links.get_mut(&link) {
+                        info.sync.want = None;
+                    }
+                    self.plan(link);
                 }
             }
         }
@@ -883,9 +1119,12 @@ impl<S: Store> Protocol for Node<S> {
                 next = next.min(peer.next_attempt.max(self.now));
             }
         }
-        for (addr, attempt) in &self.configured {
-            if !self.connecting.contains_key(addr) {
-                next = next.min(attempt.next_attempt.max(self.now));
+        for (i, slot) in self.slots.iter().enumerate() {
+            if !self.connecting.contains_key(&slot.peer.addr)
+                && !self.slot_up(i)
+                && self.slot_wanted(i)
+            {
+                next = next.min(slot.next_attempt.max(self.now));
             }
         }
         Some(next)

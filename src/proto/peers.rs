@@ -5,7 +5,6 @@
 //! which an offline server is pinged", default 5 minutes) at the offline-ping interval, so an
 //! offline peer is pinged, not hammered. This module decides nothing about units.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -54,6 +53,9 @@ pub enum PeerState {
     Connecting,
     /// A link is up and the peer said hello.
     Up,
+    /// The link is up but nothing was heard on it for a while (three keepalive intervals); it
+    /// is closed if the silence lasts.
+    Suspect,
     /// Not reachable now; see the reason.
     Down,
 }
@@ -72,6 +74,11 @@ pub enum DownReason {
     ConnectTimeout,
     /// A second link to the same peer was closed in favour of the first.
     DuplicateLink,
+    /// Nothing was heard on the link for six keepalive intervals: closed.
+    Silent,
+    /// A fallback peer, closed because a configured peer of better priority is up again
+    /// (seed 001: servers are tried in order of priority).
+    Fallback,
 }
 
 /// One peer.
@@ -93,12 +100,8 @@ pub struct Peer {
     pub link: Option<LinkId>,
     /// When we last heard from it.
     pub last_seen: Time,
-    /// Its version vector as it last told us.
-    pub vector: Option<VersionVector>,
-    /// What it says main servers hold (origin -> contiguous count).
-    pub safe: BTreeMap<DatabaseId, u64>,
-    /// Digest of the safe map we last sent it.
-    pub safe_sent: Option<[u8; 16]>,
+    /// Its version vector as its `Have` messages tell us (empty until the first).
+    pub vector: VersionVector,
     /// Failed attempts in a row.
     pub failures: u32,
     /// Do not attempt a link before this.
@@ -117,9 +120,7 @@ impl Peer {
             reason: DownReason::NotTried,
             link: None,
             last_seen: now,
-            vector: None,
-            safe: BTreeMap::new(),
-            safe_sent: None,
+            vector: VersionVector::new(),
             failures: 0,
             next_attempt: now,
         }
@@ -134,11 +135,11 @@ impl Peer {
         self.next_attempt = now.plus_millis(backoff_ms(self.failures, offline_ping_ms));
     }
 
-    /// Whether this node (dbid `own`) opens the link: always for peers beyond the LAN (they
-    /// were configured here); on the LAN the smaller dbid does, or either side once attempts
-    /// keep failing (the other side may not be able to reach us).
+    /// Whether this LAN peer's link is ours to open: the smaller dbid opens it, or either
+    /// side once attempts keep failing (the other side may not be able to reach us). Peers
+    /// beyond the LAN are opened through the configured-peer slots, in priority order.
     pub fn opened_by_us(&self, own: DatabaseId) -> bool {
-        !self.lan || own < self.dbid || self.failures >= 2
+        self.lan && (own < self.dbid || self.failures >= 2)
     }
 
     /// Whether a link attempt is wanted (idle, ours to open, an address known).
@@ -146,6 +147,11 @@ impl Peer {
         matches!(self.state, PeerState::Discovered | PeerState::Down)
             && self.opened_by_us(own)
             && !self.addrs.is_empty()
+    }
+
+    /// Whether a link to it is up (possibly suspect).
+    pub fn linked(&self) -> bool {
+        matches!(self.state, PeerState::Up | PeerState::Suspect) && self.link.is_some()
     }
 }
 

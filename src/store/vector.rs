@@ -169,9 +169,9 @@ impl VersionVector {
         Self::from_raw(raw)
     }
 
-    /// Replaces the state of `origin` (used by the stores to commit a planned batch and to undo
-    /// one). `None` or an empty range removes the origin.
-    pub(crate) fn replace(&mut self, origin: DatabaseId, range: Option<OriginRange>) {
+    /// Replaces the state of `origin` (the stores commit and undo a planned batch this way; the
+    /// core keeps its model of a peer's vector this way). `None` or an empty range removes the origin.
+    pub fn replace(&mut self, origin: DatabaseId, range: Option<OriginRange>) {
         let old = match range.filter(|r| r.count > 0) {
             Some(range) => {
                 self.total = self.total.saturating_add(range.count);
@@ -252,6 +252,28 @@ impl OriginRange {
     /// How many seqs are held.
     pub fn count(&self) -> u64 {
         self.count
+    }
+
+    /// Builds the state of `origin` from its contiguous prefix and the ranges beyond the gap
+    /// (as a peer reports them), checking every invariant. Never panics.
+    pub fn from_parts(
+        origin: &DatabaseId,
+        contiguous: u64,
+        beyond: Vec<(u64, u64)>,
+    ) -> Result<Self, VectorError> {
+        Self::from_raw(origin, RawRange { contiguous, beyond })
+    }
+
+    /// The contiguous prefix and the ranges beyond the gap, as [`OriginRange::from_parts`]
+    /// takes them.
+    pub fn to_parts(&self) -> (u64, Vec<(u64, u64)>) {
+        let raw = self.to_raw();
+        (raw.contiguous, raw.beyond)
+    }
+
+    /// All held seqs as inclusive `(start, end)` pairs, ascending.
+    pub fn held_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.held()
     }
 
     /// The postcard encoding of this origin's state alone (the sled store's per-origin value).
