@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::crypto::DEFAULT_EPOCH_PERIOD_SECS;
+use crate::crypto::{DEFAULT_EPOCH_PERIOD_SECS, DEFAULT_MAX_CLOCK_SKEW_SECS};
 use crate::unit::DEFAULT_PAYLOAD_LIMIT;
 
 /// Errors reading or validating `meshnode.toml`.
@@ -68,6 +68,9 @@ pub struct NodeConfig {
     pub payload_limit: u64,
     /// Key epoch period in seconds.
     pub key_epoch_period_secs: u64,
+    /// Largest error of one node's clock, either way, in seconds; sizes the accepted key-epoch
+    /// window (see `KeySchedule::epoch_window`).
+    pub max_clock_skew_secs: u64,
 }
 
 /// `[store]`: the local indexed store.
@@ -101,6 +104,7 @@ impl Default for NodeConfig {
         NodeConfig {
             payload_limit: DEFAULT_PAYLOAD_LIMIT as u64,
             key_epoch_period_secs: DEFAULT_EPOCH_PERIOD_SECS,
+            max_clock_skew_secs: DEFAULT_MAX_CLOCK_SKEW_SECS,
         }
     }
 }
@@ -132,9 +136,13 @@ impl Config {
 # Largest payload of one transfer unit, in bytes (1 MiB). Larger submissions are refused with
 # an error. Keep it the same on every node of the system: a node drops units over its limit.
 payload_limit = 1048576
-# Derived keys change every this many seconds (24 h). Nodes accept the previous, current and
-# next period, so clocks may differ by up to one period. Keep it the same on every node.
+# Derived keys change every this many seconds (24 h). Keep it the same on every node.
 key_epoch_period_secs = 86400
+# How far, in seconds, any one node's clock may be off, either way (1 day; 1 s to 30 days).
+# Two nodes may be twice this apart, so keys up to ceil(2 * this / key_epoch_period_secs)
+# periods (at least 1) before or after ours are accepted; a clock off by more is refused.
+# Larger values keep captured packets acceptable longer. Keep it the same on every node.
+max_clock_skew_secs = 86400
 
 [store]
 # Page cache of the local store, in MiB. More speeds up reads of old units; the node's memory
@@ -193,6 +201,13 @@ batch_size = 1000
             366 * 86_400,
             "use 60 seconds to 366 days",
         )?;
+        check(
+            "node.max_clock_skew_secs",
+            self.node.max_clock_skew_secs,
+            1,
+            Self::MAX_CLOCK_SKEW_SECS,
+            "use 1 second to 30 days (2592000)",
+        )?;
         check("store.cache_mb", self.store.cache_mb, 4, 64 << 10, "use 4 to 65536 MiB")?;
         check(
             "store.checkpoint_interval_ms",
@@ -211,6 +226,10 @@ batch_size = 1000
         check("submit.batch_size", self.submit.batch_size, 1, 100_000, "use 1 to 100000")?;
         Ok(())
     }
+
+    /// The largest `node.max_clock_skew_secs` accepted: 30 days. A clock further off is broken,
+    /// not skewed, and a wider window only prolongs how long captured packets stay acceptable.
+    pub const MAX_CLOCK_SKEW_SECS: u64 = 30 * 86_400;
 
     /// The payload limit as a `usize`.
     pub fn payload_limit(&self) -> usize {
@@ -273,5 +292,34 @@ mod tests {
 
         let err = Config::parse("[node\n", Path::new("m.toml")).unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn max_clock_skew() {
+        let parse = |text: &str| Config::parse(text, Path::new("m.toml"));
+        assert_eq!(Config::default().node.max_clock_skew_secs, 86_400);
+        let config = parse("[node]\nmax_clock_skew_secs = 3600\n").unwrap();
+        assert_eq!(config.node.max_clock_skew_secs, 3_600);
+        assert_eq!(config.node.key_epoch_period_secs, DEFAULT_EPOCH_PERIOD_SECS);
+        let top = parse("[node]\nmax_clock_skew_secs = 2592000\n").unwrap();
+        assert_eq!(top.node.max_clock_skew_secs, Config::MAX_CLOCK_SKEW_SECS);
+
+        for value in [0, 2_592_001, u64::from(u32::MAX)] {
+            let err = parse(&format!("[node]\nmax_clock_skew_secs = {value}\n")).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Range { key: "node.max_clock_skew_secs", value: v, .. } if v == value
+                ),
+                "{err:?}"
+            );
+            let message = err.to_string();
+            assert!(message.contains("m.toml"), "{message}");
+            assert!(message.contains(&format!("node.max_clock_skew_secs = {value}")), "{message}");
+            assert!(message.contains("1 second to 30 days"), "{message}");
+        }
+        // It belongs to [node]: elsewhere it is an unknown key.
+        let err = parse("[store]\nmax_clock_skew_secs = 60\n").unwrap_err().to_string();
+        assert!(err.contains("max_clock_skew_secs") && err.contains("line 2"), "{err}");
     }
 }

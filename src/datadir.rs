@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use rand::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, NodeConfig};
 use crate::crypto::{KeySchedule, SystemKey};
 use crate::id::{DatabaseId, DeviceId, Environment, InstallId, RmSystem};
 
@@ -140,9 +140,11 @@ impl SystemSecrets {
         }
     }
 
-    /// The key schedule of this system.
-    pub fn key_schedule(&self, period_secs: u64) -> KeySchedule {
-        KeySchedule::new(&self.system_key, self.rmsystem, &self.env, period_secs)
+    /// The key schedule of this system with the epoch period and maximum clock skew of `node`
+    /// (the `[node]` section of `meshnode.toml`).
+    pub fn key_schedule(&self, node: &NodeConfig) -> KeySchedule {
+        KeySchedule::new(&self.system_key, self.rmsystem, &self.env, node.key_epoch_period_secs)
+            .with_max_clock_skew(node.max_clock_skew_secs)
     }
 
     fn to_text(&self, kind: &str) -> String {
@@ -504,9 +506,9 @@ impl DataDir {
         self.path.join("dati")
     }
 
-    /// The key schedule with the configured epoch period.
+    /// The key schedule with the configured epoch period and maximum clock skew.
     pub fn key_schedule(&self) -> KeySchedule {
-        self.secrets.key_schedule(self.config.node.key_epoch_period_secs)
+        self.secrets.key_schedule(&self.config.node)
     }
 }
 
@@ -585,6 +587,22 @@ mod tests {
         assert!(notes.is_empty());
         assert_eq!(opened.identity.dbid, dbid);
         assert_eq!(opened.secrets.rmsystem.to_string(), "77,123,89,201192");
+    }
+
+    #[test]
+    fn key_schedule_follows_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let created = DataDir::init(dir.path(), &secrets(), &mut rng).unwrap();
+        assert_eq!(created.key_schedule().epoch_window(), 2, "defaults: 24 h period, 1 day skew");
+        drop(created);
+        let config = "[node]\nkey_epoch_period_secs = 3600\nmax_clock_skew_secs = 86400\n";
+        fs::write(dir.path().join(CONFIG_FILE), config).unwrap();
+        let (opened, _) = DataDir::open(dir.path(), &mut rng).unwrap();
+        let schedule = opened.key_schedule();
+        assert_eq!(schedule.period_secs(), 3_600);
+        assert_eq!(schedule.max_clock_skew_secs(), 86_400);
+        assert_eq!(schedule.epoch_window(), 48);
     }
 
     #[test]

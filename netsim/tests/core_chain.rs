@@ -57,13 +57,13 @@ fn slow_core_random_faults_1000_seeds() {
     check("loss,partition,crash,disk", 1..=1000);
 }
 
-/// Found by `netsim run --faults all --seeds 1..200` (stores 3, lanes 4): some copies are never
-/// delivered. Cause (confirmed by widening the window to +-2, which makes it pass): two nodes
-/// skewed up to a day in opposite directions are two key epochs apart, and receivers accept only
-/// the previous, current and next epoch, so everything between them is refused as a stale epoch.
-/// Fix to decide: derive the accepted window from a configured maximum clock skew.
+/// Regression test for the key-epoch window. Found by `netsim run --faults all --seeds 1..200`
+/// (stores 3, lanes 4): some copies were never delivered. Two nodes skewed up to a day in
+/// opposite directions are two key epochs apart, and receivers then accepted only the previous,
+/// current and next epoch, so everything between them was refused as a stale epoch. Fixed by
+/// deriving the window from the maximum clock skew (`KeySchedule::epoch_window`: one day of
+/// skew with the 24 h period gives 2 epochs either side).
 #[test]
-#[ignore = "known failure: epoch window narrower than the simulated pairwise clock skew"]
 fn regression_seed_96_all_faults() {
     let params = ChainParams {
         stores: 3,

@@ -54,10 +54,8 @@ pub(super) fn run(dir: Option<&Path>, cmd: LogCommand) -> anyhow::Result<()> {
 fn schedule(dir: &Path) -> anyhow::Result<KeySchedule> {
     let secrets = read_system_key(dir)
         .with_context(|| format!("cannot read the system key of {}", dir.display()))?;
-    let period = crate::config::Config::load(&dir.join(crate::datadir::CONFIG_FILE))?
-        .node
-        .key_epoch_period_secs;
-    Ok(secrets.key_schedule(period))
+    let config = crate::config::Config::load(&dir.join(crate::datadir::CONFIG_FILE))?;
+    Ok(secrets.key_schedule(&config.node))
 }
 
 fn verify(dir: &Path, file: Option<&Path>) -> anyhow::Result<()> {

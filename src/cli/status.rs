@@ -12,10 +12,10 @@ use crate::store::Store;
 
 pub(super) fn run(dir: &Path, as_json: bool) -> anyhow::Result<()> {
     let secrets = read_system_key(dir).with_context(|| format!("cannot read {}", dir.display()))?;
-    let schedule_period = crate::config::Config::load(&dir.join(crate::datadir::CONFIG_FILE))
-        .map(|c| c.node.key_epoch_period_secs)
-        .unwrap_or(crate::crypto::DEFAULT_EPOCH_PERIOD_SECS);
-    let key_epoch = secrets.key_schedule(schedule_period).epoch_at(super::now_ms() / 1000).0;
+    let node = crate::config::Config::load(&dir.join(crate::datadir::CONFIG_FILE))
+        .map(|c| c.node)
+        .unwrap_or_default();
+    let key_epoch = secrets.key_schedule(&node).epoch_at(super::now_ms() / 1000).0;
     let files = dati::list_files(&dir.join("dati")).unwrap_or_default();
     let dati_files: Vec<_> =
         files.iter().map(|f| json!({"name": f.name, "size": f.size})).collect();

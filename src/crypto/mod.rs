@@ -1,7 +1,7 @@
 //! Keys and sealing: everything secret is derived from the system key.
 //!
 //! - [`keys`]: the system key, per-purpose and per-epoch key derivation (HKDF-SHA256), the
-//!   accepted epoch window.
+//!   accepted epoch window (sized from the maximum clock skew).
 //! - [`seal`]: AEAD sealing (XChaCha20-Poly1305) with a nonce scheme that cannot repeat under one
 //!   key, and the discovery tag.
 //! - [`replay`]: per-sender replay windows.
@@ -12,7 +12,10 @@ pub mod keys;
 pub mod replay;
 pub mod seal;
 
-pub use keys::{Epoch, EpochKey, KeySchedule, Purpose, SystemKey, DEFAULT_EPOCH_PERIOD_SECS};
+pub use keys::{
+    Epoch, EpochKey, KeySchedule, Purpose, SystemKey, DEFAULT_EPOCH_PERIOD_SECS,
+    DEFAULT_MAX_CLOCK_SKEW_SECS,
+};
 pub use replay::{ReplayGuard, ReplayWindow};
 pub use seal::{Nonce, NonceSequence, TAG_LEN};
 

@@ -36,6 +36,13 @@ pub const DEFAULT_REPLAY_SENDERS: usize = 4096;
 /// Tag and visible header: the authenticated prefix.
 const PREFIX_LEN: usize = Tag::LEN + VisibleHeader::LEN;
 
+/// Most derived keys a [`DatagramOpener`] caches. Keys are derived before authentication, for
+/// any epoch in the accepted window, so a wide window (short period, large clock skew) must not
+/// let forged packets grow the cache. 16 holds every accepted epoch of the default window
+/// (2 either side, two purposes); past it the key farthest from ours is dropped and derived
+/// again if needed, which costs one HKDF expansion.
+const MAX_CACHED_KEYS: usize = 16;
+
 /// A datagram that passed every check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenedDatagram {
@@ -179,7 +186,8 @@ impl DatagramSealer {
 /// Checks and opens received datagrams and discovery packets for one system and environment.
 ///
 /// Checks run cheapest first and stop at the first failure: length and version, RmSystem,
-/// environment, key epoch (previous, current or next, per [`KeySchedule::accepts`]),
+/// environment, key epoch (within the window of [`KeySchedule::accepts`], sized from the
+/// maximum clock skew),
 /// authentication, and last the replay window, so that only authentic packets touch it.
 #[derive(Debug)]
 pub struct DatagramOpener {
@@ -221,9 +229,9 @@ impl DatagramOpener {
 
     /// Checks and decrypts a sealed datagram received at `now_unix_secs`.
     pub fn open(&mut self, bytes: &[u8], now_unix_secs: u64) -> Result<OpenedDatagram, Rejection> {
-        let (tag, header, sealed) = self.check_prefix(bytes, now_unix_secs)?;
+        let (tag, header, current, sealed) = self.check_prefix(bytes, now_unix_secs)?;
         let aad = bytes.get(..PREFIX_LEN).unwrap_or_default();
-        let key = self.key(self.purpose, header.epoch);
+        let key = self.key(self.purpose, header.epoch, current);
         let plaintext =
             key.open(header.nonce(), aad, sealed).map_err(|_| Rejection::DecryptFailure { tag })?;
         self.check_replay(&header)?;
@@ -236,10 +244,10 @@ impl DatagramOpener {
         bytes: &[u8],
         now_unix_secs: u64,
     ) -> Result<OpenedDatagram, Rejection> {
-        let (tag, header, _) = self.check_prefix(bytes, now_unix_secs)?;
+        let (tag, header, current, _) = self.check_prefix(bytes, now_unix_secs)?;
         let split = bytes.len().saturating_sub(TAG_LEN);
         let (tagged, mac) = bytes.split_at_checked(split).unwrap_or_default();
-        let key = self.key(Purpose::DiscoveryTag, header.epoch);
+        let key = self.key(Purpose::DiscoveryTag, header.epoch, current);
         if !key.verify_tag(tagged, mac) {
             return Err(Rejection::BadTag { tag });
         }
@@ -248,12 +256,13 @@ impl DatagramOpener {
         Ok(OpenedDatagram { tag, header, plaintext: body })
     }
 
-    /// The checks before authentication; returns the tag, header and the bytes after them.
+    /// The checks before authentication; returns the tag, header, our current epoch and the
+    /// bytes after the header.
     fn check_prefix<'a>(
         &mut self,
         bytes: &'a [u8],
         now_unix_secs: u64,
-    ) -> Result<(Tag, VisibleHeader, &'a [u8]), Rejection> {
+    ) -> Result<(Tag, VisibleHeader, Epoch, &'a [u8]), Rejection> {
         if bytes.len() > self.max_len {
             return Err(Rejection::Oversized {
                 len: u64::try_from(bytes.len()).unwrap_or(u64::MAX),
@@ -279,12 +288,13 @@ impl DatagramOpener {
             return Err(Rejection::ForeignEnvironment { environment: header.environment });
         }
         let current = self.schedule.epoch_at(now_unix_secs);
-        if !KeySchedule::accepts(current, header.epoch) {
+        if !self.schedule.accepts(current, header.epoch) {
             return Err(Rejection::StaleEpoch { epoch: header.epoch.0, current: current.0 });
         }
-        self.keys.retain(|(_, epoch), _| KeySchedule::accepts(current, *epoch));
+        let schedule = &self.schedule;
+        self.keys.retain(|(_, epoch), _| schedule.accepts(current, *epoch));
         let after = bytes.get(PREFIX_LEN..).unwrap_or_default();
-        Ok((tag, header, after))
+        Ok((tag, header, current, after))
     }
 
     fn check_replay(&mut self, header: &VisibleHeader) -> Result<(), Rejection> {
@@ -293,9 +303,17 @@ impl DatagramOpener {
             .map_err(|_| Rejection::Replay { sender: header.sender, counter: header.counter })
     }
 
-    /// The key of `purpose` in `epoch`, derived once per epoch. The cache holds at most the
-    /// accepted epochs of two purposes (pruned in `check_prefix`).
-    fn key(&mut self, purpose: Purpose, epoch: Epoch) -> &EpochKey {
+    /// The key of `purpose` in `epoch`, derived once per epoch. The cache holds only accepted
+    /// epochs (pruned in `check_prefix`) and at most [`MAX_CACHED_KEYS`] keys: when full, the
+    /// key farthest from `current` makes room.
+    fn key(&mut self, purpose: Purpose, epoch: Epoch, current: Epoch) -> &EpochKey {
+        if self.keys.len() >= MAX_CACHED_KEYS && !self.keys.contains_key(&(purpose, epoch)) {
+            let farthest =
+                self.keys.keys().copied().max_by_key(|(_, cached)| cached.0.abs_diff(current.0));
+            if let Some(farthest) = farthest {
+                self.keys.remove(&farthest);
+            }
+        }
         let schedule = &self.schedule;
         self.keys.entry((purpose, epoch)).or_insert_with(|| schedule.key(purpose, epoch))
     }
@@ -327,6 +345,11 @@ mod tests {
 
     const PERIOD: u64 = crate::crypto::DEFAULT_EPOCH_PERIOD_SECS;
     const ALICE: InstanceId = InstanceId([0xa1; 16]);
+
+    /// Seconds that put a packet one epoch past the accepted window of the test schedule.
+    fn past_window() -> u64 {
+        (fuzzing::test_schedule().epoch_window() + 1) * PERIOD
+    }
 
     fn live() -> Environment {
         Environment::live()
@@ -453,8 +476,8 @@ mod tests {
             ("replayed", good.clone(), NOW, RejectReason::Replay),
             ("truncated", good[..DATAGRAM_OVERHEAD - 1].to_vec(), NOW, RejectReason::Truncated),
             ("oversized", vec![0; MAX_DATAGRAM_LEN + 1], NOW, RejectReason::Oversized),
-            ("two epochs later", good.clone(), NOW + 2 * PERIOD, RejectReason::StaleEpoch),
-            ("two epochs earlier", good.clone(), NOW - 2 * PERIOD, RejectReason::StaleEpoch),
+            ("after the window", good.clone(), NOW + past_window(), RejectReason::StaleEpoch),
+            ("before the window", good.clone(), NOW - past_window(), RejectReason::StaleEpoch),
         ];
         for (name, bytes, now, reason) in &cases {
             let rejection = rejected(&mut counters, opener.open(bytes, *now));
@@ -496,7 +519,7 @@ mod tests {
                 RejectReason::ForeignSystem,
             ),
             (packet_of([0x42; 32], SYSTEM, "test", NOW), RejectReason::ForeignEnvironment),
-            (packet_of([0x42; 32], SYSTEM, "live", NOW + 2 * PERIOD), RejectReason::StaleEpoch),
+            (packet_of([0x42; 32], SYSTEM, "live", NOW + past_window()), RejectReason::StaleEpoch),
             (good[..DATAGRAM_OVERHEAD - 1].to_vec(), RejectReason::Truncated),
         ];
         let mut counters = RejectCounters::new();
@@ -511,8 +534,10 @@ mod tests {
     }
 
     #[test]
-    fn previous_and_next_epoch_are_accepted() {
-        for offset in [-1i64, 0, 1] {
+    fn every_epoch_in_the_window_is_accepted() {
+        // Default schedule: 24 h period, one day of skew per node, so 2 epochs either side.
+        assert_eq!(fuzzing::test_schedule().epoch_window(), 2);
+        for offset in -2i64..=2 {
             let mut opener = test_opener();
             let now = NOW.checked_add_signed(offset * PERIOD as i64).unwrap();
             let mut sealer = test_sealer(ALICE);
@@ -587,14 +612,38 @@ mod tests {
         for day in 0..20 {
             let now = NOW + day * PERIOD;
             let mut sealer = test_sealer(InstanceId([u8::try_from(day).unwrap(); 16]));
-            for at in [now - PERIOD, now, now + PERIOD] {
+            for at in [now - 2 * PERIOD, now - PERIOD, now, now + PERIOD, now + 2 * PERIOD] {
                 let sealed = sealer.seal(Tag::Tubt, at, b"x").unwrap();
                 opener.open(&sealed, now).unwrap();
                 let packet = sealer.seal_visible(Tag::Idqy, at, b"x").unwrap();
                 opener.open_visible(&packet, now).unwrap();
             }
-            assert!(opener.keys.len() <= 6, "{} keys cached", opener.keys.len());
+            assert!(opener.keys.len() <= 10, "{} keys cached", opener.keys.len());
         }
+    }
+
+    #[test]
+    fn key_cache_is_capped_for_a_wide_window() {
+        // 30 days of skew with a 24 h period: 60 epochs either side, 242 possible keys.
+        let schedule = fuzzing::test_schedule().with_max_clock_skew(30 * 86_400);
+        assert_eq!(schedule.epoch_window(), 60);
+        let mut opener =
+            DatagramOpener::new(schedule, Purpose::LanDatagram, SYSTEM, &Environment::live());
+        let mut sealer = test_sealer(ALICE);
+        for offset in -60i64..=60 {
+            let at = NOW.checked_add_signed(offset * PERIOD as i64).unwrap();
+            let sealed = sealer.seal(Tag::Tubt, at, b"x").unwrap();
+            assert_eq!(opener.open(&sealed, NOW).unwrap().plaintext, b"x", "offset {offset}");
+            let packet = sealer.seal_visible(Tag::Idqy, at, b"x").unwrap();
+            opener.open_visible(&packet, NOW).unwrap();
+            assert!(opener.keys.len() <= MAX_CACHED_KEYS, "{} keys cached", opener.keys.len());
+        }
+        // An evicted key is derived again.
+        let again = sealer.seal(Tag::Tubt, NOW - 60 * PERIOD, b"y").unwrap();
+        assert_eq!(opener.open(&again, NOW).unwrap().plaintext, b"y");
+        let past = sealer.seal(Tag::Tubt, NOW + 61 * PERIOD, b"z").unwrap();
+        let rejection = rejected(&mut RejectCounters::new(), opener.open(&past, NOW));
+        assert_eq!(rejection.reason(), RejectReason::StaleEpoch);
     }
 
     proptest! {

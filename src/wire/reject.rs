@@ -52,7 +52,8 @@ pub enum Rejection {
         /// The repeated nonce counter (authenticated).
         counter: u64,
     },
-    /// A key epoch outside the accepted window (previous, current, next): a clock far off.
+    /// A key epoch outside the accepted window (`KeySchedule::epoch_window` either side, sized
+    /// from the maximum clock skew): a clock farther off than configured.
     #[error("key epoch {epoch} is outside the accepted window around {current}")]
     StaleEpoch {
         /// Epoch in the packet.
