@@ -32,6 +32,25 @@ enum Command {
     Run(RunArgs),
     /// List the scenarios.
     Scenarios,
+    /// The issue-4 benchmark: scaling of the fault-free chain (bytes per copy, time to
+    /// converge) and simulator speed over many seeds; exits 1 when a target is missed.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Stores of each chain size (lanes 9, so 1 + 10 x stores nodes).
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+    stores: Vec<u32>,
+    /// Units submitted in each chain run.
+    #[arg(long, default_value_t = 1000)]
+    units: u32,
+    /// Seeds of the 50-node scenario (7 stores x 6 lanes + head office) with all faults.
+    #[arg(long, default_value_t = 1000)]
+    seeds: u64,
+    /// Threads for the seeds (default: the number of cores).
+    #[arg(long)]
+    jobs: Option<usize>,
 }
 
 #[derive(Args)]
@@ -115,6 +134,12 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bench(args) => {
+            if !bench(&args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Run(args) => {
             let ok = match &args.seeds {
                 Some(range) => run_many(&args, parse_range(range)?)?,
@@ -194,6 +219,135 @@ fn run_one(args: &RunArgs) -> anyhow::Result<bool> {
 }
 
 fn run_many(args: &RunArgs, (first, last): (u64, u64)) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    let (failed, events) = sweep(args, first, last);
+    let wall_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let wall = (!args.deterministic).then_some(());
+    let out = Many {
+        protocol: PROTOCOL,
+        scenario: args.scenario.name(),
+        seeds: last - first + 1,
+        events,
+        events_per_sec: wall.map(|_| per_sec(events, wall_us)),
+        wall_ms: wall.map(|_| wall_us / 1000),
+        failed,
+    };
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(out.failed.is_empty())
+}
+
+/// Anti-entropy interval of every simulated node (the core's default), for the convergence
+/// target.
+const ANTI_ENTROPY_MS: f64 = 2_000.0;
+/// Allowance for the LAN and WAN push path on top of two anti-entropy intervals.
+const PUSH_MS: f64 = 200.0;
+
+fn run_args(
+    scenario: ScenarioKind,
+    stores: u32,
+    lanes: u32,
+    units: u32,
+    faults: FaultSet,
+) -> RunArgs {
+    RunArgs {
+        scenario,
+        stores,
+        lanes,
+        units,
+        payload_bytes: 200,
+        submit_window_s: 60,
+        settle_s: 600,
+        time_limit_s: None,
+        faults,
+        seed: 7,
+        seeds: None,
+        jobs: None,
+        json: true,
+        deterministic: false,
+        trace: false,
+    }
+}
+
+/// Runs the issue-4 targets and prints a table (Markdown rows for docs/PERFORMANCE.md).
+fn bench(args: &BenchArgs) -> anyhow::Result<bool> {
+    let mut ok = true;
+    let mut miss = |what: String| {
+        println!("MISSED: {what}");
+        ok = false;
+    };
+    println!("| nodes | units | converged | sim ms to converge | bytes per copy | unit bytes | ratio | messages | events/s | wall s |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut first: Option<(usize, f64)> = None;
+    for &stores in &args.stores {
+        let run = run_args(ScenarioKind::Chain, stores, 9, args.units, FaultSet::default());
+        let (r, wall_us) = simulate(&run, 7, false);
+        let ratio = r.bytes_per_unit_copy / r.unit_bytes.max(1.0);
+        let converge = r.sim_ms_to_converge.unwrap_or(u64::MAX);
+        println!(
+            "| {} | {} | {} | {} | {:.0} | {:.0} | {:.2} | {} | {} | {:.1} |",
+            r.nodes,
+            r.units_submitted,
+            r.converged,
+            converge,
+            r.bytes_per_unit_copy,
+            r.unit_bytes,
+            ratio,
+            r.messages_sent,
+            per_sec(r.events, wall_us),
+            wall_us as f64 / 1e6
+        );
+        if !r.passed {
+            miss(format!("{} nodes: the run failed its checks", r.nodes));
+        }
+        if ratio > 1.3 {
+            miss(format!("{} nodes: {ratio:.2}x bytes per copy (target <= 1.3x)", r.nodes));
+        }
+        if converge as f64 > 2.0 * ANTI_ENTROPY_MS + PUSH_MS {
+            miss(format!("{} nodes: converged {converge} ms after the last submit (target <= 2 anti-entropy intervals + push)", r.nodes));
+        }
+        match first {
+            None => first = Some((r.nodes, converge.max(1) as f64)),
+            Some((n0, t0)) => {
+                // Logarithmic: t(n) / t(n0) <= 2 * ln(n) / ln(n0).
+                let bound = 2.0 * (r.nodes as f64).ln() / (n0 as f64).ln();
+                if converge as f64 / t0 > bound {
+                    miss(format!(
+                        "{} nodes: convergence grew {:.1}x over {n0} nodes (bound {bound:.1}x)",
+                        r.nodes,
+                        converge as f64 / t0
+                    ));
+                }
+            }
+        }
+    }
+    let many =
+        RunArgs { jobs: args.jobs, ..run_args(ScenarioKind::Chain, 7, 6, 1000, FaultSet::ALL) };
+    let started = Instant::now();
+    let (first_seed, last_seed) = (1, args.seeds.max(1));
+    let (failed, events) = sweep(&many, first_seed, last_seed);
+    let wall_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    println!();
+    println!(
+        "{} seeds of the 50-node chain, all faults: {} failed, {:.1} s wall, {} events, {} events/s",
+        last_seed - first_seed + 1,
+        failed.len(),
+        wall_us as f64 / 1e6,
+        events,
+        per_sec(events, wall_us)
+    );
+    if !failed.is_empty() {
+        miss(format!("seeds failed: {failed:?}"));
+    }
+    // 1,000 seeds in under 10 minutes, scaled to the number of seeds run.
+    let budget_us = 600_000_000.0 * (last_seed - first_seed + 1) as f64 / 1000.0;
+    if wall_us as f64 > budget_us {
+        miss(format!("seeds took {:.1} s (target {:.1} s)", wall_us as f64 / 1e6, budget_us / 1e6));
+    }
+    Ok(ok)
+}
+
+/// Runs seeds `first..=last` on the configured threads: the failed seeds and the total events.
+fn sweep(args: &RunArgs, first: u64, last: u64) -> (Vec<u64>, u64) {
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -201,7 +355,6 @@ fn run_many(args: &RunArgs, (first, last): (u64, u64)) -> anyhow::Result<bool> {
     let next = AtomicU64::new(first);
     let failed = Mutex::new(Vec::new());
     let events = AtomicU64::new(0);
-    let started = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             scope.spawn(|| loop {
@@ -218,22 +371,9 @@ fn run_many(args: &RunArgs, (first, last): (u64, u64)) -> anyhow::Result<bool> {
             });
         }
     });
-    let wall_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     let mut failed = failed.into_inner().unwrap_or_else(|e| e.into_inner());
     failed.sort_unstable();
-    let events = events.into_inner();
-    let wall = (!args.deterministic).then_some(());
-    let out = Many {
-        protocol: PROTOCOL,
-        scenario: args.scenario.name(),
-        seeds: last - first + 1,
-        events,
-        events_per_sec: wall.map(|_| per_sec(events, wall_us)),
-        wall_ms: wall.map(|_| wall_us / 1000),
-        failed,
-    };
-    println!("{}", serde_json::to_string(&out)?);
-    Ok(out.failed.is_empty())
+    (failed, events.into_inner())
 }
 
 /// `A..B` or `A..=B`, both inclusive; or one number.

@@ -81,8 +81,11 @@ pub struct NodeConfig {
     pub advertise: Vec<SocketAddr>,
     /// Direct peers beyond the LAN.
     pub configured: Vec<ConfiguredPeer>,
-    /// IDQY interval.
+    /// IDQY interval right after start or a change (a new peer, a peer lost); it doubles while
+    /// nothing changes, up to `discovery_max_interval_ms`.
     pub discovery_interval_ms: u64,
+    /// Longest IDQY interval once the LAN is quiet.
+    pub discovery_max_interval_ms: u64,
     /// Anti-entropy interval: how often changes are reported to each peer.
     pub anti_entropy_interval_ms: u64,
     /// An idle link gets a keepalive this often; silence of three of these makes the peer
@@ -131,6 +134,7 @@ impl NodeConfig {
             advertise: Vec::new(),
             configured: Vec::new(),
             discovery_interval_ms: 5_000,
+            discovery_max_interval_ms: 60_000,
             anti_entropy_interval_ms: 2_000,
             keepalive_ms: 10_000,
             want_timeout_ms: 30_000,
@@ -223,12 +227,16 @@ pub struct Node<S: Store> {
     now: Time,
     started: bool,
     next_discovery: Time,
+    /// The current IDQY interval (see [`NodeConfig::discovery_interval_ms`]).
+    discovery_every_ms: u64,
     next_anti_entropy: Time,
     delivered: BTreeMap<DatabaseId, u64>,
     /// Which origins changed, for `Have` deltas.
     changes: ChangeLog,
     /// Per origin, the seqs `1..=n` some main server holds as far as this node knows.
     safe: BTreeMap<DatabaseId, u64>,
+    /// Ask peers for what they hold and we lack at the next round.
+    replan: bool,
     stats: NodeStats,
 }
 
@@ -278,10 +286,12 @@ impl<S: Store> Node<S> {
             now: Time(0),
             started: false,
             next_discovery: Time(0),
+            discovery_every_ms: 0,
             next_anti_entropy: Time(0),
             delivered,
             changes: ChangeLog::default(),
             safe: BTreeMap::new(),
+            replan: false,
             stats: NodeStats::default(),
         };
         if node.cfg.role == Role::MainServer {
@@ -360,6 +370,7 @@ impl<S: Store> Node<S> {
 
     fn start(&mut self, now: Time) {
         self.started = true;
+        self.discovery_every_ms = self.cfg.discovery_interval_ms;
         let jitter = self.rng.gen_range(0..=self.cfg.discovery_interval_ms / 10 + 1);
         self.next_discovery = now.plus_millis(jitter);
         let jitter = self.rng.gen_range(0..=self.cfg.anti_entropy_interval_ms / 2);
@@ -400,12 +411,14 @@ impl<S: Store> Node<S> {
         }
         let now = self.now;
         let addrs = if a.addrs.is_empty() { vec![from] } else { a.addrs.clone() };
+        let known = self.peers.contains_key(&a.dbid);
         let peer = self
             .peers
             .entry(a.dbid)
             .or_insert_with(|| Peer::new(a.dbid, a.role, addrs.clone(), true, now));
-        if peer.addrs != addrs {
-            // A changed address (DHCP, a moved machine): try the new one now.
+        if peer.addrs != addrs || (peer.state == PeerState::Down && peer.lan) {
+            // A changed address (DHCP, a moved machine), or a lost peer heard again (a healed
+            // partition, a restart): try it now rather than at the offline-ping interval.
             peer.failures = 0;
             peer.next_attempt = now;
         }
@@ -413,10 +426,24 @@ impl<S: Store> Node<S> {
         peer.role = a.role;
         peer.lan = true;
         peer.last_seen = now;
-        if !a.reply {
+        // A linked peer knows us already; anyone else gets an answer.
+        let answer = !a.reply && !peer.linked();
+        if !known {
+            self.discovery_changed();
+        }
+        if answer {
             self.send_announce(DatagramDest::Unicast(from), true);
         }
         self.connect_due();
+    }
+
+    /// Something changed on the LAN: query at the base interval again.
+    fn discovery_changed(&mut self) {
+        if self.started && self.discovery_every_ms > self.cfg.discovery_interval_ms {
+            self.discovery_every_ms = self.cfg.discovery_interval_ms;
+            let next = self.now.plus_millis(self.discovery_every_ms);
+            self.next_discovery = self.next_discovery.min(next);
+        }
     }
 
     // ----- links -----
@@ -537,6 +564,7 @@ impl<S: Store> Node<S> {
             if peer.link == Some(link) {
                 peer.down(DownReason::LinkClosed, now, ping);
                 let dbid = peer.dbid;
+                self.discovery_changed();
                 for slot in self.slots.iter_mut().filter(|s| s.dbid == Some(dbid)) {
                     slot.failures = slot.failures.saturating_add(1);
                     slot.next_attempt = now.plus_millis(backoff_ms(slot.failures, ping));
@@ -802,7 +830,7 @@ impl<S: Store> Node<S> {
             self.stats.links_silent += 1;
             self.close_peer(dbid, DownReason::Silent);
         }
-        if expired {
+        if expired || std::mem::take(&mut self.replan) {
             self.plan_all();
         }
         self.fail_back();
@@ -812,12 +840,13 @@ impl<S: Store> Node<S> {
 
     // ----- units -----
 
-    fn on_units(&mut self, source: Source, encoded: &[Vec<u8>]) {
+    /// Takes received units; returns how many were new (0 also when the store refused them).
+    fn on_units(&mut self, source: Source, encoded: &[Vec<u8>]) -> usize {
         let units = match decode_units(encoded, self.ledger.payload_limit()) {
             Ok(units) => units,
             Err(_) => {
                 self.stats.units_invalid += encoded.len() as u64;
-                return;
+                return 0;
             }
         };
         self.stats.units_received += units.len() as u64;
@@ -829,7 +858,7 @@ impl<S: Store> Node<S> {
                 // Refused (disk full): what a peer reports holding is asked for again once the
                 // store takes writes.
                 self.stats.store_errors += 1;
-                return;
+                return 0;
             }
         };
         self.stats.units_new += fresh.len() as u64;
@@ -839,6 +868,7 @@ impl<S: Store> Node<S> {
         self.held_changed(&origins);
         self.forward(source, &new_units);
         self.deliver_ready(origins);
+        fresh.len()
     }
 
     fn held_changed(&mut self, origins: &BTreeSet<DatabaseId>) {
@@ -982,7 +1012,9 @@ impl<S: Store> Node<S> {
         }
         match self.lan_open.open(bytes, now_secs) {
             Ok(opened) => match Message::decode(&opened.plaintext) {
-                Ok(Message::Units { units, .. }) => self.on_units(Source::Multicast, &units),
+                Ok(Message::Units { units, .. }) => {
+                    self.on_units(Source::Multicast, &units);
+                }
                 Ok(_) => self.stats.rejects.record_reason(RejectReason::UnknownType),
                 Err(_) => self.stats.rejects.record_reason(RejectReason::Malformed),
             },
@@ -1040,12 +1072,19 @@ impl<S: Store> Node<S> {
                 self.send_have(link, true);
             }
             Message::Units { units, end } => {
-                self.on_units(Source::Link(link), &units);
+                let fresh = self.on_units(Source::Link(link), &units);
                 if end {
                     if let Some(info) = self.links.get_mut(&link) {
                         info.sync.want = None;
                     }
-                    self.plan(link);
+                    if fresh > 0 {
+                        // Streaming: ask for the next batch at once.
+                        self.plan(link);
+                    } else {
+                        // Nothing new (the store refused the batch, or the peer no longer
+                        // holds what it reported): ask again next round, not in a loop.
+                        self.replan = true;
+                    }
                 }
             }
         }
@@ -1082,8 +1121,11 @@ impl<S: Store> Protocol for Node<S> {
         let now = self.now;
         if now >= self.next_discovery {
             self.send_announce(DatagramDest::Group(self.cfg.discovery_group), false);
-            let jitter = self.rng.gen_range(0..=self.cfg.discovery_interval_ms / 5);
-            self.next_discovery = now.plus_millis(self.cfg.discovery_interval_ms + jitter);
+            let every = self.discovery_every_ms.max(1);
+            let jitter = self.rng.gen_range(0..=every / 5);
+            self.next_discovery = now.plus_millis(every + jitter);
+            self.discovery_every_ms =
+                every.saturating_mul(2).min(self.cfg.discovery_max_interval_ms.max(every));
         }
         if now >= self.next_anti_entropy {
             self.anti_entropy_round();
