@@ -41,20 +41,17 @@ fn converges_without_faults_exactly_once_in_order() {
     assert_eq!(report.delivered_copies, 200 * 12, "every other node delivers every unit");
 }
 
+/// Every random fault at once (loss, duplication and reordering, partitions and WAN flaps,
+/// crashes with restarts, clock skew up to a day, full disks).
 #[test]
-fn random_loss_partitions_crashes_and_disk_full_200_seeds() {
-    check("loss,partition,crash,disk", 1..=200);
-}
-
-#[test]
-fn random_clock_skew_50_seeds() {
-    check("skew", 1..=50);
+fn random_faults_all_200_seeds() {
+    check("all", 1..=200);
 }
 
 #[test]
 #[ignore = "slow: 1000 seeds; scripts/test --slow runs it"]
-fn slow_core_random_faults_1000_seeds() {
-    check("loss,partition,crash,disk", 1..=1000);
+fn slow_core_random_faults_all_1000_seeds() {
+    check("all", 1..=1000);
 }
 
 /// Regression test for the key-epoch window. Found by `netsim run --faults all --seeds 1..200`

@@ -194,6 +194,8 @@ struct LinkInfo {
     remote: SocketAddr,
     peer: Option<DatabaseId>,
     outbound: bool,
+    /// When it came up.
+    since: Time,
     sync: LinkSync,
 }
 
@@ -220,6 +222,12 @@ pub struct Node<S: Store> {
     peers: BTreeMap<DatabaseId, Peer>,
     /// Configured peers, best priority first.
     slots: Vec<Slot>,
+    /// The next attempt of a configured peer that waits for its backoff (set by
+    /// `connect_due`, which every change of slot state leads to).
+    slot_timer: Option<Time>,
+    /// The LAN peers to keep links with (see `lan_links_wanted`), as of the last
+    /// `connect_due`.
+    lan_wanted: BTreeSet<DatabaseId>,
     links: BTreeMap<LinkId, LinkInfo>,
     /// Link attempts under way: address -> deadline.
     connecting: BTreeMap<SocketAddr, Time>,
@@ -280,6 +288,8 @@ impl<S: Store> Node<S> {
             link_open,
             peers: BTreeMap::new(),
             slots,
+            slot_timer: None,
+            lan_wanted: BTreeSet::new(),
             links: BTreeMap::new(),
             connecting: BTreeMap::new(),
             out: VecDeque::new(),
@@ -464,25 +474,74 @@ impl<S: Store> Node<S> {
             .all(|j| !self.slot_up(j) && self.slots[j].failures > 0)
     }
 
+    /// The LAN peers this node keeps a link with. Multicast carries the units on a LAN; links
+    /// carry anti-entropy and repair, and a full mesh would cost n(n-1)/2 links and as many
+    /// `Have` streams per store. So a lane links to the LAN's servers (any role but lane) and
+    /// to its two neighbours on a ring of the live LAN members ordered by dbid, which keeps the
+    /// LAN connected when any one node is gone; a server links to everyone. The relation is
+    /// symmetric, so both ends agree on it.
+    fn lan_links_wanted(&self) -> BTreeSet<DatabaseId> {
+        let own = self.dbid();
+        // Live: heard (announce or frame) within three of the longest discovery intervals.
+        let horizon = self.cfg.discovery_max_interval_ms.saturating_mul(3);
+        let now = self.now;
+        let alive = |p: &&Peer| p.lan && now.0.saturating_sub(p.last_seen.0) / 1000 <= horizon;
+        if self.cfg.role != Role::Lane {
+            return self.peers.values().filter(alive).map(|p| p.dbid).collect();
+        }
+        let mut wanted: BTreeSet<DatabaseId> = self
+            .peers
+            .values()
+            .filter(alive)
+            .filter(|p| p.role != Role::Lane)
+            .map(|p| p.dbid)
+            .collect();
+        let ring: Vec<DatabaseId> = self
+            .peers
+            .values()
+            .filter(alive)
+            .filter(|p| p.role == Role::Lane)
+            .map(|p| p.dbid)
+            .chain(std::iter::once(own))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if let Some(i) = ring.iter().position(|d| *d == own) {
+            let n = ring.len();
+            if n > 1 {
+                wanted.insert(ring[(i + 1) % n]);
+                wanted.insert(ring[(i + n - 1) % n]);
+            }
+        }
+        wanted.remove(&own);
+        wanted
+    }
+
     fn connect_due(&mut self) {
         let now = self.now;
         let own = self.dbid();
+        self.lan_wanted = self.lan_links_wanted();
         let mut targets = Vec::new();
         for peer in self.peers.values_mut() {
-            if peer.wants_link(own) && peer.next_attempt <= now {
+            if peer.wants_link(own)
+                && self.lan_wanted.contains(&peer.dbid)
+                && peer.next_attempt <= now
+            {
                 let i = usize::try_from(peer.failures).unwrap_or(0) % peer.addrs.len();
                 peer.state = PeerState::Connecting;
                 targets.push(peer.addrs[i]);
             }
         }
+        self.slot_timer = None;
         for i in 0..self.slots.len() {
             let addr = self.slots[i].peer.addr;
-            if self.slots[i].next_attempt <= now
-                && !self.connecting.contains_key(&addr)
-                && !self.slot_up(i)
-                && self.slot_wanted(i)
-            {
-                targets.push(addr);
+            if !self.connecting.contains_key(&addr) && !self.slot_up(i) && self.slot_wanted(i) {
+                if self.slots[i].next_attempt <= now {
+                    targets.push(addr);
+                } else {
+                    let at = self.slots[i].next_attempt;
+                    self.slot_timer = Some(self.slot_timer.map_or(at, |t| t.min(at)));
+                }
             }
         }
         for to in targets {
@@ -510,6 +569,36 @@ impl<S: Store> Node<S> {
         }
         for dbid in close {
             self.close_peer(dbid, DownReason::Fallback);
+        }
+    }
+
+    /// Closes LAN links this node opened that the ring no longer wants (they were opened while
+    /// discovery was still filling the peer table, or a node joined between two neighbours).
+    /// Links younger than two discovery intervals are kept, so a table still filling does not
+    /// make links flap. Not a failure: the peer is simply idle.
+    fn prune_lan_links(&mut self) {
+        let settle = self.cfg.discovery_interval_ms.saturating_mul(2).saturating_mul(1000);
+        let now = self.now;
+        let surplus: Vec<(DatabaseId, LinkId)> = self
+            .peers
+            .values()
+            .filter(|p| p.lan && p.linked() && !self.lan_wanted.contains(&p.dbid))
+            .filter_map(|p| p.link.map(|l| (p.dbid, l)))
+            .filter(|(_, l)| {
+                self.links
+                    .get(l)
+                    .is_some_and(|i| i.outbound && now.0.saturating_sub(i.since.0) >= settle)
+            })
+            .filter(|(d, _)| !self.slots.iter().any(|s| s.dbid == Some(*d)))
+            .collect();
+        for (dbid, link) in surplus {
+            self.links.remove(&link);
+            self.out.push_back(Output::Close { link });
+            if let Some(p) = self.peers.get_mut(&dbid) {
+                p.state = PeerState::Discovered;
+                p.reason = DownReason::NotNeeded;
+                p.link = None;
+            }
         }
     }
 
@@ -551,7 +640,8 @@ impl<S: Store> Node<S> {
             self.slot_failed(remote);
         }
         let sync = LinkSync::new(self.now);
-        self.links.insert(link, LinkInfo { remote, peer: None, outbound, sync });
+        let since = self.now;
+        self.links.insert(link, LinkInfo { remote, peer: None, outbound, since, sync });
         let hello =
             Message::Hello { dbid: self.dbid(), instance: self.cfg.instance, role: self.cfg.role };
         self.send_frame(link, Tag::Tubs, &hello);
@@ -681,17 +771,19 @@ impl<S: Store> Node<S> {
             self.stats.resyncs += 1;
             self.send_frame(link, Tag::Tubs, &Message::Resync);
         }
+        let changed: Vec<DatabaseId> = reported_safe.iter().map(|(o, _)| *o).collect();
         for (origin, n) in reported_safe {
             self.raise_safe(origin, n);
         }
-        self.plan(link);
+        // A full `Have` may follow a reconnect after anything: look at every origin.
+        self.plan(link, (!full).then_some(changed.as_slice()));
     }
 
     /// Asks the peer on `link` for a batch of what it holds and we lack, unless a `Want` is in
     /// flight there already; ranges asked of other peers are left out.
-    fn plan(&mut self, link: LinkId) {
+    fn plan(&mut self, link: LinkId, only: Option<&[DatabaseId]>) {
         let Some(info) = self.links.get(&link) else { return };
-        if info.sync.want.is_some() || !info.sync.reported() {
+        if info.sync.want.is_some() || !info.sync.heard() {
             return;
         }
         let Some(peer) = info.peer.and_then(|d| self.peers.get(&d)).filter(|p| p.linked()) else {
@@ -705,7 +797,8 @@ impl<S: Store> Node<S> {
             .collect();
         let limit = self.cfg.batch_units.max(1);
         let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_mul(2);
-        let planned = plan_want(&peer.vector, self.ledger.store().version_vector(), &exclude, cap);
+        let ours = self.ledger.store().version_vector();
+        let planned = plan_want(&peer.vector, ours, &exclude, cap, only);
         if planned.is_empty() {
             return;
         }
@@ -734,7 +827,7 @@ impl<S: Store> Node<S> {
     fn plan_all(&mut self) {
         let links: Vec<LinkId> = self.links.keys().copied().collect();
         for link in links {
-            self.plan(link);
+            self.plan(link, None);
         }
     }
 
@@ -834,6 +927,7 @@ impl<S: Store> Node<S> {
             self.plan_all();
         }
         self.fail_back();
+        self.prune_lan_links();
         // Cursor moves and index state become durable at least once a round.
         let _ = self.ledger.checkpoint();
     }
@@ -850,9 +944,7 @@ impl<S: Store> Node<S> {
             }
         };
         self.stats.units_received += units.len() as u64;
-        let by_name: BTreeMap<(DatabaseId, u64), TransferUnit> =
-            units.iter().map(|u| ((u.origin, u.seq), u.clone())).collect();
-        let fresh = match self.ledger.accept_batch(units, self.now.as_millis()) {
+        let fresh = match self.ledger.accept_batch(units.clone(), self.now.as_millis()) {
             Ok(fresh) => fresh,
             Err(_) => {
                 // Refused (disk full): what a peer reports holding is asked for again once the
@@ -862,8 +954,9 @@ impl<S: Store> Node<S> {
             }
         };
         self.stats.units_new += fresh.len() as u64;
+        let mut names: BTreeSet<(DatabaseId, u64)> = fresh.iter().copied().collect();
         let new_units: Vec<TransferUnit> =
-            fresh.iter().filter_map(|name| by_name.get(name).cloned()).collect();
+            units.into_iter().filter(|u| names.remove(&(u.origin, u.seq))).collect();
         let origins: BTreeSet<DatabaseId> = fresh.iter().map(|(o, _)| *o).collect();
         self.held_changed(&origins);
         self.forward(source, &new_units);
@@ -1079,7 +1172,7 @@ impl<S: Store> Node<S> {
                     }
                     if fresh > 0 {
                         // Streaming: ask for the next batch at once.
-                        self.plan(link);
+                        self.plan(link, None);
                     } else {
                         // Nothing new (the store refused the batch, or the peer no longer
                         // holds what it reported): ask again next round, not in a loop.
@@ -1109,8 +1202,11 @@ impl<S: Store> Protocol for Node<S> {
                 if self.ledger.acknowledge(&app, &origin, seq).is_err() {
                     self.stats.store_errors += 1;
                 }
+                return;
             }
         }
+        // Any input may change which links are wanted (and the slot timer with it).
+        self.connect_due();
     }
 
     fn handle_timeout(&mut self, now: Time) {
@@ -1157,17 +1253,12 @@ impl<S: Store> Protocol for Node<S> {
         }
         let own = self.dbid();
         for peer in self.peers.values() {
-            if peer.wants_link(own) {
+            if peer.wants_link(own) && self.lan_wanted.contains(&peer.dbid) {
                 next = next.min(peer.next_attempt.max(self.now));
             }
         }
-        for (i, slot) in self.slots.iter().enumerate() {
-            if !self.connecting.contains_key(&slot.peer.addr)
-                && !self.slot_up(i)
-                && self.slot_wanted(i)
-            {
-                next = next.min(slot.next_attempt.max(self.now));
-            }
+        if let Some(at) = self.slot_timer {
+            next = next.min(at.max(self.now));
         }
         Some(next)
     }

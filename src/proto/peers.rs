@@ -76,6 +76,9 @@ pub enum DownReason {
     DuplicateLink,
     /// Nothing was heard on the link for six keepalive intervals: closed.
     Silent,
+    /// A LAN link the ring does not need (the LAN's servers and ring neighbours carry the
+    /// anti-entropy; multicast carries the units): closed, the peer is idle, not failing.
+    NotNeeded,
     /// A fallback peer, closed because a configured peer of better priority is up again
     /// (seed 001: servers are tried in order of priority).
     Fallback,

@@ -11,7 +11,7 @@
 //! a unit lost to one lane is noticed by all its LAN neighbours at once, and pushing would bring
 //! it once per neighbour; the lane that lacks it knows exactly what it lacks and asks once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::id::DatabaseId;
 use crate::proto::io::Time;
@@ -87,12 +87,14 @@ pub enum SyncError {
 /// The anti-entropy state of one link.
 #[derive(Debug, Clone, Default)]
 pub struct LinkSync {
-    tx_index: BTreeMap<DatabaseId, u32>,
+    tx_index: HashMap<DatabaseId, u32>,
     tx_list: Vec<DatabaseId>,
     rx_list: Vec<DatabaseId>,
-    rx_index: BTreeMap<DatabaseId, u32>,
+    rx_index: HashMap<DatabaseId, u32>,
     /// Our change-log stamp as of the last `Have` sent; `None` until the first (full) one.
     reported: Option<u64>,
+    /// Whether the peer's full `Have` arrived (its model is known).
+    heard: bool,
     /// The `Want` we have in flight on this link.
     pub want: Option<Outstanding>,
     /// When we last sent a frame on this link.
@@ -107,9 +109,9 @@ impl LinkSync {
         LinkSync { last_sent: now, last_heard: now, ..LinkSync::default() }
     }
 
-    /// Whether a full `Have` was sent on this link.
-    pub fn reported(&self) -> bool {
-        self.reported.is_some()
+    /// Whether the peer's full `Have` arrived on this link, so our model of it is current.
+    pub fn heard(&self) -> bool {
+        self.heard
     }
 
     /// Forgets what was reported, so the next `Have` is full (the peer asked for a resync).
@@ -215,6 +217,7 @@ impl LinkSync {
         model: &mut VersionVector,
     ) -> Result<Vec<(DatabaseId, u64)>, SyncError> {
         if full {
+            self.heard = true;
             self.rx_list.clear();
             self.rx_index.clear();
             *model = VersionVector::new();
@@ -246,34 +249,49 @@ impl LinkSync {
     }
 }
 
+/// One origin's seq ranges we lack.
+type Lacking = (DatabaseId, Vec<(u64, u64)>);
+
 /// What `theirs` holds that `ours` lacks, less everything in `exclude` (asked of someone
-/// else already), as `(origin, first, last)` ranges holding at most about `cap` seqs (the last
-/// range is cut to fit).
+/// else already), as `(origin, first, last)` ranges holding at most `cap` seqs (the last range
+/// is cut to fit). With `only`, just those origins are looked at (the ones a `Have` just
+/// changed: the rest of the model did not move, and our vector only grows).
 pub fn plan_want(
     theirs: &VersionVector,
     ours: &VersionVector,
     exclude: &[&VersionVector],
     cap: u64,
+    only: Option<&[DatabaseId]>,
 ) -> Vec<(DatabaseId, u64, u64)> {
+    let lacking: Box<dyn Iterator<Item = Lacking>> = match only {
+        None => Box::new(theirs.missing_from(ours).into_iter().map(|(origin, ranges)| {
+            (origin, ranges.into_iter().map(|r| (*r.start(), *r.end())).collect())
+        })),
+        Some(origins) => Box::new(origins.iter().filter_map(|origin| {
+            let held: Vec<(u64, u64)> = theirs.get(origin)?.held_ranges().collect();
+            let missing = match ours.get(origin) {
+                Some(mine) => subtract(&held, mine),
+                None => held,
+            };
+            Some((*origin, missing))
+        })),
+    };
     let mut out = Vec::new();
     let mut budget = cap;
-    for (origin, ranges) in theirs.missing_from(ours) {
-        for range in ranges {
-            let mut pieces = vec![(*range.start(), *range.end())];
-            for ex in exclude {
-                if let Some(held) = ex.get(&origin) {
-                    pieces = subtract(&pieces, held);
-                }
+    for (origin, mut pieces) in lacking {
+        for ex in exclude {
+            if let Some(held) = ex.get(&origin) {
+                pieces = subtract(&pieces, held);
             }
-            for (start, end) in pieces {
-                if budget == 0 {
-                    return out;
-                }
-                let len = end - start + 1;
-                let end = if len > budget { start + budget - 1 } else { end };
-                budget -= end - start + 1;
-                out.push((origin, start, end));
+        }
+        for (start, end) in pieces {
+            if budget == 0 {
+                return out;
             }
+            let len = end - start + 1;
+            let end = if len > budget { start + budget - 1 } else { end };
+            budget -= end - start + 1;
+            out.push((origin, start, end));
         }
     }
     out
@@ -375,13 +393,22 @@ mod tests {
         let theirs = vv(&[(1, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), (2, &[1, 2])]);
         let ours = vv(&[(1, &[1, 2]), (2, &[1, 2])]);
         let asked = vv(&[(1, &[4, 5])]);
-        assert_eq!(plan_want(&theirs, &ours, &[], 100), vec![(dbid(1), 3, 10)]);
+        assert_eq!(plan_want(&theirs, &ours, &[], 100, None), vec![(dbid(1), 3, 10)]);
         assert_eq!(
-            plan_want(&theirs, &ours, &[&asked], 100),
+            plan_want(&theirs, &ours, &[&asked], 100, None),
             vec![(dbid(1), 3, 3), (dbid(1), 6, 10)]
         );
-        assert_eq!(plan_want(&theirs, &ours, &[&asked], 3), vec![(dbid(1), 3, 3), (dbid(1), 6, 7)]);
-        assert!(plan_want(&ours, &theirs, &[], 100).is_empty());
+        let only = [dbid(1), dbid(3)];
+        assert_eq!(
+            plan_want(&theirs, &ours, &[&asked], 100, Some(&only)),
+            vec![(dbid(1), 3, 3), (dbid(1), 6, 10)]
+        );
+        assert!(plan_want(&theirs, &ours, &[], 100, Some(&[dbid(2)])).is_empty());
+        assert_eq!(
+            plan_want(&theirs, &ours, &[&asked], 3, None),
+            vec![(dbid(1), 3, 3), (dbid(1), 6, 7)]
+        );
+        assert!(plan_want(&ours, &theirs, &[], 100, None).is_empty());
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub(crate) struct Harness {
     wan: Vec<(usize, usize)>,
     /// Cut nodes: nothing reaches them.
     pub cut: Vec<bool>,
+    /// Nodes that miss every multicast datagram (a flaky LAN port), links still work.
+    pub deaf: Vec<bool>,
     queue: BTreeMap<(Time, u64), (usize, Event)>,
     seq: u64,
     links: BTreeMap<(usize, LinkId), (usize, LinkId)>,
@@ -52,6 +54,16 @@ impl Harness {
     /// Nodes `0..n` with roles; `lan[i]` puts node i on the one LAN; `wan` pairs are configured
     /// direct links (the first configures the second).
     pub fn new(roles: &[Role], lan: &[bool], wan: &[(usize, usize)]) -> Harness {
+        Harness::with_priorities(roles, lan, wan, &BTreeMap::new())
+    }
+
+    /// Like [`Harness::new`], with a priority for some configured peers.
+    pub fn with_priorities(
+        roles: &[Role],
+        lan: &[bool],
+        wan: &[(usize, usize)],
+        priorities: &BTreeMap<(usize, usize), u32>,
+    ) -> Harness {
         let start = Time::from_millis(1_700_000_000_000);
         let addrs: Vec<SocketAddr> =
             (0..roles.len()).map(|i| format!("10.0.0.{}:7000", i + 1).parse().unwrap()).collect();
@@ -74,7 +86,7 @@ impl Harness {
                 if *a == i {
                     cfg.configured.push(ConfiguredPeer {
                         addr: addrs[*b],
-                        priority: 10,
+                        priority: priorities.get(&(*a, *b)).copied().unwrap_or(10),
                         role: roles[*b],
                     });
                 }
@@ -85,6 +97,7 @@ impl Harness {
         Harness {
             delivered: vec![Vec::new(); nodes.len()],
             cut: vec![false; nodes.len()],
+            deaf: vec![false; nodes.len()],
             nodes,
             addrs,
             lan: lan.to_vec(),
@@ -130,7 +143,8 @@ impl Harness {
             match out {
                 Output::Datagram { to: DatagramDest::Group(_), bytes } => {
                     for j in 0..self.nodes.len() {
-                        if j != i && self.lan[i] && self.lan[j] && !self.cut[i] && !self.cut[j] {
+                        let reached = self.lan[i] && self.lan[j] && !self.cut[i] && !self.cut[j];
+                        if j != i && reached && !self.deaf[j] {
                             let from = self.addrs[i];
                             self.push(
                                 now.plus_micros(200),
@@ -322,4 +336,91 @@ fn anti_entropy_heals_a_partition_with_a_backlog() {
     h.run_until(h.now.plus_millis(330_000));
     assert!(h.holds_all(), "head office catches up after the heal");
     assert_exactly_once_in_order(&h);
+}
+
+fn up_peers(h: &Harness, i: usize) -> Vec<DatabaseId> {
+    h.nodes[i].peers().filter(|p| p.linked()).map(|p| p.dbid).collect()
+}
+
+#[test]
+fn a_large_lan_keeps_a_ring_not_a_mesh() {
+    // 0: store server; 1..=8: lanes.
+    let mut roles = vec![Role::StoreServer];
+    roles.extend([Role::Lane; 8]);
+    let mut h = Harness::new(&roles, &[true; 9], &[]);
+    h.run_until(h.now.plus_millis(30_000));
+    assert_eq!(up_peers(&h, 0).len(), 8, "the store server links every lane");
+    for i in 1..=8 {
+        let up = up_peers(&h, i);
+        assert!(up.len() <= 3, "lane {i}: server and two ring neighbours, got {}", up.len());
+        assert!(up.contains(&h.nodes[0].dbid()), "lane {i} links the store server");
+    }
+    for i in 0..40 {
+        h.submit(1 + i % 8, format!("sale {i}").as_bytes(), Urgency::Normal);
+    }
+    h.run_until(h.now.plus_millis(100));
+    assert!(h.holds_all());
+    // Without the store server the lanes still reach each other over the ring.
+    h.cut[0] = true;
+    h.deaf[3] = true;
+    for i in 0..10 {
+        h.submit(5, format!("offline sale {i}").as_bytes(), Urgency::Normal);
+    }
+    h.run_until(h.now.plus_millis(10_000));
+    for i in 1..=8 {
+        assert_eq!(h.nodes[i].ledger().store().units_total(), 50, "lane {i}");
+    }
+}
+
+#[test]
+fn a_missed_multicast_is_fetched_once() {
+    let mut roles = vec![Role::StoreServer];
+    roles.extend([Role::Lane; 5]);
+    let mut h = Harness::new(&roles, &[true; 6], &[]);
+    h.run_until(h.now.plus_millis(30_000));
+    h.deaf[2] = true;
+    for i in 0..20 {
+        h.submit(4, format!("sale {i}").as_bytes(), Urgency::Normal);
+    }
+    h.run_until(h.now.plus_millis(100));
+    assert_eq!(h.nodes[2].ledger().store().units_total(), 0);
+    h.deaf[2] = false;
+    // The next `Have` from any neighbour shows what lane 2 lacks; it asks one of them.
+    h.run_until(h.now.plus_millis(5_000));
+    assert!(h.holds_all());
+    let stats = h.nodes[2].stats();
+    assert_eq!(stats.units_received, 20, "each unit came once, not once per neighbour");
+    assert!(stats.wants_sent >= 1);
+    assert_exactly_once_in_order(&h);
+}
+
+#[test]
+fn configured_peers_fail_over_in_priority_order_and_back() {
+    // 0: lane, configured with its store server (1, priority 0) and head office (2,
+    // priority 1); the server is also on its LAN, head office is not.
+    let roles = [Role::Lane, Role::StoreServer, Role::MainServer];
+    let priorities = BTreeMap::from([((0, 1), 0), ((0, 2), 1)]);
+    let mut h = Harness::with_priorities(
+        &roles,
+        &[true, true, false],
+        &[(0, 1), (0, 2), (1, 2)],
+        &priorities,
+    );
+    h.run_until(h.now.plus_millis(10_000));
+    let (server, office) = (h.nodes[1].dbid(), h.nodes[2].dbid());
+    assert!(up_peers(&h, 0).contains(&server));
+    assert!(!up_peers(&h, 0).contains(&office), "head office is only a fallback");
+    h.cut[1] = true;
+    h.run_until(h.now.plus_millis(20_000));
+    assert!(up_peers(&h, 0).contains(&office), "the lane fails over to head office");
+    h.submit(0, b"sale while the server is down", Urgency::Normal);
+    h.run_until(h.now.plus_millis(1_000));
+    assert_eq!(h.nodes[2].ledger().store().units_total(), 1);
+    assert_eq!(h.nodes[0].unsafe_backlog(), 0, "head office holds it: safe");
+    h.cut[1] = false;
+    h.run_until(h.now.plus_millis(120_000));
+    assert!(up_peers(&h, 0).contains(&server), "back to the store server");
+    let office_peer = h.nodes[0].peers().find(|p| p.dbid == office).unwrap();
+    assert_eq!(office_peer.reason, crate::proto::DownReason::Fallback);
+    assert!(h.holds_all());
 }
