@@ -574,6 +574,14 @@ impl<F: NodeFactory> Simulation<F> {
                 self.checks.on_deliver(id, self.now, &unit);
                 self.acks.push_back((unit.origin, unit.seq));
             }
+            Output::Refused { .. } => {
+                let slot = &mut self.slots[id.0 as usize];
+                if slot.outstanding > 0 {
+                    slot.outstanding -= 1;
+                    self.outstanding -= 1;
+                }
+                self.counters.submits_refused += 1;
+            }
             _ => self.counters.unknown_outputs += 1,
         }
     }

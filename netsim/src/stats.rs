@@ -30,6 +30,7 @@ pub(crate) struct Counters {
     pub(crate) submits: u64,
     pub(crate) submits_skipped: u64,
     pub(crate) submits_unanswered: u64,
+    pub(crate) submits_refused: u64,
     pub(crate) timer_spins: u64,
     pub(crate) unknown_outputs: u64,
     pub(crate) first_submit_us: Option<u64>,
@@ -74,8 +75,10 @@ pub struct Report {
     pub units_acknowledged: u64,
     /// Submissions skipped because their node was down.
     pub submits_skipped: u64,
-    /// Submissions never answered with `Accepted` (refused, or lost in a crash before).
+    /// Submissions never answered (lost in a crash before the answer).
     pub submits_unanswered: u64,
+    /// Submissions answered with `Refused` (the store refused the write: disk full).
+    pub submits_refused: u64,
     /// First-time deliveries (node, unit).
     pub delivered_copies: u64,
     /// Time from the last submission until the last node held everything (null if not).
@@ -208,6 +211,7 @@ pub(crate) fn build(info: RunInfo<'_>, c: &Counters, checks: &CheckCounts, v: &V
         units_acknowledged: checks.acknowledged,
         submits_skipped: c.submits_skipped,
         submits_unanswered: c.submits_unanswered,
+        submits_refused: c.submits_refused,
         delivered_copies: checks.delivered_copies,
         sim_ms_to_converge: since(c.last_submit_us),
         sim_ms_after_last_fault: c.last_fault_us.and_then(|f| since(Some(f))),

@@ -149,6 +149,13 @@ pub enum Output {
     },
     /// A submitted unit is durable: tell the application (in submission order).
     Accepted(Receipt),
+    /// A submission the core could not take (the store refused the write: disk full, an IO
+    /// error). Nothing of it was stored and no seq was used; the application keeps it and
+    /// retries. Answers submissions in order, like [`Output::Accepted`].
+    Refused {
+        /// Why, for the application's log and the operator.
+        reason: String,
+    },
     /// Hand a unit to the local application (in per-origin order, each once per node behind
     /// the durable cursor; after a crash, units not acknowledged are handed again).
     Deliver(TransferUnit),

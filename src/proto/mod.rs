@@ -6,16 +6,19 @@
 //! - [`peers`]: the peer table.
 //! - [`sync`]: anti-entropy bookkeeping (change log, per-link origin tables, what to ask for).
 //! - [`node`]: the state machine.
+//! - [`status`]: the snapshot `--status` shows.
 
 pub mod io;
 pub mod message;
 pub mod node;
 pub mod peers;
+pub mod status;
 pub mod sync;
 
 pub use io::{DatagramDest, Input, LinkId, Output, Protocol, Time};
 pub use node::{ConfiguredPeer, Node, NodeConfig, NodeStats};
 pub use peers::{DownReason, Peer, PeerState, Role};
+pub use status::{NodeStatus, PeerStatus, Queues};
 
 #[cfg(test)]
 mod tests;

@@ -39,6 +39,7 @@ use crate::ledger::{Ledger, Submission};
 use crate::proto::io::{DatagramDest, Input, LinkId, Output, Protocol, Time};
 use crate::proto::message::{decode_units, Announce, HaveEntry, Message};
 use crate::proto::peers::{backoff_ms, DownReason, Peer, PeerState, Role};
+use crate::proto::status::{NodeStatus, PeerStatus, Queues};
 use crate::proto::sync::{plan_want, ChangeLog, LinkSync, Outstanding};
 use crate::store::{Store, VersionVector};
 use crate::unit::{TransferUnit, Urgency};
@@ -150,7 +151,7 @@ impl NodeConfig {
 }
 
 /// Counters a support engineer asks about; shown by status.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct NodeStats {
     /// Datagrams and frames refused, by reason.
     pub rejects: RejectCounters,
@@ -360,6 +361,54 @@ impl<S: Store> Node<S> {
             m.values().flatten().map(|r| r.end() - r.start() + 1).sum()
         };
         Some((count(p.vector.missing_from(ours)), count(ours.missing_from(&p.vector))))
+    }
+
+    /// A snapshot for `--status` (see [`NodeStatus`]).
+    pub fn status(&self) -> NodeStatus {
+        let now = self.now;
+        let peers = self
+            .peers
+            .values()
+            .map(|p| {
+                let (we_lack, it_lacks) = self.peer_backlog(&p.dbid).unwrap_or_default();
+                let asking =
+                    p.link.and_then(|l| self.links.get(&l)).is_some_and(|l| l.sync.want.is_some());
+                let configured_priority = self
+                    .slots
+                    .iter()
+                    .find(|s| s.dbid == Some(p.dbid) || p.addrs.contains(&s.peer.addr))
+                    .map(|s| s.peer.priority);
+                PeerStatus {
+                    dbid: p.dbid.to_string(),
+                    role: p.role,
+                    addrs: p.addrs.iter().map(ToString::to_string).collect(),
+                    lan: p.lan,
+                    configured_priority,
+                    state: p.state,
+                    reason: (!p.linked()).then_some(p.reason),
+                    last_seen_ms_ago: now.0.saturating_sub(p.last_seen.0) / 1000,
+                    we_lack,
+                    it_lacks,
+                    failures: p.failures,
+                    asking,
+                }
+            })
+            .collect();
+        NodeStatus {
+            dbid: self.dbid().to_string(),
+            instance_id: self.cfg.instance.to_string(),
+            role: self.cfg.role,
+            units_total: self.ledger.store().units_total(),
+            unsafe_backlog: self.unsafe_backlog(),
+            peers,
+            queues: Queues {
+                outputs: self.out.len(),
+                links: self.links.len(),
+                connecting: self.connecting.len(),
+                wants_in_flight: self.links.values().filter(|l| l.sync.want.is_some()).count(),
+            },
+            counters: self.stats.clone(),
+        }
     }
 
     fn raise_safe(&mut self, origin: DatabaseId, n: u64) {
@@ -1042,9 +1091,10 @@ impl<S: Store> Node<S> {
     fn submit(&mut self, sub: Submission) {
         let receipts = match self.ledger.submit_batch(vec![sub], self.now.as_millis()) {
             Ok(r) => r,
-            Err(_) => {
+            Err(e) => {
                 self.stats.store_errors += 1;
                 self.stats.submits_refused += 1;
+                self.out.push_back(Output::Refused { reason: e.to_string() });
                 return;
             }
         };

@@ -16,6 +16,7 @@ use crate::store::VersionVector;
 
 /// What a node is in the chain (seed 001: main server / store server; lanes are the checkouts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Role {
     /// Head office: only what a main server holds is "safe".

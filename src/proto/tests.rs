@@ -206,6 +206,7 @@ impl Harness {
                         .handle(now, Input::Acknowledge { origin: unit.origin, seq: unit.seq });
                 }
                 Output::Accepted(r) => self.accepted.push((r.origin, r.seq)),
+                Output::Refused { reason } => panic!("memory store refused a submission: {reason}"),
             }
         }
     }
@@ -423,4 +424,61 @@ fn configured_peers_fail_over_in_priority_order_and_back() {
     let office_peer = h.nodes[0].peers().find(|p| p.dbid == office).unwrap();
     assert_eq!(office_peer.reason, crate::proto::DownReason::Fallback);
     assert!(h.holds_all());
+    // Status says the same, with the configured priorities.
+    let status = h.nodes[0].status();
+    let office_status = status.peers.iter().find(|p| p.dbid == office.to_string()).unwrap();
+    assert_eq!(office_status.reason, Some(crate::proto::DownReason::Fallback));
+    assert_eq!(office_status.configured_priority, Some(1));
+    let server_status = status.peers.iter().find(|p| p.dbid == server.to_string()).unwrap();
+    assert!(server_status.is_up() && server_status.reason.is_none());
+    assert_eq!((server_status.we_lack, server_status.it_lacks), (0, 0));
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["role"], "lane");
+    assert_eq!(json["counters"]["rejects"]["foreign_system"], 0);
+}
+
+#[test]
+fn foreign_systems_and_forgeries_are_counted_never_peered() {
+    use crate::crypto::{NonceSequence, Purpose};
+    use crate::proto::message::Announce;
+    use crate::wire::{DatagramSealer, RejectReason, Tag};
+    let mut h = Harness::new(&[Role::Lane], &[true], &[]);
+    let now = h.now;
+    let announce = Announce {
+        dbid: DatabaseId::from_bytes(b"FOREIGN00000001").unwrap(),
+        device: DeviceId([9; 16]),
+        instance: InstanceId([9; 16]),
+        role: Role::StoreServer,
+        addrs: vec!["10.0.0.99:7000".parse().unwrap()],
+        reply: false,
+    };
+    let sealed = |system: &str, key: u8| {
+        let keys = KeySchedule::new(
+            &SystemKey::from_bytes([key; 32]),
+            system.parse().unwrap(),
+            &"live".parse().unwrap(),
+            86_400,
+        );
+        let mut sealer = DatagramSealer::new(
+            keys,
+            Purpose::LanDatagram,
+            system.parse().unwrap(),
+            &"live".parse().unwrap(),
+            NonceSequence::new(InstanceId([9; 16])),
+        );
+        sealer.seal_visible(Tag::Idqy, now.as_secs(), &announce.encode()).unwrap()
+    };
+    let from: SocketAddr = "10.0.0.99:7000".parse().unwrap();
+    let to = DatagramDest::Group("239.192.6.83:7083".parse().unwrap());
+    // Another RmSystem, then our system with a wrong key (a forgery).
+    for bytes in [sealed("9,9,9,9", 5), sealed("1,2,3,4", 6)] {
+        h.nodes[0].handle(now, Input::Datagram { from, to, bytes: &bytes });
+    }
+    h.nodes[0].handle(now, Input::Datagram { from, to, bytes: b"garbage" });
+    let node = &h.nodes[0];
+    assert_eq!(node.peers().count(), 0, "nobody was peered");
+    assert_eq!(node.stats().foreign_nodes_heard, 1);
+    assert_eq!(node.stats().rejects.get(RejectReason::ForeignSystem), 1);
+    assert_eq!(node.stats().rejects.get(RejectReason::BadTag), 1);
+    assert_eq!(node.stats().rejects.total(), 3);
 }

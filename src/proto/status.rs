@@ -1,0 +1,79 @@
+//! What the core tells `--status`: one snapshot a driver serialises as it is (JSON) or renders
+//! as the operator's table. Every counter and reason the core keeps is here, so "why is this
+//! peer down" and "why was this refused" have an answer without a debugger.
+
+use serde::Serialize;
+
+use crate::proto::node::NodeStats;
+use crate::proto::peers::{DownReason, PeerState, Role};
+
+/// The node as the core sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    /// This node's dbid.
+    pub dbid: String,
+    /// This process.
+    pub instance_id: String,
+    /// Its role.
+    pub role: Role,
+    /// Units held (all origins).
+    pub units_total: u64,
+    /// Own units no main server is known to hold yet (seed 001: not yet "safe").
+    pub unsafe_backlog: u64,
+    /// Peers, by dbid.
+    pub peers: Vec<PeerStatus>,
+    /// Queue lengths.
+    pub queues: Queues,
+    /// Counters, including rejections by reason.
+    pub counters: NodeStats,
+}
+
+/// One peer.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStatus {
+    /// Its dbid.
+    pub dbid: String,
+    /// Its role, as announced.
+    pub role: Role,
+    /// Where it accepts links.
+    pub addrs: Vec<String>,
+    /// Found by discovery on our LAN (multicast reaches it).
+    pub lan: bool,
+    /// Priority if it is a configured peer (lower is preferred).
+    pub configured_priority: Option<u32>,
+    /// Where it is in its life.
+    pub state: PeerState,
+    /// Why it is not up (absent when up).
+    pub reason: Option<DownReason>,
+    /// Milliseconds since we last heard from it.
+    pub last_seen_ms_ago: u64,
+    /// Units it holds that we lack, per its last report.
+    pub we_lack: u64,
+    /// Units we hold that it lacks, per its last report.
+    pub it_lacks: u64,
+    /// Failed attempts in a row.
+    pub failures: u32,
+    /// A `Want` to it is in flight.
+    pub asking: bool,
+}
+
+/// Queue lengths (all bounded: outputs are drained after every input, a link has at most one
+/// `Want` in flight).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Queues {
+    /// Outputs not yet drained by the driver.
+    pub outputs: usize,
+    /// Links up.
+    pub links: usize,
+    /// Link attempts under way.
+    pub connecting: usize,
+    /// `Want` requests in flight.
+    pub wants_in_flight: usize,
+}
+
+impl PeerStatus {
+    /// Whether the peer is usable now.
+    pub fn is_up(&self) -> bool {
+        matches!(self.state, PeerState::Up | PeerState::Suspect)
+    }
+}
