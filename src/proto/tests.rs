@@ -482,3 +482,40 @@ fn foreign_systems_and_forgeries_are_counted_never_peered() {
     assert_eq!(node.stats().rejects.get(RejectReason::BadTag), 1);
     assert_eq!(node.stats().rejects.total(), 3);
 }
+
+/// The core stays sans-IO: no runtime, no clock, no sockets, no files, no global RNG in any
+/// of its modules (the driver passes time in; the RNG is seeded from the config).
+#[test]
+fn the_core_reads_no_clock_and_owns_no_io() {
+    let sources = [
+        ("io.rs", include_str!("io.rs")),
+        ("message.rs", include_str!("message.rs")),
+        ("mod.rs", include_str!("mod.rs")),
+        ("node.rs", include_str!("node.rs")),
+        ("peers.rs", include_str!("peers.rs")),
+        ("status.rs", include_str!("status.rs")),
+        ("sync.rs", include_str!("sync.rs")),
+    ];
+    let forbidden = [
+        "tokio",
+        "std::time",
+        "SystemTime",
+        "Instant",
+        "thread_rng",
+        "OsRng",
+        "from_entropy",
+        "UdpSocket",
+        "TcpStream",
+        "TcpListener",
+        "std::fs",
+        "std::thread",
+    ];
+    for (file, text) in sources {
+        let code = text.lines().filter(|l| !l.trim_start().starts_with("//"));
+        for (i, line) in code.enumerate() {
+            for word in forbidden {
+                assert!(!line.contains(word), "src/proto/{file} (code line {i}) uses {word}");
+            }
+        }
+    }
+}
