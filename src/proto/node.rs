@@ -919,19 +919,10 @@ impl<S: Store> Node<S> {
             self.send_frame(link, tag, &Message::units(&[], true));
             return;
         }
-        let mut start = 0;
-        while start < units.len() {
-            let mut stop = start;
-            let mut bytes = 0;
-            while stop < units.len()
-                && (stop == start || bytes + units[stop].payload.len() + 80 <= self.cfg.batch_bytes)
-            {
-                bytes += units[stop].payload.len() + 80;
-                stop += 1;
-            }
-            let last = stop == units.len();
-            self.send_frame(link, tag, &Message::units(&units[start..stop], end && last));
-            start = stop;
+        let mut batches = batches(units, self.cfg.batch_bytes).peekable();
+        while let Some(batch) = batches.next() {
+            let last = batches.peek().is_none();
+            self.send_frame(link, tag, &Message::units(batch, end && last));
         }
     }
 
@@ -1069,22 +1060,11 @@ impl<S: Store> Node<S> {
 
     fn multicast(&mut self, units: &[TransferUnit]) {
         let to = DatagramDest::Group(self.cfg.env_group);
-        let mut start = 0;
-        while start < units.len() {
-            let mut stop = start;
-            let mut bytes = 0;
-            while stop < units.len()
-                && (stop == start
-                    || bytes + units[stop].payload.len() + 80 <= self.cfg.multicast_bytes)
-            {
-                bytes += units[stop].payload.len() + 80;
-                stop += 1;
-            }
-            let message = Message::units(&units[start..stop], false).encode();
+        for batch in batches(units, self.cfg.multicast_bytes) {
+            let message = Message::units(batch, false).encode();
             if let Ok(bytes) = self.lan_seal.seal(Tag::Tubt, self.now.as_secs(), &message) {
                 self.out.push_back(Output::Datagram { to, bytes });
             }
-            start = stop;
         }
     }
 
@@ -1234,6 +1214,26 @@ impl<S: Store> Node<S> {
     }
 }
 
+/// Splits `units` into runs of at most `max_bytes` (about 80 bytes of framing and header per
+/// unit counted), at least one unit each, in order.
+fn batches(units: &[TransferUnit], max_bytes: usize) -> impl Iterator<Item = &[TransferUnit]> {
+    let mut rest = units;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut n = 0;
+        while n < rest.len() && (n == 0 || bytes + rest[n].payload.len() + 80 <= max_bytes) {
+            bytes += rest[n].payload.len() + 80;
+            n += 1;
+        }
+        let (batch, tail) = rest.split_at(n);
+        rest = tail;
+        Some(batch)
+    })
+}
+
 impl<S: Store> Protocol for Node<S> {
     fn handle(&mut self, now: Time, input: Input<'_>) {
         self.now = self.now.max(now);
@@ -1311,5 +1311,23 @@ impl<S: Store> Protocol for Node<S> {
             next = next.min(at.max(self.now));
         }
         Some(next)
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::batches;
+    use crate::unit::tests::sample_unit;
+
+    #[test]
+    fn batches_respect_the_byte_limit_and_keep_order() {
+        let units: Vec<_> = (1..=10).map(|i| sample_unit(i, &[0u8; 120])).collect();
+        let sizes: Vec<usize> = batches(&units, 650).map(<[_]>::len).collect();
+        assert_eq!(sizes, vec![3, 3, 3, 1], "200 bytes counted per unit");
+        let seqs: Vec<u64> = batches(&units, 650).flatten().map(|u| u.seq).collect();
+        assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+        let big = [sample_unit(1, &[0u8; 5000])];
+        assert_eq!(batches(&big, 650).count(), 1, "an oversized unit still goes, alone");
+        assert_eq!(batches(&[], 650).count(), 0);
     }
 }
