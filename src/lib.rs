@@ -11,6 +11,7 @@ pub mod datadir;
 pub mod dati;
 pub mod id;
 pub mod ledger;
+pub mod net;
 pub mod proto;
 pub mod store;
 pub mod unit;

@@ -72,6 +72,10 @@ pub enum Purpose {
     LanDatagram,
     /// Link (QUIC/TCP) membership proofs and sealed frames.
     Link,
+    /// The membership secret of the link handshake (`net::handshake`): mixed with an x25519
+    /// exchange into the proofs and session keys of one TCP link, or bound to a TLS exporter on
+    /// QUIC. Kept apart from [`Purpose::Link`], which seals the core's frames.
+    LinkProof,
     /// Payloads sent through rendezvous relays.
     Relay,
     /// USB / folder media bundles.
@@ -86,6 +90,7 @@ impl Purpose {
             Purpose::DiscoveryTag => b"meshnode discovery-tag",
             Purpose::LanDatagram => b"meshnode lan-datagram",
             Purpose::Link => b"meshnode link",
+            Purpose::LinkProof => b"meshnode link-proof",
             Purpose::Relay => b"meshnode relay",
             Purpose::MediaBundle => b"meshnode media-bundle",
             Purpose::Log => b"meshnode log",
