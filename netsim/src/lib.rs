@@ -7,7 +7,7 @@
 //! - `checks` and [`stats`]: delivery, loss and order accounting, and the [`Report`];
 //! - [`disk`]: the disk-full store wrapper;
 //! - [`toy`]: a toy protocol for the engine's tests and the CLI (feature `toy`);
-//! - [`netns`]: the proposed network-namespace topology builder (documentation only).
+//! - [`netns`]: network-namespace labs for tests of the real binary (Linux, root).
 
 #![warn(missing_docs)]
 
