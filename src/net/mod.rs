@@ -1,5 +1,6 @@
 //! Transports that reach a peer, run under tokio: the link handshake and the TCP link.
 //!
+//! - [`discovery`]: the multicast sockets of LAN discovery (groups, TTL 1, interfaces).
 //! - [`handshake`]: sans-IO mutual proof of membership with forward-secret session keys
 //!   (x25519 + the system key), and the same proof bound to a TLS exporter for QUIC.
 //! - [`tcp`]: the TCP fallback link: seed frames, the handshake, then sealed frames, split
@@ -11,8 +12,9 @@
 //! and any [`LinkError`] to `Input::LinkDown` (counting [`LinkError::reason`]).
 //!
 //! This module makes no protocol decisions: it does not choose peers, retry, reconnect or keep
-//! links alive, and holds no QUIC, UDP or relay code yet.
+//! links alive, and holds no QUIC or relay code yet.
 
+pub mod discovery;
 pub mod handshake;
 pub mod tcp;
 
