@@ -7,6 +7,7 @@ mod init;
 mod key;
 mod log;
 mod rebuild;
+mod run;
 mod status;
 mod submit;
 mod units;
@@ -55,6 +56,8 @@ enum Command {
     Log(log::LogCommand),
     /// Rebuild the store from the daily log files alone.
     Rebuild(rebuild::RebuildArgs),
+    /// Run the node: find peers on the LAN, link, and carry units until SIGINT/SIGTERM.
+    Run(run::RunArgs),
 }
 
 /// Parses the arguments, runs the command, and maps the outcome to an exit code.
@@ -92,6 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Units(args)) => units::run(&data_dir(dir)?, args),
         Some(Command::Log(cmd)) => log::run(dir.as_deref(), cmd),
         Some(Command::Rebuild(args)) => rebuild::run(&data_dir(dir)?, args),
+        Some(Command::Run(args)) => run::run(&data_dir(dir)?, args),
         None => anyhow::bail!("nothing to do; see `meshnode --help`"),
     }
 }
@@ -108,6 +112,15 @@ pub(crate) fn now_ms() -> u64 {
 
 /// Opens and locks `dir` and its ledger, logging what the operator must know.
 pub(crate) fn open_ledger(dir: &std::path::Path) -> anyhow::Result<(DataDir, Ledger)> {
+    open_ledger_as(dir, InstanceId::random(&mut rand::rngs::OsRng))
+}
+
+/// [`open_ledger`] for the process `instance` (the running node uses its instance id in its
+/// nonces and announcements too).
+pub(crate) fn open_ledger_as(
+    dir: &std::path::Path,
+    instance: InstanceId,
+) -> anyhow::Result<(DataDir, Ledger)> {
     let mut rng = rand::rngs::OsRng;
     let (datadir, notes) = DataDir::open(dir, &mut rng)
         .with_context(|| format!("cannot open data directory {}", dir.display()))?;
@@ -118,7 +131,7 @@ pub(crate) fn open_ledger(dir: &std::path::Path) -> anyhow::Result<(DataDir, Led
             }
         }
     }
-    let (ledger, report) = Ledger::open(&datadir, InstanceId::random(&mut rng))
+    let (ledger, report) = Ledger::open(&datadir, instance)
         .with_context(|| format!("cannot open the store of {}", dir.display()))?;
     for repair in &report.repairs {
         tracing::warn!(%repair, "daily log repaired");

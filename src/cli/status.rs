@@ -36,6 +36,15 @@ pub(super) fn run(dir: &Path, as_json: bool) -> anyhow::Result<()> {
         status["busy_pid"] = json!(pid);
         status["units_total"] = serde_json::Value::Null;
         status["units_by_origin"] = serde_json::Value::Null;
+        // A running node writes its snapshot every second.
+        let snapshot = std::fs::read(dir.join(super::run::STATUS_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        if let Some(node) = snapshot {
+            status["running"] = json!(true);
+            status["units_total"] = node["units_total"].clone();
+            status["node"] = node;
+        }
     } else {
         let (datadir, ledger) = super::open_ledger(dir)?;
         fill_from_store(&mut status, &datadir, ledger.store());

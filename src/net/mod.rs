@@ -1,6 +1,7 @@
 //! Transports that reach a peer, run under tokio: the link handshake and the TCP link.
 //!
 //! - [`discovery`]: the multicast sockets of LAN discovery (groups, TTL 1, interfaces).
+//! - [`driver`]: the run loop that feeds the core and executes its outputs.
 //! - [`handshake`]: sans-IO mutual proof of membership with forward-secret session keys
 //!   (x25519 + the system key), and the same proof bound to a TLS exporter for QUIC.
 //! - [`tcp`]: the TCP fallback link: seed frames, the handshake, then sealed frames, split
@@ -15,6 +16,7 @@
 //! links alive, and holds no QUIC or relay code yet.
 
 pub mod discovery;
+pub mod driver;
 pub mod handshake;
 pub mod tcp;
 

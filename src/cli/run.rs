@@ -1,0 +1,127 @@
+//! `meshnode run`: the node on real sockets (LAN discovery, TCP links) until SIGINT/SIGTERM.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use rand::RngCore;
+
+use crate::id::InstanceId;
+use crate::net::discovery::{self, DEFAULT_PORT, DISCOVERY_GROUP};
+use crate::net::driver::{self, DriverConfig};
+use crate::net::handshake::LinkParams;
+use crate::proto::{Node, NodeConfig, Role};
+
+/// Where the running node writes its status snapshot, inside the data directory.
+pub(crate) const STATUS_FILE: &str = "run/status.json";
+
+#[derive(Debug, Args)]
+pub(super) struct RunArgs {
+    /// Interface address to discover peers on (repeatable); default: every private IPv4
+    /// interface that is up. `127.0.0.1` runs a mesh on this machine only.
+    #[arg(long = "discovery-if", value_name = "ADDR")]
+    discovery_if: Vec<Ipv4Addr>,
+    /// UDP port of the discovery and environment groups (every node of a LAN must agree).
+    #[arg(long, default_value_t = DEFAULT_PORT)]
+    discovery_port: u16,
+    /// Where links are accepted; port 0 picks one (it is announced in discovery).
+    #[arg(long, default_value = "0.0.0.0:0")]
+    listen: SocketAddr,
+    /// This machine's role: lane, store-server or main-server (head office).
+    #[arg(long, default_value = "lane", value_parser = parse_role)]
+    role: Role,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    match s {
+        "lane" => Ok(Role::Lane),
+        "store-server" => Ok(Role::StoreServer),
+        "main-server" => Ok(Role::MainServer),
+        other => Err(format!("unknown role {other:?}; use lane, store-server or main-server")),
+    }
+}
+
+pub(super) fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
+    let mut rng = rand::rngs::OsRng;
+    let instance = InstanceId::random(&mut rng);
+    let (datadir, ledger) = super::open_ledger_as(dir, instance)?;
+    let interfaces = if args.discovery_if.is_empty() {
+        let found = discovery::private_ipv4_interfaces().context("cannot list interfaces")?;
+        if found.is_empty() {
+            bail!("no private IPv4 interface is up; choose one with --discovery-if ADDR (127.0.0.1 for this machine only)");
+        }
+        found
+    } else {
+        args.discovery_if.clone()
+    };
+    let listener = std::net::TcpListener::bind(args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let bound = listener.local_addr()?;
+    let advertise: Vec<SocketAddr> = if bound.ip().is_unspecified() {
+        interfaces.iter().map(|ip| SocketAddr::new((*ip).into(), bound.port())).collect()
+    } else {
+        vec![bound]
+    };
+    let secrets = &datadir.secrets;
+    let env_group = discovery::env_group(secrets.rmsystem, &secrets.env);
+    let discovery_group = SocketAddrV4::new(DISCOVERY_GROUP, args.discovery_port);
+    let env_group = SocketAddrV4::new(env_group, args.discovery_port);
+    let mut cfg = NodeConfig::new(
+        secrets.rmsystem,
+        secrets.env.clone(),
+        datadir.key_schedule(),
+        args.role,
+        datadir.device_id,
+        instance,
+        SocketAddr::V4(discovery_group),
+        SocketAddr::V4(env_group),
+    );
+    cfg.advertise = advertise.clone();
+    cfg.rng_seed = rng.next_u64();
+    let link_params = LinkParams::new(datadir.key_schedule(), secrets.rmsystem, &secrets.env);
+    let node = Node::new(cfg, ledger);
+    let driver_cfg = DriverConfig {
+        interfaces: interfaces.clone(),
+        discovery_group,
+        env_group,
+        listener,
+        link_params,
+        connect_timeout: Duration::from_secs(5),
+        status_path: Some(dir.join(STATUS_FILE)),
+    };
+    tracing::info!(dbid = %node.dbid(), ?interfaces, ?advertise, %discovery_group, %env_group, "node starting");
+    eprintln!(
+        "meshnode {} running: links on {}, discovery on {:?} ({discovery_group}, {env_group})",
+        node.dbid(),
+        advertise.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        interfaces
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let node =
+        runtime.block_on(async { driver::run(node, driver_cfg, shutdown_signal()).await })?;
+    node.into_ledger().close().context("cannot close the store cleanly")?;
+    drop(datadir);
+    eprintln!("meshnode stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        // Without signal handlers the node runs until killed; kill -9 loses nothing acknowledged.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,167 @@
+//! `meshnode run` on loopback: real processes find each other by multicast on 127.0.0.1,
+//! link over TCP with the membership handshake and converge; a node of another system is
+//! never peered and is counted. Each test uses its own discovery port, so tests run in
+//! parallel; nothing leaves loopback.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{cmd, ok, s};
+
+/// A running node, killed when dropped (also when the test fails).
+struct Running {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Running {
+    fn start(dir: &Path, port: u16) -> Running {
+        let log = dir.with_extension("log");
+        let child = cmd(&[
+            "run",
+            "--data-dir",
+            s(dir),
+            "--discovery-if",
+            "127.0.0.1",
+            "--discovery-port",
+            &port.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("MESHNODE_LOG", "meshnode=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start meshnode run");
+        Running { child, log }
+    }
+
+    /// SIGTERM, then wait for a clean exit within a deadline.
+    fn stop(mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "node exited with {status}: {}", self.log_text());
+                return;
+            }
+            assert!(Instant::now() < deadline, "node did not stop: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A UDP port free on loopback now (each test its own, so parallel meshes do not meet).
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn status(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&ok(&["--status", "--json", "--data-dir", s(dir)])).unwrap()
+}
+
+/// Polls `check` until it holds or the deadline passes (then fails with `what` and the logs).
+fn wait_for(what: &str, nodes: &[&Running], mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        if Instant::now() > deadline {
+            let logs: Vec<String> = nodes.iter().map(|n| n.log_text()).collect();
+            panic!("timed out waiting for {what}; logs:\n{}", logs.join("\n----\n"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn submit_many(dir: &Path, n: usize) {
+    let lines: String =
+        (0..n).map(|i| format!("{{\"kind\":\"TUBT\",\"body\":{{\"sale\":{i}}}}}\n")).collect();
+    let out =
+        common::run_with_input(&["submit", "--data-dir", s(dir), "--jsonl", "-"], lines.as_bytes());
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+}
+
+fn member_dirs(root: &Path, names: &[&str]) -> Vec<PathBuf> {
+    let first = common::init(root, names[0], &["--system", "1,2,3,4"]);
+    let join = root.join("join.key");
+    ok(&["key", "export", "--data-dir", s(&first), "--out", s(&join)]);
+    let mut dirs = vec![first];
+    for name in &names[1..] {
+        dirs.push(common::init(root, name, &["--join", s(&join)]));
+    }
+    dirs
+}
+
+#[test]
+fn three_nodes_on_loopback_find_each_other_and_converge() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = member_dirs(root.path(), &["a", "b", "c"]);
+    submit_many(&dirs[0], 300);
+    submit_many(&dirs[1], 20);
+    let port = free_port();
+    let nodes: Vec<Running> = dirs.iter().map(|d| Running::start(d, port)).collect();
+    let refs: Vec<&Running> = nodes.iter().collect();
+    wait_for("every node to hold all 320 units with both peers up", &refs, || {
+        dirs.iter().all(|d| {
+            let st = status(d);
+            let peers = st["node"]["peers"].as_array().cloned().unwrap_or_default();
+            st["running"] == true
+                && st["units_total"] == 320
+                && peers.iter().filter(|p| p["state"] == "up").count() == 2
+        })
+    });
+    for node in nodes {
+        node.stop();
+    }
+    // Stopped cleanly: the stores say the same without a running node.
+    for d in &dirs {
+        let st = status(d);
+        assert_eq!(st["running"], false);
+        assert_eq!(st["units_total"], 320);
+    }
+}
+
+#[test]
+fn a_node_of_another_system_is_never_peered_and_is_counted() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = member_dirs(root.path(), &["m1", "m2"]);
+    let stranger = common::init(root.path(), "stranger", &["--system", "9,9,9,9"]);
+    submit_many(&dirs[0], 10);
+    submit_many(&stranger, 10);
+    let port = free_port();
+    let nodes: Vec<Running> =
+        dirs.iter().chain([&stranger]).map(|d| Running::start(d, port)).collect();
+    let refs: Vec<&Running> = nodes.iter().collect();
+    wait_for("the members to converge and count the stranger", &refs, || {
+        let a = status(&dirs[0]);
+        let b = status(&dirs[1]);
+        let rejects = a["node"]["counters"]["rejects"]["foreign_system"].as_u64().unwrap_or(0);
+        a["units_total"] == 10 && b["units_total"] == 10 && rejects > 0
+    });
+    let st = status(&stranger);
+    assert_eq!(st["units_total"], 10, "the stranger got nothing of ours");
+    assert_eq!(st["node"]["peers"].as_array().map(Vec::len), Some(0), "and no peer");
+    for d in &dirs {
+        let peers = status(d)["node"]["peers"].as_array().cloned().unwrap_or_default();
+        assert_eq!(peers.len(), 1, "members list only each other: {peers:?}");
+    }
+    for node in nodes {
+        node.stop();
+    }
+}
