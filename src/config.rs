@@ -58,6 +58,46 @@ pub struct Config {
     pub dati: DatiConfig,
     /// `[submit]`.
     pub submit: SubmitConfig,
+    /// `[links]`.
+    pub links: LinksConfig,
+    /// `[[peer]]`: direct peers beyond the LAN (seed 001: main servers, tried in priority
+    /// order).
+    pub peer: Vec<PeerConfig>,
+}
+
+/// `[links]`: how this node keeps its links.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinksConfig {
+    /// How often an offline configured peer is tried, after quick first retries, in seconds
+    /// (seed 001: "interval by which an offline server is pinged", default 5 minutes).
+    pub offline_ping_secs: u64,
+}
+
+impl Default for LinksConfig {
+    fn default() -> Self {
+        LinksConfig { offline_ping_secs: 300 }
+    }
+}
+
+/// One `[[peer]]`: a machine outside the LAN this node links to directly.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Where it accepts links, `IP:port`.
+    pub address: std::net::SocketAddr,
+    /// Lower is preferred; a peer is tried only while every peer of a lower number fails.
+    #[serde(default)]
+    pub priority: u32,
+    /// `main-server` (head office), `store-server` or `lane`.
+    #[serde(default = "PeerConfig::default_role")]
+    pub role: crate::proto::Role,
+}
+
+impl PeerConfig {
+    fn default_role() -> crate::proto::Role {
+        crate::proto::Role::MainServer
+    }
 }
 
 /// `[node]`: settings that must agree across a system.
@@ -160,6 +200,20 @@ file_size_limit = 67108864
 [submit]
 # Units written per group commit by `meshnode submit --jsonl` (one disk sync per batch).
 batch_size = 1000
+
+[links]
+# After three quick retries, an unreachable configured peer is tried every this many seconds
+# (5 minutes; 5 s to 1 day).
+offline_ping_secs = 300
+
+# Direct peers beyond the LAN (head office, a store server of another store), one [[peer]]
+# table each. Peers are tried in order of priority: priority 1 only while every priority-0
+# peer fails, and the node goes back to the better one when it returns. For example:
+#
+# [[peer]]
+# address = "203.0.113.10:7070"
+# priority = 0
+# role = "main-server"
 "#;
 
     /// Reads and validates `path`.
@@ -224,6 +278,13 @@ batch_size = 1000
             "use 64 KiB to 4 GiB",
         )?;
         check("submit.batch_size", self.submit.batch_size, 1, 100_000, "use 1 to 100000")?;
+        check(
+            "links.offline_ping_secs",
+            self.links.offline_ping_secs,
+            5,
+            86_400,
+            "use 5 seconds to 1 day",
+        )?;
         Ok(())
     }
 
@@ -234,6 +295,31 @@ batch_size = 1000
     /// The payload limit as a `usize`.
     pub fn payload_limit(&self) -> usize {
         usize::try_from(self.node.payload_limit).unwrap_or(usize::MAX)
+    }
+}
+
+#[cfg(test)]
+mod peer_tests {
+    use super::*;
+
+    #[test]
+    fn peers_and_links_parse_with_defaults_and_clear_errors() {
+        let path = Path::new("meshnode.toml");
+        let text = "[links]\noffline_ping_secs = 60\n\n[[peer]]\naddress = \"10.0.0.1:7070\"\n\n[[peer]]\naddress = \"10.0.0.2:7070\"\npriority = 1\nrole = \"store-server\"\n";
+        let c = Config::parse(text, path).unwrap();
+        assert_eq!(c.links.offline_ping_secs, 60);
+        assert_eq!(c.peer.len(), 2);
+        assert_eq!(c.peer[0].role, crate::proto::Role::MainServer);
+        assert_eq!(c.peer[0].priority, 0);
+        assert_eq!(c.peer[1].role, crate::proto::Role::StoreServer);
+        let bad = Config::parse("[[peer]]\naddress = \"head-office\"\n", path).unwrap_err();
+        assert!(bad.to_string().contains("line 2"), "{bad}");
+        let bad = Config::parse("[[peer]]\naddress = \"10.0.0.1:1\"\nrole = \"boss\"\n", path)
+            .unwrap_err();
+        assert!(bad.to_string().contains("main-server"), "{bad}");
+        let bad = Config::parse("[links]\noffline_ping_secs = 1\n", path).unwrap_err();
+        assert!(bad.to_string().contains("links.offline_ping_secs"), "{bad}");
+        assert!(Config::parse(Config::TEMPLATE, path).unwrap().peer.is_empty());
     }
 }
 

@@ -26,6 +26,10 @@ impl Drop for Running {
 
 impl Running {
     fn start(dir: &Path, port: u16) -> Running {
+        Running::start_as(dir, port, "127.0.0.1:0", "lane")
+    }
+
+    fn start_as(dir: &Path, port: u16, listen: &str, role: &str) -> Running {
         let log = dir.with_extension("log");
         let child = cmd(&[
             "run",
@@ -36,7 +40,9 @@ impl Running {
             "--discovery-port",
             &port.to_string(),
             "--listen",
-            "127.0.0.1:0",
+            listen,
+            "--role",
+            role,
         ])
         .env("MESHNODE_LOG", "meshnode=info")
         .stdin(Stdio::null())
@@ -164,4 +170,37 @@ fn a_node_of_another_system_is_never_peered_and_is_counted() {
     for node in nodes {
         node.stop();
     }
+}
+
+/// Seed 001: a configured direct peer (head office) is linked without LAN discovery: the two
+/// nodes use different discovery ports, so multicast never joins them.
+#[test]
+fn a_configured_peer_links_without_discovery() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = member_dirs(root.path(), &["office", "store"]);
+    let office_port =
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dirs[1].join("meshnode.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[[peer]]\naddress = \"127.0.0.1:{office_port}\"\npriority = 0\nrole = \"main-server\"\n"
+    ));
+    std::fs::write(&config, text).unwrap();
+    submit_many(&dirs[0], 15);
+    submit_many(&dirs[1], 25);
+    let listen = format!("127.0.0.1:{office_port}");
+    let office = Running::start_as(&dirs[0], free_port(), &listen, "main-server");
+    let store = Running::start(&dirs[1], free_port());
+    wait_for("office and store to converge over the configured link", &[&office, &store], || {
+        dirs.iter().all(|d| status(d)["units_total"] == 40)
+            && status(&dirs[1])["node"]["unsafe_backlog"] == 0
+    });
+    let st = status(&dirs[1]);
+    let peers = st["node"]["peers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0]["configured_priority"], 0);
+    assert_eq!(peers[0]["lan"], false);
+    assert_eq!(peers[0]["role"], "main-server");
+    office.stop();
+    store.stop();
 }

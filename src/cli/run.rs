@@ -12,7 +12,7 @@ use crate::id::InstanceId;
 use crate::net::discovery::{self, DEFAULT_PORT, DISCOVERY_GROUP};
 use crate::net::driver::{self, DriverConfig};
 use crate::net::handshake::LinkParams;
-use crate::proto::{Node, NodeConfig, Role};
+use crate::proto::{ConfiguredPeer, Node, NodeConfig, Role};
 
 /// Where the running node writes its status snapshot, inside the data directory.
 pub(crate) const STATUS_FILE: &str = "run/status.json";
@@ -80,6 +80,13 @@ pub(super) fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
     );
     cfg.advertise = advertise.clone();
     cfg.rng_seed = rng.next_u64();
+    cfg.offline_ping_ms = datadir.config.links.offline_ping_secs.saturating_mul(1000);
+    cfg.configured = datadir
+        .config
+        .peer
+        .iter()
+        .map(|p| ConfiguredPeer { addr: p.address, priority: p.priority, role: p.role })
+        .collect();
     let link_params = LinkParams::new(datadir.key_schedule(), secrets.rmsystem, &secrets.env);
     let node = Node::new(cfg, ledger);
     let driver_cfg = DriverConfig {
