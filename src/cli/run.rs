@@ -46,7 +46,7 @@ fn parse_role(s: &str) -> Result<Role, String> {
 pub(super) fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
     let mut rng = rand::rngs::OsRng;
     let instance = InstanceId::random(&mut rng);
-    let (datadir, ledger) = super::open_ledger_as(dir, instance)?;
+    let (datadir, ledger) = open_waiting(dir, instance)?;
     let interfaces = if args.discovery_if.is_empty() {
         let found = discovery::private_ipv4_interfaces().context("cannot list interfaces")?;
         if found.is_empty() {
@@ -115,6 +115,30 @@ pub(super) fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
     drop(datadir);
     eprintln!("meshnode stopped");
     Ok(())
+}
+
+/// Opens the data directory, waiting up to 10 s while another process holds it: an operator's
+/// `meshnode --status` or `units` holds it for a moment when no node runs, and a node started
+/// (or restarted by a supervisor) at that moment must not fail for it.
+fn open_waiting(
+    dir: &Path,
+    instance: InstanceId,
+) -> anyhow::Result<(crate::datadir::DataDir, crate::ledger::Ledger)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match super::open_ledger_as(dir, instance) {
+            Err(err)
+                if std::time::Instant::now() < deadline
+                    && matches!(
+                        err.downcast_ref::<crate::datadir::DataDirError>(),
+                        Some(crate::datadir::DataDirError::Locked { .. })
+                    ) =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.
