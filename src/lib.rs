@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod crypto;
 pub mod datadir;
 pub mod dati;

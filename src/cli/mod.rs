@@ -10,6 +10,7 @@ mod rebuild;
 mod run;
 mod status;
 mod submit;
+mod subscribe;
 mod units;
 
 use std::path::PathBuf;
@@ -47,8 +48,12 @@ enum Command {
     /// Manage the system key.
     #[command(subcommand)]
     Key(key::KeyCommand),
-    /// Submit units: one from a file or stdin, or many as JSON lines.
+    /// Submit units: one from a file or stdin, or many as JSON lines (through the running node
+    /// if one runs, else directly on the store).
     Submit(submit::SubmitArgs),
+    /// Print the units delivered to this node as JSON lines (origin, seq, physkey, kind,
+    /// urgency, payload), each once, in per-origin order; needs the running node.
+    Subscribe(subscribe::SubscribeArgs),
     /// List the units held, one JSON line each.
     Units(units::UnitsArgs),
     /// Verify, dump and import TUBT daily log files.
@@ -92,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Init(args)) => init::run(&data_dir(dir)?, args),
         Some(Command::Key(cmd)) => key::run(&data_dir(dir)?, cmd),
         Some(Command::Submit(args)) => submit::run(&data_dir(dir)?, args),
+        Some(Command::Subscribe(args)) => subscribe::run(&data_dir(dir)?, args),
         Some(Command::Units(args)) => units::run(&data_dir(dir)?, args),
         Some(Command::Log(cmd)) => log::run(dir.as_deref(), cmd),
         Some(Command::Rebuild(args)) => rebuild::run(&data_dir(dir)?, args),

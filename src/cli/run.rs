@@ -1,4 +1,5 @@
-//! `meshnode run`: the node on real sockets (LAN discovery, TCP links) until SIGINT/SIGTERM.
+//! `meshnode run`: the node on real sockets (LAN discovery, TCP links) until SIGINT/SIGTERM,
+//! with its control socket in `run/control.sock` (see [`crate::control`]).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
@@ -8,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use rand::RngCore;
 
+use crate::control::{self, server::ControlConfig};
 use crate::id::InstanceId;
 use crate::net::discovery::{self, DEFAULT_PORT, DISCOVERY_GROUP};
 use crate::net::driver::{self, DriverConfig};
@@ -88,6 +90,7 @@ pub(super) fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
         .map(|p| ConfiguredPeer { addr: p.address, priority: p.priority, role: p.role })
         .collect();
     let link_params = LinkParams::new(datadir.key_schedule(), secrets.rmsystem, &secrets.env);
+    let control = ControlConfig { socket: control::socket_path(dir), app: cfg.app.clone() };
     let node = Node::new(cfg, ledger);
     let driver_cfg = DriverConfig {
         interfaces: interfaces.clone(),
@@ -97,6 +100,7 @@ pub(super) fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
         link_params,
         connect_timeout: Duration::from_secs(5),
         status_path: Some(dir.join(STATUS_FILE)),
+        control: Some(control),
     };
     tracing::info!(dbid = %node.dbid(), ?interfaces, ?advertise, %discovery_group, %env_group, "node starting");
     eprintln!(

@@ -1,11 +1,14 @@
 //! `meshnode --status`: what this node is and holds, for an operator (table) or a script
-//! (`--json`). Works whether or not another process holds the data directory.
+//! (`--json`). Works whether or not another process holds the data directory; a running node
+//! is asked for a fresh snapshot on its control socket (falling back to `run/status.json`).
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::json;
 
+use crate::control::client::{ControlClient, Reply};
 use crate::datadir::{read_identity, read_system_key, DataDir, DirLock};
 use crate::dati;
 use crate::store::Store;
@@ -36,10 +39,12 @@ pub(super) fn run(dir: &Path, as_json: bool) -> anyhow::Result<()> {
         status["busy_pid"] = json!(pid);
         status["units_total"] = serde_json::Value::Null;
         status["units_by_origin"] = serde_json::Value::Null;
-        // A running node writes its snapshot every second.
-        let snapshot = std::fs::read(dir.join(super::run::STATUS_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        // A running node answers on its control socket; it also writes a snapshot every second.
+        let snapshot = ask_node(dir).or_else(|| {
+            std::fs::read(dir.join(super::run::STATUS_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        });
         if let Some(node) = snapshot {
             status["running"] = json!(true);
             status["units_total"] = node["units_total"].clone();
@@ -56,6 +61,17 @@ pub(super) fn run(dir: &Path, as_json: bool) -> anyhow::Result<()> {
         print_table(&status);
     }
     Ok(())
+}
+
+/// A fresh snapshot from the running node's control socket, if it answers within a second.
+fn ask_node(dir: &Path) -> Option<serde_json::Value> {
+    let mut node = ControlClient::connect(dir, Duration::ZERO).ok().flatten()?;
+    node.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    node.send(r#"{"op":"status"}"#).ok()?;
+    match node.recv().ok()?? {
+        Reply::Status(mut reply) => Some(reply["status"].take()),
+        _ => None,
+    }
 }
 
 fn fill_from_store(status: &mut serde_json::Value, datadir: &DataDir, store: &impl Store) {
@@ -79,6 +95,7 @@ fn print_table(s: &serde_json::Value) {
     println!("system    {} ({})", text(&s["rmsystem"]), text(&s["env"]));
     println!("dbid      {}   device {}", text(&s["dbid"]), text(&s["device_id"]));
     match s.get("busy_pid") {
+        Some(pid) if s["running"] == true => println!("node      running (pid {})", text(pid)),
         Some(pid) => println!("node      not running; data directory busy (pid {})", text(pid)),
         None => println!("node      not running"),
     }

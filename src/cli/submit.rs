@@ -1,22 +1,38 @@
 //! `meshnode submit`: hand units to the node; each accepted unit is printed as one JSON line
 //! `{"origin":..,"seq":..,"physkey":..}` only once it is durable.
 //!
-//! With `--jsonl`, lines are read on a separate thread and committed in groups: whatever has
-//! arrived (up to `submit.batch_size`) goes into one disk sync, so a fast producer gets large
-//! batches and a slow one gets low latency. A bad line stops the run with its line number; the
-//! lines before it are accepted (and printed), nothing after it is.
+//! When a node runs in the data directory, units go through its control socket (one request
+//! per unit, pipelined; see [`crate::control`]); otherwise the store is opened directly. The
+//! output and exit codes are the same either way.
+//!
+//! With `--jsonl`, lines are read on a separate thread. Directly on the store they are
+//! committed in groups: whatever has arrived (up to `submit.batch_size`) goes into one disk
+//! sync, so a fast producer gets large batches and a slow one gets low latency. Through a
+//! running node each unit is its own disk sync (the core takes one submission per input), with
+//! up to [`IN_FLIGHT`] requests pipelined. A bad line stops the run with its line number; the
+//! lines before it are accepted (and printed), nothing after it is (the node refuses the rest
+//! of a connection's submits after a refused one).
 
+use std::collections::VecDeque;
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::Args;
-use serde::Deserialize;
 
+use crate::control::client::{ControlClient, Reply};
+use crate::control::protocol::{self, RequestError};
 use crate::id::Physkey;
-use crate::ledger::{Ledger, Receipt, Submission};
+use crate::ledger::{Receipt, Submission};
 use crate::unit::{FileScopes, UnitKind, Urgency};
+
+/// Submit requests sent to a running node before their receipts are read, at most.
+const IN_FLIGHT: usize = 256;
+/// How long to wait for the control socket of a node that holds the data directory but has
+/// not created its socket yet (it is starting).
+pub(super) const STARTING_NODE_WAIT: Duration = Duration::from_secs(5);
 
 /// Arguments of `meshnode submit`.
 #[derive(Debug, Args)]
@@ -47,40 +63,16 @@ pub struct SubmitArgs {
 }
 
 fn parse_scope(s: &str) -> Result<FileScopes, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "all" => Ok(FileScopes::ALL),
-        "up" => Ok(FileScopes::UP),
-        "down" => Ok(FileScopes::DOWN),
-        "across" => Ok(FileScopes::ACROSS),
-        _ => Err(format!("unknown scope {s:?}: expected all, up, down or across")),
-    }
-}
-
-/// One line of `--jsonl` input.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonLine {
-    #[serde(default = "default_kind")]
-    kind: String,
-    #[serde(default)]
-    urgent: bool,
-    #[serde(default)]
-    background: bool,
-    #[serde(default)]
-    physkey: Option<String>,
-    #[serde(default)]
-    scopes: Vec<String>,
-    body: serde_json::Value,
-}
-
-fn default_kind() -> String {
-    "TUBT".into()
+    protocol::parse_scope(s)
+        .ok_or_else(|| format!("unknown scope {s:?}: expected all, up, down or across"))
 }
 
 pub(super) fn run(dir: &Path, args: SubmitArgs) -> anyhow::Result<()> {
-    match &args.jsonl {
-        Some(path) => run_jsonl(dir, path),
-        None => run_one(dir, &args),
+    let node = ControlClient::connect(dir, STARTING_NODE_WAIT)?;
+    match (&args.jsonl, node) {
+        (Some(path), Some(node)) => run_jsonl_through(node, path),
+        (Some(path), None) => run_jsonl(dir, path),
+        (None, node) => run_one(dir, &args, node),
     }
 }
 
@@ -92,7 +84,7 @@ fn urgency(urgent: bool, background: bool) -> Urgency {
     }
 }
 
-fn run_one(dir: &Path, args: &SubmitArgs) -> anyhow::Result<()> {
+fn run_one(dir: &Path, args: &SubmitArgs, node: Option<ControlClient>) -> anyhow::Result<()> {
     let payload = match &args.file {
         Some(file) => std::fs::read(file)
             .with_context(|| format!("cannot read payload file {}", file.display()))?,
@@ -112,6 +104,17 @@ fn run_one(dir: &Path, args: &SubmitArgs) -> anyhow::Result<()> {
         physkey: args.physkey,
         payload,
     };
+    if let Some(mut node) = node {
+        node.send(&protocol::submit_request(&sub)).context("cannot send to the node")?;
+        return match node.recv().context("cannot read the node's reply")? {
+            Some(Reply::Receipt(line)) => print_lines(&[line]),
+            Some(Reply::Error { message, .. }) => Err(anyhow!(message)),
+            Some(other) => bail!("the node answered {other:?} to a submit"),
+            None => bail!(
+                "the node closed the connection before answering; check its log and submit again"
+            ),
+        };
+    }
     let (_datadir, mut ledger) = super::open_ledger(dir)?;
     ledger.check(&sub).context("unit refused; nothing was written")?;
     let receipts = ledger.submit_batch(vec![sub], super::now_ms())?;
@@ -121,10 +124,15 @@ fn run_one(dir: &Path, args: &SubmitArgs) -> anyhow::Result<()> {
 }
 
 fn print_receipts(receipts: &[Receipt]) -> anyhow::Result<()> {
+    let lines: Vec<String> = receipts.iter().map(protocol::receipt_line).collect();
+    print_lines(&lines)
+}
+
+fn print_lines(lines: &[String]) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    for r in receipts {
-        serde_json::to_writer(&mut out, r)?;
+    for line in lines {
+        out.write_all(line.as_bytes())?;
         out.write_all(b"\n")?;
     }
     out.flush()?;
@@ -134,10 +142,9 @@ fn print_receipts(receipts: &[Receipt]) -> anyhow::Result<()> {
 /// A line read by the reader thread: its number and text, or the read error.
 type LineMsg = Result<(u64, String), std::io::Error>;
 
-fn run_jsonl(dir: &Path, path: &Path) -> anyhow::Result<()> {
-    let (_datadir, mut ledger) = super::open_ledger(dir)?;
-    let batch_size = usize::try_from(_datadir.config.submit.batch_size).unwrap_or(1000);
-    let (tx, rx) = mpsc::sync_channel::<LineMsg>(batch_size * 4);
+/// Reads the lines of `path` ('-': stdin) on a thread, into a channel of `capacity`.
+fn spawn_line_reader(path: &Path, capacity: usize) -> anyhow::Result<mpsc::Receiver<LineMsg>> {
+    let (tx, rx) = mpsc::sync_channel::<LineMsg>(capacity);
     let reader: Box<dyn BufRead + Send> = if path == Path::new("-") {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
@@ -154,6 +161,19 @@ fn run_jsonl(dir: &Path, path: &Path) -> anyhow::Result<()> {
             }
         }
     });
+    Ok(rx)
+}
+
+fn stopped_at(e: anyhow::Error, accepted: u64) -> anyhow::Error {
+    e.context(format!(
+        "{accepted} units before this line were accepted (printed above); fix the line and submit the rest from there"
+    ))
+}
+
+fn run_jsonl(dir: &Path, path: &Path) -> anyhow::Result<()> {
+    let (_datadir, mut ledger) = super::open_ledger(dir)?;
+    let batch_size = usize::try_from(_datadir.config.submit.batch_size).unwrap_or(1000);
+    let rx = spawn_line_reader(path, batch_size * 4)?;
 
     let mut accepted = 0u64;
     // Block for the first line, then take whatever else has already arrived.
@@ -161,10 +181,14 @@ fn run_jsonl(dir: &Path, path: &Path) -> anyhow::Result<()> {
         let mut batch = Vec::with_capacity(batch_size);
         let mut failure = None;
         for msg in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
-            match msg
-                .context("cannot read the input")
-                .and_then(|(n, line)| parse_line(&ledger, n, &line))
-            {
+            let parsed = msg.context("cannot read the input").and_then(|(n, line)| {
+                let sub = parse_line(n, &line)?;
+                if let Some(sub) = &sub {
+                    ledger.check(sub).with_context(|| format!("line {n}"))?;
+                }
+                Ok(sub)
+            });
+            match parsed {
                 Ok(Some(sub)) => batch.push(sub),
                 Ok(None) => {}
                 Err(e) => {
@@ -183,43 +207,99 @@ fn run_jsonl(dir: &Path, path: &Path) -> anyhow::Result<()> {
         }
         if let Some(e) = failure {
             ledger.close()?;
-            return Err(e.context(format!(
-                "{accepted} units before this line were accepted (printed above); fix the line and submit the rest from there"
-            )));
+            return Err(stopped_at(e, accepted));
         }
     }
     ledger.close()?;
     Ok(())
 }
 
-fn parse_line(ledger: &Ledger, n: u64, line: &str) -> anyhow::Result<Option<Submission>> {
+/// `--jsonl` through a running node: pipelined requests, receipts printed in order.
+fn run_jsonl_through(mut node: ControlClient, path: &Path) -> anyhow::Result<()> {
+    let rx = spawn_line_reader(path, IN_FLIGHT * 4)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut in_flight: VecDeque<u64> = VecDeque::new();
+    let mut accepted = 0u64;
+    // The first failure by line number: a refusal of an earlier line in flight wins over a
+    // bad line found later.
+    let mut failure: Option<(u64, anyhow::Error)> = None;
+    let mut input_done = false;
+    loop {
+        if !input_done && failure.is_none() && in_flight.len() < IN_FLIGHT {
+            let msg = if in_flight.is_empty() {
+                out.flush()?;
+                rx.recv().ok()
+            } else {
+                match rx.try_recv() {
+                    Ok(msg) => Some(msg),
+                    Err(mpsc::TryRecvError::Empty) => None,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        input_done = true;
+                        None
+                    }
+                }
+            };
+            match msg {
+                None if in_flight.is_empty() => input_done = true,
+                None => {}
+                Some(Err(e)) => {
+                    failure =
+                        Some((u64::MAX, anyhow::Error::new(e).context("cannot read the input")));
+                }
+                Some(Ok((n, line))) => {
+                    match parse_line(n, &line) {
+                        Ok(Some(sub)) => {
+                            node.queue(&protocol::submit_request(&sub))
+                                .context("cannot send to the node")?;
+                            in_flight.push_back(n);
+                        }
+                        Ok(None) => {}
+                        Err(e) => failure = Some((n, e)),
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(n) = in_flight.pop_front() else {
+            if input_done || failure.is_some() {
+                break;
+            }
+            continue;
+        };
+        node.flush().context("cannot send to the node")?;
+        match node.recv().context("cannot read the node's reply")? {
+            Some(Reply::Receipt(line)) => {
+                accepted += 1;
+                out.write_all(line.as_bytes())?;
+                out.write_all(b"\n")?;
+            }
+            Some(Reply::Error { message, .. }) => {
+                if failure.as_ref().is_none_or(|(at, _)| n < *at) {
+                    failure = Some((n, anyhow!("line {n}: {message}")));
+                }
+            }
+            Some(other) => bail!("the node answered {other:?} to a submit"),
+            None => bail!(
+                "the node closed the connection before answering line {n}; {accepted} units were accepted (printed above); check the node's log and submit the rest from line {n}"
+            ),
+        }
+    }
+    out.flush()?;
+    match failure {
+        Some((_, e)) => Err(stopped_at(e, accepted)),
+        None => Ok(()),
+    }
+}
+
+fn parse_line(n: u64, line: &str) -> anyhow::Result<Option<Submission>> {
     if line.trim().is_empty() {
         return Ok(None);
     }
-    let parsed: JsonLine = serde_json::from_str(line).with_context(|| {
-        format!("line {n}: not a unit; expected {{\"kind\":\"TUBT\",\"urgent\":false,\"body\":<any JSON>}}")
-    })?;
-    let kind: UnitKind = parsed.kind.parse().with_context(|| format!("line {n}"))?;
-    if parsed.urgent && parsed.background {
-        bail!("line {n}: a unit is either urgent or background, not both");
-    }
-    let physkey = match parsed.physkey {
-        Some(k) => Some(k.parse::<Physkey>().with_context(|| format!("line {n}"))?),
-        None => None,
-    };
-    let mut scopes = FileScopes::NONE;
-    for s in &parsed.scopes {
-        scopes = scopes.union(
-            parse_scope(s).map_err(anyhow::Error::msg).with_context(|| format!("line {n}"))?,
-        );
-    }
-    let sub = Submission {
-        kind,
-        urgency: urgency(parsed.urgent, parsed.background),
-        scopes,
-        physkey,
-        payload: serde_json::to_vec(&parsed.body)?,
-    };
-    ledger.check(&sub).with_context(|| format!("line {n}"))?;
-    Ok(Some(sub))
+    protocol::parse_submit_line(line).map(Some).map_err(|e| match e {
+        RequestError::Fields { source, .. } => anyhow!(
+            "line {n}: not a unit ({source}); expected {{\"kind\":\"TUBT\",\"urgent\":false,\"body\":<any JSON>}}"
+        ),
+        other => anyhow!("line {n}: {other}"),
+    })
 }

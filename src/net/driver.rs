@@ -9,9 +9,12 @@
 //! - Time: the wall clock in microseconds, read here and passed in; the core clamps it.
 //! - Status: a snapshot of [`crate::proto::Node::status`] is written to `run/status.json` in the
 //!   data directory every second (atomically), so `meshnode --status` can show a running node.
+//! - Control socket ([`crate::control`]): its requests become `Input::Submit` and
+//!   `Input::Acknowledge`; `Output::Accepted`/`Refused`/`Deliver` go to its clients. Without a
+//!   control socket (`control: None`) those outputs are only logged, and units stay behind the
+//!   durable cursor until an application acknowledges them.
 //!
-//! Not yet here (the LAN issue goes on): QUIC, the control socket, delivery to subscribers
-//! (units stay behind the durable cursor until an application acknowledges them).
+//! Not yet here: QUIC.
 
 use std::collections::HashMap;
 use std::io;
@@ -25,6 +28,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::control::server::{Control, ControlConfig, ControlEvent};
 use crate::net::discovery::{group_receiver, group_sender};
 use crate::net::handshake::LinkParams;
 use crate::net::tcp::TcpLink;
@@ -51,6 +55,8 @@ pub struct DriverConfig {
     pub connect_timeout: Duration,
     /// Where the status snapshot goes (`None`: nowhere).
     pub status_path: Option<PathBuf>,
+    /// The control socket (`None`: none).
+    pub control: Option<ControlConfig>,
 }
 
 /// What the IO tasks tell the loop.
@@ -107,14 +113,32 @@ pub async fn run<S: Store>(
     let listener = TcpListener::from_std(cfg.listener)?;
     spawn_accept_loop(listener, params.clone(), cfg.connect_timeout, next_link.clone(), tx.clone());
 
+    let mut control = match &cfg.control {
+        Some(c) => {
+            let cursor = node.ledger().store().cursor(&c.app).map_err(io::Error::other)?;
+            let payload_limit = node.ledger().payload_limit();
+            Some(Control::start(c, cursor, payload_limit).map_err(io::Error::other)?)
+        }
+        None => None,
+    };
+
     let mut writers: HashMap<LinkId, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut status_every = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
     node.handle_timeout(wall_time());
     loop {
         while let Some(out) = node.poll_output() {
-            execute(out, &senders, &mut writers, &params, cfg.connect_timeout, &next_link, &tx)
-                .await;
+            let out = match control.as_mut() {
+                Some(control) => control.handle_output(out),
+                None => Some(out),
+            };
+            if let Some(out) = out {
+                execute(out, &senders, &mut writers, &params, cfg.connect_timeout, &next_link, &tx)
+                    .await;
+            }
+        }
+        if let Some(control) = control.as_mut() {
+            control.pump(node.ledger().store());
         }
         let wait = node
             .poll_timeout()
@@ -127,6 +151,11 @@ pub async fn run<S: Store>(
                 let Some(event) = event else { break };
                 feed(&mut node, event, &mut writers);
             }
+            Some(event) = recv_control(&mut control) => {
+                if let Some(control) = control.as_mut() {
+                    control.handle_event(&mut node, wall_time(), event);
+                }
+            }
             () = tokio::time::sleep(wait) => node.handle_timeout(wall_time()),
             _ = status_every.tick() => {
                 if let Some(path) = &cfg.status_path {
@@ -137,10 +166,32 @@ pub async fn run<S: Store>(
     }
     // Closing the writers ends the links; the peers see them go down.
     writers.clear();
+    if let Some(mut control) = control {
+        // Acknowledgements already read count (the cursor is flushed when the ledger closes);
+        // what a client sends from here on is not read, and it sees the connection close.
+        while let Some(event) = control.try_recv() {
+            if let ControlEvent::Request {
+                request: crate::control::protocol::Request::Ack { .. },
+                ..
+            } = event
+            {
+                control.handle_event(&mut node, wall_time(), event);
+            }
+        }
+        control.close();
+    }
     if let Some(path) = &cfg.status_path {
         let _ = std::fs::remove_file(path);
     }
     Ok(node)
+}
+
+/// The next control event, or never when there is no control socket.
+async fn recv_control(control: &mut Option<Control>) -> Option<ControlEvent> {
+    match control {
+        Some(control) => control.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn nonblocking(socket: StdUdpSocket) -> io::Result<StdUdpSocket> {
@@ -222,8 +273,8 @@ async fn execute(
             debug!(origin = %receipt.origin, seq = receipt.seq, "accepted")
         }
         Output::Refused { reason } => warn!(%reason, "submission refused"),
-        // No subscriber yet: the unit stays behind the durable cursor and is delivered again
-        // when an application subscribes.
+        // No control socket: the unit stays behind the durable cursor and is delivered again
+        // at the next start.
         Output::Deliver(_) => {}
     }
 }

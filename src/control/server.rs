@@ -1,0 +1,435 @@
+//! The node's side of the control socket, run inside the driver's tokio loop.
+//!
+//! Topology: one accept task; per connection a reader task (bounded lines in, parsed into
+//! [`ControlEvent`]s on one bounded channel to the loop) and a writer task (reply lines out of
+//! a bounded queue). The loop owns [`Control`], which turns requests into core inputs
+//! (`Input::Submit`, `Input::Acknowledge`), routes `Output::Accepted`/`Refused` back to the
+//! requesting connection in submission order, and streams `Output::Deliver`ed units to the
+//! subscriber within its window (see [`super::delivery`]).
+//!
+//! This module makes no protocol decisions of the core's and does not authenticate clients:
+//! access is the file mode (0600, in a 0700 data directory).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde_json::json;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::delivery::{AckOutcome, ClientId, Deliveries};
+use super::protocol::{self, Request};
+use super::ControlError;
+use crate::id::DatabaseId;
+use crate::proto::{Input, Node, Output, Protocol, Time};
+use crate::store::Store;
+
+/// Reply lines queued for one connection before it is judged stuck and closed. Larger than the
+/// subscriber window, so a subscriber that reads is never closed.
+const CLIENT_QUEUE: usize = 4 * super::delivery::WINDOW_UNITS;
+/// Requests parsed and waiting for the loop, from all connections together.
+const EVENT_QUEUE: usize = 1024;
+
+/// Where the control socket goes and whose cursor it serves.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// The socket path (`D/run/control.sock`).
+    pub socket: PathBuf,
+    /// The application whose delivery cursor the node keeps (`NodeConfig::app`).
+    pub app: String,
+}
+
+/// What the connection tasks tell the loop.
+#[derive(Debug)]
+pub enum ControlEvent {
+    /// A client connected; replies go to `writer`.
+    Connected {
+        /// Its id.
+        client: ClientId,
+        /// Its reply queue.
+        writer: mpsc::Sender<String>,
+    },
+    /// A well-formed request.
+    Request {
+        /// Who asked.
+        client: ClientId,
+        /// What.
+        request: Request,
+    },
+    /// A line that is not a request; answered with an error line.
+    Bad {
+        /// Who sent it.
+        client: ClientId,
+        /// The error line's message.
+        message: String,
+    },
+    /// The client went away (or was cut off after an over-long line).
+    Closed {
+        /// Who.
+        client: ClientId,
+    },
+}
+
+struct Client {
+    /// `None` once the client stopped reading (queue full) or its socket failed for writing.
+    /// Its requests still count: an acknowledgement it sent before dying moves the cursor.
+    writer: Option<mpsc::Sender<String>>,
+    /// A submit of this connection was refused: later ones are not submitted, so nothing after
+    /// a refused unit is stored (the connection keeps the application's order).
+    refusing: bool,
+}
+
+/// The control socket's state in the driver loop.
+pub struct Control {
+    path: PathBuf,
+    events: mpsc::Receiver<ControlEvent>,
+    clients: HashMap<ClientId, Client>,
+    /// Who submitted, in order: each `Accepted`/`Refused` answers the front.
+    submits: VecDeque<ClientId>,
+    deliveries: Deliveries,
+}
+
+impl Control {
+    /// Binds the socket (replacing a stale one: the caller holds the data directory's lock) and
+    /// starts accepting. Must run inside a tokio runtime.
+    pub fn start(
+        cfg: &ControlConfig,
+        cursor: BTreeMap<DatabaseId, u64>,
+        payload_limit: usize,
+    ) -> Result<Control, ControlError> {
+        let listener = bind(&cfg.socket)?;
+        listener
+            .set_nonblocking(true)
+            .and_then(|()| UnixListener::from_std(listener))
+            .map(|listener| {
+                // Hex doubles a binary payload; the rest of a request is small.
+                let line_limit = payload_limit.saturating_mul(2).saturating_add(64 << 10);
+                let (tx, events) = mpsc::channel(EVENT_QUEUE);
+                spawn_accept_loop(listener, line_limit, tx);
+                info!(socket = %cfg.socket.display(), "control socket ready");
+                Control {
+                    path: cfg.socket.clone(),
+                    events,
+                    clients: HashMap::new(),
+                    submits: VecDeque::new(),
+                    deliveries: Deliveries::new(cursor),
+                }
+            })
+            .map_err(|source| ControlError::Bind { path: cfg.socket.clone(), source })
+    }
+
+    /// The next event from the connections (never `None` while the accept task runs).
+    pub async fn recv(&mut self) -> Option<ControlEvent> {
+        self.events.recv().await
+    }
+
+    /// An event that is already queued, without waiting (for draining at shutdown).
+    pub fn try_recv(&mut self) -> Option<ControlEvent> {
+        self.events.try_recv().ok()
+    }
+
+    /// Acts on one event: requests become core inputs or direct replies.
+    pub fn handle_event<S: Store>(&mut self, node: &mut Node<S>, now: Time, event: ControlEvent) {
+        match event {
+            ControlEvent::Connected { client, writer } => {
+                self.clients.insert(client, Client { writer: Some(writer), refusing: false });
+            }
+            ControlEvent::Closed { client } => self.drop_client(client),
+            ControlEvent::Bad { client, message } => {
+                self.reply(client, protocol::error_line(&message))
+            }
+            ControlEvent::Request { client, request } => {
+                let Some(c) = self.clients.get(&client) else { return };
+                match request {
+                    Request::Submit(sub) => {
+                        if c.refusing {
+                            self.reply(client, protocol::error_line(
+                                "not submitted: an earlier submit on this connection was refused; reconnect to submit again",
+                            ));
+                            return;
+                        }
+                        self.submits.push_back(client);
+                        node.handle(now, Input::Submit(sub));
+                    }
+                    Request::Subscribe { .. } if c.writer.is_none() => {}
+                    Request::Subscribe { from_start } => {
+                        match self.deliveries.subscribe(client, from_start) {
+                            Ok(()) => {
+                                debug!(client = client.0, from_start, "subscribed");
+                                self.reply(client, protocol::subscribed_line(from_start));
+                            }
+                            Err(busy) => {
+                                let message = busy.to_string();
+                                let code = protocol::SUBSCRIBER_BUSY;
+                                self.reply(client, protocol::error_line_with_code(&message, code))
+                            }
+                        }
+                    }
+                    Request::Ack { origin, seq } => {
+                        match self.deliveries.acknowledge(origin, seq) {
+                            Ok(outcome) => {
+                                if outcome == AckOutcome::Moved {
+                                    node.handle(now, Input::Acknowledge { origin, seq });
+                                }
+                                self.reply(client, protocol::acked_line(&origin, seq));
+                            }
+                            Err(e) => self.reply(client, protocol::error_line(&e.to_string())),
+                        }
+                    }
+                    Request::Status => {
+                        let line = json!({
+                            "status": node.status(),
+                            "control": {
+                                "clients": self.clients.len(),
+                                "subscribed": self.deliveries.subscriber().is_some(),
+                                "pending": self.deliveries.pending(),
+                            },
+                        })
+                        .to_string();
+                        self.reply(client, line);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes the outputs meant for control clients; gives the others back to the driver.
+    pub fn handle_output(&mut self, out: Output) -> Option<Output> {
+        match out {
+            Output::Accepted(receipt) => {
+                if let Some(client) = self.submits.pop_front() {
+                    self.reply(client, protocol::receipt_line(&receipt));
+                }
+                None
+            }
+            Output::Refused { reason } => {
+                warn!(%reason, "submission refused");
+                if let Some(client) = self.submits.pop_front() {
+                    if let Some(c) = self.clients.get_mut(&client) {
+                        c.refusing = true;
+                    }
+                    let message = format!("unit refused; nothing was written: {reason}");
+                    self.reply(client, protocol::error_line(&message));
+                }
+                None
+            }
+            Output::Deliver(unit) => {
+                self.deliveries.handle_deliver(unit.origin, unit.seq);
+                None
+            }
+            other => Some(other),
+        }
+    }
+
+    /// Sends the subscriber what its window allows, reading the units from `store`.
+    pub fn pump<S: Store>(&mut self, store: &S) {
+        while let Some((client, origin, seq)) = self.deliveries.poll_send() {
+            match store.get(&origin, seq) {
+                Ok(Some(unit)) => {
+                    if !self.queue(client, protocol::unit_line(&unit)) {
+                        return;
+                    }
+                    self.deliveries.mark_sent(origin, seq, unit.payload.len());
+                }
+                Ok(None) => self.deliveries.skip(origin, seq),
+                Err(err) => {
+                    warn!(%origin, seq, %err, "cannot read a unit for the subscriber");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Removes the socket file (the connections end with the runtime).
+    pub fn close(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    fn reply(&mut self, client: ClientId, line: String) {
+        self.queue(client, line);
+    }
+
+    /// Queues a line; a client whose queue is full is cut off (its connection is closed for
+    /// writing; what it already sent is still read). Returns whether it was queued.
+    fn queue(&mut self, client: ClientId, line: String) -> bool {
+        let Some(c) = self.clients.get_mut(&client) else { return false };
+        let Some(writer) = &c.writer else { return false };
+        match writer.try_send(line) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(client = client.0, "control client does not read its replies: closing it");
+                c.writer = None;
+                self.deliveries.unsubscribe(client);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                debug!(client = client.0, "control client stopped reading");
+                c.writer = None;
+                self.deliveries.unsubscribe(client);
+                false
+            }
+        }
+    }
+
+    fn drop_client(&mut self, client: ClientId) {
+        self.clients.remove(&client);
+        self.deliveries.unsubscribe(client);
+    }
+}
+
+/// Binds `path` with mode 0600: bound under a temporary name, restricted, then renamed over
+/// whatever is at `path` (a stale socket of a node that is gone), so no one ever connects to a
+/// socket with a wider mode.
+fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, ControlError> {
+    let err = |source| ControlError::Bind { path: path.to_path_buf(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_extension(format!("sock.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = std::os::unix::net::UnixListener::bind(&tmp).map_err(err)?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
+    Ok(listener)
+}
+
+fn spawn_accept_loop(listener: UnixListener, line_limit: usize, tx: mpsc::Sender<ControlEvent>) {
+    let next = Arc::new(AtomicU64::new(1));
+    tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    warn!(%err, "control accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let client = ClientId(next.fetch_add(1, Ordering::Relaxed));
+            spawn_connection(stream, client, line_limit, tx.clone());
+        }
+    });
+}
+
+fn spawn_connection(
+    stream: UnixStream,
+    client: ClientId,
+    line_limit: usize,
+    tx: mpsc::Sender<ControlEvent>,
+) {
+    let (read, write) = stream.into_split();
+    let (wtx, wrx) = mpsc::channel::<String>(CLIENT_QUEUE);
+    tokio::spawn(async move {
+        if tx.send(ControlEvent::Connected { client, writer: wtx }).await.is_err() {
+            return;
+        }
+        debug!(client = client.0, "control client connected");
+        tokio::spawn(write_replies(write, wrx));
+        read_requests(read, client, line_limit, &tx).await;
+        let _ = tx.send(ControlEvent::Closed { client }).await;
+        debug!(client = client.0, "control client gone");
+    });
+}
+
+async fn read_requests(
+    read: OwnedReadHalf,
+    client: ClientId,
+    line_limit: usize,
+    tx: &mpsc::Sender<ControlEvent>,
+) {
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let event = match read_line(&mut reader, &mut line, line_limit).await {
+            Ok(LineRead::Eof) => return,
+            Err(err) => {
+                debug!(client = client.0, %err, "control read failed");
+                return;
+            }
+            Ok(LineRead::TooLong) => {
+                let message = format!(
+                    "request line over {line_limit} bytes; closing the connection (payloads are limited by payload_limit in meshnode.toml)"
+                );
+                let _ = tx.send(ControlEvent::Bad { client, message }).await;
+                return;
+            }
+            Ok(LineRead::Line) => {
+                let text = String::from_utf8_lossy(&line);
+                if text.trim().is_empty() {
+                    continue;
+                }
+                match protocol::parse_request(text.trim_end_matches('\r')) {
+                    Ok(request) => ControlEvent::Request { client, request },
+                    Err(e) => ControlEvent::Bad { client, message: e.to_string() },
+                }
+            }
+        };
+        if tx.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
+enum LineRead {
+    Line,
+    Eof,
+    TooLong,
+}
+
+/// Reads one line into `buf` (without the newline), refusing lines over `limit` bytes before
+/// buffering them. A last line without a newline counts as a line.
+async fn read_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> io::Result<LineRead> {
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if buf.is_empty() { LineRead::Eof } else { LineRead::Line });
+        }
+        let (take, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(i) => (i, true),
+            None => (available.len(), false),
+        };
+        if buf.len().saturating_add(take) > limit {
+            return Ok(LineRead::TooLong);
+        }
+        buf.extend_from_slice(&available[..take]);
+        reader.consume(if done { take + 1 } else { take });
+        if done {
+            return Ok(LineRead::Line);
+        }
+    }
+}
+
+async fn write_replies(write: OwnedWriteHalf, mut rx: mpsc::Receiver<String>) {
+    let mut out = BufWriter::new(write);
+    while let Some(line) = rx.recv().await {
+        let mut next = Some(line);
+        // Write what is queued, then flush once.
+        while let Some(line) = next {
+            if out.write_all(line.as_bytes()).await.is_err() || out.write_all(b"\n").await.is_err()
+            {
+                return;
+            }
+            next = rx.try_recv().ok();
+        }
+        if out.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = out.shutdown().await;
+}

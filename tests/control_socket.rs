@@ -1,0 +1,440 @@
+//! The control socket through the real binary: `submit` through a running node, `subscribe`
+//! on another node of the same system, crashes and clean restarts of either side, and what a
+//! client that sends garbage gets. Nodes run on loopback, each test on its own discovery port
+//! (so tests run in parallel); every wait has a deadline.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{cmd, ok, s};
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A running node, killed when dropped (also when the test fails).
+struct Running {
+    child: Child,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Running {
+    /// Starts a node and waits until its control socket answers.
+    fn start(dir: &Path, port: u16) -> Running {
+        let log = dir.with_extension("log");
+        let child = cmd(&[
+            "run",
+            "--data-dir",
+            s(dir),
+            "--discovery-if",
+            "127.0.0.1",
+            "--discovery-port",
+            &port.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("MESHNODE_LOG", "meshnode=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap())
+        .spawn()
+        .expect("start meshnode run");
+        let node = Running { child, dir: dir.to_path_buf(), log };
+        wait_for("the control socket", &[&node], || UnixStream::connect(socket(dir)).is_ok());
+        node
+    }
+
+    /// SIGTERM, then wait for a clean exit within a deadline.
+    fn stop(mut self) {
+        signal(&self.child, libc::SIGTERM);
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "node exited with {status}: {}", self.log_text());
+                assert!(!socket(&self.dir).exists(), "the socket is removed at a clean stop");
+                return;
+            }
+            assert!(Instant::now() < deadline, "node did not stop: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+}
+
+fn socket(dir: &Path) -> PathBuf {
+    dir.join("run/control.sock")
+}
+
+/// A UDP port free on loopback now (each test its own, so parallel meshes do not meet).
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn status(dir: &Path) -> Value {
+    serde_json::from_str(&ok(&["--status", "--json", "--data-dir", s(dir)])).unwrap()
+}
+
+/// Polls `check` until it holds or the deadline passes (then fails with `what` and the logs).
+fn wait_for(what: &str, nodes: &[&Running], mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check() {
+        if Instant::now() > deadline {
+            let logs: Vec<String> = nodes.iter().map(|n| n.log_text()).collect();
+            panic!("timed out waiting for {what}; logs:\n{}", logs.join("\n----\n"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn member_dirs(root: &Path, names: &[&str]) -> Vec<PathBuf> {
+    let first = common::init(root, names[0], &["--system", "1,2,3,4"]);
+    let join = root.join("join.key");
+    ok(&["key", "export", "--data-dir", s(&first), "--out", s(&join)]);
+    let mut dirs = vec![first];
+    for name in &names[1..] {
+        dirs.push(common::init(root, name, &["--join", s(&join)]));
+    }
+    dirs
+}
+
+fn dbid(dir: &Path) -> String {
+    status(dir)["dbid"].as_str().unwrap().to_string()
+}
+
+/// `submit --jsonl` of `bodies` (JSON texts); returns the receipts. Asserts success.
+fn submit_jsonl(dir: &Path, lines: &str) -> Vec<Value> {
+    let out =
+        common::run_with_input(&["submit", "--data-dir", s(dir), "--jsonl", "-"], lines.as_bytes());
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    common::text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn sale_lines(from: usize, to: usize, pad: usize) -> String {
+    (from..to)
+        .map(|i| {
+            format!(
+                "{{\"body\":{{\"sale\":{i},\"pad\":\"{}\"}},\"urgent\":{}}}\n",
+                "x".repeat(pad),
+                i % 7 == 0
+            )
+        })
+        .collect()
+}
+
+/// A `meshnode subscribe` process whose complete stdout lines arrive on a channel.
+struct Subscriber {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    err: PathBuf,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Subscriber {
+    fn start(dir: &Path, extra: &[&str]) -> Subscriber {
+        let (mut child, err) = spawn_subscriber(dir, extra);
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in complete_lines(stdout) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Subscriber { child, lines, err }
+    }
+
+    /// The next `n` lines as JSON, within the deadline.
+    fn take(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + DEADLINE;
+        (0..n)
+            .map(|i| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                    panic!("line {i} of {n} did not come; stderr: {}", self.stderr())
+                });
+                serde_json::from_str(&line).unwrap()
+            })
+            .collect()
+    }
+
+    /// SIGTERM; expects a clean exit and returns the lines printed since the last `take`.
+    fn stop(mut self) -> Vec<Value> {
+        signal(&self.child, libc::SIGTERM);
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "subscriber did not stop: {}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "subscriber exited with {status}: {}", self.stderr());
+        let mut rest = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            rest.push(serde_json::from_str(&line).unwrap());
+        }
+        rest
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+}
+
+fn spawn_subscriber(dir: &Path, extra: &[&str]) -> (Child, PathBuf) {
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNT.fetch_add(1, Ordering::Relaxed);
+    let err = dir.with_extension(format!("subscribe.{n}.err"));
+    let mut args = vec!["subscribe", "--data-dir", s(dir)];
+    args.extend_from_slice(extra);
+    let child = cmd(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("start meshnode subscribe");
+    (child, err)
+}
+
+/// The newline-terminated lines of `stdout` until EOF (a cut last line is dropped, as a
+/// consumer of a killed subscriber must).
+fn complete_lines(mut stdout: ChildStdout) -> impl Iterator<Item = String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    std::iter::from_fn(move || loop {
+        if let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            return Some(String::from_utf8_lossy(&line[..i]).into_owned());
+        }
+        match stdout.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    })
+}
+
+fn seqs(lines: &[Value]) -> Vec<u64> {
+    lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn submit_through_a_running_node_reaches_a_subscriber_on_another_node() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = member_dirs(root.path(), &["a", "b"]);
+    let (a, b) = (&dirs[0], &dirs[1]);
+    let origin = dbid(a);
+    let port = free_port();
+    let node_a = Running::start(a, port);
+    let node_b = Running::start(b, port);
+    let mode = std::fs::metadata(socket(a)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the control socket is for the owner only");
+
+    // One unit from a file, then JSON lines: the directory is locked by the node, so these
+    // can only have gone through its socket.
+    let payload = root.path().join("sale.json");
+    std::fs::write(&payload, br#"{"sale":9.95}"#).unwrap();
+    let first = ok(&["submit", "--data-dir", s(a), "--file", s(&payload)]);
+    let first: Value = serde_json::from_str(first.trim()).unwrap();
+    assert_eq!((first["origin"].as_str(), first["seq"].as_u64()), (Some(origin.as_str()), Some(1)));
+    let mut receipts = vec![first];
+    receipts.extend(submit_jsonl(a, &sale_lines(0, 20, 10)));
+    assert_eq!(seqs(&receipts), (1..=21).collect::<Vec<_>>());
+
+    // A bad line through the node: its number, the lines before it kept, nothing after.
+    let input = "{\"body\":1}\n{\"body\":2}\n{\"kind\":\"TUXX\",\"body\":3}\n{\"body\":4}\n";
+    let out =
+        common::run_with_input(&["submit", "--data-dir", s(a), "--jsonl", "-"], input.as_bytes());
+    assert!(!out.status.success());
+    let err = common::text(&out.stderr);
+    assert!(err.contains("line 3") && err.contains("TUXX"), "{err}");
+    let kept: Vec<Value> =
+        common::text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(seqs(&kept), [22, 23]);
+    receipts.extend(kept);
+    // An oversized payload is refused by the node as it was by the store.
+    let big = vec![b'x'; (1 << 20) + 1];
+    let out = common::run_with_input(&["submit", "--data-dir", s(a)], &big);
+    assert!(!out.status.success());
+    let err = common::text(&out.stderr);
+    assert!(err.contains("1048577") && err.contains("payload_limit"), "{err}");
+
+    // The other node delivers each unit once, in order, with everything a POS needs.
+    let sub = Subscriber::start(b, &[]);
+    let lines = sub.take(23);
+    assert_eq!(seqs(&lines), (1..=23).collect::<Vec<_>>());
+    for (line, receipt) in lines.iter().zip(&receipts) {
+        assert_eq!(line["origin"], origin.as_str());
+        assert_eq!(line["physkey"], receipt["physkey"]);
+        assert_eq!(line["kind"], "TUBT");
+        assert!(line["urgency"].is_string(), "{line}");
+    }
+    assert_eq!(lines[0]["payload"], r#"{"sale":9.95}"#);
+    assert_eq!(lines[1]["payload"], r#"{"pad":"xxxxxxxxxx","sale":0}"#);
+    assert_eq!(lines[1]["urgency"], "urgent");
+    assert_eq!(lines[2]["urgency"], "normal");
+    assert_eq!(lines[22]["payload"], "2");
+
+    // `--status` asks the running node.
+    let st = status(b);
+    assert_eq!(st["running"], true);
+    assert_eq!(st["units_total"], 23);
+    assert!(sub.stop().is_empty(), "nothing more to print");
+
+    node_a.stop();
+    node_b.stop();
+    // No node: submit opens the store directly again.
+    let direct = submit_jsonl(a, "{\"body\":5}\n");
+    assert_eq!(seqs(&direct), [24]);
+}
+
+#[test]
+fn garbage_on_the_socket_gets_an_error_line_and_the_node_keeps_running() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = member_dirs(root.path(), &["a"]);
+    let a = &dirs[0];
+    let node = Running::start(a, free_port());
+    let stream = UnixStream::connect(socket(a)).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut ask = |line: &[u8]| -> Value {
+        writer.write_all(line).unwrap();
+        let mut reply = String::new();
+        reader.read_line(&mut reply).unwrap();
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"))
+    };
+    for garbage in [
+        &b"garbage\n"[..],
+        b"\xff\xfe\n",
+        b"[1,2]\n",
+        b"{\"op\":\"launch\"}\n",
+        b"{\"op\":\"submit\"}\n",
+        b"{\"op\":\"ack\",\"origin\":\"AAAAAAAAAAAAAAA\",\"seq\":5}\n",
+    ] {
+        let reply = ask(garbage);
+        assert!(reply["error"].is_string(), "{garbage:?} got {reply}");
+    }
+    // Still serving, on the same connection and to the CLI.
+    let reply = ask(b"{\"op\":\"status\"}\n");
+    assert_eq!(reply["status"]["units_total"], 0, "{reply}");
+    assert_eq!(reply["control"]["clients"], 1, "{reply}");
+    let reply = ask(b"{\"op\":\"submit\",\"body\":{\"ok\":true}}\n");
+    assert_eq!(reply["seq"], 1, "{reply}");
+    // One subscriber at a time.
+    assert!(ask(b"{\"op\":\"subscribe\"}\n")["subscribed"].is_object());
+    let mut other = UnixStream::connect(socket(a)).unwrap();
+    other.write_all(b"{\"op\":\"subscribe\"}\n").unwrap();
+    let mut reply = String::new();
+    BufReader::new(&other).read_line(&mut reply).unwrap();
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["code"], "subscriber_busy", "{reply}");
+    assert_eq!(status(a)["running"], true);
+    node.stop();
+}
+
+#[test]
+fn a_subscriber_killed_mid_stream_loses_nothing_and_repeats_at_most_one_line() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = member_dirs(root.path(), &["a", "b"]);
+    let (a, b) = (&dirs[0], &dirs[1]);
+    let port = free_port();
+    let node_a = Running::start(a, port);
+    let node_b = Running::start(b, port);
+    // ~1 KB lines: far more than a pipe holds, so the subscriber blocks on stdout mid-stream.
+    const N: u64 = 400;
+    submit_jsonl(a, &sale_lines(0, N as usize, 1000));
+    wait_for("b to hold every unit", &[&node_a, &node_b], || status(b)["units_total"] == N);
+
+    let (mut child, _err) = spawn_subscriber(b, &[]);
+    let mut lines = complete_lines(child.stdout.take().unwrap());
+    let mut first: Vec<Value> =
+        lines.by_ref().take(50).map(|l| serde_json::from_str(&l).unwrap()).collect();
+    assert_eq!(first.len(), 50);
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+    first.extend(lines.map(|l| serde_json::from_str::<Value>(&l).unwrap()));
+    let printed = seqs(&first);
+    assert_eq!(printed, (1..=printed.len() as u64).collect::<Vec<_>>());
+    let last = *printed.last().unwrap();
+    assert!(last < N, "killed mid-stream (printed {last} of {N})");
+
+    let sub = Subscriber::start(b, &[]);
+    let head = sub.take(1);
+    let start = head[0]["seq"].as_u64().unwrap();
+    assert!(
+        start == last || start == last + 1,
+        "restarted at {start} after printing {last}: {}",
+        node_b.log_text()
+    );
+    let rest = sub.take((N - start) as usize);
+    let again: Vec<u64> = std::iter::once(start).chain(seqs(&rest)).collect();
+    assert_eq!(again, (start..=N).collect::<Vec<_>>(), "no unit lost, each in order");
+    assert!(sub.stop().is_empty());
+    node_a.stop();
+    node_b.stop();
+}
+
+#[test]
+fn clean_restarts_of_the_node_and_the_subscriber_print_each_unit_once() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = member_dirs(root.path(), &["a", "b"]);
+    let (a, b) = (&dirs[0], &dirs[1]);
+    let port = free_port();
+    let node_a = Running::start(a, port);
+    let node_b = Running::start(b, port);
+    submit_jsonl(a, &sale_lines(0, 10, 10));
+    let sub = Subscriber::start(b, &[]);
+    assert_eq!(seqs(&sub.take(10)), (1..=10).collect::<Vec<_>>());
+
+    // The node stops cleanly while the subscriber waits; units arrive meanwhile elsewhere.
+    node_b.stop();
+    submit_jsonl(a, &sale_lines(10, 20, 10));
+    let node_b = Running::start(b, port);
+    assert_eq!(seqs(&sub.take(10)), (11..=20).collect::<Vec<_>>(), "continues where it stopped");
+
+    // The subscriber stops cleanly; a new one starts after the last line printed.
+    assert!(sub.stop().is_empty(), "no line twice");
+    submit_jsonl(a, "{\"body\":\"late\"}\n");
+    let sub = Subscriber::start(b, &[]);
+    let next = sub.take(1);
+    assert_eq!(next[0]["seq"], 21);
+    assert_eq!(next[0]["payload"], "\"late\"");
+    assert!(sub.stop().is_empty());
+
+    // --from-start replays what was acknowledged, from seq 1.
+    let sub = Subscriber::start(b, &["--from-start"]);
+    assert_eq!(seqs(&sub.take(21)), (1..=21).collect::<Vec<_>>());
+    assert!(sub.stop().is_empty());
+    node_a.stop();
+    node_b.stop();
+}
