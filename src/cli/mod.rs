@@ -3,6 +3,7 @@
 //! Errors are `anyhow` here (and only here): each carries the context an operator needs, is
 //! printed as `error: ...` on stderr, and exits with status 1 (2 for argument errors, by clap).
 
+mod demo;
 mod init;
 mod key;
 mod log;
@@ -61,6 +62,9 @@ enum Command {
     Log(log::LogCommand),
     /// Rebuild the store from the daily log files alone.
     Rebuild(rebuild::RebuildArgs),
+    /// Three nodes of a fresh system on loopback: they find each other, sample sales
+    /// submitted at one arrive at the others. Cleans up after itself.
+    Demo,
     /// Run the node: find peers on the LAN, link, and carry units until SIGINT/SIGTERM.
     Run(run::RunArgs),
 }
@@ -102,6 +106,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Log(cmd)) => log::run(dir.as_deref(), cmd),
         Some(Command::Rebuild(args)) => rebuild::run(&data_dir(dir)?, args),
         Some(Command::Run(args)) => run::run(&data_dir(dir)?, args),
+        Some(Command::Demo) => demo::run(),
         None => anyhow::bail!("nothing to do; see `meshnode --help`"),
     }
 }
