@@ -132,6 +132,13 @@ fn three_nodes_on_loopback_find_each_other_and_converge() {
                 && peers.iter().filter(|p| p["state"] == "up").count() == 2
         })
     });
+    // The operator's table says who is up and what the node listens on.
+    let table = ok(&["--status", "--data-dir", s(&dirs[0])]);
+    assert!(table.contains("peers     2 known, 2 up"), "{table}");
+    assert!(table.contains("links on 127.0.0.1:"), "{table}");
+    let node = &status(&dirs[0])["node"];
+    assert!(node["discovery_group"].as_str().is_some_and(|g| g.starts_with("239.192.6.83:")));
+    assert!(node["uptime_secs"].as_u64().is_some());
     for node in nodes {
         node.stop();
     }

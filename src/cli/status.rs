@@ -106,9 +106,81 @@ fn print_table(s: &serde_json::Value) {
             println!("  {origin}  {n}");
         }
     }
+    if s["node"].is_object() {
+        print_running(&s["node"]);
+    }
     let files = s["dati_files"].as_array().cloned().unwrap_or_default();
     println!("daily logs {}", files.len());
     for f in files {
         println!("  {}  {} bytes", text(&f["name"]), text(&f["size"]));
+    }
+}
+
+/// The running node's part of the table: is it up, is my data safe, who is up, what is stuck.
+fn print_running(n: &serde_json::Value) {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let listen: Vec<String> =
+        n["listen"].as_array().map(|a| a.iter().map(&text).collect()).unwrap_or_default();
+    println!(
+        "running   {} s as {}; links on {}; discovery {} / units {}",
+        text(&n["uptime_secs"]),
+        text(&n["role"]),
+        if listen.is_empty() { "-".to_string() } else { listen.join(", ") },
+        text(&n["discovery_group"]),
+        text(&n["env_group"])
+    );
+    let unsafe_backlog = n["unsafe_backlog"].as_u64().unwrap_or(0);
+    if unsafe_backlog == 0 {
+        println!("safe      every own unit is held by a main server");
+    } else {
+        println!("UNSAFE    {unsafe_backlog} own units no main server holds yet");
+    }
+    let peers = n["peers"].as_array().cloned().unwrap_or_default();
+    let up = peers.iter().filter(|p| p["state"] == "up").count();
+    println!("peers     {} known, {} up", peers.len(), up);
+    if !peers.is_empty() {
+        println!(
+            "  {:<16} {:<13} {:<24} {:>9} {:>8} {:>8}  address",
+            "dbid", "role", "state", "seen ago", "we lack", "it lacks"
+        );
+    }
+    for p in &peers {
+        let state = match p["reason"].as_str() {
+            Some(reason) if p["state"] != "up" => format!("{} ({reason})", text(&p["state"])),
+            _ => text(&p["state"]),
+        };
+        let addr = p["addrs"].as_array().and_then(|a| a.first()).map(&text).unwrap_or_default();
+        println!(
+            "  {:<16} {:<13} {:<24} {:>8}s {:>8} {:>8}  {}",
+            text(&p["dbid"]),
+            text(&p["role"]),
+            state,
+            p["last_seen_ms_ago"].as_u64().unwrap_or(0) / 1000,
+            text(&p["we_lack"]),
+            text(&p["it_lacks"]),
+            addr
+        );
+    }
+    let q = &n["queues"];
+    println!(
+        "queues    outputs {}, links {}, connecting {}, wants in flight {}",
+        text(&q["outputs"]),
+        text(&q["links"]),
+        text(&q["connecting"]),
+        text(&q["wants_in_flight"])
+    );
+    if let Some(rejects) = n["counters"]["rejects"].as_object() {
+        let nonzero: Vec<String> = rejects
+            .iter()
+            .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        if !nonzero.is_empty() {
+            println!("refused   {}", nonzero.join(", "));
+        }
     }
 }

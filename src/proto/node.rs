@@ -235,6 +235,8 @@ pub struct Node<S: Store> {
     out: VecDeque<Output>,
     now: Time,
     started: bool,
+    /// When the core first saw time (for uptime).
+    started_at: Time,
     next_discovery: Time,
     /// The current IDQY interval (see [`NodeConfig::discovery_interval_ms`]).
     discovery_every_ms: u64,
@@ -296,6 +298,7 @@ impl<S: Store> Node<S> {
             out: VecDeque::new(),
             now: Time(0),
             started: false,
+            started_at: Time(0),
             next_discovery: Time(0),
             discovery_every_ms: 0,
             next_anti_entropy: Time(0),
@@ -398,6 +401,10 @@ impl<S: Store> Node<S> {
             dbid: self.dbid().to_string(),
             instance_id: self.cfg.instance.to_string(),
             role: self.cfg.role,
+            listen: self.cfg.advertise.iter().map(ToString::to_string).collect(),
+            discovery_group: self.cfg.discovery_group.to_string(),
+            env_group: self.cfg.env_group.to_string(),
+            uptime_secs: now.as_secs().saturating_sub(self.started_at.as_secs()),
             units_total: self.ledger.store().units_total(),
             unsafe_backlog: self.unsafe_backlog(),
             peers,
@@ -429,6 +436,7 @@ impl<S: Store> Node<S> {
 
     fn start(&mut self, now: Time) {
         self.started = true;
+        self.started_at = now;
         self.discovery_every_ms = self.cfg.discovery_interval_ms;
         let jitter = self.rng.gen_range(0..=self.cfg.discovery_interval_ms / 10 + 1);
         self.next_discovery = now.plus_millis(jitter);

@@ -16,6 +16,14 @@ pub struct NodeStatus {
     pub instance_id: String,
     /// Its role.
     pub role: Role,
+    /// Where it accepts links (announced in discovery).
+    pub listen: Vec<String>,
+    /// The shared discovery group.
+    pub discovery_group: String,
+    /// The environment's group, where units are multicast.
+    pub env_group: String,
+    /// Seconds since the core started (by the time the driver passes in).
+    pub uptime_secs: u64,
     /// Units held (all origins).
     pub units_total: u64,
     /// Own units no main server is known to hold yet (seed 001: not yet "safe").
