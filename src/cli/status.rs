@@ -9,7 +9,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::control::client::{ControlClient, Reply};
-use crate::datadir::{read_identity, read_system_key, DataDir, DirLock};
+use crate::datadir::{read_identity, read_system_key, DataDir, DataDirError, DirLock};
 use crate::dati;
 use crate::store::Store;
 
@@ -30,35 +30,50 @@ pub(super) fn run(dir: &Path, as_json: bool) -> anyhow::Result<()> {
         "key_epoch": key_epoch,
         "dati_files": dati_files,
     });
-    if let Some(pid) = DirLock::holder(dir) {
-        // Another process (a submit, or later the node) has the store open; report what the
-        // files tell and say who holds it.
-        let identity = read_identity(dir)?;
-        status["dbid"] = json!(identity.dbid.as_str());
-        status["device_id"] = json!(crate::datadir::device_id(dir)?.to_string());
-        status["busy_pid"] = json!(pid);
-        status["units_total"] = serde_json::Value::Null;
-        status["units_by_origin"] = serde_json::Value::Null;
-        // A running node answers on its control socket; it also writes a snapshot every second.
-        let snapshot = ask_node(dir).or_else(|| {
-            std::fs::read(dir.join(super::run::STATUS_FILE))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        });
-        if let Some(node) = snapshot {
-            status["running"] = json!(true);
-            status["units_total"] = node["units_total"].clone();
-            status["node"] = node;
-        }
-    } else {
-        let (datadir, ledger) = super::open_ledger(dir)?;
-        fill_from_store(&mut status, &datadir, ledger.store());
-        ledger.close()?;
+    match DirLock::holder(dir) {
+        Some(pid) => describe_busy(&mut status, dir, &pid)?,
+        None => match super::open_ledger(dir) {
+            Ok((datadir, ledger)) => {
+                fill_from_store(&mut status, &datadir, ledger.store());
+                ledger.close()?;
+            }
+            // A node (or a submit) took the directory between the probe and the open.
+            Err(e) => match e.downcast_ref::<DataDirError>() {
+                Some(DataDirError::Locked { pid, .. }) => {
+                    let pid = pid.clone();
+                    describe_busy(&mut status, dir, &pid)?
+                }
+                _ => return Err(e),
+            },
+        },
     }
     if as_json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
         print_table(&status);
+    }
+    Ok(())
+}
+
+/// What the files tell while another process (a submit, or the node) has the store open, and
+/// the running node's own snapshot when it answers.
+fn describe_busy(status: &mut serde_json::Value, dir: &Path, pid: &str) -> anyhow::Result<()> {
+    let identity = read_identity(dir)?;
+    status["dbid"] = json!(identity.dbid.as_str());
+    status["device_id"] = json!(crate::datadir::device_id(dir)?.to_string());
+    status["busy_pid"] = json!(pid);
+    status["units_total"] = serde_json::Value::Null;
+    status["units_by_origin"] = serde_json::Value::Null;
+    // A running node answers on its control socket; it also writes a snapshot every second.
+    let snapshot = ask_node(dir).or_else(|| {
+        std::fs::read(dir.join(super::run::STATUS_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    });
+    if let Some(node) = snapshot {
+        status["running"] = json!(true);
+        status["units_total"] = node["units_total"].clone();
+        status["node"] = node;
     }
     Ok(())
 }
