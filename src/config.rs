@@ -72,11 +72,16 @@ pub struct LinksConfig {
     /// How often an offline configured peer is tried, after quick first retries, in seconds
     /// (seed 001: "interval by which an offline server is pinged", default 5 minutes).
     pub offline_ping_secs: u64,
+    /// Links prefer QUIC; when the QUIC path to a peer fails (UDP blocked) they use TCP, and
+    /// QUIC is tried again this many seconds later.
+    pub quic_retry_secs: u64,
+    /// `false`: TCP links only (a site whose firewall passes no UDP at all).
+    pub quic: bool,
 }
 
 impl Default for LinksConfig {
     fn default() -> Self {
-        LinksConfig { offline_ping_secs: 300 }
+        LinksConfig { offline_ping_secs: 300, quic_retry_secs: 60, quic: true }
     }
 }
 
@@ -205,6 +210,10 @@ batch_size = 1000
 # After three quick retries, an unreachable configured peer is tried every this many seconds
 # (5 minutes; 5 s to 1 day).
 offline_ping_secs = 300
+# Links use QUIC (UDP) and fall back to TCP by themselves when UDP fails on the path; QUIC is
+# tried again this many seconds later (1 s to 1 hour). quic = false: TCP only.
+quic_retry_secs = 60
+quic = true
 
 # Direct peers beyond the LAN (head office, a store server of another store), one [[peer]]
 # table each. Peers are tried in order of priority: priority 1 only while every priority-0
@@ -284,6 +293,13 @@ offline_ping_secs = 300
             5,
             86_400,
             "use 5 seconds to 1 day",
+        )?;
+        check(
+            "links.quic_retry_secs",
+            self.links.quic_retry_secs,
+            1,
+            3_600,
+            "use 1 second to 1 hour",
         )?;
         Ok(())
     }

@@ -370,7 +370,7 @@ impl Protocol for ToyNode {
         match input {
             Input::Datagram { bytes, .. } => self.on_message(now, None, bytes),
             Input::Frame { link, bytes } => self.on_message(now, Some(link), bytes),
-            Input::LinkUp { link, remote, outbound } => {
+            Input::LinkUp { link, remote, outbound, .. } => {
                 self.connecting.remove(&remote);
                 let priority =
                     self.peers.iter().find(|p| outbound && p.addr == remote).map(|p| p.priority);

@@ -1,4 +1,4 @@
-//! `meshnode run`: the node on real sockets (LAN discovery, TCP links) until SIGINT/SIGTERM,
+//! `meshnode run`: the node on real sockets (LAN discovery, QUIC links with a TCP fallback) until SIGINT/SIGTERM,
 //! with its control socket in `run/control.sock` (see [`crate::control`]).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -58,8 +58,7 @@ pub(super) fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
     } else {
         args.discovery_if.clone()
     };
-    let listener = std::net::TcpListener::bind(args.listen)
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let (listener, quic_socket) = bind_link_ports(args.listen, datadir.config.links.quic)?;
     let bound = listener.local_addr()?;
     let advertise: Vec<SocketAddr> = if bound.ip().is_unspecified() {
         interfaces.iter().map(|ip| SocketAddr::new((*ip).into(), bound.port())).collect()
@@ -97,8 +96,10 @@ pub(super) fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
         discovery_group,
         env_group,
         listener,
+        quic_socket,
         link_params,
         connect_timeout: Duration::from_secs(5),
+        quic_retry: Duration::from_secs(datadir.config.links.quic_retry_secs),
         status_path: Some(dir.join(STATUS_FILE)),
         control: Some(control),
     };
@@ -119,6 +120,34 @@ pub(super) fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
     drop(datadir);
     eprintln!("meshnode stopped");
     Ok(())
+}
+
+/// Binds the TCP listener and the UDP socket of QUIC links on one address, so the announced
+/// address serves both transports. With port 0, tries fresh ports until both are free there.
+fn bind_link_ports(
+    listen: SocketAddr,
+    quic: bool,
+) -> anyhow::Result<(std::net::TcpListener, Option<std::net::UdpSocket>)> {
+    let mut last_err = None;
+    for _ in 0..32 {
+        let listener = std::net::TcpListener::bind(listen)
+            .with_context(|| format!("cannot listen on {listen} (tcp); choose another --listen"))?;
+        if !quic {
+            return Ok((listener, None));
+        }
+        let bound = listener.local_addr()?;
+        match std::net::UdpSocket::bind(bound) {
+            Ok(socket) => return Ok((listener, Some(socket))),
+            Err(err) if listen.port() == 0 => last_err = Some(err),
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!("cannot listen on {listen} (udp, for quic links); choose another --listen, or set quic = false under [links]")
+                })
+            }
+        }
+    }
+    Err(last_err.map_or_else(|| anyhow::anyhow!("no free port"), anyhow::Error::from))
+        .with_context(|| format!("no port on {listen} is free for both tcp and udp"))
 }
 
 /// Opens the data directory, waiting up to 10 s while another process holds it: an operator's

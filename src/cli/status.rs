@@ -159,8 +159,8 @@ fn print_running(n: &serde_json::Value) {
     println!("peers     {} known, {} up", peers.len(), up);
     if !peers.is_empty() {
         println!(
-            "  {:<16} {:<13} {:<24} {:>9} {:>8} {:>8}  address",
-            "dbid", "role", "state", "seen ago", "we lack", "it lacks"
+            "  {:<16} {:<13} {:<24} {:<14} {:>8} {:>9} {:>8} {:>8}  address",
+            "dbid", "role", "state", "link", "rtt", "seen ago", "we lack", "it lacks"
         );
     }
     for p in &peers {
@@ -169,11 +169,14 @@ fn print_running(n: &serde_json::Value) {
             _ => text(&p["state"]),
         };
         let addr = p["addrs"].as_array().and_then(|a| a.first()).map(&text).unwrap_or_default();
+        let rtt = p["rtt_ms"].as_f64().map_or("-".to_string(), |ms| format!("{ms:.1}ms"));
         println!(
-            "  {:<16} {:<13} {:<24} {:>8}s {:>8} {:>8}  {}",
+            "  {:<16} {:<13} {:<24} {:<14} {:>8} {:>8}s {:>8} {:>8}  {}",
             text(&p["dbid"]),
             text(&p["role"]),
             state,
+            text(&p["link"]),
+            rtt,
             p["last_seen_ms_ago"].as_u64().unwrap_or(0) / 1000,
             text(&p["we_lack"]),
             text(&p["it_lacks"]),

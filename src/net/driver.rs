@@ -4,8 +4,16 @@
 //! - Discovery: one receiver on the shared discovery group and one on the environment group
 //!   (see [`super::discovery`]), one sender per discovery interface (which also receives the
 //!   unicast IDRP answers sent to it).
-//! - Links: TCP ([`super::tcp`]) for now; an accept loop runs one handshake task per client,
-//!   and each link gets a reader task (frames in) and a writer task (frames out, bounded queue).
+//! - Links: QUIC ([`super::quic`]) on a UDP socket bound to the same address as the TCP
+//!   listener ([`super::tcp`]), so one announced address serves both. Each link gets a reader
+//!   task (frames in) and a writer task (frames out, bounded queue), whatever carries it.
+//! - Transport choice (the core only says "link to this address"): QUIC first; when the QUIC
+//!   path fails (no handshake in time, idle timeout: UDP blocked or lost) TCP at once, and that
+//!   address goes straight to TCP for `quic_retry`. After that, an outbound TCP link probes
+//!   QUIC every `quic_retry`; a probe that works brings up a QUIC link beside it and the core
+//!   keeps the better kind, so the node returns to QUIC without operator action.
+//! - Refused handshakes (another system, a wrong key, junk) become `Input::LinkRejected`, so
+//!   the core's rejection counters show them.
 //! - Time: the wall clock in microseconds, read here and passed in; the core clamps it.
 //! - Status: a snapshot of [`crate::proto::Node::status`] is written to `run/status.json` in the
 //!   data directory every second (atomically), so `meshnode --status` can show a running node.
@@ -13,8 +21,6 @@
 //!   `Input::Acknowledge`; `Output::Accepted`/`Refused`/`Deliver` go to its clients. Without a
 //!   control socket (`control: None`) those outputs are only logged, and units stay behind the
 //!   durable cursor until an application acknowledges them.
-//!
-//! Not yet here: QUIC.
 
 use std::collections::HashMap;
 use std::io;
@@ -22,21 +28,28 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket as StdUdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::control::server::{Control, ControlConfig, ControlEvent};
 use crate::net::discovery::{group_receiver, group_sender};
 use crate::net::handshake::LinkParams;
+use crate::net::link::{Link, LinkFailure};
+use crate::net::quic::{QuicEndpoint, QuicTimeouts};
 use crate::net::tcp::TcpLink;
-use crate::proto::{DatagramDest, Input, LinkId, Node, Output, Protocol, Time};
+use crate::proto::{DatagramDest, Input, LinkId, LinkKind, Node, Output, Protocol, Time};
 use crate::store::Store;
+use crate::wire::RejectReason;
 
 /// Frames queued for one link before the link is judged too slow and closed.
 const LINK_QUEUE: usize = 4096;
+
+/// The longest a QUIC attempt may take before TCP is tried (a LAN handshake takes a
+/// millisecond, an intercontinental one a few hundred).
+const QUIC_ATTEMPT: Duration = Duration::from_secs(3);
 
 /// The sockets and settings a driver runs with.
 #[derive(Debug)]
@@ -47,12 +60,18 @@ pub struct DriverConfig {
     pub discovery_group: SocketAddrV4,
     /// The environment group and port.
     pub env_group: SocketAddrV4,
-    /// Where links are accepted (already bound).
+    /// Where TCP links are accepted (already bound).
     pub listener: std::net::TcpListener,
+    /// Where QUIC links are accepted and opened from (already bound, normally to the
+    /// listener's address); `None`: TCP only.
+    pub quic_socket: Option<StdUdpSocket>,
     /// Link security.
     pub link_params: LinkParams,
     /// How long a link attempt (connect and handshake) may take.
     pub connect_timeout: Duration,
+    /// After the QUIC path to an address failed, how long links to it use TCP before QUIC is
+    /// tried again.
+    pub quic_retry: Duration,
     /// Where the status snapshot goes (`None`: nowhere).
     pub status_path: Option<PathBuf>,
     /// The control socket (`None`: none).
@@ -62,11 +81,68 @@ pub struct DriverConfig {
 /// What the IO tasks tell the loop.
 #[derive(Debug)]
 enum Event {
-    Datagram { from: SocketAddr, to: DatagramDest, bytes: Vec<u8> },
-    LinkUp { link: LinkId, remote: SocketAddr, outbound: bool, writer: mpsc::Sender<Vec<u8>> },
-    Frame { link: LinkId, bytes: Vec<u8> },
-    LinkDown { link: LinkId },
-    ConnectFailed { to: SocketAddr },
+    Datagram {
+        from: SocketAddr,
+        to: DatagramDest,
+        bytes: Vec<u8>,
+    },
+    LinkUp {
+        link: LinkId,
+        remote: SocketAddr,
+        outbound: bool,
+        kind: LinkKind,
+        writer: Writer,
+    },
+    Frame {
+        link: LinkId,
+        bytes: Vec<u8>,
+    },
+    LinkDown {
+        link: LinkId,
+    },
+    ConnectFailed {
+        to: SocketAddr,
+    },
+    /// The QUIC path to this address failed: use TCP for a while.
+    QuicPathFailed {
+        to: SocketAddr,
+    },
+    /// A QUIC link to this address works.
+    QuicWorks {
+        to: SocketAddr,
+    },
+    Rejected {
+        reason: RejectReason,
+    },
+}
+
+type Writer = mpsc::Sender<Vec<u8>>;
+
+/// A link the loop knows about.
+#[derive(Debug)]
+struct LinkHandle {
+    writer: Writer,
+    remote: SocketAddr,
+    outbound: bool,
+    kind: LinkKind,
+}
+
+/// How links are opened: shared by the loop and its connect tasks.
+struct Transports {
+    params: LinkParams,
+    quic: Option<QuicEndpoint>,
+    connect_timeout: Duration,
+    next_link: AtomicU64,
+    tx: mpsc::Sender<Event>,
+}
+
+/// The loop's view of links and of the QUIC path per address.
+struct Links {
+    transports: Arc<Transports>,
+    open: HashMap<LinkId, LinkHandle>,
+    /// Addresses whose QUIC path failed (or was last probed) at this instant.
+    quic_failed: HashMap<SocketAddr, Instant>,
+    quic_retry: Duration,
 }
 
 /// The current wall-clock time for the core.
@@ -81,8 +157,6 @@ pub async fn run<S: Store>(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> io::Result<Node<S>> {
     let (tx, mut rx) = mpsc::channel::<Event>(8192);
-    let next_link = Arc::new(AtomicU64::new(1));
-    let params = Arc::new(cfg.link_params);
 
     let discovery = Arc::new(UdpSocket::from_std(nonblocking(group_receiver(
         cfg.discovery_group,
@@ -109,9 +183,29 @@ pub async fn run<S: Store>(
         let local = sender.local_addr()?;
         spawn_udp_reader(sender.clone(), DatagramDest::Unicast(local), tx.clone());
     }
+    let quic = match cfg.quic_socket {
+        Some(socket) => {
+            let (endpoint, local) =
+                QuicEndpoint::with_socket(socket, &cfg.link_params, QuicTimeouts::default())
+                    .map_err(io::Error::other)?;
+            info!(%local, "quic links");
+            Some(endpoint)
+        }
+        None => None,
+    };
+    let transports = Arc::new(Transports {
+        params: cfg.link_params,
+        quic,
+        connect_timeout: cfg.connect_timeout,
+        next_link: AtomicU64::new(1),
+        tx: tx.clone(),
+    });
     cfg.listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(cfg.listener)?;
-    spawn_accept_loop(listener, params.clone(), cfg.connect_timeout, next_link.clone(), tx.clone());
+    spawn_tcp_accept_loop(listener, transports.clone());
+    if transports.quic.is_some() {
+        spawn_quic_accept_loop(transports.clone());
+    }
 
     let mut control = match &cfg.control {
         Some(c) => {
@@ -122,8 +216,13 @@ pub async fn run<S: Store>(
         None => None,
     };
 
-    let mut writers: HashMap<LinkId, mpsc::Sender<Vec<u8>>> = HashMap::new();
-    let mut status_every = tokio::time::interval(Duration::from_secs(1));
+    let mut links = Links {
+        transports: transports.clone(),
+        open: HashMap::new(),
+        quic_failed: HashMap::new(),
+        quic_retry: cfg.quic_retry,
+    };
+    let mut every_second = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
     node.handle_timeout(wall_time());
     loop {
@@ -133,8 +232,7 @@ pub async fn run<S: Store>(
                 None => Some(out),
             };
             if let Some(out) = out {
-                execute(out, &senders, &mut writers, &params, cfg.connect_timeout, &next_link, &tx)
-                    .await;
+                execute(out, &senders, &mut links).await;
             }
         }
         if let Some(control) = control.as_mut() {
@@ -149,7 +247,7 @@ pub async fn run<S: Store>(
             () = &mut shutdown => break,
             event = rx.recv() => {
                 let Some(event) = event else { break };
-                feed(&mut node, event, &mut writers);
+                feed(&mut node, event, &mut links);
             }
             Some(event) = recv_control(&mut control) => {
                 if let Some(control) = control.as_mut() {
@@ -157,7 +255,8 @@ pub async fn run<S: Store>(
                 }
             }
             () = tokio::time::sleep(wait) => node.handle_timeout(wall_time()),
-            _ = status_every.tick() => {
+            _ = every_second.tick() => {
+                links.probe_quic();
                 if let Some(path) = &cfg.status_path {
                     write_status(path, &node);
                 }
@@ -165,7 +264,10 @@ pub async fn run<S: Store>(
         }
     }
     // Closing the writers ends the links; the peers see them go down.
-    writers.clear();
+    links.open.clear();
+    if let Some(quic) = &transports.quic {
+        quic.close();
+    }
     if let Some(mut control) = control {
         // Acknowledgements already read count (the cursor is flushed when the ledger closes);
         // what a client sends from here on is not read, and it sees the connection close.
@@ -186,6 +288,153 @@ pub async fn run<S: Store>(
     Ok(node)
 }
 
+impl Links {
+    /// Whether a link to `to` should try QUIC first now.
+    fn quic_first(&self, to: SocketAddr) -> bool {
+        self.transports.quic.is_some()
+            && self.quic_failed.get(&to).is_none_or(|at| at.elapsed() >= self.quic_retry)
+    }
+
+    /// Opens a link to `to` in the background: QUIC first unless its path failed lately, TCP
+    /// when the QUIC path fails. Answers with `LinkUp` or `ConnectFailed`.
+    fn connect(&self, to: SocketAddr) {
+        let quic_first = self.quic_first(to);
+        let transports = self.transports.clone();
+        let span = tracing::debug_span!("connect", %to);
+        tokio::spawn(
+            async move {
+                if quic_first {
+                    match transports.connect_quic(to).await {
+                        Ok(link) => return transports.start_link(link).await,
+                        Err(err) if err.is_quic_path_failure() => {
+                            info!(%err, "quic path failed: falling back to tcp");
+                            let _ = transports.tx.send(Event::QuicPathFailed { to }).await;
+                        }
+                        Err(err) => {
+                            debug!(%err, "quic link attempt failed");
+                            transports.report(&err).await;
+                            let _ = transports.tx.send(Event::ConnectFailed { to }).await;
+                            return;
+                        }
+                    }
+                }
+                match TcpLink::connect(to, &transports.params, transports.connect_timeout).await {
+                    Ok(link) => transports.start_link(Link::Tcp(link)).await,
+                    Err(err) => {
+                        debug!(%err, "tcp link attempt failed");
+                        transports.report(&LinkFailure::Tcp(err)).await;
+                        let _ = transports.tx.send(Event::ConnectFailed { to }).await;
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Tries QUIC again beside each outbound TCP link whose path failed `quic_retry` ago; a
+    /// probe that works brings up a second link and the core keeps the QUIC one.
+    fn probe_quic(&mut self) {
+        if self.transports.quic.is_none() {
+            return;
+        }
+        let due: Vec<SocketAddr> = self
+            .open
+            .values()
+            .filter(|l| l.kind == LinkKind::Tcp && l.outbound)
+            .map(|l| l.remote)
+            .filter(|to| self.quic_first(*to))
+            .collect();
+        for to in due {
+            // Until the probe ends, this counts as the last failure: one probe at a time.
+            self.quic_failed.insert(to, Instant::now());
+            let transports = self.transports.clone();
+            let span = tracing::debug_span!("quic_probe", %to);
+            tokio::spawn(
+                async move {
+                    match transports.connect_quic(to).await {
+                        Ok(link) => {
+                            info!("quic works again: upgrading the tcp link");
+                            transports.start_link(link).await;
+                        }
+                        Err(err) => debug!(%err, "quic still fails"),
+                    }
+                }
+                .instrument(span),
+            );
+        }
+    }
+}
+
+impl Transports {
+    async fn connect_quic(&self, to: SocketAddr) -> Result<Link, LinkFailure> {
+        let Some(quic) = &self.quic else {
+            unreachable!("connect_quic is only called with an endpoint")
+        };
+        let timeout = self.connect_timeout.min(QUIC_ATTEMPT);
+        quic.connect(to, timeout).await.map(Link::Quic).map_err(LinkFailure::Quic)
+    }
+
+    /// Counts a refusal that is the other end's fault.
+    async fn report(&self, err: &LinkFailure) {
+        if let Some(reason) = err.reason() {
+            let _ = self.tx.send(Event::Rejected { reason }).await;
+        }
+    }
+
+    /// Registers an established link with the loop and runs its reader and writer tasks.
+    async fn start_link(&self, link: Link) {
+        let id = LinkId(self.next_link.fetch_add(1, Ordering::Relaxed));
+        let (remote, outbound, kind) = (link.remote(), link.outbound(), link.kind());
+        let (mut reader, mut writer) = link.into_split();
+        let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(LINK_QUEUE);
+        let up = Event::LinkUp { link: id, remote, outbound, kind, writer: wtx };
+        if self.tx.send(up).await.is_err() {
+            return;
+        }
+        if kind == LinkKind::Quic {
+            let _ = self.tx.send(Event::QuicWorks { to: remote }).await;
+        }
+        info!(link = id.0, %remote, outbound, ?kind, "link up");
+        let span = tracing::info_span!("link", id = id.0, %remote, ?kind);
+        tokio::spawn(
+            async move {
+                while let Some(frame) = wrx.recv().await {
+                    if let Err(err) = writer.send(&frame).await {
+                        debug!(%err, "link write failed");
+                        break;
+                    }
+                }
+                writer.shutdown().await;
+            }
+            .instrument(span.clone()),
+        );
+        let tx = self.tx.clone();
+        tokio::spawn(
+            async move {
+                loop {
+                    match reader.recv().await {
+                        Ok(Some(bytes)) => {
+                            if tx.send(Event::Frame { link: id, bytes }).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(err) => {
+                            debug!(%err, "link read failed");
+                            if err.is_quic_path_failure() {
+                                let _ = tx.send(Event::QuicPathFailed { to: remote }).await;
+                            }
+                            break;
+                        }
+                    }
+                }
+                let _ = tx.send(Event::LinkDown { link: id }).await;
+            }
+            .instrument(span),
+        );
+    }
+}
+
 /// The next control event, or never when there is no control socket.
 async fn recv_control(control: &mut Option<Control>) -> Option<ControlEvent> {
     match control {
@@ -199,38 +448,33 @@ fn nonblocking(socket: StdUdpSocket) -> io::Result<StdUdpSocket> {
     Ok(socket)
 }
 
-fn feed<S: Store>(
-    node: &mut Node<S>,
-    event: Event,
-    writers: &mut HashMap<LinkId, mpsc::Sender<Vec<u8>>>,
-) {
+fn feed<S: Store>(node: &mut Node<S>, event: Event, links: &mut Links) {
     let now = wall_time();
     match event {
         Event::Datagram { from, to, bytes } => {
             node.handle(now, Input::Datagram { from, to, bytes: &bytes });
         }
-        Event::LinkUp { link, remote, outbound, writer } => {
-            writers.insert(link, writer);
-            node.handle(now, Input::LinkUp { link, remote, outbound });
+        Event::LinkUp { link, remote, outbound, kind, writer } => {
+            links.open.insert(link, LinkHandle { writer, remote, outbound, kind });
+            node.handle(now, Input::LinkUp { link, remote, outbound, kind });
         }
         Event::Frame { link, bytes } => node.handle(now, Input::Frame { link, bytes: &bytes }),
         Event::LinkDown { link } => {
-            writers.remove(&link);
+            links.open.remove(&link);
             node.handle(now, Input::LinkDown { link });
         }
         Event::ConnectFailed { to } => node.handle(now, Input::ConnectFailed { to }),
+        Event::QuicPathFailed { to } => {
+            links.quic_failed.insert(to, Instant::now());
+        }
+        Event::QuicWorks { to } => {
+            links.quic_failed.remove(&to);
+        }
+        Event::Rejected { reason } => node.handle(now, Input::LinkRejected { reason }),
     }
 }
 
-async fn execute(
-    out: Output,
-    senders: &[Arc<UdpSocket>],
-    writers: &mut HashMap<LinkId, mpsc::Sender<Vec<u8>>>,
-    params: &Arc<LinkParams>,
-    connect_timeout: Duration,
-    next_link: &Arc<AtomicU64>,
-    tx: &mpsc::Sender<Event>,
-) {
+async fn execute(out: Output, senders: &[Arc<UdpSocket>], links: &mut Links) {
     match out {
         Output::Datagram { to: DatagramDest::Group(group), bytes } => {
             for sender in senders {
@@ -246,28 +490,17 @@ async fn execute(
             }
         }
         Output::Frame { link, bytes } => {
-            if let Some(writer) = writers.get(&link) {
-                if writer.try_send(bytes).is_err() {
+            if let Some(handle) = links.open.get(&link) {
+                if handle.writer.try_send(bytes).is_err() {
                     warn!(?link, "link queue full or closed: closing the link");
-                    writers.remove(&link);
-                    let _ = tx.try_send(Event::LinkDown { link });
+                    links.open.remove(&link);
+                    let _ = links.transports.tx.try_send(Event::LinkDown { link });
                 }
             }
         }
-        Output::Connect { to } => {
-            let (params, tx, next_link) = (params.clone(), tx.clone(), next_link.clone());
-            tokio::spawn(async move {
-                match TcpLink::connect(to, &params, connect_timeout).await {
-                    Ok(link) => start_link(link, &next_link, tx).await,
-                    Err(err) => {
-                        debug!(%to, %err, "link attempt failed");
-                        let _ = tx.send(Event::ConnectFailed { to }).await;
-                    }
-                }
-            });
-        }
+        Output::Connect { to } => links.connect(to),
         Output::Close { link } => {
-            writers.remove(&link);
+            links.open.remove(&link);
         }
         Output::Accepted(receipt) => {
             debug!(origin = %receipt.origin, seq = receipt.seq, "accepted")
@@ -277,45 +510,6 @@ async fn execute(
         // at the next start.
         Output::Deliver(_) => {}
     }
-}
-
-/// Registers an established link with the loop and runs its reader and writer tasks.
-async fn start_link(link: TcpLink, next_link: &AtomicU64, tx: mpsc::Sender<Event>) {
-    let id = LinkId(next_link.fetch_add(1, Ordering::Relaxed));
-    let (remote, outbound) = (link.remote(), link.outbound());
-    let (mut reader, mut writer) = link.into_split();
-    let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(LINK_QUEUE);
-    if tx.send(Event::LinkUp { link: id, remote, outbound, writer: wtx }).await.is_err() {
-        return;
-    }
-    info!(link = id.0, %remote, outbound, "link up");
-    tokio::spawn(async move {
-        while let Some(frame) = wrx.recv().await {
-            if let Err(err) = writer.send(&frame).await {
-                debug!(link = id.0, %err, "link write failed");
-                break;
-            }
-        }
-        let _ = writer.shutdown().await;
-    });
-    let reader_tx = tx.clone();
-    tokio::spawn(async move {
-        loop {
-            match reader.recv().await {
-                Ok(Some(bytes)) => {
-                    if reader_tx.send(Event::Frame { link: id, bytes }).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(err) => {
-                    debug!(link = id.0, %err, "link read failed");
-                    break;
-                }
-            }
-        }
-        let _ = reader_tx.send(Event::LinkDown { link: id }).await;
-    });
 }
 
 fn spawn_udp_reader(socket: Arc<UdpSocket>, to: DatagramDest, tx: mpsc::Sender<Event>) {
@@ -335,13 +529,7 @@ fn spawn_udp_reader(socket: Arc<UdpSocket>, to: DatagramDest, tx: mpsc::Sender<E
     });
 }
 
-fn spawn_accept_loop(
-    listener: TcpListener,
-    params: Arc<LinkParams>,
-    timeout: Duration,
-    next_link: Arc<AtomicU64>,
-    tx: mpsc::Sender<Event>,
-) {
+fn spawn_tcp_accept_loop(listener: TcpListener, transports: Arc<Transports>) {
     tokio::spawn(async move {
         loop {
             let (stream, remote) = match listener.accept().await {
@@ -352,13 +540,36 @@ fn spawn_accept_loop(
                     continue;
                 }
             };
-            let (params, tx, next_link) = (params.clone(), tx.clone(), next_link.clone());
+            let transports = transports.clone();
             tokio::spawn(async move {
-                match TcpLink::accept(stream, &params, timeout).await {
-                    Ok(link) => start_link(link, &next_link, tx).await,
-                    Err(err) => debug!(%remote, %err, "inbound link refused"),
+                let accepted =
+                    TcpLink::accept(stream, &transports.params, transports.connect_timeout).await;
+                match accepted {
+                    Ok(link) => transports.start_link(Link::Tcp(link)).await,
+                    Err(err) => {
+                        debug!(%remote, %err, "inbound tcp link refused");
+                        transports.report(&LinkFailure::Tcp(err)).await;
+                    }
                 }
             });
+        }
+    });
+}
+
+fn spawn_quic_accept_loop(transports: Arc<Transports>) {
+    tokio::spawn(async move {
+        let Some(quic) = &transports.quic else { return };
+        while let Some(accepted) = quic.accept().await {
+            match accepted {
+                Ok(link) => {
+                    let transports = transports.clone();
+                    tokio::spawn(async move { transports.start_link(Link::Quic(link)).await });
+                }
+                Err(err) => {
+                    debug!(%err, "inbound quic link refused");
+                    transports.report(&LinkFailure::Quic(err)).await;
+                }
+            }
         }
     });
 }

@@ -268,6 +268,16 @@ impl QuicEndpoint {
         params: &LinkParams,
         timeouts: QuicTimeouts,
     ) -> Result<(QuicEndpoint, SocketAddr), QuicLinkError> {
+        QuicEndpoint::with_socket(std::net::UdpSocket::bind(addr)?, params, timeouts)
+    }
+
+    /// Runs on a UDP socket bound by the caller (the node binds its UDP and TCP link ports
+    /// together, so one announced address serves both transports).
+    pub fn with_socket(
+        socket: std::net::UdpSocket,
+        params: &LinkParams,
+        timeouts: QuicTimeouts,
+    ) -> Result<(QuicEndpoint, SocketAddr), QuicLinkError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
         let provider = tls::provider();
         let transport = Arc::new(transport_config(timeouts));
@@ -276,7 +286,12 @@ impl QuicEndpoint {
         let mut client = quinn::ClientConfig::new(Arc::new(tls::client_crypto(&provider)?));
         client.transport_config(transport);
 
-        let mut endpoint = quinn::Endpoint::server(server, addr)?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
         endpoint.set_default_client_config(client);
         let local = endpoint.local_addr()?;
         let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);

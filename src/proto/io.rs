@@ -59,6 +59,19 @@ impl fmt::Display for Time {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LinkId(pub u64);
 
+/// What carries a link. The core prefers a better kind when a peer has two links (so a TCP
+/// fallback gives way to QUIC once UDP works again) and shows it in the status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkKind {
+    /// A simulated stream (netsim, unit tests).
+    Simulated,
+    /// TCP with the sealed frames of the seed: the fallback when UDP is blocked.
+    Tcp,
+    /// QUIC (TLS 1.3): preferred.
+    Quic,
+}
+
 /// Where a datagram goes or came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DatagramDest {
@@ -96,6 +109,14 @@ pub enum Input<'a> {
         remote: SocketAddr,
         /// Whether we opened it.
         outbound: bool,
+        /// What carries it.
+        kind: LinkKind,
+    },
+    /// The driver refused a link (or a link attempt) before it came up, for a fault of the
+    /// other end (a non-member, a malformed handshake): counted with the other rejections.
+    LinkRejected {
+        /// The reason.
+        reason: crate::wire::RejectReason,
     },
     /// A link closed or failed; no more frames will arrive on it.
     LinkDown {

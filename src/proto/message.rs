@@ -112,6 +112,16 @@ pub enum Message {
         /// The last frame answering a [`Message::Want`] (eager pushes are never `end`).
         end: bool,
     },
+    /// Asks for a [`Message::Pong`] (round-trip time, and liveness of an idle link).
+    Ping {
+        /// The sender's clock when sent (microseconds), echoed back.
+        sent: u64,
+    },
+    /// Answers a [`Message::Ping`].
+    Pong {
+        /// The `sent` of the ping.
+        sent: u64,
+    },
 }
 
 /// Why a message was refused.

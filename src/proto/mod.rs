@@ -15,10 +15,10 @@ pub mod peers;
 pub mod status;
 pub mod sync;
 
-pub use io::{DatagramDest, Input, LinkId, Output, Protocol, Time};
+pub use io::{DatagramDest, Input, LinkId, LinkKind, Output, Protocol, Time};
 pub use node::{ConfiguredPeer, Node, NodeConfig, NodeStats};
 pub use peers::{DownReason, Peer, PeerState, Role};
-pub use status::{NodeStatus, PeerStatus, Queues};
+pub use status::{LinkStatus, NodeStatus, PeerStatus, Queues};
 
 #[cfg(test)]
 mod tests;

@@ -36,10 +36,10 @@ use rand::{Rng, SeedableRng};
 use crate::crypto::{KeySchedule, NonceSequence, Purpose};
 use crate::id::{DatabaseId, DeviceId, Environment, InstanceId, RmSystem};
 use crate::ledger::{Ledger, Submission};
-use crate::proto::io::{DatagramDest, Input, LinkId, Output, Protocol, Time};
+use crate::proto::io::{DatagramDest, Input, LinkId, LinkKind, Output, Protocol, Time};
 use crate::proto::message::{decode_units, Announce, HaveEntry, Message};
 use crate::proto::peers::{backoff_ms, DownReason, Peer, PeerState, Role};
-use crate::proto::status::{NodeStatus, PeerStatus, Queues};
+use crate::proto::status::{LinkStatus, NodeStatus, PeerStatus, Queues};
 use crate::proto::sync::{plan_want, ChangeLog, LinkSync, Outstanding};
 use crate::store::{Store, VersionVector};
 use crate::unit::{TransferUnit, Urgency};
@@ -195,6 +195,11 @@ struct LinkInfo {
     remote: SocketAddr,
     peer: Option<DatabaseId>,
     outbound: bool,
+    kind: LinkKind,
+    /// Smoothed round-trip time from `Ping`/`Pong` (RFC 6298 weights), once measured.
+    srtt_us: Option<u64>,
+    /// When the last `Ping` went out.
+    last_ping: Time,
     /// When it came up.
     since: Time,
     sync: LinkSync,
@@ -374,8 +379,14 @@ impl<S: Store> Node<S> {
             .values()
             .map(|p| {
                 let (we_lack, it_lacks) = self.peer_backlog(&p.dbid).unwrap_or_default();
-                let asking =
-                    p.link.and_then(|l| self.links.get(&l)).is_some_and(|l| l.sync.want.is_some());
+                let link = p.link.filter(|_| p.linked()).and_then(|l| self.links.get(&l));
+                let asking = link.is_some_and(|l| l.sync.want.is_some());
+                let link_kind = match link {
+                    Some(l) => LinkStatus::from(l.kind),
+                    None if p.lan && p.state != PeerState::Down => LinkStatus::MulticastOnly,
+                    None => LinkStatus::None,
+                };
+                let rtt_ms = link.and_then(|l| l.srtt_us).map(|us| us as f64 / 1000.0);
                 let configured_priority = self
                     .slots
                     .iter()
@@ -388,6 +399,8 @@ impl<S: Store> Node<S> {
                     lan: p.lan,
                     configured_priority,
                     state: p.state,
+                    link: link_kind,
+                    rtt_ms,
                     reason: (!p.linked()).then_some(p.reason),
                     last_seen_ms_ago: now.0.saturating_sub(p.last_seen.0) / 1000,
                     we_lack,
@@ -689,7 +702,7 @@ impl<S: Store> Node<S> {
         self.connect_due();
     }
 
-    fn on_link_up(&mut self, link: LinkId, remote: SocketAddr, outbound: bool) {
+    fn on_link_up(&mut self, link: LinkId, remote: SocketAddr, outbound: bool, kind: LinkKind) {
         self.connecting.remove(&remote);
         if outbound {
             // Until the hello arrives a configured address counts as attempted, so a link
@@ -698,7 +711,19 @@ impl<S: Store> Node<S> {
         }
         let sync = LinkSync::new(self.now);
         let since = self.now;
-        self.links.insert(link, LinkInfo { remote, peer: None, outbound, since, sync });
+        self.links.insert(
+            link,
+            LinkInfo {
+                remote,
+                peer: None,
+                outbound,
+                kind,
+                srtt_us: None,
+                last_ping: since,
+                since,
+                sync,
+            },
+        );
         let hello =
             Message::Hello { dbid: self.dbid(), instance: self.cfg.instance, role: self.cfg.role };
         self.send_frame(link, Tag::Tubs, &hello);
@@ -739,7 +764,7 @@ impl<S: Store> Node<S> {
             return;
         }
         info.peer = Some(dbid);
-        let (remote, outbound) = (info.remote, info.outbound);
+        let (remote, outbound, kind) = (info.remote, info.outbound, info.kind);
         if outbound {
             for slot in self.slots.iter_mut().filter(|s| s.peer.addr == remote) {
                 slot.dbid = Some(dbid);
@@ -757,11 +782,18 @@ impl<S: Store> Node<S> {
         peer.role = role;
         peer.last_seen = now;
         if let Some(old) = peer.link.filter(|old| *old != link && peer.linked()) {
-            // Two links to one peer: keep the one opened by the smaller dbid, on both sides.
+            // Two links to one peer: keep the better kind (QUIC over a TCP fallback), else the
+            // one opened by the smaller dbid. Both ends see the same kinds and initiators, so
+            // they keep the same link.
             let initiator = |outbound: bool| if outbound { own } else { dbid };
-            let old_outbound = self.links.get(&old).is_some_and(|l| l.outbound);
-            let keep_new = initiator(outbound) == own.min(dbid)
-                && (initiator(old_outbound) != own.min(dbid) || outbound == old_outbound);
+            let (old_outbound, old_kind) =
+                self.links.get(&old).map_or((false, kind), |l| (l.outbound, l.kind));
+            let keep_new = if kind != old_kind {
+                kind > old_kind
+            } else {
+                initiator(outbound) == own.min(dbid)
+                    && (initiator(old_outbound) != own.min(dbid) || outbound == old_outbound)
+            };
             let drop = if keep_new { old } else { link };
             self.links.remove(&drop);
             self.out.push_back(Output::Close { link: drop });
@@ -773,7 +805,30 @@ impl<S: Store> Node<S> {
         peer.state = PeerState::Up;
         peer.failures = 0;
         self.send_have(link, false);
+        self.send_ping(link);
         self.fail_back();
+    }
+
+    /// Measures the link's round trip (the answer is a [`Message::Pong`]).
+    fn send_ping(&mut self, link: LinkId) {
+        let sent = self.now.0;
+        if let Some(info) = self.links.get_mut(&link) {
+            info.last_ping = self.now;
+        }
+        self.send_frame(link, Tag::Tubs, &Message::Ping { sent });
+    }
+
+    fn on_pong(&mut self, link: LinkId, sent: u64) {
+        let now = self.now.0;
+        let Some(info) = self.links.get_mut(&link) else { return };
+        if sent > now || sent < info.since.0 {
+            return; // not a ping of this link
+        }
+        let sample = now - sent;
+        info.srtt_us = Some(match info.srtt_us {
+            Some(srtt) => (srtt * 7 + sample) / 8,
+            None => sample,
+        });
     }
 
     fn send_frame(&mut self, link: LinkId, tag: Tag, message: &Message) {
@@ -963,8 +1018,12 @@ impl<S: Store> Node<S> {
                     p.state = PeerState::Suspect;
                 }
             }
+            let ping_due = now.0.saturating_sub(info.last_ping.0) / 1000 >= keepalive;
             if info.sync.have_due(&self.changes) || idle {
                 self.send_have(link, idle);
+            }
+            if ping_due {
+                self.send_ping(link);
             }
         }
         for dbid in silent {
@@ -1196,6 +1255,8 @@ impl<S: Store> Node<S> {
                 self.on_have(link, dbid, full, entries, total)
             }
             Message::Want { ranges, limit } => self.on_want(link, &ranges, limit),
+            Message::Ping { sent } => self.send_frame(link, Tag::Tubs, &Message::Pong { sent }),
+            Message::Pong { sent } => self.on_pong(link, sent),
             Message::Resync => {
                 if let Some(info) = self.links.get_mut(&link) {
                     info.sync.reset_reported();
@@ -1251,7 +1312,13 @@ impl<S: Store> Protocol for Node<S> {
         match input {
             Input::Datagram { from, bytes, .. } => self.on_datagram(from, bytes),
             Input::Frame { link, bytes } => self.on_frame(link, bytes),
-            Input::LinkUp { link, remote, outbound } => self.on_link_up(link, remote, outbound),
+            Input::LinkUp { link, remote, outbound, kind } => {
+                self.on_link_up(link, remote, outbound, kind)
+            }
+            Input::LinkRejected { reason } => {
+                self.stats.rejects.record_reason(reason);
+                self.stats.links_refused += 1;
+            }
             Input::LinkDown { link } => self.on_link_down(link),
             Input::ConnectFailed { to } => self.connect_failed(to, DownReason::ConnectFailed),
             Input::Submit(sub) => self.submit(sub),

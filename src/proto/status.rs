@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use crate::proto::io::LinkKind;
 use crate::proto::node::NodeStats;
 use crate::proto::peers::{DownReason, PeerState, Role};
 
@@ -51,6 +52,10 @@ pub struct PeerStatus {
     pub configured_priority: Option<u32>,
     /// Where it is in its life.
     pub state: PeerState,
+    /// What carries our traffic with it.
+    pub link: LinkStatus,
+    /// Smoothed round-trip time of its link in milliseconds (absent until measured).
+    pub rtt_ms: Option<f64>,
     /// Why it is not up (absent when up).
     pub reason: Option<DownReason>,
     /// Milliseconds since we last heard from it.
@@ -63,6 +68,33 @@ pub struct PeerStatus {
     pub failures: u32,
     /// A `Want` to it is in flight.
     pub asking: bool,
+}
+
+/// What carries traffic with a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkStatus {
+    /// A QUIC link.
+    Quic,
+    /// A TCP link (UDP failed on the path; QUIC is tried again later).
+    Tcp,
+    /// A simulated link (netsim).
+    Sim,
+    /// No link, but it shares our LAN: units arrive and leave by multicast (the ring keeps
+    /// links to a few LAN peers only).
+    MulticastOnly,
+    /// Nothing.
+    None,
+}
+
+impl From<LinkKind> for LinkStatus {
+    fn from(kind: LinkKind) -> LinkStatus {
+        match kind {
+            LinkKind::Quic => LinkStatus::Quic,
+            LinkKind::Tcp => LinkStatus::Tcp,
+            LinkKind::Simulated => LinkStatus::Sim,
+        }
+    }
 }
 
 /// Queue lengths (all bounded: outputs are drained after every input, a link has at most one

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use crate::crypto::{KeySchedule, SystemKey};
 use crate::id::{DatabaseId, DeviceId, InstanceId};
 use crate::ledger::{Ledger, Submission};
-use crate::proto::io::{DatagramDest, Input, LinkId, Output, Protocol, Time};
+use crate::proto::io::{DatagramDest, Input, LinkId, LinkKind, Output, Protocol, Time};
 use crate::proto::node::{ConfiguredPeer, Node, NodeConfig};
 use crate::proto::peers::{PeerState, Role};
 use crate::store::{MemoryStore, Store};
@@ -240,9 +240,12 @@ impl Harness {
                         bytes,
                     },
                     Event::Frame { link, bytes } => Input::Frame { link: *link, bytes },
-                    Event::LinkUp { link, remote, outbound } => {
-                        Input::LinkUp { link: *link, remote: *remote, outbound: *outbound }
-                    }
+                    Event::LinkUp { link, remote, outbound } => Input::LinkUp {
+                        link: *link,
+                        remote: *remote,
+                        outbound: *outbound,
+                        kind: LinkKind::Simulated,
+                    },
                     Event::LinkDown { link } => Input::LinkDown { link: *link },
                     Event::ConnectFailed { to } => Input::ConnectFailed { to: *to },
                 };

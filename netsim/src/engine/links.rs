@@ -87,7 +87,12 @@ impl<F: NodeFactory> Simulation<F> {
         link.ends[1].local = Some(locals[1]);
         let (acceptor, a_addr, b_addr) = (link.ends[1].node, link.ends[0].addr, link.ends[1].addr);
         self.counters.links_up += 1;
-        let up = |link, remote, outbound| Input::LinkUp { link, remote, outbound };
+        let up = |link, remote, outbound| Input::LinkUp {
+            link,
+            remote,
+            outbound,
+            kind: meshnode::proto::LinkKind::Simulated,
+        };
         self.feed(initiator, |n, t| n.handle(t, up(locals[0], b_addr, true)));
         self.feed(acceptor, |n, t| n.handle(t, up(locals[1], a_addr, false)));
     }

@@ -79,7 +79,7 @@ impl Protocol for Probe {
                 }
                 Seen::Frame { link, bytes: bytes.to_vec() }
             }
-            Input::LinkUp { link, remote, outbound } => {
+            Input::LinkUp { link, remote, outbound, .. } => {
                 if outbound {
                     let n: u32 =
                         self.config.get("frames").and_then(|n| n.parse().ok()).unwrap_or(0);
