@@ -202,3 +202,69 @@ fn a_node_back_with_a_new_address_is_linked_again() {
     stop(&a);
     stop(&b);
 }
+
+/// The link kind each peer of `dir` is reached by, as its status shows it.
+fn peer_links(dir: &Path) -> Vec<String> {
+    let st = status(dir);
+    let peers = st["node"]["peers"].as_array().cloned().unwrap_or_default();
+    peers
+        .iter()
+        .filter(|p| p["state"] == "up")
+        .map(|p| p["link"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// Sets `[links] quic_retry_secs` in the member's config (the template has the key).
+fn set_quic_retry(dir: &Path, secs: u64) {
+    let path = dir.join("meshnode.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("quic_retry_secs = 60"), "template changed: {text}");
+    let text = text.replace("quic_retry_secs = 60", &format!("quic_retry_secs = {secs}"));
+    std::fs::write(&path, text).unwrap();
+}
+
+#[test]
+fn udp_blocked_node_links_over_tcp_and_returns_to_quic() {
+    let Some(mut lab) = lab_or_skip("mudp") else { return };
+    let root = tempfile::tempdir().unwrap();
+    let dirs = member_dirs(root.path(), 3);
+    let names = lan(&mut lab, 35, 3);
+    for (i, d) in dirs.iter().enumerate() {
+        set_quic_retry(d, 2);
+        submit_many(d, 300, &format!("n{i}"));
+    }
+    // n2's firewall drops unicast UDP (QUIC) both ways; multicast discovery still flows.
+    lab.drop_udp_unicast("n2").unwrap();
+    let nodes: Vec<LabChild> = names.iter().zip(&dirs).map(|(n, d)| start(&lab, n, d)).collect();
+    let refs: Vec<&LabChild> = nodes.iter().collect();
+    wait_for("n2 linked over tcp, n0 and n1 over quic, all converged", &refs, || {
+        let n2 = peer_links(&dirs[2]);
+        let n0 = peer_links(&dirs[0]);
+        dirs.iter().all(|d| units(d) == 900)
+            && n2.len() == 2
+            && n2.iter().all(|l| l == "tcp")
+            && n0.iter().filter(|l| *l == "quic").count() == 1
+            && n0.iter().filter(|l| *l == "tcp").count() == 1
+    });
+    assert!(lab.dropped("n2").unwrap() > 0, "the UDP drop rule never hit");
+    lab.heal("n2").unwrap();
+    submit_many(&dirs[2], 100, "after-heal");
+    wait_for("n2 back on quic with both peers, everything converged", &refs, || {
+        let n2 = peer_links(&dirs[2]);
+        dirs.iter().all(|d| units(d) == 1_000)
+            && n2.len() == 2
+            && n2.iter().all(|l| l == "quic")
+            && dirs.iter().all(|d| peer_links(d).iter().all(|l| l == "quic"))
+    });
+    let st = status(&dirs[0]);
+    let rtts: Vec<f64> = st["node"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["rtt_ms"].as_f64())
+        .collect();
+    assert!(!rtts.is_empty() && rtts.iter().all(|ms| *ms < 1_000.0), "rtt per peer: {rtts:?}");
+    for n in &nodes {
+        stop(n);
+    }
+}
