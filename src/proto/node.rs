@@ -1309,6 +1309,14 @@ impl<S: Store> Protocol for Node<S> {
         if !self.started {
             self.start(self.now);
         }
+        // Only these can change which links are wanted; units and frames on a link (the hot
+        // path) cannot, and anything they make due is picked up by the next timer.
+        let peers_may_change = match &input {
+            Input::Datagram { bytes, .. } => peek_tag(bytes).is_none_or(|t| t.is_discovery()),
+            Input::Frame { link, .. } => self.links.get(link).is_none_or(|l| l.peer.is_none()),
+            Input::Submit(_) | Input::Acknowledge { .. } | Input::LinkRejected { .. } => false,
+            _ => true,
+        };
         match input {
             Input::Datagram { from, bytes, .. } => self.on_datagram(from, bytes),
             Input::Frame { link, bytes } => self.on_frame(link, bytes),
@@ -1330,8 +1338,9 @@ impl<S: Store> Protocol for Node<S> {
                 return;
             }
         }
-        // Any input may change which links are wanted (and the slot timer with it).
-        self.connect_due();
+        if peers_may_change {
+            self.connect_due();
+        }
     }
 
     fn handle_timeout(&mut self, now: Time) {
