@@ -17,7 +17,7 @@ use crate::unit::{FileScopes, UnitKind, Urgency};
 enum Event {
     Datagram { from: SocketAddr, bytes: Vec<u8> },
     Frame { link: LinkId, bytes: Vec<u8> },
-    LinkUp { link: LinkId, remote: SocketAddr, outbound: bool },
+    LinkUp { link: LinkId, remote: SocketAddr, outbound: bool, kind: LinkKind },
     LinkDown { link: LinkId },
     ConnectFailed { to: SocketAddr },
 }
@@ -163,23 +163,7 @@ impl Harness {
                     }
                 }
                 Output::Connect { to } => match self.addrs.iter().position(|a| *a == to) {
-                    Some(j) if self.reachable(i, j) => {
-                        let (la, lb) = (LinkId(self.next_link), LinkId(self.next_link + 1));
-                        self.next_link += 2;
-                        self.links.insert((i, la), (j, lb));
-                        self.links.insert((j, lb), (i, la));
-                        let (ai, aj) = (self.addrs[i], self.addrs[j]);
-                        self.push(
-                            now.plus_millis(1),
-                            i,
-                            Event::LinkUp { link: la, remote: aj, outbound: true },
-                        );
-                        self.push(
-                            now.plus_millis(1),
-                            j,
-                            Event::LinkUp { link: lb, remote: ai, outbound: false },
-                        );
-                    }
+                    Some(j) if self.reachable(i, j) => self.add_link(i, j, LinkKind::Simulated),
                     _ => self.push(now.plus_millis(1), i, Event::ConnectFailed { to }),
                 },
                 Output::Frame { link, bytes } => {
@@ -211,6 +195,32 @@ impl Harness {
         }
     }
 
+    /// A link opened by `i` to `j` comes up in a millisecond (what a driver does after a
+    /// `Connect`, or on its own when it upgrades a link to a better transport).
+    pub fn add_link(&mut self, i: usize, j: usize, kind: LinkKind) {
+        let now = self.now;
+        let (la, lb) = (LinkId(self.next_link), LinkId(self.next_link + 1));
+        self.next_link += 2;
+        self.links.insert((i, la), (j, lb));
+        self.links.insert((j, lb), (i, la));
+        let (ai, aj) = (self.addrs[i], self.addrs[j]);
+        self.push(
+            now.plus_millis(1),
+            i,
+            Event::LinkUp { link: la, remote: aj, outbound: true, kind },
+        );
+        self.push(
+            now.plus_millis(1),
+            j,
+            Event::LinkUp { link: lb, remote: ai, outbound: false, kind },
+        );
+    }
+
+    /// Link pairs open between `i` and `j`.
+    pub fn links_between(&self, i: usize, j: usize) -> usize {
+        self.links.iter().filter(|((a, _), (b, _))| *a == i && *b == j).count()
+    }
+
     /// Steps until `until` (virtual time).
     pub fn run_until(&mut self, until: Time) {
         loop {
@@ -240,11 +250,11 @@ impl Harness {
                         bytes,
                     },
                     Event::Frame { link, bytes } => Input::Frame { link: *link, bytes },
-                    Event::LinkUp { link, remote, outbound } => Input::LinkUp {
+                    Event::LinkUp { link, remote, outbound, kind } => Input::LinkUp {
                         link: *link,
                         remote: *remote,
                         outbound: *outbound,
-                        kind: LinkKind::Simulated,
+                        kind: *kind,
                     },
                     Event::LinkDown { link } => Input::LinkDown { link: *link },
                     Event::ConnectFailed { to } => Input::ConnectFailed { to: *to },
@@ -521,4 +531,33 @@ fn the_core_reads_no_clock_and_owns_no_io() {
             }
         }
     }
+}
+
+#[test]
+fn a_peer_with_two_links_keeps_the_better_kind_on_both_ends() {
+    use crate::proto::status::LinkStatus;
+    let mut h = Harness::new(&[Role::Lane, Role::Lane], &[true, true], &[]);
+    h.run_until(h.now.plus_millis(3_000));
+    assert_eq!(h.links_between(0, 1), 1);
+    let link_of = |h: &Harness, i: usize| h.nodes[i].status().peers[0].link;
+    // The TCP fallback, then QUIC works again (opened by either end): QUIC stays.
+    for (tcp_from, quic_from) in [(0, 1), (1, 0), (0, 0), (1, 1)] {
+        h.add_link(tcp_from, 1 - tcp_from, LinkKind::Tcp);
+        h.run_until(h.now.plus_millis(100));
+        assert_eq!(h.links_between(0, 1), 1, "one link per peer");
+        h.add_link(quic_from, 1 - quic_from, LinkKind::Quic);
+        h.run_until(h.now.plus_millis(100));
+        assert_eq!(h.links_between(0, 1), 1, "one link per peer");
+        assert_eq!((link_of(&h, 0), link_of(&h, 1)), (LinkStatus::Quic, LinkStatus::Quic));
+        // A later TCP link (the other end's fallback attempt) gives way to the QUIC one.
+        h.add_link(1 - quic_from, quic_from, LinkKind::Tcp);
+        h.run_until(h.now.plus_millis(100));
+        assert_eq!(h.links_between(0, 1), 1);
+        assert_eq!((link_of(&h, 0), link_of(&h, 1)), (LinkStatus::Quic, LinkStatus::Quic));
+    }
+    h.submit(0, b"sale", Urgency::Normal);
+    h.run_until(h.now.plus_millis(12_000));
+    assert!(h.holds_all());
+    let rtt = h.nodes[0].status().peers[0].rtt_ms.expect("a ping was answered");
+    assert!(rtt > 0.0 && rtt < 10.0, "rtt {rtt} ms over a 0.5 ms simulated link");
 }
