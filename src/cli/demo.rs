@@ -157,16 +157,36 @@ fn wait(
 }
 
 fn table(names: &[&str], dirs: &[PathBuf]) {
-    println!("  {:<14} {:<17} {:>5} {:>6} {:>7}", "node", "dbid", "units", "peers", "unsafe");
+    println!(
+        "  {:<14} {:<17} {:>5} {:>6} {:>7}  links",
+        "node", "dbid", "units", "peers", "unsafe"
+    );
     for (name, dir) in names.iter().zip(dirs) {
         let s = snapshot(dir);
+        let links: Vec<String> = s["peers"]
+            .as_array()
+            .map(|peers| {
+                peers
+                    .iter()
+                    .filter(|p| p["state"] == "up")
+                    .map(|p| {
+                        let link = p["link"].as_str().unwrap_or("?");
+                        match p["rtt_ms"].as_f64() {
+                            Some(ms) => format!("{link} {ms:.1} ms"),
+                            None => link.to_string(),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         println!(
-            "  {:<14} {:<17} {:>5} {:>6} {:>7}",
+            "  {:<14} {:<17} {:>5} {:>6} {:>7}  {}",
             name,
             s["dbid"].as_str().unwrap_or("?"),
             s["units_total"].to_string(),
             format!("{} up", up_peers(&s)),
-            s["unsafe_backlog"].to_string()
+            s["unsafe_backlog"].to_string(),
+            links.join(", ")
         );
     }
 }
