@@ -13,9 +13,10 @@
 //!
 //! Not counted yet: a link refused in the handshake (wrong key, junk, half a handshake) ends in
 //! the driver (`src/net/driver.rs` logs `TcpLink::accept`/`connect` errors at debug and drops
-//! them), so the core's `links_refused` and `non_member_link` stay 0 for it. The tests prove
-//! those refusals from the members' debug logs; `a_wrong_key_link_is_counted_as_non_member`
-//! (ignored) asserts the counters and is to be enabled once the driver reports them.
+//! them), so the core's `links_refused` and `non_member_link` stay 0 for it. The core takes
+//! them as `Input::LinkRefused`; until the driver feeds it, the tests prove those refusals from
+//! the members' debug logs, and `a_wrong_key_link_is_counted_as_non_member` (ignored) asserts
+//! the counters, to be enabled with the driver change.
 
 #![cfg(target_os = "linux")]
 
@@ -476,8 +477,14 @@ fn garbage_at_the_ports_is_refused_and_counted_and_nothing_is_lost() {
             delta("decrypt_failure"),
             rejects_total(a) - rejects_total(b)
         );
-        // Each datagram is refused once, for its own reason (no other traffic is refused here).
-        assert_eq!(rejects_total(a) - rejects_total(b), sent as u64, "m{i}: {a}");
+        // Each datagram is refused once, for its own reason, and no other traffic is refused at
+        // m1; m0 may also count the links it refused (once the driver reports them).
+        let refused = rejects_total(a) - rejects_total(b);
+        if i == 0 {
+            assert!(refused >= sent as u64, "m0: {a}");
+        } else {
+            assert_eq!(refused, sent as u64, "m1: {a}");
+        }
         assert_eq!(delta("replay"), 2, "m{i}: the replayed IDQY and TUBT: {a}");
         assert_eq!(a["units_total"], 65, "m{i}: nothing accepted from the garbage");
     }
@@ -574,4 +581,33 @@ fn a_lane_of_store_2_reaches_head_office_through_store_1_and_becomes_safe() {
     for n in &nodes {
         stop(n);
     }
+}
+
+/// What the driver does not report yet (see the module docs): the core counts a link refused
+/// in the handshake once the driver feeds it `Input::LinkRefused`.
+#[test]
+#[ignore = "needs src/net/driver.rs to feed handshake refusals to the core as Input::LinkRefused"]
+fn a_wrong_key_link_is_counted_as_non_member() {
+    let Some(mut lab) = lab_or_skip("prefused") else { return };
+    let root = tempfile::tempdir().unwrap();
+    let (members, join) = system(root.path(), "1,2,3,4", &["m0"]);
+    let forged = root.path().join("forged.join");
+    wrong_key_join_file(&join, &forged);
+    let wrong = common::init(root.path(), "w0", &["--join", s(&forged)]);
+    lab.segment("lan").unwrap();
+    lab.node("m0", &[("lan", "10.77.43.10/24")]).unwrap();
+    lab.node("w0", &[("lan", "10.77.43.20/24")]).unwrap();
+    add_peer(&wrong, at(lab.addr("m0", "lan").unwrap(), LINK_PORT), "store-server");
+    let m0 = start(&lab, "m0", &members[0], &[]);
+    let w0 = start(&lab, "w0", &wrong, &[]);
+    let all = [(&m0, members[0].as_path()), (&w0, wrong.as_path())];
+    wait_for("both ends to count the refused link", 30, &all, || {
+        [&members[0], &wrong].iter().all(|d| {
+            let st = status(d);
+            rejects(&st, "non_member_link") > 0 && counter(&st, "links_refused") > 0
+        })
+    });
+    assert!(peers(&status(&members[0])).is_empty(), "m0 never peered with w0");
+    stop(&m0);
+    stop(&w0);
 }
