@@ -567,15 +567,28 @@ fn a_lane_of_store_2_reaches_head_office_through_store_1_and_becomes_safe() {
         start(&lab, "lane1", &dirs[1], &[]),
         start(&lab, "server2", &dirs[2], &["--role", "store-server", "--discovery-if", &s2_if]),
         start(&lab, "lane2", &dirs[3], &[]),
-        start(&lab, "ho", &dirs[4], &["--role", "main-server"]),
     ];
+    let ids: Vec<String> = dirs.iter().map(|d| dbid(d)).collect();
+    let up = |i: usize, j: usize| up_peers(&status(&dirs[i])).contains(&ids[j]);
+    {
+        let all: Vec<(&LabChild, &Path)> =
+            nodes.iter().zip(dirs.iter().map(PathBuf::as_path)).collect();
+        // Without head office nothing is safe, however far the units got.
+        wait_for("store 2's units at server1, not safe", 40, &all, || {
+            up(0, 1)
+                && up(0, 2)
+                && up(2, 3)
+                && units(&dirs[0]) == 40
+                && status(&dirs[3])["node"]["unsafe_backlog"] == 30
+        });
+    }
+    let nodes: Vec<LabChild> = nodes
+        .into_iter()
+        .chain([start(&lab, "ho", &dirs[4], &["--role", "main-server"])])
+        .collect();
     let all: Vec<(&LabChild, &Path)> =
         nodes.iter().zip(dirs.iter().map(PathBuf::as_path)).collect();
-    let ids: Vec<String> = dirs.iter().map(|d| dbid(d)).collect();
-    wait_for("the links lane1-server1-ho, server1-server2-lane2", 40, &all, || {
-        let up = |i: usize, j: usize| up_peers(&status(&dirs[i])).contains(&ids[j]);
-        up(0, 1) && up(0, 2) && up(0, 4) && up(2, 3)
-    });
+    wait_for("server1 to link head office", 40, &all, || up(0, 4));
     submit(&dirs[3], 10, "lane2-live");
     wait_for("lane2's 40 units at ho and lane1, and safe at lane2", 40, &all, || {
         let by_origin_at = |i: usize| units(&dirs[i]) >= 40;
