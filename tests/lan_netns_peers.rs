@@ -309,6 +309,14 @@ fn outsiders_on_the_bridge_get_nothing_and_are_counted() {
     for n in &nodes {
         stop(n);
     }
+    // Unit by unit, from the stores: every node holds units of its own system's origins only.
+    let origins = |d: &Path| -> std::collections::BTreeSet<String> {
+        common::units(d).iter().filter_map(|u| u["origin"].as_str().map(str::to_string)).collect()
+    };
+    let expect = |of: &[usize]| of.iter().map(|&j| ids[j].clone()).collect();
+    for (i, of) in [(0, &[0, 1][..]), (1, &[0, 1]), (2, &[2]), (3, &[3, 4]), (4, &[3, 4])] {
+        assert_eq!(origins(dirs[i]), expect(of), "{}: origins of its units", names[i]);
+    }
 }
 
 /// A socket in the lab's node `node` that receives `group` on that node's interface `segment`.
