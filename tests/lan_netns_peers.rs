@@ -155,10 +155,17 @@ fn rejects_total(st: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-/// Polls `check` every 100 ms until it holds; after `secs` seconds fails with every node's log
-/// and status.
-fn wait_for(what: &str, secs: u64, nodes: &[(&LabChild, &Path)], mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
+/// How long one test may wait for its nodes in all (they need a few seconds).
+const BUDGET: Duration = Duration::from_secs(60);
+
+/// Polls `check` every 100 ms until it holds; past `deadline` (the test's [`BUDGET`]) fails with
+/// every node's log and status.
+fn wait_for(
+    what: &str,
+    deadline: Instant,
+    nodes: &[(&LabChild, &Path)],
+    mut check: impl FnMut() -> bool,
+) {
     while !check() {
         if Instant::now() > deadline {
             let report: Vec<String> = nodes
@@ -210,6 +217,7 @@ fn group(st: &Value, key: &str) -> SocketAddrV4 {
 #[test]
 fn outsiders_on_the_bridge_get_nothing_and_are_counted() {
     let Some(mut lab) = lab_or_skip("poutsider") else { return };
+    let deadline = Instant::now() + BUDGET;
     let root = tempfile::tempdir().unwrap();
     // System A: two members. Another RmSystem: one node. Our RmSystem with a wrong key: two
     // nodes that share it (so they peer with each other and multicast on A's unit group).
@@ -245,13 +253,13 @@ fn outsiders_on_the_bridge_get_nothing_and_are_counted() {
     let all: Vec<(&LabChild, &Path)> = nodes.iter().zip(dirs.iter().copied()).collect();
     let ids: Vec<String> = dirs.iter().map(|d| dbid(d)).collect();
 
-    wait_for("the members to link and converge on 80 units", 40, &all, || {
+    wait_for("the members to link and converge on 80 units", deadline, &all, || {
         (0..2).all(|i| {
             let st = status(dirs[i]);
             st["units_total"] == 80 && up_peers(&st) == vec![ids[1 - i].clone()]
         })
     });
-    wait_for("the wrong-key pair to link with each other", 40, &all, || {
+    wait_for("the wrong-key pair to link with each other", deadline, &all, || {
         (3..5).all(|i| up_peers(&status(dirs[i])) == vec![ids[7 - i].clone()])
     });
     // Units submitted while running are multicast on the unit group of the RmSystem: the
@@ -260,22 +268,27 @@ fn outsiders_on_the_bridge_get_nothing_and_are_counted() {
     submit(&members[1], 10, "m1-live");
     submit(&wrong[0], 10, "w0-live");
     submit(&foreign[0], 5, "f0-live");
-    wait_for("the members to hold 100, the pair 40, and the refusals counted", 40, &all, || {
-        let wrong_ok = (3..5).all(|i| units(dirs[i]) == 40);
-        wrong_ok
-            && (0..2).all(|i| {
-                let st = status(dirs[i]);
-                st["units_total"] == 100
-                    && rejects(&st, "foreign_system") > 0
-                    && counter(&st, "foreign_nodes_heard") > 0
-                    && rejects(&st, "bad_tag") > 0
-                    && rejects(&st, "decrypt_failure") > 0
-            })
-    });
+    wait_for(
+        "the members to hold 100, the pair 40, and the refusals counted",
+        deadline,
+        &all,
+        || {
+            let wrong_ok = (3..5).all(|i| units(dirs[i]) == 40);
+            wrong_ok
+                && (0..2).all(|i| {
+                    let st = status(dirs[i]);
+                    st["units_total"] == 100
+                        && rejects(&st, "foreign_system") > 0
+                        && counter(&st, "foreign_nodes_heard") > 0
+                        && rejects(&st, "bad_tag") > 0
+                        && rejects(&st, "decrypt_failure") > 0
+                })
+        },
+    );
     // m0 refused the wrong-key node's link in the handshake: counted once the driver reports
     // it, logged until then (see the module docs).
     let w0_addr = lab.addr("w0", "lan").unwrap().to_string();
-    wait_for("m0 to refuse w0's link as a non-member", 30, &all, || {
+    wait_for("m0 to refuse w0's link as a non-member", deadline, &all, || {
         rejects(&status(dirs[0]), "non_member_link") > 0
             || refused_in_log(&nodes[0], &w0_addr, Some("NonMemberLink")) > 0
     });
@@ -374,6 +387,7 @@ fn tampered(bytes: &[u8], at: usize) -> Vec<u8> {
 #[test]
 fn garbage_at_the_ports_is_refused_and_counted_and_nothing_is_lost() {
     let Some(mut lab) = lab_or_skip("pgarbage") else { return };
+    let deadline = Instant::now() + BUDGET;
     let root = tempfile::tempdir().unwrap();
     let (dirs, _) = system(root.path(), "1,2,3,4", &["m0", "m1"]);
     lab.segment("lan").unwrap();
@@ -386,7 +400,7 @@ fn garbage_at_the_ports_is_refused_and_counted_and_nothing_is_lost() {
 
     let m0 = start(&lab, "m0", &dirs[0], &[]);
     let mut all: Vec<(&LabChild, &Path)> = vec![(&m0, &dirs[0])];
-    wait_for("m0 to run", 20, &all, || status(&dirs[0])["running"] == true);
+    wait_for("m0 to run", deadline, &all, || status(&dirs[0])["running"] == true);
     let st = status(&dirs[0]);
     let (discovery, env) = (group(&st, "discovery_group"), group(&st, "env_group"));
     let discovery_rx = group_listener(&lab, "x", "lan", discovery);
@@ -395,7 +409,7 @@ fn garbage_at_the_ports_is_refused_and_counted_and_nothing_is_lost() {
     let m1 = start(&lab, "m1", &dirs[1], &[]);
     all.push((&m1, &dirs[1]));
     let idqy = capture(&discovery_rx, b"IDQY", lab.addr("m1", "lan").unwrap(), 20);
-    wait_for("the members to link and converge on 60", 40, &all, || {
+    wait_for("the members to link and converge on 60", deadline, &all, || {
         dirs.iter().all(|d| {
             let st = status(d);
             st["units_total"] == 60 && up_peers(&st).len() == 1
@@ -404,7 +418,7 @@ fn garbage_at_the_ports_is_refused_and_counted_and_nothing_is_lost() {
     // A unit submitted now is multicast, sealed, on the unit group: capture one.
     submit(&dirs[0], 5, "m0-live");
     let tubt = capture(&env_rx, b"TUBT", lab.addr("m0", "lan").unwrap(), 20);
-    wait_for("m1 to hold the live units", 30, &all, || units(&dirs[1]) == 65);
+    wait_for("m1 to hold the live units", deadline, &all, || units(&dirs[1]) == 65);
     let before: Vec<Value> = dirs.iter().map(|d| status(d)).collect();
 
     // Datagrams at both groups, each received by both members.
@@ -490,18 +504,23 @@ fn garbage_at_the_ports_is_refused_and_counted_and_nothing_is_lost() {
             .saturating_sub(rejects_total(&before[0]) + sent as u64);
         !tcp_links || counted >= 3 || refused_in_log(&m0, &x_addr, None) >= 4
     };
-    wait_for("both members to count every datagram and m0 to refuse the links", 30, &all, || {
-        links_refused()
-            && dirs.iter().zip(&before).all(|(d, b)| {
-                let st = status(d);
-                let grew = |r: &str| rejects(&st, r) > rejects(b, r);
-                rejects_total(&st) >= rejects_total(b) + sent as u64
-                    && grew("replay")
-                    && grew("truncated")
-                    && grew("bad_tag")
-                    && grew("decrypt_failure")
-            })
-    });
+    wait_for(
+        "both members to count every datagram and m0 to refuse the links",
+        deadline,
+        &all,
+        || {
+            links_refused()
+                && dirs.iter().zip(&before).all(|(d, b)| {
+                    let st = status(d);
+                    let grew = |r: &str| rejects(&st, r) > rejects(b, r);
+                    rejects_total(&st) >= rejects_total(b) + sent as u64
+                        && grew("replay")
+                        && grew("truncated")
+                        && grew("bad_tag")
+                        && grew("decrypt_failure")
+                })
+        },
+    );
     let after: Vec<Value> = dirs.iter().map(|d| status(d)).collect();
     for (i, (a, b)) in after.iter().zip(&before).enumerate() {
         let delta = |r: &str| rejects(a, r) - rejects(b, r);
@@ -529,7 +548,7 @@ fn garbage_at_the_ports_is_refused_and_counted_and_nothing_is_lost() {
     // Nothing lost: the same link carries what comes next, both ways.
     submit(&dirs[0], 20, "m0-after");
     submit(&dirs[1], 20, "m1-after");
-    wait_for("both members to hold 105 units", 40, &all, || {
+    wait_for("both members to hold 105 units", deadline, &all, || {
         dirs.iter().all(|d| {
             let st = status(d);
             st["units_total"] == 105 && up_peers(&st).len() == 1
@@ -545,6 +564,7 @@ fn garbage_at_the_ports_is_refused_and_counted_and_nothing_is_lost() {
 #[test]
 fn a_lane_of_store_2_reaches_head_office_through_store_1_and_becomes_safe() {
     let Some(mut lab) = lab_or_skip("pstores") else { return };
+    let deadline = Instant::now() + BUDGET;
     let root = tempfile::tempdir().unwrap();
     let names = ["server1", "lane1", "server2", "lane2", "ho"];
     let (dirs, _) = system(root.path(), "1,2,3,4", &names);
@@ -582,7 +602,7 @@ fn a_lane_of_store_2_reaches_head_office_through_store_1_and_becomes_safe() {
         let all: Vec<(&LabChild, &Path)> =
             nodes.iter().zip(dirs.iter().map(PathBuf::as_path)).collect();
         // Without head office nothing is safe, however far the units got.
-        wait_for("store 2's units at server1, not safe", 40, &all, || {
+        wait_for("store 2's units at server1, not safe", deadline, &all, || {
             up(0, 1)
                 && up(0, 2)
                 && up(2, 3)
@@ -596,9 +616,9 @@ fn a_lane_of_store_2_reaches_head_office_through_store_1_and_becomes_safe() {
         .collect();
     let all: Vec<(&LabChild, &Path)> =
         nodes.iter().zip(dirs.iter().map(PathBuf::as_path)).collect();
-    wait_for("server1 to link head office", 40, &all, || up(0, 4));
+    wait_for("server1 to link head office", deadline, &all, || up(0, 4));
     submit(&dirs[3], 10, "lane2-live");
-    wait_for("lane2's 40 units at ho and lane1, and safe at lane2", 40, &all, || {
+    wait_for("lane2's 40 units at ho and lane1, and safe at lane2", deadline, &all, || {
         let by_origin_at = |i: usize| units(&dirs[i]) >= 40;
         let st = status(&dirs[3]);
         by_origin_at(4)
@@ -606,7 +626,7 @@ fn a_lane_of_store_2_reaches_head_office_through_store_1_and_becomes_safe() {
             && st["node"]["unsafe_backlog"] == 0
             && st["units_total"] == 50
     });
-    wait_for("everyone to hold all 50 units and lane1's to be safe too", 40, &all, || {
+    wait_for("everyone to hold all 50 units and lane1's to be safe too", deadline, &all, || {
         dirs.iter().all(|d| units(d) == 50) && status(&dirs[1])["node"]["unsafe_backlog"] == 0
     });
     // Head office only ever heard of server1 (it is on no other segment): the units of store 2
@@ -638,6 +658,7 @@ fn a_lane_of_store_2_reaches_head_office_through_store_1_and_becomes_safe() {
 #[ignore = "needs src/net/driver.rs to feed handshake refusals to the core as Input::LinkRefused"]
 fn a_wrong_key_link_is_counted_as_non_member() {
     let Some(mut lab) = lab_or_skip("prefused") else { return };
+    let deadline = Instant::now() + BUDGET;
     let root = tempfile::tempdir().unwrap();
     let (members, join) = system(root.path(), "1,2,3,4", &["m0"]);
     let forged = root.path().join("forged.join");
@@ -650,7 +671,7 @@ fn a_wrong_key_link_is_counted_as_non_member() {
     let m0 = start(&lab, "m0", &members[0], &[]);
     let w0 = start(&lab, "w0", &wrong, &[]);
     let all = [(&m0, members[0].as_path()), (&w0, wrong.as_path())];
-    wait_for("both ends to count the refused link", 30, &all, || {
+    wait_for("both ends to count the refused link", deadline, &all, || {
         [&members[0], &wrong].iter().all(|d| {
             let st = status(d);
             rejects(&st, "non_member_link") > 0 && counter(&st, "links_refused") > 0
