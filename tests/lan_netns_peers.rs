@@ -273,7 +273,10 @@ fn outsiders_on_the_bridge_get_nothing_and_are_counted() {
         deadline,
         &all,
         || {
-            let wrong_ok = (3..5).all(|i| units(dirs[i]) == 40);
+            let wrong_ok = (3..5).all(|i| {
+                let st = status(dirs[i]);
+                st["units_total"] == 40 && rejects(&st, "decrypt_failure") > 0
+            });
             wrong_ok
                 && (0..2).all(|i| {
                     let st = status(dirs[i]);
@@ -308,7 +311,9 @@ fn outsiders_on_the_bridge_get_nothing_and_are_counted() {
         );
     }
     assert_eq!(units(dirs[2]), 30, "the foreign node holds only its own units");
-    assert!(peers(&status(dirs[2])).is_empty(), "the foreign node peers with no one");
+    let st = status(dirs[2]);
+    assert!(peers(&st).is_empty(), "the foreign node peers with no one: {st}");
+    assert!(rejects(&st, "foreign_system") > 0, "the foreign node counts us as foreign: {st}");
     for i in 3..5 {
         let st = status(dirs[i]);
         assert_eq!(st["units_total"], 40, "{}: only the pair's units", names[i]);
