@@ -111,8 +111,10 @@ enum Event {
     QuicWorks {
         to: SocketAddr,
     },
+    /// A link refused for a fault of the other end.
     Rejected {
         reason: RejectReason,
+        in_handshake: bool,
     },
 }
 
@@ -256,6 +258,9 @@ pub async fn run<S: Store>(
             }
             () = tokio::time::sleep(wait) => node.handle_timeout(wall_time()),
             _ = every_second.tick() => {
+                // Harmless when nothing is due; brings the snapshot's clock (uptime, last
+                // seen) up to now.
+                node.handle_timeout(wall_time());
                 links.probe_quic();
                 if let Some(path) = &cfg.status_path {
                     write_status(path, &node);
@@ -377,7 +382,7 @@ impl Transports {
     /// Counts a refusal that is the other end's fault.
     async fn report(&self, err: &LinkFailure) {
         if let Some(reason) = err.reason() {
-            let _ = self.tx.send(Event::Rejected { reason }).await;
+            let _ = self.tx.send(Event::Rejected { reason, in_handshake: true }).await;
         }
     }
 
@@ -421,6 +426,11 @@ impl Transports {
                         Ok(None) => break,
                         Err(err) => {
                             debug!(%err, "link read failed");
+                            if let Some(reason) = err.reason() {
+                                // Oversized, truncated or undecryptable frames from a member.
+                                let rejected = Event::Rejected { reason, in_handshake: false };
+                                let _ = tx.send(rejected).await;
+                            }
                             if err.is_quic_path_failure() {
                                 let _ = tx.send(Event::QuicPathFailed { to: remote }).await;
                             }
@@ -470,7 +480,9 @@ fn feed<S: Store>(node: &mut Node<S>, event: Event, links: &mut Links) {
         Event::QuicWorks { to } => {
             links.quic_failed.remove(&to);
         }
-        Event::Rejected { reason } => node.handle(now, Input::LinkRejected { reason }),
+        Event::Rejected { reason, in_handshake } => {
+            node.handle(now, Input::LinkRejected { reason, in_handshake })
+        }
     }
 }
 

@@ -112,11 +112,14 @@ pub enum Input<'a> {
         /// What carries it.
         kind: LinkKind,
     },
-    /// The driver refused a link (or a link attempt) before it came up, for a fault of the
-    /// other end (a non-member, a malformed handshake): counted with the other rejections.
+    /// The driver refused a link for a fault of the other end: in its handshake (a non-member,
+    /// junk), or later (an oversized, truncated or undecryptable frame ended it). Counted with
+    /// the other rejections.
     LinkRejected {
         /// The reason.
         reason: crate::wire::RejectReason,
+        /// Refused before it came up (also counted in `links_refused`).
+        in_handshake: bool,
     },
     /// A link closed or failed; no more frames will arrive on it.
     LinkDown {

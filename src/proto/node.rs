@@ -167,7 +167,8 @@ pub struct NodeStats {
     pub store_errors: u64,
     /// Submissions the store could not take (the application was not given a receipt).
     pub submits_refused: u64,
-    /// Links closed because the other end never proved membership.
+    /// Links refused in their handshake (the other end did not prove membership, or sent
+    /// junk), and links whose first frame did not open.
     pub links_refused: u64,
     /// Links closed because nothing was heard on them.
     pub links_silent: u64,
@@ -1323,9 +1324,11 @@ impl<S: Store> Protocol for Node<S> {
             Input::LinkUp { link, remote, outbound, kind } => {
                 self.on_link_up(link, remote, outbound, kind)
             }
-            Input::LinkRejected { reason } => {
+            Input::LinkRejected { reason, in_handshake } => {
                 self.stats.rejects.record_reason(reason);
-                self.stats.links_refused += 1;
+                if in_handshake {
+                    self.stats.links_refused += 1;
+                }
             }
             Input::LinkDown { link } => self.on_link_down(link),
             Input::ConnectFailed { to } => self.connect_failed(to, DownReason::ConnectFailed),
