@@ -95,6 +95,7 @@ pub fn group_receiver(group: SocketAddrV4, interfaces: &[Ipv4Addr]) -> io::Resul
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
+    grow_recv_buffer(&socket);
     socket.bind(&SocketAddr::V4(group).into())?;
     for interface in interfaces {
         socket.join_multicast_v4(group.ip(), interface)?;
@@ -103,6 +104,31 @@ pub fn group_receiver(group: SocketAddrV4, interfaces: &[Ipv4Addr]) -> io::Resul
     // and units it holds already.
     socket.set_multicast_loop_v4(true)?;
     Ok(socket.into())
+}
+
+/// Receive buffer asked for on the group sockets: a sender's burst of multicast units (8 KiB
+/// datagrams) waits here while the node commits the previous burst, instead of being dropped
+/// by the kernel and fetched again by anti-entropy.
+pub const GROUP_RECV_BUFFER: usize = 4 << 20;
+
+/// Asks for [`GROUP_RECV_BUFFER`]: forced where the process may (`CAP_NET_ADMIN`), else as
+/// much as `net.core.rmem_max` allows.
+fn grow_recv_buffer(socket: &Socket) {
+    use std::os::fd::AsRawFd;
+    let size = libc::c_int::try_from(GROUP_RECV_BUFFER).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on a socket we own, with a pointer to a c_int and its exact size.
+    let forced = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    } == 0;
+    if !forced {
+        let _ = socket.set_recv_buffer_size(GROUP_RECV_BUFFER);
+    }
 }
 
 /// A socket that sends to groups out of `interface`, TTL 1, bound to an ephemeral port on

@@ -40,12 +40,17 @@ use crate::net::handshake::LinkParams;
 use crate::net::link::{Link, LinkFailure};
 use crate::net::quic::{QuicEndpoint, QuicTimeouts};
 use crate::net::tcp::TcpLink;
-use crate::proto::{DatagramDest, Input, LinkId, LinkKind, Node, Output, Protocol, Time};
+use crate::proto::{
+    DatagramDest, Input, LinkId, LinkKind, Node, Output, Protocol, ReceivedDatagram, Time,
+};
 use crate::store::Store;
 use crate::wire::RejectReason;
 
 /// Frames queued for one link before the link is judged too slow and closed.
 const LINK_QUEUE: usize = 4096;
+
+/// Events taken from the queue in one turn of the loop before the outputs are drained.
+const BURST: usize = 256;
 
 /// The longest a QUIC attempt may take before TCP is tried (a LAN handshake takes a
 /// millisecond, an intercontinental one a few hundred).
@@ -249,7 +254,7 @@ pub async fn run<S: Store>(
             () = &mut shutdown => break,
             event = rx.recv() => {
                 let Some(event) = event else { break };
-                feed(&mut node, event, &mut links);
+                feed_burst(&mut node, event, &mut rx, &mut links);
             }
             Some(event) = recv_control(&mut control) => {
                 if let Some(control) = control.as_mut() {
@@ -456,6 +461,47 @@ async fn recv_control(control: &mut Option<Control>) -> Option<ControlEvent> {
 fn nonblocking(socket: StdUdpSocket) -> io::Result<StdUdpSocket> {
     socket.set_nonblocking(true)?;
     Ok(socket)
+}
+
+/// Feeds `first` and every event already queued behind it (up to [`BURST`]), handing runs of
+/// datagrams over together so the units they carry share one group commit.
+fn feed_burst<S: Store>(
+    node: &mut Node<S>,
+    first: Event,
+    rx: &mut mpsc::Receiver<Event>,
+    links: &mut Links,
+) {
+    let mut datagrams = Vec::new();
+    let mut next = Some(first);
+    let mut taken = 0;
+    while let Some(event) = next.take() {
+        match event {
+            Event::Datagram { from, to, bytes } => {
+                datagrams.push(ReceivedDatagram { from, to, bytes })
+            }
+            other => {
+                feed_datagrams(node, &mut datagrams);
+                feed(node, other, links);
+            }
+        }
+        taken += 1;
+        if taken < BURST {
+            next = rx.try_recv().ok();
+        }
+    }
+    feed_datagrams(node, &mut datagrams);
+}
+
+fn feed_datagrams<S: Store>(node: &mut Node<S>, datagrams: &mut Vec<ReceivedDatagram>) {
+    let now = wall_time();
+    match datagrams.len() {
+        0 => {}
+        1 => {
+            let d = datagrams.remove(0);
+            node.handle(now, Input::Datagram { from: d.from, to: d.to, bytes: &d.bytes });
+        }
+        _ => node.handle(now, Input::Datagrams(std::mem::take(datagrams))),
+    }
 }
 
 fn feed<S: Store>(node: &mut Node<S>, event: Event, links: &mut Links) {

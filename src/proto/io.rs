@@ -81,6 +81,17 @@ pub enum DatagramDest {
     Unicast(SocketAddr),
 }
 
+/// One datagram of an [`Input::Datagrams`] burst.
+#[derive(Debug, Clone)]
+pub struct ReceivedDatagram {
+    /// Sender address.
+    pub from: SocketAddr,
+    /// Where it was sent.
+    pub to: DatagramDest,
+    /// The bytes, untrusted.
+    pub bytes: Vec<u8>,
+}
+
 /// Something that happened, fed to [`Protocol::handle`].
 #[derive(Debug)]
 #[non_exhaustive]
@@ -94,6 +105,11 @@ pub enum Input<'a> {
         /// The bytes, untrusted.
         bytes: &'a [u8],
     },
+    /// Datagrams that were waiting together (a driver that reads a burst hands it over at
+    /// once): the units they carry share one group commit, which is what lets a receiver keep
+    /// up with a sender that batches. Same as one [`Input::Datagram`] each, in order,
+    /// otherwise.
+    Datagrams(Vec<ReceivedDatagram>),
     /// One frame arrived on a link.
     Frame {
         /// The link.

@@ -15,7 +15,7 @@ pub mod peers;
 pub mod status;
 pub mod sync;
 
-pub use io::{DatagramDest, Input, LinkId, LinkKind, Output, Protocol, Time};
+pub use io::{DatagramDest, Input, LinkId, LinkKind, Output, Protocol, ReceivedDatagram, Time};
 pub use node::{ConfiguredPeer, Node, NodeConfig, NodeStats};
 pub use peers::{DownReason, Peer, PeerState, Role};
 pub use status::{LinkStatus, NodeStatus, PeerStatus, Queues};

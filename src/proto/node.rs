@@ -36,7 +36,9 @@ use rand::{Rng, SeedableRng};
 use crate::crypto::{KeySchedule, NonceSequence, Purpose};
 use crate::id::{DatabaseId, DeviceId, Environment, InstanceId, RmSystem};
 use crate::ledger::{Ledger, Submission};
-use crate::proto::io::{DatagramDest, Input, LinkId, LinkKind, Output, Protocol, Time};
+use crate::proto::io::{
+    DatagramDest, Input, LinkId, LinkKind, Output, Protocol, ReceivedDatagram, Time,
+};
 use crate::proto::message::{decode_units, Announce, HaveEntry, Message};
 use crate::proto::peers::{backoff_ms, DownReason, Peer, PeerState, Role};
 use crate::proto::status::{LinkStatus, NodeStatus, PeerStatus, Queues};
@@ -1181,6 +1183,27 @@ impl<S: Store> Node<S> {
     // ----- inputs -----
 
     fn on_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
+        let mut units = Vec::new();
+        self.open_datagram(from, bytes, &mut units);
+        if !units.is_empty() {
+            self.on_units(Source::Multicast, &units);
+        }
+    }
+
+    /// A burst of datagrams: announcements as they come, the units of all of them in one
+    /// batch (one group commit).
+    fn on_datagrams(&mut self, datagrams: &[ReceivedDatagram]) {
+        let mut units = Vec::new();
+        for d in datagrams {
+            self.open_datagram(d.from, &d.bytes, &mut units);
+        }
+        if !units.is_empty() {
+            self.on_units(Source::Multicast, &units);
+        }
+    }
+
+    /// Handles a discovery datagram, or adds the units a unit datagram carries to `units`.
+    fn open_datagram(&mut self, from: SocketAddr, bytes: &[u8], units: &mut Vec<Vec<u8>>) {
         let now_secs = self.now.as_secs();
         let discovery = peek_tag(bytes).is_some_and(|t| t.is_discovery());
         if discovery {
@@ -1203,9 +1226,7 @@ impl<S: Store> Node<S> {
         }
         match self.lan_open.open(bytes, now_secs) {
             Ok(opened) => match Message::decode(&opened.plaintext) {
-                Ok(Message::Units { units, .. }) => {
-                    self.on_units(Source::Multicast, &units);
-                }
+                Ok(Message::Units { units: carried, .. }) => units.extend(carried),
                 Ok(_) => self.stats.rejects.record_reason(RejectReason::UnknownType),
                 Err(_) => self.stats.rejects.record_reason(RejectReason::Malformed),
             },
@@ -1314,12 +1335,16 @@ impl<S: Store> Protocol for Node<S> {
         // path) cannot, and anything they make due is picked up by the next timer.
         let peers_may_change = match &input {
             Input::Datagram { bytes, .. } => peek_tag(bytes).is_none_or(|t| t.is_discovery()),
+            Input::Datagrams(all) => {
+                all.iter().any(|d| peek_tag(&d.bytes).is_none_or(|t| t.is_discovery()))
+            }
             Input::Frame { link, .. } => self.links.get(link).is_none_or(|l| l.peer.is_none()),
             Input::Submit(_) | Input::Acknowledge { .. } | Input::LinkRejected { .. } => false,
             _ => true,
         };
         match input {
             Input::Datagram { from, bytes, .. } => self.on_datagram(from, bytes),
+            Input::Datagrams(all) => self.on_datagrams(&all),
             Input::Frame { link, bytes } => self.on_frame(link, bytes),
             Input::LinkUp { link, remote, outbound, kind } => {
                 self.on_link_up(link, remote, outbound, kind)

@@ -561,3 +561,50 @@ fn a_peer_with_two_links_keeps_the_better_kind_on_both_ends() {
     let rtt = h.nodes[0].status().peers[0].rtt_ms.expect("a ping was answered");
     assert!(rtt > 0.0 && rtt < 10.0, "rtt {rtt} ms over a 0.5 ms simulated link");
 }
+
+#[test]
+fn a_burst_of_multicast_datagrams_is_taken_in_one_batch_like_one_by_one() {
+    use crate::proto::io::ReceivedDatagram;
+    let mut h = Harness::new(&[Role::Lane, Role::Lane, Role::Lane], &[true, true, true], &[]);
+    h.run_until(h.now.plus_millis(3_000));
+    let now = h.now;
+    let mut datagrams = Vec::new();
+    for i in 0..40 {
+        let sub = Submission {
+            kind: UnitKind::Tubt,
+            urgency: Urgency::Normal,
+            scopes: FileScopes::NONE,
+            physkey: None,
+            payload: vec![i as u8; 3_000],
+        };
+        h.nodes[0].handle(now, Input::Submit(sub));
+        while let Some(out) = h.nodes[0].poll_output() {
+            if let Output::Datagram { to: DatagramDest::Group(_), bytes } = out {
+                datagrams.push(ReceivedDatagram {
+                    from: "10.0.0.1:7000".parse().unwrap(),
+                    to: DatagramDest::Group("239.192.6.20:7083".parse().unwrap()),
+                    bytes,
+                });
+            }
+        }
+    }
+    assert!(datagrams.len() >= 40, "one multicast per submit at least");
+    // Node 1 takes them one by one, node 2 as one burst (with a junk datagram in it).
+    for d in &datagrams {
+        h.nodes[1].handle(now, Input::Datagram { from: d.from, to: d.to, bytes: &d.bytes });
+    }
+    let mut burst = datagrams.clone();
+    burst.insert(7, ReceivedDatagram { bytes: b"junk".to_vec(), ..datagrams[0].clone() });
+    h.nodes[2].handle(now, Input::Datagrams(burst));
+    for i in [1, 2] {
+        let mut delivered = Vec::new();
+        while let Some(out) = h.nodes[i].poll_output() {
+            if let Output::Deliver(unit) = out {
+                delivered.push(unit.seq);
+            }
+        }
+        assert_eq!(delivered, (1..=40).collect::<Vec<u64>>(), "node {i} delivers all, in order");
+        assert_eq!(h.nodes[i].ledger().store().units_total(), 40);
+    }
+    assert_eq!(h.nodes[2].status().counters.rejects.total(), 1, "the junk is counted");
+}
