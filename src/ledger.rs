@@ -244,6 +244,28 @@ impl<S: Store> Ledger<S> {
         Ok(())
     }
 
+    /// Records acknowledgements (each: every unit of `origin` up to `seq` is applied; a cursor
+    /// never moves back) and makes the cursor durable with one store flush before returning.
+    pub fn acknowledge_durably(
+        &mut self,
+        app: &str,
+        acks: &[(DatabaseId, u64)],
+    ) -> Result<(), LedgerError> {
+        if acks.is_empty() {
+            return Ok(());
+        }
+        let mut cursor = self.store.cursor(app)?;
+        for (origin, seq) in acks {
+            let at = cursor.entry(*origin).or_insert(0);
+            if *seq > *at {
+                *at = *seq;
+                self.store.set_cursor(app, origin, *seq)?;
+            }
+        }
+        self.store.flush()?;
+        Ok(())
+    }
+
     /// This node's dbid.
     pub fn own_dbid(&self) -> DatabaseId {
         self.own

@@ -1076,13 +1076,19 @@ impl<S: Store> Node<S> {
         }
     }
 
-    fn submit(&mut self, sub: Submission) {
-        let receipts = match self.ledger.submit_batch(vec![sub], self.now.as_millis()) {
+    /// One group commit for `subs`; one `Accepted` (or, for a refused batch, `Refused`) per
+    /// submission, in order.
+    fn submit(&mut self, subs: Vec<Submission>) {
+        let count = subs.len();
+        let receipts = match self.ledger.submit_batch(subs, self.now.as_millis()) {
             Ok(r) => r,
             Err(e) => {
                 self.stats.store_errors += 1;
-                self.stats.submits_refused += 1;
-                self.out.push_back(Output::Refused { reason: e.to_string() });
+                self.stats.submits_refused += count as u64;
+                let reason = e.to_string();
+                for _ in 0..count {
+                    self.out.push_back(Output::Refused { reason: reason.clone() });
+                }
                 return;
             }
         };
@@ -1098,6 +1104,27 @@ impl<S: Store> Node<S> {
         let origins: BTreeSet<DatabaseId> = new_units.iter().map(|u| u.origin).collect();
         self.held_changed(&origins);
         self.forward(Source::Local, &new_units);
+    }
+
+    /// Moves the cursor for each acknowledgement and makes it durable with one flush; one
+    /// answer per entry, in order.
+    fn acknowledge_durably(&mut self, acks: Vec<(DatabaseId, u64)>) {
+        let app = self.cfg.app.clone();
+        match self.ledger.acknowledge_durably(&app, &acks) {
+            Ok(()) => {
+                for (origin, seq) in acks {
+                    self.out.push_back(Output::Acknowledged { origin, seq });
+                }
+            }
+            Err(e) => {
+                self.stats.store_errors += 1;
+                let reason = e.to_string();
+                for (origin, seq) in acks {
+                    let reason = reason.clone();
+                    self.out.push_back(Output::AcknowledgeFailed { origin, seq, reason });
+                }
+            }
+        }
     }
 
     fn deliver_ready(&mut self, origins: impl IntoIterator<Item = DatabaseId>) {
@@ -1254,12 +1281,17 @@ impl<S: Store> Protocol for Node<S> {
             Input::LinkUp { link, remote, outbound } => self.on_link_up(link, remote, outbound),
             Input::LinkDown { link } => self.on_link_down(link),
             Input::ConnectFailed { to } => self.connect_failed(to, DownReason::ConnectFailed),
-            Input::Submit(sub) => self.submit(sub),
+            Input::Submit(sub) => self.submit(vec![sub]),
+            Input::SubmitBatch(subs) => self.submit(subs),
             Input::Acknowledge { origin, seq } => {
                 let app = self.cfg.app.clone();
                 if self.ledger.acknowledge(&app, &origin, seq).is_err() {
                     self.stats.store_errors += 1;
                 }
+                return;
+            }
+            Input::AcknowledgeBatch(acks) => {
+                self.acknowledge_durably(acks);
                 return;
             }
         }
