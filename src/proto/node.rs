@@ -180,6 +180,12 @@ pub struct NodeStats {
     /// Times a peer's model disagreed with its total (or a `Have` was invalid) and a full
     /// `Have` was asked for.
     pub resyncs: u64,
+    /// Bytes of the datagrams emitted (discovery and multicast units; each sent once per
+    /// discovery interface, counted once), sealed, without UDP/IP headers.
+    pub datagram_bytes_sent: u64,
+    /// Bytes of the link frames emitted, sealed, without the link's own framing (length prefix,
+    /// QUIC/TCP/IP headers).
+    pub frame_bytes_sent: u64,
 }
 
 /// Where a batch of units came from, for forwarding.
@@ -468,6 +474,7 @@ impl<S: Store> Node<S> {
         let tag = if reply { Tag::Idrp } else { Tag::Idqy };
         let body = self.announce(reply).encode();
         if let Ok(bytes) = self.lan_seal.seal_visible(tag, self.now.as_secs(), &body) {
+            self.stats.datagram_bytes_sent += bytes.len() as u64;
             self.out.push_back(Output::Datagram { to, bytes });
         }
     }
@@ -781,6 +788,7 @@ impl<S: Store> Node<S> {
             if let Some(info) = self.links.get_mut(&link) {
                 info.sync.last_sent = self.now;
             }
+            self.stats.frame_bytes_sent += bytes.len() as u64;
             self.out.push_back(Output::Frame { link, bytes });
         }
     }
@@ -1071,6 +1079,7 @@ impl<S: Store> Node<S> {
         for batch in batches(units, self.cfg.multicast_bytes) {
             let message = Message::units(batch, false).encode();
             if let Ok(bytes) = self.lan_seal.seal(Tag::Tubt, self.now.as_secs(), &message) {
+                self.stats.datagram_bytes_sent += bytes.len() as u64;
                 self.out.push_back(Output::Datagram { to, bytes });
             }
         }
