@@ -1089,7 +1089,8 @@ impl<S: Store> Node<S> {
     /// submission, in order.
     fn submit(&mut self, subs: Vec<Submission>) {
         let count = subs.len();
-        let receipts = match self.ledger.submit_batch(subs, self.now.as_millis()) {
+        let (receipts, new_units) = match self.ledger.submit_batch_units(subs, self.now.as_millis())
+        {
             Ok(r) => r,
             Err(e) => {
                 self.stats.store_errors += 1;
@@ -1101,15 +1102,7 @@ impl<S: Store> Node<S> {
                 return;
             }
         };
-        let mut new_units = Vec::new();
-        for receipt in receipts {
-            if !receipt.existing {
-                if let Ok(Some(unit)) = self.ledger.store().get(&receipt.origin, receipt.seq) {
-                    new_units.push(unit);
-                }
-            }
-            self.out.push_back(Output::Accepted(receipt));
-        }
+        self.out.extend(receipts.into_iter().map(Output::Accepted));
         let origins: BTreeSet<DatabaseId> = new_units.iter().map(|u| u.origin).collect();
         self.held_changed(&origins);
         self.forward(Source::Local, &new_units);
