@@ -44,8 +44,8 @@
 //! node restart (the cursor is durable). So an application that applies a unit and records
 //! `(origin, seq)` in the same transaction, then acknowledges, sees each unit applied exactly
 //! once across crashes of either side; one that cannot must drop a unit whose `(origin, seq)`
-//! it already applied (at most the units after its last acknowledgement whose `acked` reply
-//! it has not read come again).
+//! it already applied (at most the units not covered by an `acked` reply it has read come
+//! again).
 //!
 //! This module does not authenticate clients (the file mode does), and does not deliver units
 //! of this node's own origin (the application submitted them).
