@@ -30,6 +30,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::UdpSocket;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -177,7 +178,16 @@ impl Mesh {
     fn run(&mut self, port: u16) -> anyhow::Result<()> {
         for dir in &self.dirs {
             let log = std::fs::File::create(dir.with_extension("log"))?;
-            let child = Command::new(&self.bin)
+            let mut command = Command::new(&self.bin);
+            // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the node when
+            // this bench dies (a signal, where no destructor runs).
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let child = command
                 .args(["run", "--data-dir", dir.to_str().unwrap_or_default()])
                 .args(["--discovery-if", "127.0.0.1", "--discovery-port", &port.to_string()])
                 .args(["--listen", "127.0.0.1:0"])
