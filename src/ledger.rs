@@ -244,6 +244,28 @@ impl<S: Store> Ledger<S> {
         Ok(())
     }
 
+    /// Records acknowledgements (each: every unit of `origin` up to `seq` is applied; a cursor
+    /// never moves back) and makes the cursor durable with one store flush before returning.
+    pub fn acknowledge_durably(
+        &mut self,
+        app: &str,
+        acks: &[(DatabaseId, u64)],
+    ) -> Result<(), LedgerError> {
+        if acks.is_empty() {
+            return Ok(());
+        }
+        let mut cursor = self.store.cursor(app)?;
+        for (origin, seq) in acks {
+            let at = cursor.entry(*origin).or_insert(0);
+            if *seq > *at {
+                *at = *seq;
+                self.store.set_cursor(app, origin, *seq)?;
+            }
+        }
+        self.store.flush()?;
+        Ok(())
+    }
+
     /// This node's dbid.
     pub fn own_dbid(&self) -> DatabaseId {
         self.own
@@ -273,6 +295,32 @@ impl<S: Store> Ledger<S> {
         subs: Vec<Submission>,
         now_ms: u64,
     ) -> Result<Vec<Receipt>, LedgerError> {
+        let (receipts, units, next) = self.prepare(subs, now_ms)?;
+        self.write(units, now_ms)?;
+        self.next_own_seq = next;
+        Ok(receipts)
+    }
+
+    /// Like [`Ledger::submit_batch`], and also returns the units it wrote (the new ones, in
+    /// seq order), so the caller can send them on without reading them back.
+    pub fn submit_batch_units(
+        &mut self,
+        subs: Vec<Submission>,
+        now_ms: u64,
+    ) -> Result<(Vec<Receipt>, Vec<TransferUnit>), LedgerError> {
+        let (receipts, units, next) = self.prepare(subs, now_ms)?;
+        self.write(units.clone(), now_ms)?;
+        self.next_own_seq = next;
+        Ok((receipts, units))
+    }
+
+    /// Validates, deduplicates and numbers a batch: the receipts, the new units and the next
+    /// own seq once they are written. Writes nothing.
+    fn prepare(
+        &mut self,
+        subs: Vec<Submission>,
+        now_ms: u64,
+    ) -> Result<(Vec<Receipt>, Vec<TransferUnit>, u64), LedgerError> {
         if self.poisoned {
             return Err(LedgerError::Poisoned);
         }
@@ -322,9 +370,7 @@ impl<S: Store> Ledger<S> {
             receipts.push(Receipt { origin: self.own, seq, physkey, existing: false });
             seq += 1;
         }
-        self.write(units, now_ms)?;
-        self.next_own_seq = seq;
-        Ok(receipts)
+        Ok((receipts, units, seq))
     }
 
     /// Accepts units that arrived from elsewhere (a peer, a carried log file): skips what is

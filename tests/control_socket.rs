@@ -438,3 +438,101 @@ fn clean_restarts_of_the_node_and_the_subscriber_print_each_unit_once() {
     node_a.stop();
     node_b.stop();
 }
+
+/// Concurrent clients pipelining submits: the node batches them across connections, and every
+/// client still gets exactly one receipt per request, in its own order, for its own unit.
+#[test]
+fn concurrent_clients_each_get_their_own_receipts_in_order() {
+    const CLIENTS: usize = 8;
+    const EACH: usize = 250;
+    let root = tempfile::tempdir().unwrap();
+    let dirs = member_dirs(root.path(), &["a"]);
+    let node = Running::start(&dirs[0], free_port());
+    let own = dbid(&dirs[0]);
+    let key = |c: usize, i: usize| format!("CONCURRENT{c:02}N{i:019}");
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let path = socket(&dirs[0]);
+            std::thread::spawn(move || {
+                let stream = UnixStream::connect(&path).unwrap();
+                stream.set_read_timeout(Some(DEADLINE)).unwrap();
+                let mut writer = stream.try_clone().unwrap();
+                let mut requests = String::new();
+                for i in 0..EACH {
+                    // The last one repeats the first physkey: answered `existing`.
+                    let k = if i + 1 == EACH { key(c, 0) } else { key(c, i) };
+                    requests.push_str(&format!(
+                        "{{\"op\":\"submit\",\"physkey\":\"{k}\",\"body\":{{\"client\":{c},\"i\":{i}}}}}\n"
+                    ));
+                }
+                writer.write_all(requests.as_bytes()).unwrap();
+                let mut replies = BufReader::new(stream).lines();
+                (0..EACH)
+                    .map(|_| serde_json::from_str::<Value>(&replies.next().unwrap().unwrap()).unwrap())
+                    .collect::<Vec<Value>>()
+            })
+        })
+        .collect();
+    let mut all_seqs = Vec::new();
+    for (c, thread) in threads.into_iter().enumerate() {
+        let receipts = thread.join().unwrap();
+        assert_eq!(receipts.len(), EACH);
+        let mut last = 0;
+        for (i, r) in receipts.iter().enumerate() {
+            assert!(r.get("error").is_none(), "client {c} request {i}: {r}");
+            assert_eq!(r["origin"], own.as_str(), "{r}");
+            let seq = r["seq"].as_u64().unwrap();
+            if i + 1 == EACH {
+                assert_eq!(r["physkey"], key(c, 0).as_str(), "{r}");
+                assert_eq!(r["existing"], true, "{r}");
+                assert_eq!(seq, receipts[0]["seq"].as_u64().unwrap());
+                continue;
+            }
+            assert_eq!(r["physkey"], key(c, i).as_str(), "client {c} request {i}: {r}");
+            assert!(r.get("existing").is_none(), "{r}");
+            assert!(seq > last, "client {c}: receipts in request order");
+            last = seq;
+            all_seqs.push(seq);
+        }
+    }
+    all_seqs.sort_unstable();
+    let expected: Vec<u64> = (1..=(CLIENTS * (EACH - 1)) as u64).collect();
+    assert_eq!(all_seqs, expected, "every unit stored once, no seq lost or reused");
+    assert_eq!(status(&dirs[0])["units_total"], CLIENTS * (EACH - 1), "{}", node.log_text());
+    node.stop();
+}
+
+/// Pipelined behind a refused submit, nothing of the connection is stored, exactly as when
+/// submits came one at a time; another connection's submits in the same turn are not harmed.
+#[test]
+fn pipelined_submits_behind_a_refused_one_are_not_stored() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = member_dirs(root.path(), &["a"]);
+    let node = Running::start(&dirs[0], free_port());
+    let big = "x".repeat((1 << 20) + 1);
+    let connect = || {
+        let stream = UnixStream::connect(socket(&dirs[0])).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        (stream.try_clone().unwrap(), BufReader::new(stream).lines())
+    };
+    let ((mut w1, mut r1), (mut w2, mut r2)) = (connect(), connect());
+    let small = |i: usize| format!("{{\"op\":\"submit\",\"body\":{{\"i\":{i}}}}}\n");
+    let refused = format!("{}{{\"op\":\"submit\",\"payload\":\"{big}\"}}\n{}", small(1), small(2));
+    let other: String = (10..20).map(small).collect();
+    w1.write_all(refused.as_bytes()).unwrap();
+    w2.write_all(other.as_bytes()).unwrap();
+    let next = |r: &mut std::io::Lines<BufReader<UnixStream>>| -> Value {
+        serde_json::from_str(&r.next().unwrap().unwrap()).unwrap()
+    };
+    assert!(next(&mut r1)["seq"].is_u64());
+    let e = next(&mut r1)["error"].as_str().unwrap().to_string();
+    assert!(e.starts_with("unit refused; nothing was written") && e.contains("1048577"), "{e}");
+    let e = next(&mut r1)["error"].as_str().unwrap().to_string();
+    assert!(e.starts_with("not submitted: an earlier submit"), "{e}");
+    for _ in 10..20 {
+        let r = next(&mut r2);
+        assert!(r["seq"].is_u64(), "{r}");
+    }
+    assert_eq!(status(&dirs[0])["units_total"], 11, "{}", node.log_text());
+    node.stop();
+}

@@ -15,7 +15,9 @@
 //!   `{"origin":..,"seq":..,"physkey":..[,"existing":true]}` once the unit is durable, or an
 //!   error. After a refused submit the connection refuses later submits without storing them
 //!   (so nothing after a refused unit is stored); reconnect to go on. Requests may be
-//!   pipelined; each unit is its own disk sync (the core takes one submission per input).
+//!   pipelined, and should be: every submit already read when the node turns to its control
+//!   socket, from all connections (at most [`server::MAX_BATCH`]), is one group commit, so
+//!   pipelined or concurrent submits share disk syncs.
 //! - `{"op":"subscribe","from_start":false}`: reply `{"subscribed":{..}}`, then delivered
 //!   units of other origins, one line each: `{"origin","seq","physkey","kind","urgency",
 //!   "created_ms","scopes","payload"}` (`payload_hex` instead of `payload` when the bytes are
@@ -26,10 +28,14 @@
 //!   cursor (`NodeConfig::app`); a second subscribe is refused (`"code":"subscriber_busy"`)
 //!   while the first is connected.
 //! - `{"op":"ack","origin":..,"seq":..}`: the application has durably applied every unit of
-//!   `origin` up to `seq`; the cursor moves (durable with the node's next checkpoint, at least
-//!   once per anti-entropy round, and at a clean stop). Only units already sent may be
-//!   acknowledged; acknowledging an old one again is harmless. Reply `{"acked":{..}}`. Any
-//!   connection may acknowledge.
+//!   `origin` up to `seq`; the cursor moves. Reply `{"acked":{..}}` only once the cursor is
+//!   durable on disk (the acknowledgements read in one loop turn share one store flush): from
+//!   then on the node never delivers those units again, even after kill -9 or power loss, so
+//!   the application may forget them. If the flush fails the reply is an error and the
+//!   application acknowledges again (the units may come again after a crash). Only units
+//!   already sent may be acknowledged; acknowledging an old one again is harmless (and answers
+//!   once the cursor is durable). Any connection may acknowledge; a subscriber need not wait
+//!   for a reply before acknowledging the next unit.
 //! - `{"op":"status"}`: reply `{"status":<as in run/status.json>,"control":{..}}`.
 //!
 //! # Exactly once
@@ -38,8 +44,8 @@
 //! node restart (the cursor is durable). So an application that applies a unit and records
 //! `(origin, seq)` in the same transaction, then acknowledges, sees each unit applied exactly
 //! once across crashes of either side; one that cannot must drop a unit whose `(origin, seq)`
-//! it already applied (at most the units after its last acknowledgement come again, and after
-//! a node kill -9, those after its last checkpoint).
+//! it already applied (at most the units not covered by an `acked` reply it has read come
+//! again).
 //!
 //! This module does not authenticate clients (the file mode does), and does not deliver units
 //! of this node's own origin (the application submitted them).

@@ -2,10 +2,17 @@
 //!
 //! Topology: one accept task; per connection a reader task (bounded lines in, parsed into
 //! [`ControlEvent`]s on one bounded channel to the loop) and a writer task (reply lines out of
-//! a bounded queue). The loop owns [`Control`], which turns requests into core inputs
-//! (`Input::Submit`, `Input::Acknowledge`), routes `Output::Accepted`/`Refused` back to the
-//! requesting connection in submission order, and streams `Output::Deliver`ed units to the
-//! subscriber within its window (see [`super::delivery`]).
+//! a bounded queue). The loop owns [`Control`], which turns requests into core inputs, routes
+//! the core's answers back to the requesting connection in order, and streams
+//! `Output::Deliver`ed units to the subscriber within its window (see [`super::delivery`]).
+//!
+//! Batching ([`Control::handle_burst`]): each loop turn takes the event that woke it and every
+//! event already queued (across connections, without waiting for more, at most [`MAX_BATCH`]
+//! events), and feeds the submits as one `Input::SubmitBatch` (one disk sync) and the
+//! acknowledgements as one `Input::AcknowledgeBatch` (one store flush). Each connection's
+//! replies keep its request order: a request that would be answered out of order (a connection
+//! that mixes submits and acks in one burst, or asks for status behind its own submits) ends
+//! the burst and is handled first on the next turn.
 //!
 //! This module makes no protocol decisions of the core's and does not authenticate clients:
 //! access is the file mode (0600, in a 0700 data directory).
@@ -24,10 +31,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::delivery::{AckOutcome, ClientId, Deliveries};
+use super::delivery::{ClientId, Deliveries};
 use super::protocol::{self, Request};
 use super::ControlError;
 use crate::id::DatabaseId;
+use crate::ledger::Submission;
 use crate::proto::{Input, Node, Output, Protocol, Time};
 use crate::store::Store;
 
@@ -36,6 +44,13 @@ use crate::store::Store;
 const CLIENT_QUEUE: usize = 4 * super::delivery::WINDOW_UNITS;
 /// Requests parsed and waiting for the loop, from all connections together.
 const EVENT_QUEUE: usize = 1024;
+/// Most events taken in one loop turn (so most submits in one group commit, and most
+/// acknowledgements in one cursor flush).
+pub const MAX_BATCH: usize = 1024;
+
+/// The answer to a submit on a connection whose earlier submit was refused.
+const NOT_SUBMITTED: &str =
+    "not submitted: an earlier submit on this connection was refused; reconnect to submit again";
 
 /// Where the control socket goes and whose cursor it serves.
 #[derive(Debug, Clone)]
@@ -93,7 +108,28 @@ pub struct Control {
     clients: HashMap<ClientId, Client>,
     /// Who submitted, in order: each `Accepted`/`Refused` answers the front.
     submits: VecDeque<ClientId>,
+    /// Who acknowledged, in order: each `Acknowledged`/`AcknowledgeFailed` answers the front.
+    acks: VecDeque<ClientId>,
+    /// An event taken off the queue that could not join the last burst; handled first.
+    held: Option<ControlEvent>,
     deliveries: Deliveries,
+}
+
+/// What a burst gathered: submits and acknowledgements in arrival order, with their senders.
+#[derive(Default)]
+struct Burst {
+    submits: Vec<Submission>,
+    submitters: Vec<ClientId>,
+    acks: Vec<(DatabaseId, u64)>,
+    ackers: Vec<ClientId>,
+    /// Per connection in the burst: whether it submitted (else it acknowledged).
+    kinds: HashMap<ClientId, bool>,
+}
+
+impl Burst {
+    fn is_empty(&self) -> bool {
+        self.submits.is_empty() && self.acks.is_empty()
+    }
 }
 
 impl Control {
@@ -119,6 +155,8 @@ impl Control {
                     events,
                     clients: HashMap::new(),
                     submits: VecDeque::new(),
+                    acks: VecDeque::new(),
+                    held: None,
                     deliveries: Deliveries::new(cursor),
                 }
             })
@@ -127,15 +165,100 @@ impl Control {
 
     /// The next event from the connections (never `None` while the accept task runs).
     pub async fn recv(&mut self) -> Option<ControlEvent> {
+        if let Some(event) = self.held.take() {
+            return Some(event);
+        }
         self.events.recv().await
     }
 
     /// An event that is already queued, without waiting (for draining at shutdown).
     pub fn try_recv(&mut self) -> Option<ControlEvent> {
-        self.events.try_recv().ok()
+        self.held.take().or_else(|| self.events.try_recv().ok())
     }
 
-    /// Acts on one event: requests become core inputs or direct replies.
+    /// Acts on `first` and on every event already queued (at most [`MAX_BATCH`]): submits go to
+    /// the core as one batch, acknowledgements as another; other events are handled as they
+    /// come, unless their connection has a request in the burst (then the burst ends and the
+    /// event is handled first next turn, keeping the connection's replies in order).
+    pub fn handle_burst<S: Store>(&mut self, node: &mut Node<S>, now: Time, first: ControlEvent) {
+        let mut burst = Burst::default();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(event) = next.take() {
+            taken += 1;
+            if let Some(event) = self.join(node, &mut burst, event) {
+                let in_burst = match &event {
+                    ControlEvent::Request { client, .. } | ControlEvent::Bad { client, .. } => {
+                        burst.kinds.contains_key(client)
+                    }
+                    _ => false,
+                };
+                // A submit that cannot join (the ledger will refuse it) goes to the core alone,
+                // and ends the turn: its connection must be refusing before it submits again.
+                let alone =
+                    matches!(event, ControlEvent::Request { request: Request::Submit(_), .. });
+                if in_burst || (alone && !burst.is_empty()) {
+                    self.held = Some(event);
+                    break;
+                }
+                self.handle_event(node, now, event);
+                if alone {
+                    break;
+                }
+            }
+            if taken >= MAX_BATCH {
+                break;
+            }
+            next = self.events.try_recv().ok();
+        }
+        if !burst.submits.is_empty() {
+            self.submits.extend(burst.submitters);
+            node.handle(now, Input::SubmitBatch(burst.submits));
+        }
+        if !burst.acks.is_empty() {
+            self.acks.extend(burst.ackers);
+            node.handle(now, Input::AcknowledgeBatch(burst.acks));
+        }
+    }
+
+    /// Adds a submit or an acknowledgement to the burst when it can join; gives back any other
+    /// event (also a submit the ledger would refuse: it must not take the others down with it).
+    fn join<S: Store>(
+        &mut self,
+        node: &Node<S>,
+        burst: &mut Burst,
+        event: ControlEvent,
+    ) -> Option<ControlEvent> {
+        let ControlEvent::Request { client, request } = event else { return Some(event) };
+        // A request of a connection already gone is dropped (as `handle_event` does).
+        let c = self.clients.get(&client)?;
+        let submitted = burst.kinds.get(&client).copied();
+        match request {
+            Request::Submit(sub)
+                if !c.refusing && submitted != Some(false) && node.ledger().check(&sub).is_ok() =>
+            {
+                burst.kinds.insert(client, true);
+                burst.submits.push(sub);
+                burst.submitters.push(client);
+                None
+            }
+            Request::Ack { origin, seq } if submitted != Some(true) => {
+                match self.deliveries.acknowledge(origin, seq) {
+                    Ok(_) => {
+                        burst.kinds.insert(client, false);
+                        burst.acks.push((origin, seq));
+                        burst.ackers.push(client);
+                        None
+                    }
+                    // Nothing moved: the same error is answered when the event is handled.
+                    Err(_) => Some(ControlEvent::Request { client, request }),
+                }
+            }
+            request => Some(ControlEvent::Request { client, request }),
+        }
+    }
+
+    /// Acts on one event: requests become core inputs (a batch of one) or direct replies.
     pub fn handle_event<S: Store>(&mut self, node: &mut Node<S>, now: Time, event: ControlEvent) {
         match event {
             ControlEvent::Connected { client, writer } => {
@@ -150,9 +273,7 @@ impl Control {
                 match request {
                     Request::Submit(sub) => {
                         if c.refusing {
-                            self.reply(client, protocol::error_line(
-                                "not submitted: an earlier submit on this connection was refused; reconnect to submit again",
-                            ));
+                            self.reply(client, protocol::error_line(NOT_SUBMITTED));
                             return;
                         }
                         self.submits.push_back(client);
@@ -174,16 +295,17 @@ impl Control {
                     }
                     Request::Ack { origin, seq } => {
                         match self.deliveries.acknowledge(origin, seq) {
-                            Ok(outcome) => {
-                                if outcome == AckOutcome::Moved {
-                                    node.handle(now, Input::Acknowledge { origin, seq });
-                                }
-                                self.reply(client, protocol::acked_line(&origin, seq));
+                            Ok(_) => {
+                                // Answered once the cursor is durable (`Output::Acknowledged`).
+                                self.acks.push_back(client);
+                                node.handle(now, Input::AcknowledgeBatch(vec![(origin, seq)]));
                             }
                             Err(e) => self.reply(client, protocol::error_line(&e.to_string())),
                         }
                     }
                     Request::Status => {
+                        // Brings the core's clock (uptime, last seen) up to now; harmless.
+                        node.handle_timeout(now);
                         let line = json!({
                             "status": node.status(),
                             "control": {
@@ -212,10 +334,33 @@ impl Control {
             Output::Refused { reason } => {
                 warn!(%reason, "submission refused");
                 if let Some(client) = self.submits.pop_front() {
-                    if let Some(c) = self.clients.get_mut(&client) {
-                        c.refusing = true;
-                    }
-                    let message = format!("unit refused; nothing was written: {reason}");
+                    // Later submits of a refused connection in the same batch get the answer
+                    // they would have got had they come one at a time.
+                    let already = self
+                        .clients
+                        .get_mut(&client)
+                        .map(|c| std::mem::replace(&mut c.refusing, true));
+                    let message = if already == Some(true) {
+                        NOT_SUBMITTED.to_string()
+                    } else {
+                        format!("unit refused; nothing was written: {reason}")
+                    };
+                    self.reply(client, protocol::error_line(&message));
+                }
+                None
+            }
+            Output::Acknowledged { origin, seq } => {
+                if let Some(client) = self.acks.pop_front() {
+                    self.reply(client, protocol::acked_line(&origin, seq));
+                }
+                None
+            }
+            Output::AcknowledgeFailed { origin, seq, reason } => {
+                warn!(%origin, seq, %reason, "acknowledgement not durable");
+                if let Some(client) = self.acks.pop_front() {
+                    let message = format!(
+                        "acknowledgement of {origin} up to {seq} is not durable: {reason}; acknowledge again"
+                    );
                     self.reply(client, protocol::error_line(&message));
                 }
                 None

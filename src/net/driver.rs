@@ -17,8 +17,9 @@
 //! - Time: the wall clock in microseconds, read here and passed in; the core clamps it.
 //! - Status: a snapshot of [`crate::proto::Node::status`] is written to `run/status.json` in the
 //!   data directory every second (atomically), so `meshnode --status` can show a running node.
-//! - Control socket ([`crate::control`]): its requests become `Input::Submit` and
-//!   `Input::Acknowledge`; `Output::Accepted`/`Refused`/`Deliver` go to its clients. Without a
+//! - Control socket ([`crate::control`]): its requests become `Input::SubmitBatch` and
+//!   `Input::AcknowledgeBatch` (all that is queued per turn); their answers and
+//!   `Output::Deliver` go to its clients. Without a
 //!   control socket (`control: None`) those outputs are only logged, and units stay behind the
 //!   durable cursor until an application acknowledges them.
 
@@ -258,7 +259,7 @@ pub async fn run<S: Store>(
             }
             Some(event) = recv_control(&mut control) => {
                 if let Some(control) = control.as_mut() {
-                    control.handle_event(&mut node, wall_time(), event);
+                    control.handle_burst(&mut node, wall_time(), event);
                 }
             }
             () = tokio::time::sleep(wait) => node.handle_timeout(wall_time()),
@@ -564,6 +565,7 @@ async fn execute(out: Output, senders: &[Arc<UdpSocket>], links: &mut Links) {
             debug!(origin = %receipt.origin, seq = receipt.seq, "accepted")
         }
         Output::Refused { reason } => warn!(%reason, "submission refused"),
+        Output::Acknowledged { .. } | Output::AcknowledgeFailed { .. } => {}
         // No control socket: the unit stays behind the durable cursor and is delivered again
         // at the next start.
         Output::Deliver(_) => {}

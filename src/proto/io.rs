@@ -147,15 +147,30 @@ pub enum Input<'a> {
         /// The address.
         to: SocketAddr,
     },
-    /// The local application submits a unit.
+    /// The local application submits a unit: a batch of one (see [`Input::SubmitBatch`]).
     Submit(Submission),
-    /// The local application has durably applied the delivered unit `(origin, seq)`.
+    /// The local application submits units together: one group commit (one disk sync) for
+    /// all, answered by one [`Output::Accepted`] per submission, in order. If the store refuses
+    /// the batch, or any submission is invalid (over the payload limit), each submission is
+    /// answered [`Output::Refused`] and nothing of the batch is stored. An empty batch is
+    /// answered by nothing.
+    SubmitBatch(Vec<Submission>),
+    /// The local application has durably applied the delivered unit `(origin, seq)`. The
+    /// cursor moves in memory; it is durable with the node's next checkpoint (at least once per
+    /// anti-entropy round, and at a clean stop). Not answered: see
+    /// [`Input::AcknowledgeBatch`] for an application that must know when it is durable.
     Acknowledge {
         /// Origin of the delivered unit.
         origin: crate::id::DatabaseId,
         /// Its seq.
         seq: u64,
     },
+    /// The local application has durably applied every unit of each `(origin, seq)` up to
+    /// `seq`. The cursor moves (never back: an old acknowledgement is harmless) and is made
+    /// durable with one store flush for the batch, then each entry is answered, in order, by
+    /// [`Output::Acknowledged`] (from then on a crash does not deliver those units again) or,
+    /// if the flush failed, [`Output::AcknowledgeFailed`].
+    AcknowledgeBatch(Vec<(crate::id::DatabaseId, u64)>),
 }
 
 /// Something the driver must do, drained from [`Protocol::poll_output`].
@@ -193,6 +208,24 @@ pub enum Output {
     /// error). Nothing of it was stored and no seq was used; the application keeps it and
     /// retries. Answers submissions in order, like [`Output::Accepted`].
     Refused {
+        /// Why, for the application's log and the operator.
+        reason: String,
+    },
+    /// An entry of [`Input::AcknowledgeBatch`] is durable: the cursor on disk covers every unit
+    /// of `origin` up to `seq`, so the node will not deliver them again, even after a crash.
+    Acknowledged {
+        /// The origin acknowledged.
+        origin: crate::id::DatabaseId,
+        /// Up to this seq.
+        seq: u64,
+    },
+    /// An entry of [`Input::AcknowledgeBatch`] could not be made durable (the store failed):
+    /// the units may be delivered again after a crash; the application acknowledges again.
+    AcknowledgeFailed {
+        /// The origin acknowledged.
+        origin: crate::id::DatabaseId,
+        /// Up to this seq.
+        seq: u64,
         /// Why, for the application's log and the operator.
         reason: String,
     },

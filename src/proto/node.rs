@@ -183,6 +183,12 @@ pub struct NodeStats {
     /// Times a peer's model disagreed with its total (or a `Have` was invalid) and a full
     /// `Have` was asked for.
     pub resyncs: u64,
+    /// Bytes of the datagrams emitted (discovery and multicast units; each sent once per
+    /// discovery interface, counted once), sealed, without UDP/IP headers.
+    pub datagram_bytes_sent: u64,
+    /// Bytes of the link frames emitted, sealed, without the link's own framing (length prefix,
+    /// QUIC/TCP/IP headers).
+    pub frame_bytes_sent: u64,
 }
 
 /// Where a batch of units came from, for forwarding.
@@ -484,6 +490,7 @@ impl<S: Store> Node<S> {
         let tag = if reply { Tag::Idrp } else { Tag::Idqy };
         let body = self.announce(reply).encode();
         if let Ok(bytes) = self.lan_seal.seal_visible(tag, self.now.as_secs(), &body) {
+            self.stats.datagram_bytes_sent += bytes.len() as u64;
             self.out.push_back(Output::Datagram { to, bytes });
         }
     }
@@ -839,6 +846,7 @@ impl<S: Store> Node<S> {
             if let Some(info) = self.links.get_mut(&link) {
                 info.sync.last_sent = self.now;
             }
+            self.stats.frame_bytes_sent += bytes.len() as u64;
             self.out.push_back(Output::Frame { link, bytes });
         }
     }
@@ -1133,33 +1141,54 @@ impl<S: Store> Node<S> {
         for batch in batches(units, self.cfg.multicast_bytes) {
             let message = Message::units(batch, false).encode();
             if let Ok(bytes) = self.lan_seal.seal(Tag::Tubt, self.now.as_secs(), &message) {
+                self.stats.datagram_bytes_sent += bytes.len() as u64;
                 self.out.push_back(Output::Datagram { to, bytes });
             }
         }
     }
 
-    fn submit(&mut self, sub: Submission) {
-        let receipts = match self.ledger.submit_batch(vec![sub], self.now.as_millis()) {
+    /// One group commit for `subs`; one `Accepted` (or, for a refused batch, `Refused`) per
+    /// submission, in order.
+    fn submit(&mut self, subs: Vec<Submission>) {
+        let count = subs.len();
+        let (receipts, new_units) = match self.ledger.submit_batch_units(subs, self.now.as_millis())
+        {
             Ok(r) => r,
             Err(e) => {
                 self.stats.store_errors += 1;
-                self.stats.submits_refused += 1;
-                self.out.push_back(Output::Refused { reason: e.to_string() });
+                self.stats.submits_refused += count as u64;
+                let reason = e.to_string();
+                for _ in 0..count {
+                    self.out.push_back(Output::Refused { reason: reason.clone() });
+                }
                 return;
             }
         };
-        let mut new_units = Vec::new();
-        for receipt in receipts {
-            if !receipt.existing {
-                if let Ok(Some(unit)) = self.ledger.store().get(&receipt.origin, receipt.seq) {
-                    new_units.push(unit);
-                }
-            }
-            self.out.push_back(Output::Accepted(receipt));
-        }
+        self.out.extend(receipts.into_iter().map(Output::Accepted));
         let origins: BTreeSet<DatabaseId> = new_units.iter().map(|u| u.origin).collect();
         self.held_changed(&origins);
         self.forward(Source::Local, &new_units);
+    }
+
+    /// Moves the cursor for each acknowledgement and makes it durable with one flush; one
+    /// answer per entry, in order.
+    fn acknowledge_durably(&mut self, acks: Vec<(DatabaseId, u64)>) {
+        let app = self.cfg.app.clone();
+        match self.ledger.acknowledge_durably(&app, &acks) {
+            Ok(()) => {
+                for (origin, seq) in acks {
+                    self.out.push_back(Output::Acknowledged { origin, seq });
+                }
+            }
+            Err(e) => {
+                self.stats.store_errors += 1;
+                let reason = e.to_string();
+                for (origin, seq) in acks {
+                    let reason = reason.clone();
+                    self.out.push_back(Output::AcknowledgeFailed { origin, seq, reason });
+                }
+            }
+        }
     }
 
     fn deliver_ready(&mut self, origins: impl IntoIterator<Item = DatabaseId>) {
@@ -1357,12 +1386,17 @@ impl<S: Store> Protocol for Node<S> {
             }
             Input::LinkDown { link } => self.on_link_down(link),
             Input::ConnectFailed { to } => self.connect_failed(to, DownReason::ConnectFailed),
-            Input::Submit(sub) => self.submit(sub),
+            Input::Submit(sub) => self.submit(vec![sub]),
+            Input::SubmitBatch(subs) => self.submit(subs),
             Input::Acknowledge { origin, seq } => {
                 let app = self.cfg.app.clone();
                 if self.ledger.acknowledge(&app, &origin, seq).is_err() {
                     self.stats.store_errors += 1;
                 }
+                return;
+            }
+            Input::AcknowledgeBatch(acks) => {
+                self.acknowledge_durably(acks);
                 return;
             }
         }

@@ -191,6 +191,7 @@ impl Harness {
                 }
                 Output::Accepted(r) => self.accepted.push((r.origin, r.seq)),
                 Output::Refused { reason } => panic!("memory store refused a submission: {reason}"),
+                Output::Acknowledged { .. } | Output::AcknowledgeFailed { .. } => {}
             }
         }
     }
@@ -607,4 +608,89 @@ fn a_burst_of_multicast_datagrams_is_taken_in_one_batch_like_one_by_one() {
         assert_eq!(h.nodes[i].ledger().store().units_total(), 40);
     }
     assert_eq!(h.nodes[2].status().counters.rejects.total(), 1, "the junk is counted");
+}
+
+fn sale(payload: &[u8]) -> Submission {
+    Submission {
+        kind: UnitKind::Tubt,
+        urgency: Urgency::Normal,
+        scopes: FileScopes::NONE,
+        physkey: None,
+        payload: payload.to_vec(),
+    }
+}
+
+fn outputs(node: &mut Node<MemoryStore>) -> Vec<Output> {
+    std::iter::from_fn(|| node.poll_output()).collect()
+}
+
+/// A batch is one group commit answered by one `Accepted` per submission, in order; a refused
+/// batch answers each submission `Refused` and stores nothing of it.
+#[test]
+fn a_submit_batch_is_one_commit_answered_in_order() {
+    let mut h = Harness::new(&[Role::Lane], &[true], &[]);
+    let now = h.now;
+    let node = &mut h.nodes[0];
+    let own = node.dbid();
+    let batch: Vec<Submission> = (0..5u8).map(|i| sale(&[i; 16])).collect();
+    node.handle(now, Input::SubmitBatch(batch));
+    let receipts: Vec<_> = outputs(node)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Accepted(r) => Some(r),
+            Output::Refused { reason } => panic!("refused: {reason}"),
+            _ => None,
+        })
+        .collect();
+    let seqs: Vec<u64> = receipts.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5], "one receipt per submission, in order");
+    assert!(receipts.iter().all(|r| r.origin == own && !r.existing));
+    for (i, r) in receipts.iter().enumerate() {
+        let unit = node.ledger().store().get(&own, r.seq).unwrap().expect("unit held");
+        assert_eq!(unit.payload, vec![i as u8; 16]);
+    }
+    assert_eq!(node.ledger().store().unflushed(), 0, "the batch is durable when answered");
+
+    // One submission over the payload limit refuses the whole batch; nothing is stored.
+    let limit = node.ledger().payload_limit();
+    let bad = vec![sale(b"fine"), sale(&vec![0; limit + 1]), sale(b"fine too")];
+    node.handle(now, Input::SubmitBatch(bad));
+    let answers = outputs(node);
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert!(answers.iter().all(|o| matches!(o, Output::Refused { .. })), "{answers:?}");
+    assert_eq!(node.ledger().store().units_total(), 5, "nothing of a refused batch is stored");
+    assert_eq!(node.stats().submits_refused, 3);
+
+    // The next batch goes on where the accepted one ended; an empty batch answers nothing.
+    node.handle(now, Input::SubmitBatch(Vec::new()));
+    assert!(outputs(node).iter().all(|o| !matches!(o, Output::Accepted(_))));
+    node.handle(now, Input::Submit(sale(b"six")));
+    let six: Vec<u64> = outputs(node)
+        .into_iter()
+        .filter_map(|o| if let Output::Accepted(r) = o { Some(r.seq) } else { None })
+        .collect();
+    assert_eq!(six, vec![6]);
+}
+
+/// An acknowledgement batch moves the cursor (never back) and is durable when answered.
+#[test]
+fn an_acknowledge_batch_is_durable_when_answered() {
+    let mut h = Harness::new(&[Role::Lane], &[true], &[]);
+    let now = h.now;
+    let node = &mut h.nodes[0];
+    let a = DatabaseId::from_bytes(b"ORIGINAAAAAAAAA").unwrap();
+    let b = DatabaseId::from_bytes(b"ORIGINBBBBBBBBB").unwrap();
+    node.handle(now, Input::AcknowledgeBatch(vec![(a, 3), (b, 1), (a, 2)]));
+    let answers = outputs(node);
+    let expected = vec![
+        Output::Acknowledged { origin: a, seq: 3 },
+        Output::Acknowledged { origin: b, seq: 1 },
+        Output::Acknowledged { origin: a, seq: 2 },
+    ];
+    assert_eq!(answers, expected, "one answer per entry, in order");
+    let store = node.ledger().store();
+    assert_eq!(store.unflushed(), 0, "the cursor is on disk when the answer comes");
+    let cursor = store.cursor("app").unwrap();
+    assert_eq!(cursor.get(&a), Some(&3), "an older acknowledgement does not move it back");
+    assert_eq!(cursor.get(&b), Some(&1));
 }

@@ -1,0 +1,662 @@
+//! `scripts/bench lan` and `scripts/bench control`: the real `meshnode` binary (this build's,
+//! bench profile = release) as processes on loopback. Prints a human summary, or one JSON
+//! object with `--json`; exits 1 when a target is missed (and says which), 2 on an error.
+//!
+//! - `lan` (issue 5): three nodes of a fresh system (`meshnode init`, join files, `meshnode run
+//!   --discovery-if 127.0.0.1 --discovery-port P --listen 127.0.0.1:0`). Measures
+//!   - the loopback datagram ceiling: raw UDP datagrams of the payload size on 127.0.0.1 for
+//!     1 s, one sender thread, one receiver thread;
+//!   - latency: units submitted at node 1 at an offered load (`--rate`, default 1,000/s;
+//!     `--latency-units`, default 3,000) until node 2's control socket subscriber reads them
+//!     (it acknowledges every `--ack-every` units, default 50, as a batching application
+//!     would): p50/p99;
+//!   - throughput: `--units` (default 10,000) units of `--payload` (default 256) bytes
+//!     pipelined into node 1's control socket, until all three nodes hold all of them;
+//!   - wire bytes per delivered unit copy: the bytes the three nodes' cores emitted (datagrams
+//!     and link frames, from the status counters) during the throughput phase, per unit per
+//!     receiving node, against the unit's payload + header;
+//!   - RSS (VmRSS) of each node idle after start and after the run.
+//!
+//!   Targets: throughput >= 25% of the ceiling; p99 <= 5 ms; bytes per copy <= 1.3x payload +
+//!   header; idle RSS <= 32 MiB.
+//! - `control` (issue 5, task 1): one node; `--units` (default 2,500) submits pipelined into
+//!   its control socket by one client, timed until the last receipt. No target: compare
+//!   builds (`--bin PATH` runs another build of meshnode).
+//!
+//! Run: `cargo bench --bench lan -- lan [--json]` (or `scripts/bench lan`). Temp data goes
+//! under ./target (a real disk, as fsync costs matter; `--dir D` puts it elsewhere, e.g. a
+//! tmpfs to take the disk out) and is removed, and every node killed, also on failure.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::UdpSocket;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use meshnode::{FileScopes, UnitKind, Urgency};
+use serde_json::{json, Value};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+const MIB: u64 = 1 << 20;
+
+struct Opts {
+    what: String,
+    json: bool,
+    units: usize,
+    payload: usize,
+    rate: u64,
+    latency_units: usize,
+    ack_every: usize,
+    bin: PathBuf,
+    dir: PathBuf,
+    checkpoint_ms: Option<u64>,
+}
+
+fn opts() -> anyhow::Result<Opts> {
+    let mut o = Opts {
+        what: "lan".into(),
+        json: false,
+        units: 0,
+        payload: 256,
+        rate: 1000,
+        latency_units: 3000,
+        ack_every: 50,
+        bin: PathBuf::from(env!("CARGO_BIN_EXE_meshnode")),
+        dir: PathBuf::from("target"),
+        checkpoint_ms: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "lan" | "control" => o.what = a.clone(),
+            "--json" => o.json = true,
+            "--units" => o.units = value()?.parse()?,
+            "--payload" => o.payload = value()?.parse()?,
+            "--rate" => o.rate = value()?.parse()?,
+            "--latency-units" => o.latency_units = value()?.parse()?,
+            "--ack-every" => o.ack_every = value()?.parse::<usize>()?.clamp(1, 500),
+            "--bin" => o.bin = value()?.into(),
+            "--dir" => o.dir = value()?.into(),
+            "--checkpoint-ms" => o.checkpoint_ms = Some(value()?.parse()?),
+            // cargo bench passes --bench to every bench target.
+            "--bench" => {}
+            other => bail!("unknown argument {other:?}; see benches/lan.rs"),
+        }
+    }
+    if o.units == 0 {
+        o.units = if o.what == "control" { 2500 } else { 10_000 };
+    }
+    Ok(o)
+}
+
+fn main() {
+    let o = match opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let result = if o.what == "control" { control(&o) } else { lan(&o) };
+    match result {
+        Ok(missed) => std::process::exit(i32::from(!missed.is_empty())),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+// ----- processes -----
+
+/// The nodes of one run and their data; every node is killed and the data removed on drop
+/// (also when the run fails).
+struct Mesh {
+    root: tempfile::TempDir,
+    dirs: Vec<PathBuf>,
+    children: Vec<Child>,
+    bin: PathBuf,
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Mesh {
+    /// `n` members of a fresh system, initialised, not running.
+    fn init(o: &Opts, n: usize) -> anyhow::Result<Mesh> {
+        let bin = &o.bin;
+        std::fs::create_dir_all(&o.dir)?;
+        let root = tempfile::Builder::new().prefix("bench-lan-").tempdir_in(&o.dir)?;
+        let mut mesh =
+            Mesh { dirs: Vec::new(), children: Vec::new(), bin: bin.to_path_buf(), root };
+        let join = mesh.root.path().join("join.key");
+        for i in 0..n {
+            let dir = mesh.root.path().join(format!("n{}", i + 1));
+            let d = dir.to_str().context("temp path not UTF-8")?.to_string();
+            if i == 0 {
+                mesh.step(&["init", "--data-dir", &d, "--system", "77,123,89,201192"])?;
+                let j = join.to_str().context("temp path not UTF-8")?;
+                mesh.step(&["key", "export", "--data-dir", &d, "--out", j])?;
+            } else {
+                let j = join.to_str().context("temp path not UTF-8")?;
+                mesh.step(&["init", "--data-dir", &d, "--join", j])?;
+            }
+            if let Some(ms) = o.checkpoint_ms {
+                // An experiment: how much the store's checkpoint cadence costs the latency.
+                let toml = dir.join("meshnode.toml");
+                let text = std::fs::read_to_string(&toml)?;
+                let line = format!("checkpoint_interval_ms = {ms}");
+                std::fs::write(&toml, text.replace("checkpoint_interval_ms = 1000", &line))?;
+            }
+            mesh.dirs.push(dir);
+        }
+        Ok(mesh)
+    }
+
+    fn step(&self, args: &[&str]) -> anyhow::Result<()> {
+        let out = Command::new(&self.bin).args(args).stdin(Stdio::null()).output()?;
+        if !out.status.success() {
+            bail!("meshnode {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
+
+    /// Starts every node on loopback with discovery port `port`, and waits for each control
+    /// socket.
+    fn run(&mut self, port: u16) -> anyhow::Result<()> {
+        for dir in &self.dirs {
+            let log = std::fs::File::create(dir.with_extension("log"))?;
+            let mut command = Command::new(&self.bin);
+            // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the node when
+            // this bench dies (a signal, where no destructor runs).
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let child = command
+                .args(["run", "--data-dir", dir.to_str().unwrap_or_default()])
+                .args(["--discovery-if", "127.0.0.1", "--discovery-port", &port.to_string()])
+                .args(["--listen", "127.0.0.1:0"])
+                .env("MESHNODE_LOG", "meshnode=warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("cannot start meshnode run")?;
+            self.children.push(child);
+        }
+        for dir in &self.dirs {
+            self.wait("the control socket", || Ok(UnixStream::connect(socket(dir)).is_ok()))?;
+        }
+        Ok(())
+    }
+
+    fn wait(
+        &self,
+        what: &str,
+        mut check: impl FnMut() -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + DEADLINE;
+        while !check()? {
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .dirs
+                    .iter()
+                    .map(|d| std::fs::read_to_string(d.with_extension("log")).unwrap_or_default())
+                    .collect();
+                bail!("timed out waiting for {what}; node logs:\n{}", logs.join("\n----\n"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    fn rss(&self) -> Vec<u64> {
+        self.children.iter().map(|c| vm_rss(c.id())).collect()
+    }
+}
+
+fn socket(dir: &Path) -> PathBuf {
+    dir.join("run/control.sock")
+}
+
+/// VmRSS of `pid` in bytes (0 if unreadable).
+fn vm_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// A control socket connection: lines out, lines in.
+struct Client {
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Client {
+    fn connect(dir: &Path) -> anyhow::Result<Client> {
+        let stream = UnixStream::connect(socket(dir)).context("connect to the control socket")?;
+        stream.set_read_timeout(Some(DEADLINE))?;
+        Ok(Client { writer: stream.try_clone()?, reader: BufReader::new(stream) })
+    }
+
+    fn line(&mut self) -> anyhow::Result<Value> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            bail!("the node closed the control connection");
+        }
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    fn request(&mut self, line: &str) -> anyhow::Result<Value> {
+        writeln!(self.writer, "{line}")?;
+        self.line()
+    }
+
+    fn status(&mut self) -> anyhow::Result<Value> {
+        Ok(self.request(r#"{"op":"status"}"#)?["status"].take())
+    }
+}
+
+fn submit_line(id: u64, payload: usize) -> String {
+    let mut text = format!("{id:012}");
+    text.extend(std::iter::repeat_n('x', payload.saturating_sub(text.len())));
+    format!(r#"{{"op":"submit","payload":"{text}"}}"#)
+}
+
+/// Pipelines `lines` into `client` from another thread while this one counts the replies;
+/// returns when every reply came, failing on an error reply.
+fn pipeline(client: Client, lines: Vec<String>) -> anyhow::Result<()> {
+    let Client { mut writer, mut reader } = client;
+    let n = lines.len();
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::with_capacity(64 << 10, &mut writer);
+        for l in lines {
+            out.write_all(l.as_bytes())?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()
+    });
+    let mut line = String::new();
+    for i in 0..n {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            bail!("the node closed the connection after {i} of {n} replies");
+        }
+        if line.contains("\"error\"") {
+            bail!("submit {i} failed: {}", line.trim());
+        }
+    }
+    sender.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    Ok(())
+}
+
+// ----- control -----
+
+fn control(o: &Opts) -> anyhow::Result<Vec<String>> {
+    let mut mesh = Mesh::init(o, 1)?;
+    mesh.run(free_port()?)?;
+    let client = Client::connect(&mesh.dirs[0])?;
+    let lines: Vec<String> = (0..o.units as u64).map(|i| submit_line(i, o.payload)).collect();
+    let start = Instant::now();
+    pipeline(client, lines)?;
+    let secs = start.elapsed().as_secs_f64();
+    let report = json!({
+        "bench": "control",
+        "bin": o.bin.display().to_string(),
+        "units": o.units,
+        "payload_bytes": o.payload,
+        "seconds": secs,
+        "units_per_sec": o.units as f64 / secs,
+    });
+    if o.json {
+        println!("{report}");
+    } else {
+        println!(
+            "control socket: {} pipelined submits of {} bytes at one node: {:.3} s ({:.0} units/s)",
+            o.units,
+            o.payload,
+            secs,
+            o.units as f64 / secs
+        );
+    }
+    drop(mesh);
+    Ok(Vec::new())
+}
+
+// ----- lan -----
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Raw UDP datagrams of `size` bytes over 127.0.0.1 for one second: datagrams received per
+/// second.
+fn datagram_ceiling(size: usize) -> anyhow::Result<f64> {
+    let rx = UdpSocket::bind("127.0.0.1:0")?;
+    rx.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let to = rx.local_addr()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_tx = stop.clone();
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        let tx = UdpSocket::bind("127.0.0.1:0")?;
+        let buf = vec![0x5au8; size];
+        while !stop_tx.load(Ordering::Relaxed) {
+            // Loopback may drop when the receiver lags; ENOBUFS is not fatal either.
+            let _ = tx.send_to(&buf, to);
+        }
+        Ok(())
+    });
+    let mut buf = vec![0u8; 65_536];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(1) {
+        if rx.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    sender.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    Ok(n as f64 / secs)
+}
+
+/// Bytes the node's core emitted so far: datagrams and link frames.
+fn bytes_sent(status: &Value) -> u64 {
+    let c = &status["counters"];
+    c["datagram_bytes_sent"].as_u64().unwrap_or(0) + c["frame_bytes_sent"].as_u64().unwrap_or(0)
+}
+
+/// The kernel's count of UDP datagrams dropped for a full receive buffer (all sockets).
+fn udp_rcvbuf_errors() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else { return 0 };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Submits `n` units at node 1 at `rate`/s while node 2's subscriber reads them; returns the
+/// latencies submit -> delivered at node 2 and submit -> receipt at node 1, in ms, sorted.
+fn latency(mesh: &Mesh, o: &Opts) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let (n, rate, payload, ack_every) = (o.latency_units, o.rate, o.payload, o.ack_every);
+    let mut sub = Client::connect(&mesh.dirs[1])?;
+    let first = sub.request(r#"{"op":"subscribe"}"#)?;
+    if first.get("subscribed").is_none() {
+        bail!("subscribe at node 2 failed: {first}");
+    }
+    let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; n]));
+    let got = Arc::new(AtomicU64::new(0));
+    let (sent_r, got_r) = (sent.clone(), got.clone());
+    let reader = std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+        let mut lat = Vec::with_capacity(n);
+        let mut line = String::new();
+        let mut unacked = 0;
+        while lat.len() < n {
+            line.clear();
+            if sub.reader.read_line(&mut line)? == 0 {
+                bail!("node 2 closed the subscription");
+            }
+            let at = Instant::now();
+            let v: Value = serde_json::from_str(&line)?;
+            let Some(payload) = v["payload"].as_str() else {
+                if v.get("error").is_some() {
+                    bail!("node 2: {v}");
+                }
+                continue; // an `acked` reply
+            };
+            let id: usize = payload.get(..12).and_then(|s| s.parse().ok()).context("payload id")?;
+            let sent_at = sent_r.lock().unwrap().get(id).copied().flatten();
+            if let Some(sent_at) = sent_at {
+                lat.push(at.duration_since(sent_at).as_secs_f64() * 1e3);
+            }
+            got_r.fetch_add(1, Ordering::Relaxed);
+            unacked += 1;
+            if unacked >= ack_every || lat.len() == n {
+                let ack = json!({"op":"ack","origin":v["origin"],"seq":v["seq"]});
+                writeln!(sub.writer, "{ack}")?;
+                unacked = 0;
+            }
+        }
+        Ok(lat)
+    });
+    let Client { mut writer, reader: mut replies } = Client::connect(&mesh.dirs[0])?;
+    let sent_c = sent.clone();
+    let receipts = std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+        let mut line = String::new();
+        let mut lat = Vec::with_capacity(n);
+        for i in 0..n {
+            line.clear();
+            if replies.read_line(&mut line)? == 0 || line.contains("\"error\"") {
+                bail!("a submit at node 1 failed: {}", line.trim());
+            }
+            if let Some(at) = sent_c.lock().unwrap()[i] {
+                lat.push(at.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        Ok(lat)
+    });
+    let start = Instant::now();
+    let every = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    for i in 0..n {
+        let due = start + every * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let line = submit_line(i as u64, payload);
+        sent.lock().unwrap()[i] = Some(Instant::now());
+        writeln!(writer, "{line}")?;
+    }
+    let mut accepted =
+        receipts.join().map_err(|_| anyhow::anyhow!("receipt reader panicked"))??;
+    accepted.sort_by(f64::total_cmp);
+    let deadline = Instant::now() + DEADLINE;
+    while got.load(Ordering::Relaxed) < n as u64 {
+        if Instant::now() > deadline {
+            bail!("node 2 delivered {} of {n} units", got.load(Ordering::Relaxed));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut lat = reader.join().map_err(|_| anyhow::anyhow!("subscriber panicked"))??;
+    lat.sort_by(f64::total_cmp);
+    Ok((lat, accepted))
+}
+
+fn lan(o: &Opts) -> anyhow::Result<Vec<String>> {
+    let ceiling = datagram_ceiling(o.payload)?;
+    let header = {
+        let unit = meshnode::TransferUnit {
+            kind: UnitKind::Tubt,
+            physkey: "P".repeat(32).parse()?,
+            origin: "ITB85JUYCJS4IQA".parse()?,
+            seq: 1_000_000,
+            created_ms: 1_764_633_600_000,
+            urgency: Urgency::Normal,
+            scopes: FileScopes::NONE,
+            payload: vec![b'x'; o.payload],
+        };
+        unit.encode().len() - o.payload
+    };
+
+    let mut mesh = Mesh::init(o, 3)?;
+    mesh.run(free_port()?)?;
+    let mut clients: Vec<Client> =
+        mesh.dirs.iter().map(|d| Client::connect(d)).collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    let up = |s: &Value| {
+        s["peers"].as_array().map_or(0, |p| p.iter().filter(|p| p["state"] == "up").count())
+    };
+    mesh.wait("every node to see both others up", || {
+        Ok(clients.iter_mut().map(|c| c.status().map(|s| up(&s))).sum::<anyhow::Result<usize>>()?
+            == 6)
+    })?;
+    let settle_ms = started.elapsed().as_millis();
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_idle = mesh.rss();
+
+    // Latency at the offered load.
+    let (lat, accepted) = latency(&mesh, o)?;
+    let base = o.latency_units as u64;
+    mesh.wait("every node to hold the latency units", || {
+        Ok(clients
+            .iter_mut()
+            .map(|c| c.status().map(|s| s["units_total"].as_u64() == Some(base)))
+            .collect::<anyhow::Result<Vec<bool>>>()?
+            .into_iter()
+            .all(|b| b))
+    })?;
+
+    // Throughput.
+    let before: Vec<u64> =
+        clients.iter_mut().map(|c| c.status().map(|s| bytes_sent(&s))).collect::<Result<_, _>>()?;
+    let submitter = Client::connect(&mesh.dirs[0])?;
+    let lines: Vec<String> =
+        (0..o.units as u64).map(|i| submit_line(base + i, o.payload)).collect();
+    let want = base + o.units as u64;
+    let drops_before = udp_rcvbuf_errors();
+    let start = Instant::now();
+    let pipe = std::thread::spawn(move || pipeline(submitter, lines));
+    let mut accepted_secs = None;
+    let mut statuses = Vec::new();
+    mesh.wait("every node to hold every unit", || {
+        if accepted_secs.is_none() && pipe.is_finished() {
+            accepted_secs = Some(start.elapsed().as_secs_f64());
+        }
+        statuses = clients.iter_mut().map(Client::status).collect::<anyhow::Result<_>>()?;
+        Ok(statuses.iter().all(|s| s["units_total"].as_u64() == Some(want)))
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    let udp_drops = udp_rcvbuf_errors().saturating_sub(drops_before);
+    let wants: u64 =
+        statuses.iter().map(|s| s["counters"]["wants_sent"].as_u64().unwrap_or(0)).sum();
+    pipe.join().map_err(|_| anyhow::anyhow!("submitter panicked"))??;
+    let accepted_secs = accepted_secs.unwrap_or(secs);
+    let sent: u64 = statuses.iter().zip(&before).map(|(s, b)| bytes_sent(s) - b).sum();
+    let copies = o.units as u64 * 2;
+    let per_copy = sent as f64 / copies as f64;
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_after = mesh.rss();
+    let counters: Vec<Value> = statuses.iter().map(|s| s["counters"].clone()).collect();
+    drop(clients);
+    drop(mesh);
+
+    let throughput = o.units as f64 / secs;
+    let unit_bytes = (o.payload + header) as f64;
+    let (p50, p99, max) = (percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 1.0));
+    let mut missed = Vec::new();
+    if throughput < 0.25 * ceiling {
+        missed.push(format!(
+            "throughput {throughput:.0} units/s < 25% of the datagram ceiling {ceiling:.0}/s"
+        ));
+    }
+    if p99.is_nan() || p99 > 5.0 {
+        missed.push(format!("latency p99 {p99:.2} ms > 5 ms"));
+    }
+    if per_copy > 1.3 * unit_bytes {
+        missed.push(format!(
+            "wire bytes per unit copy {per_copy:.0} > 1.3 x {unit_bytes} (payload + header)"
+        ));
+    }
+    for (i, r) in rss_idle.iter().enumerate() {
+        if *r > 32 * MIB {
+            missed.push(format!(
+                "node {} idle RSS {:.1} MiB > 32 MiB",
+                i + 1,
+                *r as f64 / MIB as f64
+            ));
+        }
+    }
+    let mib = |v: &[u64]| {
+        v.iter().map(|r| (*r as f64 / MIB as f64 * 10.0).round() / 10.0).collect::<Vec<_>>()
+    };
+    let report = json!({
+        "bench": "lan",
+        "nodes": 3,
+        "units": o.units,
+        "payload_bytes": o.payload,
+        "unit_header_bytes": header,
+        "settle_ms": settle_ms,
+        "datagram_ceiling_per_sec": ceiling.round(),
+        "throughput_units_per_sec": throughput.round(),
+        "throughput_of_ceiling": throughput / ceiling,
+        "all_accepted_at_node1_secs": accepted_secs,
+        "all_held_everywhere_secs": secs,
+        "latency": {"offered_per_sec": o.rate, "units": lat.len(), "p50_ms": p50, "p99_ms": p99, "max_ms": max},
+        "receipt_latency_node1": {"p50_ms": percentile(&accepted, 0.5), "p99_ms": percentile(&accepted, 0.99)},
+        "udp_rcvbuf_drops_during_throughput": udp_drops,
+        "wants_sent_total": wants,
+        "wire_bytes_per_copy": per_copy,
+        "wire_ratio": per_copy / unit_bytes,
+        "rss_idle_mib": mib(&rss_idle),
+        "rss_after_mib": mib(&rss_after),
+        "counters": counters,
+        "missed": missed,
+    });
+    if o.json {
+        println!("{report}");
+    } else {
+        println!(
+            "LAN bench: 3 nodes on loopback, {} units of {} bytes (header {header} bytes)",
+            o.units, o.payload
+        );
+        println!("  nodes linked after      {settle_ms} ms");
+        println!("  datagram ceiling        {ceiling:.0} datagrams/s of {} bytes", o.payload);
+        println!(
+            "  throughput              {throughput:.0} units/s ({:.1}% of the ceiling; target >= 25%); all accepted at node 1 after {accepted_secs:.2} s, held everywhere after {secs:.2} s",
+            100.0 * throughput / ceiling
+        );
+        println!(
+            "  latency at {}/s         p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms over {} units (target p99 <= 5 ms)",
+            o.rate,
+            lat.len()
+        );
+        println!(
+            "  receipt at node 1       p50 {:.2} ms, p99 {:.2} ms (submit -> receipt, same units)",
+            percentile(&accepted, 0.5),
+            percentile(&accepted, 0.99)
+        );
+        println!(
+            "  wire bytes per copy     {per_copy:.0} = {:.2}x payload + header (target <= 1.3x)",
+            per_copy / unit_bytes
+        );
+        println!(
+            "  repair                  {udp_drops} datagrams dropped by full UDP receive buffers during the throughput phase; {wants} Wants sent in the run"
+        );
+        println!("  RSS idle (MiB)          {:?} (target <= 32)", mib(&rss_idle));
+        println!("  RSS after (MiB)         {:?}", mib(&rss_after));
+        for m in &missed {
+            println!("MISSED: {m}");
+        }
+    }
+    Ok(missed)
+}
