@@ -181,15 +181,17 @@ pub async fn run<S: Store>(
     if senders.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "no discovery interface"));
     }
-    spawn_udp_reader(
-        discovery,
-        DatagramDest::Group(SocketAddr::V4(cfg.discovery_group)),
-        tx.clone(),
-    );
-    spawn_udp_reader(env, DatagramDest::Group(SocketAddr::V4(cfg.env_group)), tx.clone());
+    // Multicast loops back (several nodes may share a machine); our own datagrams are known
+    // by their source, our senders' addresses, and dropped before they cost a decryption.
+    let own: Arc<[SocketAddr]> =
+        senders.iter().map(|s| s.local_addr()).collect::<io::Result<Vec<_>>>()?.into();
+    let discovery_dest = DatagramDest::Group(SocketAddr::V4(cfg.discovery_group));
+    spawn_udp_reader(discovery, discovery_dest, own.clone(), tx.clone());
+    let env_dest = DatagramDest::Group(SocketAddr::V4(cfg.env_group));
+    spawn_udp_reader(env, env_dest, own.clone(), tx.clone());
     for sender in &senders {
         let local = sender.local_addr()?;
-        spawn_udp_reader(sender.clone(), DatagramDest::Unicast(local), tx.clone());
+        spawn_udp_reader(sender.clone(), DatagramDest::Unicast(local), own.clone(), tx.clone());
     }
     let quic = match cfg.quic_socket {
         Some(socket) => {
@@ -572,11 +574,17 @@ async fn execute(out: Output, senders: &[Arc<UdpSocket>], links: &mut Links) {
     }
 }
 
-fn spawn_udp_reader(socket: Arc<UdpSocket>, to: DatagramDest, tx: mpsc::Sender<Event>) {
+fn spawn_udp_reader(
+    socket: Arc<UdpSocket>,
+    to: DatagramDest,
+    own: Arc<[SocketAddr]>,
+    tx: mpsc::Sender<Event>,
+) {
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
         loop {
             match socket.recv_from(&mut buf).await {
+                Ok((_, from)) if own.contains(&from) => {}
                 Ok((n, from)) => {
                     let bytes = buf[..n].to_vec();
                     if tx.send(Event::Datagram { from, to, bytes }).await.is_err() {
