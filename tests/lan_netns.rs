@@ -16,19 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ok, s};
+use common::{lab_or_skip, ok, s};
 use netsim::netns::{Lab, LabChild};
-
-fn lab_or_skip(prefix: &str) -> Option<Lab> {
-    match Lab::new(prefix) {
-        Ok(lab) => Some(lab),
-        Err(e) if e.is_unsupported() => {
-            eprintln!("skipping netns test ({prefix}): {e}");
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
-}
 
 fn member_dirs(root: &Path, n: usize) -> Vec<PathBuf> {
     let first = common::init(root, "n0", &["--system", "1,2,3,4"]);

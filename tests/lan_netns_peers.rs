@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ok, s};
+use common::{lab_or_skip, ok, s};
 use netsim::netns::{Lab, LabChild};
 use serde_json::Value;
 
@@ -33,17 +33,6 @@ const LINK_PORT: u16 = 7070;
 
 /// Logs: info, plus the link layer's debug lines (refused handshakes are only logged there).
 const LOG: &str = "meshnode=info,meshnode::net=debug";
-
-fn lab_or_skip(prefix: &str) -> Option<Lab> {
-    match Lab::new(prefix) {
-        Ok(lab) => Some(lab),
-        Err(e) if e.is_unsupported() => {
-            eprintln!("skipping netns test ({prefix}): {e}");
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
-}
 
 /// A new system `rmsystem` in `root/first` plus members joined with its join file; returns
 /// their directories and the join file.

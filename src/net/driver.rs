@@ -39,7 +39,7 @@ use crate::control::server::{Control, ControlConfig, ControlEvent};
 use crate::net::discovery::{group_receiver, group_sender};
 use crate::net::handshake::LinkParams;
 use crate::net::link::{Link, LinkFailure};
-use crate::net::quic::{QuicEndpoint, QuicTimeouts};
+use crate::net::quic::{QuicEndpoint, QuicLinkError, QuicTimeouts};
 use crate::net::tcp::TcpLink;
 use crate::proto::{
     DatagramDest, Input, LinkId, LinkKind, Node, Output, Protocol, ReceivedDatagram, Time,
@@ -381,7 +381,8 @@ impl Links {
 impl Transports {
     async fn connect_quic(&self, to: SocketAddr) -> Result<Link, LinkFailure> {
         let Some(quic) = &self.quic else {
-            unreachable!("connect_quic is only called with an endpoint")
+            let off = io::Error::other("quic links are off");
+            return Err(LinkFailure::Quic(QuicLinkError::Io(off)));
         };
         let timeout = self.connect_timeout.min(QUIC_ATTEMPT);
         quic.connect(to, timeout).await.map(Link::Quic).map_err(LinkFailure::Quic)

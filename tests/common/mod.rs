@@ -102,3 +102,17 @@ pub fn dati_files(d: &Path) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// A network-namespace lab for a test, or `None` (after saying why) where the machine cannot
+/// make one (not root, `ip` or `nft` missing): the test then passes without running.
+#[cfg(target_os = "linux")]
+pub fn lab_or_skip(prefix: &str) -> Option<netsim::netns::Lab> {
+    match netsim::netns::Lab::new(prefix) {
+        Ok(lab) => Some(lab),
+        Err(e) if e.is_unsupported() => {
+            eprintln!("skipping netns test ({prefix}): {e}");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
