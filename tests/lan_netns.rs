@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{lab_or_skip, ok, s};
+use common::{lab_or_skip, ok, s, submit_sales as submit_many};
 use netsim::netns::{Lab, LabChild};
 
 fn member_dirs(root: &Path, n: usize) -> Vec<PathBuf> {
@@ -28,15 +28,6 @@ fn member_dirs(root: &Path, n: usize) -> Vec<PathBuf> {
         dirs.push(common::init(root, &format!("n{i}"), &["--join", s(&join)]));
     }
     dirs
-}
-
-fn submit_many(dir: &Path, n: usize, tag: &str) {
-    let lines: String = (0..n)
-        .map(|i| format!("{{\"kind\":\"TUBT\",\"body\":{{\"sale\":{i},\"at\":\"{tag}\"}}}}\n"))
-        .collect();
-    let out =
-        common::run_with_input(&["submit", "--data-dir", s(dir), "--jsonl", "-"], lines.as_bytes());
-    assert!(out.status.success(), "{}", common::text(&out.stderr));
 }
 
 /// Starts `meshnode run` in `node` with default discovery (the namespace's only private

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{lab_or_skip, ok, s};
+use common::{lab_or_skip, ok, s, submit_sales as submit};
 use netsim::netns::{Lab, LabChild};
 use serde_json::Value;
 
@@ -81,15 +81,6 @@ fn add_peer(dir: &Path, addr: SocketAddr, role: &str) {
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str(&format!("\n[[peer]]\naddress = \"{addr}\"\npriority = 0\nrole = \"{role}\"\n"));
     std::fs::write(&path, text).unwrap();
-}
-
-fn submit(dir: &Path, n: usize, tag: &str) {
-    let lines: String = (0..n)
-        .map(|i| format!("{{\"kind\":\"TUBT\",\"body\":{{\"sale\":{i},\"at\":\"{tag}\"}}}}\n"))
-        .collect();
-    let out =
-        common::run_with_input(&["submit", "--data-dir", s(dir), "--jsonl", "-"], lines.as_bytes());
-    assert!(out.status.success(), "{}", common::text(&out.stderr));
 }
 
 /// Starts `meshnode run` in `node` with links on [`LINK_PORT`] and `extra` arguments.

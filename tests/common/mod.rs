@@ -116,3 +116,13 @@ pub fn lab_or_skip(prefix: &str) -> Option<netsim::netns::Lab> {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// Submits `n` sales tagged `tag` at `dir` with `meshnode submit --jsonl` (through the running
+/// node if one runs there).
+pub fn submit_sales(dir: &Path, n: usize, tag: &str) {
+    let lines: String = (0..n)
+        .map(|i| format!("{{\"kind\":\"TUBT\",\"body\":{{\"sale\":{i},\"at\":\"{tag}\"}}}}\n"))
+        .collect();
+    let out = run_with_input(&["submit", "--data-dir", s(dir), "--jsonl", "-"], lines.as_bytes());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
