@@ -14,99 +14,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{cmd, ok, s};
+use common::{cmd, free_port, ok, s, signal, wait_for, Running};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// A running node, killed when dropped (also when the test fails).
-struct Running {
-    child: Child,
-    dir: PathBuf,
-    log: PathBuf,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Running {
-    /// Starts a node and waits until its control socket answers.
-    fn start(dir: &Path, port: u16) -> Running {
-        let log = dir.with_extension("log");
-        let child = cmd(&[
-            "run",
-            "--data-dir",
-            s(dir),
-            "--discovery-if",
-            "127.0.0.1",
-            "--discovery-port",
-            &port.to_string(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("MESHNODE_LOG", "meshnode=info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap())
-        .spawn()
-        .expect("start meshnode run");
-        let node = Running { child, dir: dir.to_path_buf(), log };
-        wait_for("the control socket", &[&node], || UnixStream::connect(socket(dir)).is_ok());
-        node
-    }
-
-    /// SIGTERM, then wait for a clean exit within a deadline.
-    fn stop(mut self) {
-        signal(&self.child, libc::SIGTERM);
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "node exited with {status}: {}", self.log_text());
-                assert!(!socket(&self.dir).exists(), "the socket is removed at a clean stop");
-                return;
-            }
-            assert!(Instant::now() < deadline, "node did not stop: {}", self.log_text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-fn signal(child: &Child, sig: libc::c_int) {
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
-}
-
 fn socket(dir: &Path) -> PathBuf {
-    dir.join("run/control.sock")
-}
-
-/// A UDP port free on loopback now (each test its own, so parallel meshes do not meet).
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    common::control_socket(dir)
 }
 
 fn status(dir: &Path) -> Value {
     serde_json::from_str(&ok(&["--status", "--json", "--data-dir", s(dir)])).unwrap()
-}
-
-/// Polls `check` until it holds or the deadline passes (then fails with `what` and the logs).
-fn wait_for(what: &str, nodes: &[&Running], mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !check() {
-        if Instant::now() > deadline {
-            let logs: Vec<String> = nodes.iter().map(|n| n.log_text()).collect();
-            panic!("timed out waiting for {what}; logs:\n{}", logs.join("\n----\n"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn member_dirs(root: &Path, names: &[&str]) -> Vec<PathBuf> {

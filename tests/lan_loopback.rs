@@ -6,93 +6,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{cmd, ok, s};
-
-/// A running node, killed when dropped (also when the test fails).
-struct Running {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Running {
-    fn start(dir: &Path, port: u16) -> Running {
-        Running::start_as(dir, port, "127.0.0.1:0", "lane")
-    }
-
-    fn start_as(dir: &Path, port: u16, listen: &str, role: &str) -> Running {
-        let log = dir.with_extension("log");
-        let child = cmd(&[
-            "run",
-            "--data-dir",
-            s(dir),
-            "--discovery-if",
-            "127.0.0.1",
-            "--discovery-port",
-            &port.to_string(),
-            "--listen",
-            listen,
-            "--role",
-            role,
-        ])
-        .env("MESHNODE_LOG", "meshnode=info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start meshnode run");
-        Running { child, log }
-    }
-
-    /// SIGTERM, then wait for a clean exit within a deadline.
-    fn stop(mut self) {
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "node exited with {status}: {}", self.log_text());
-                return;
-            }
-            assert!(Instant::now() < deadline, "node did not stop: {}", self.log_text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-/// A UDP port free on loopback now (each test its own, so parallel meshes do not meet).
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::{free_port, ok, s, wait_for, Running};
 
 fn status(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&ok(&["--status", "--json", "--data-dir", s(dir)])).unwrap()
-}
-
-/// Polls `check` until it holds or the deadline passes (then fails with `what` and the logs).
-fn wait_for(what: &str, nodes: &[&Running], mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check() {
-        if Instant::now() > deadline {
-            let logs: Vec<String> = nodes.iter().map(|n| n.log_text()).collect();
-            panic!("timed out waiting for {what}; logs:\n{}", logs.join("\n----\n"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn submit_many(dir: &Path, n: usize) {

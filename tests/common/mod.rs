@@ -126,3 +126,102 @@ pub fn submit_sales(dir: &Path, n: usize, tag: &str) {
     let out = run_with_input(&["submit", "--data-dir", s(dir), "--jsonl", "-"], lines.as_bytes());
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// A `meshnode run` on loopback (discovery on 127.0.0.1), killed when dropped (also when the
+/// test fails).
+pub struct Running {
+    child: std::process::Child,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How long a test waits for a condition on running nodes.
+pub const NODE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Running {
+    /// A lane with links on an ephemeral loopback port; returns once its control socket
+    /// answers.
+    pub fn start(dir: &Path, port: u16) -> Running {
+        Running::start_as(dir, port, "127.0.0.1:0", "lane")
+    }
+
+    /// A node of `role` with links on `listen`, discovery on `port`; returns once its control
+    /// socket answers. Its log (appended across restarts) is `dir` + `.log`.
+    pub fn start_as(dir: &Path, port: u16, listen: &str, role: &str) -> Running {
+        let log = dir.with_extension("log");
+        let port = port.to_string();
+        let args =
+            ["run", "--data-dir", s(dir), "--discovery-if", "127.0.0.1", "--discovery-port", &port];
+        let child = cmd(&args)
+            .args(["--listen", listen, "--role", role])
+            .env("MESHNODE_LOG", "meshnode=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap())
+            .spawn()
+            .expect("start meshnode run");
+        let node = Running { child, dir: dir.to_path_buf(), log };
+        let socket = control_socket(dir);
+        wait_for("the control socket", &[&node], || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+        node
+    }
+
+    /// SIGTERM, then a clean exit within [`NODE_DEADLINE`] that removes the control socket.
+    pub fn stop(mut self) {
+        signal(&self.child, libc::SIGTERM);
+        let deadline = std::time::Instant::now() + NODE_DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "node exited with {status}: {}", self.log_text());
+                let socket = control_socket(&self.dir);
+                assert!(!socket.exists(), "the socket is removed at a clean stop");
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "node did not stop: {}", self.log_text());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// What the node logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Sends `sig` to a child of the test.
+pub fn signal(child: &std::process::Child, sig: libc::c_int) {
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+}
+
+/// The control socket of a node's data directory.
+pub fn control_socket(dir: &Path) -> PathBuf {
+    dir.join("run/control.sock")
+}
+
+/// A UDP port free on loopback now (each test its own, so parallel meshes do not meet).
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` until it holds or [`NODE_DEADLINE`] passes (then fails with `what` and the
+/// nodes' logs).
+pub fn wait_for(what: &str, nodes: &[&Running], mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + NODE_DEADLINE;
+    while !check() {
+        if std::time::Instant::now() > deadline {
+            let logs: Vec<String> = nodes.iter().map(|n| n.log_text()).collect();
+            panic!("timed out waiting for {what}; logs:\n{}", logs.join("\n----\n"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
