@@ -203,13 +203,39 @@ impl DatabaseId {
     }
 
     /// A 64-bit tag of this dbid, embedded in generated physkeys (see [`Physkey::generate`]).
+    ///
+    /// Generating a key for every submit asks for the same dbid's tag over and over; the last
+    /// one is kept per thread, so the two BLAKE3 compressions are paid once per change of dbid.
     pub fn tag(&self) -> u64 {
+        thread_local! {
+            static LAST: std::cell::Cell<Option<([u8; DatabaseId::LEN], u64)>> =
+                const { std::cell::Cell::new(None) };
+        }
+        if let Some((dbid, tag)) = LAST.get() {
+            if dbid == self.0 {
+                return tag;
+            }
+        }
         let hash = blake3::derive_key("meshnode physkey origin tag v1", &self.0);
         let mut b = [0u8; 8];
         b.copy_from_slice(&hash[..8]);
-        u64::from_be_bytes(b)
+        let tag = u64::from_be_bytes(b);
+        LAST.set(Some((self.0, tag)));
+        tag
     }
 }
+
+/// The value of each ASCII byte as a Crockford base-32 digit of [`Physkey::CROCKFORD`] (0xff: not
+/// a digit): decoding a key is then one table load per character, not a search.
+const CROCKFORD_VALUE: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut i = 0;
+    while i < 32 {
+        table[Physkey::CROCKFORD[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
 
 impl fmt::Display for DatabaseId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -394,7 +420,10 @@ impl Physkey {
         let mut hi: u128 = 0;
         let mut lo: u64 = 0;
         for c in &self.0 {
-            let v = Self::CROCKFORD.iter().position(|a| a == c)? as u64;
+            let v = match CROCKFORD_VALUE[usize::from(*c)] {
+                0xff => return None,
+                v => u64::from(v),
+            };
             // Accumulate the 160-bit number as (hi:112 | lo:48).
             hi = (hi << 5) | u128::from(lo >> 43);
             lo = ((lo << 5) | v) & ((1 << 48) - 1);

@@ -309,7 +309,7 @@ impl<S: Store> Ledger<S> {
         now_ms: u64,
     ) -> Result<(Vec<Receipt>, Vec<TransferUnit>), LedgerError> {
         let (receipts, units, next) = self.prepare(subs, now_ms)?;
-        self.write(units.clone(), now_ms)?;
+        let units = self.write(units, now_ms)?;
         self.next_own_seq = next;
         Ok((receipts, units))
     }
@@ -374,12 +374,12 @@ impl<S: Store> Ledger<S> {
     }
 
     /// Accepts units that arrived from elsewhere (a peer, a carried log file): skips what is
-    /// held, logs and stores the rest durably. Returns the `(origin, seq)` of the new ones.
+    /// held, logs and stores the rest durably. Returns the new ones, in the order given.
     pub fn accept_batch(
         &mut self,
         units: Vec<TransferUnit>,
         now_ms: u64,
-    ) -> Result<Vec<(DatabaseId, u64)>, LedgerError> {
+    ) -> Result<Vec<TransferUnit>, LedgerError> {
         if self.poisoned {
             return Err(LedgerError::Poisoned);
         }
@@ -388,22 +388,24 @@ impl<S: Store> Ledger<S> {
             .into_iter()
             .filter(|u| !self.store.contains(&u.origin, u.seq) && seen.insert((u.origin, u.seq)))
             .collect();
-        let names = fresh.iter().map(|u| (u.origin, u.seq)).collect();
-        self.write(fresh, now_ms)?;
+        let fresh = self.write(fresh, now_ms)?;
         self.next_own_seq = self.next_own_seq.max(self.store.next_seq(&self.own));
-        Ok(names)
+        Ok(fresh)
     }
 
+    /// Logs and stores `units` durably; hands them back, so callers can send them on without
+    /// copying or reading them back.
     fn write(
         &mut self,
         units: Vec<TransferUnit>,
         now_ms: u64,
-    ) -> Result<Vec<InsertOutcome>, LedgerError> {
+    ) -> Result<Vec<TransferUnit>, LedgerError> {
         if units.is_empty() {
-            return Ok(Vec::new());
+            return Ok(units);
         }
         let Some(dati) = self.dati.as_mut() else {
-            return self.write_without_logs(&units);
+            self.write_without_logs(&units)?;
+            return Ok(units);
         };
         let result = (|| {
             let mut located = Vec::with_capacity(units.len());
@@ -412,12 +414,13 @@ impl<S: Store> Ledger<S> {
                 located.push((unit, body_ref(at)));
             }
             dati.sync()?;
-            Ok::<_, LedgerError>(self.store.insert_located(&located, &[])?)
+            self.store.insert_located(&located, &[])?;
+            Ok::<_, LedgerError>(located)
         })();
         match result {
-            Ok(outcomes) => {
+            Ok(located) => {
                 self.maybe_checkpoint(now_ms)?;
-                Ok(outcomes)
+                Ok(located.into_iter().map(|(unit, _)| unit).collect())
             }
             Err(e) => {
                 // Part of the batch may be in the logs; a retry with the same seqs would write

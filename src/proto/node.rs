@@ -469,7 +469,7 @@ impl<S: Store> Node<S> {
         }
         let origins: Vec<DatabaseId> =
             self.ledger.store().version_vector().origins().copied().collect();
-        self.deliver_ready(origins);
+        self.deliver_ready(origins, &[]);
         self.connect_due();
     }
 
@@ -1062,7 +1062,7 @@ impl<S: Store> Node<S> {
             }
         };
         self.stats.units_received += units.len() as u64;
-        let fresh = match self.ledger.accept_batch(units.clone(), self.now.as_millis()) {
+        let mut new_units = match self.ledger.accept_batch(units, self.now.as_millis()) {
             Ok(fresh) => fresh,
             Err(_) => {
                 // Refused (disk full): what a peer reports holding is asked for again once the
@@ -1071,15 +1071,14 @@ impl<S: Store> Node<S> {
                 return 0;
             }
         };
-        self.stats.units_new += fresh.len() as u64;
-        let mut names: BTreeSet<(DatabaseId, u64)> = fresh.iter().copied().collect();
-        let new_units: Vec<TransferUnit> =
-            units.into_iter().filter(|u| names.remove(&(u.origin, u.seq))).collect();
-        let origins: BTreeSet<DatabaseId> = fresh.iter().map(|(o, _)| *o).collect();
+        self.stats.units_new += new_units.len() as u64;
+        // Per-origin seq order, which forwarding keeps and delivery looks units up by.
+        new_units.sort_unstable_by_key(|u| (u.origin, u.seq));
+        let origins: BTreeSet<DatabaseId> = new_units.iter().map(|u| u.origin).collect();
         self.held_changed(&origins);
         self.forward(source, &new_units);
-        self.deliver_ready(origins);
-        fresh.len()
+        self.deliver_ready(origins, &new_units);
+        new_units.len()
     }
 
     fn held_changed(&mut self, origins: &BTreeSet<DatabaseId>) {
@@ -1191,7 +1190,11 @@ impl<S: Store> Node<S> {
         }
     }
 
-    fn deliver_ready(&mut self, origins: impl IntoIterator<Item = DatabaseId>) {
+    /// Delivers, per origin, every held unit after the delivered one, in seq order. `fresh`
+    /// holds units just accepted (sorted by origin, then seq, or not at all): they are
+    /// delivered from memory, so the common case (units arriving in order) never reads back
+    /// and decrypts what was just written; a unit from before a gap is read from the store.
+    fn deliver_ready(&mut self, origins: impl IntoIterator<Item = DatabaseId>, fresh: &[TransferUnit]) {
         let own = self.dbid();
         for origin in origins {
             if origin == own {
@@ -1199,10 +1202,18 @@ impl<S: Store> Node<S> {
             }
             let mut next = self.delivered.get(&origin).copied().unwrap_or(0) + 1;
             while self.ledger.store().contains(&origin, next) {
-                match self.ledger.store().get(&origin, next) {
-                    Ok(Some(unit)) => self.out.push_back(Output::Deliver(unit)),
-                    _ => break,
-                }
+                let in_hand = fresh
+                    .binary_search_by(|u| (u.origin, u.seq).cmp(&(origin, next)))
+                    .ok()
+                    .map(|i| fresh[i].clone());
+                let unit = match in_hand {
+                    Some(unit) => unit,
+                    None => match self.ledger.store().get(&origin, next) {
+                        Ok(Some(unit)) => unit,
+                        _ => break,
+                    },
+                };
+                self.out.push_back(Output::Deliver(unit));
                 self.delivered.insert(origin, next);
                 next += 1;
             }
