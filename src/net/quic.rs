@@ -41,7 +41,7 @@
 //! This module does not choose peers, retry, fall back to TCP or count: callers count
 //! [`QuicLinkError::reason`] and decide on [`QuicLinkError::is_path_failure`].
 
-mod tls;
+pub(crate) mod tls;
 
 use std::io;
 use std::net::SocketAddr;
