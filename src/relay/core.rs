@@ -208,6 +208,11 @@ impl<S: RelayStore> RelayCore<S> {
         }
     }
 
+    /// The store (for status).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
     /// The store (for tests and shutdown).
     pub fn store_mut(&mut self) -> &mut S {
         &mut self.store

@@ -5,7 +5,7 @@
 //! - [`admitted`]: `R/admitted.toml`, the systems admitted, their verifiers and quotas.
 //! - [`store`]: [`store::RelayStore`], payloads on sled (durable) or in memory.
 //! - [`core`]: [`core::RelayCore`], the sans-IO logic: admission, posts, quotas, TTL, delivery.
-//! - `server` (next): the thin tokio/quinn driver, the identity key and the status file.
+//! - [`server`]: the thin tokio/quinn driver, the relay's identity key and its status file.
 //!
 //! The relay sees RmSystems, mailbox ids, sizes and sealed bytes, nothing else; it cannot read
 //! payloads or impersonate a member. This module does not run the node side of the relay path
@@ -13,6 +13,7 @@
 
 pub mod admitted;
 pub mod core;
+pub mod server;
 pub mod store;
 
 pub use self::admitted::{Admitted, AdmittedFile, SystemPolicy};

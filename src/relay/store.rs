@@ -305,6 +305,13 @@ impl SledRelayStore {
     }
 }
 
+impl SledRelayStore {
+    /// Bytes sled uses on disk, if it can tell.
+    pub fn size_on_disk(&self) -> Option<u64> {
+        self.db.size_on_disk().ok()
+    }
+}
+
 fn payload_key(scope: Scope, mailbox: Mailbox, id: u64) -> [u8; PAYLOAD_KEY_LEN] {
     let mut key = [0u8; PAYLOAD_KEY_LEN];
     key[0] = PAYLOAD;
