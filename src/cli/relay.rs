@@ -29,7 +29,6 @@ use crate::relay::server::{
 use crate::relay::{RelayCore, RelayLimits, SledRelayStore};
 
 #[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true)]
 pub(super) struct RelayArgs {
     #[command(subcommand)]
     command: Option<RelayCommand>,
@@ -92,6 +91,10 @@ pub(super) fn run(dir: &Path, args: RelayArgs) -> anyhow::Result<()> {
         );
     }
     match (args.command, args.listen, args.status) {
+        (Some(_), Some(_), _) | (Some(_), _, true) => bail!(
+            "admit and revoke are used without --listen and --status: `meshnode relay admit --data-dir {} ...`",
+            dir.display()
+        ),
         (Some(command), ..) => admin(dir, command),
         (None, _, true) => status(dir, args.json),
         (None, Some(listen), false) => serve(dir, listen),
