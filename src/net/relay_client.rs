@@ -163,7 +163,7 @@ impl RelayClient {
             let conn = connecting.await.map_err(refused_by_code)?;
             let (send, recv) = conn.accept_bi().await.map_err(refused_by_code)?;
             let mut client = RelayClient {
-                endpoint: endpoint,
+                endpoint,
                 conn,
                 send,
                 recv,

@@ -141,27 +141,34 @@ pub trait RelayStore {
     fn flush(&mut self) -> Result<(), RelayStoreError>;
 }
 
-/// Per-scope usage kept in memory: id -> (posted, len). Ids increase with posting time, so the
-/// first entry is the oldest.
+/// One scope's payloads in memory: id -> (posted, len), and their total bytes.
+#[derive(Debug, Default)]
+struct ScopeUsage {
+    bytes: u64,
+    ids: BTreeMap<u64, (u64, u32)>,
+}
+
+/// Per-scope usage kept in memory. Ids increase with posting time, so the first entry of a
+/// scope is its oldest payload.
 #[derive(Debug, Default)]
 struct UsageIndex {
-    scopes: BTreeMap<Scope, (u64, BTreeMap<u64, (u64, u32)>)>,
+    scopes: BTreeMap<Scope, ScopeUsage>,
 }
 
 impl UsageIndex {
     fn add(&mut self, scope: Scope, id: u64, posted_ms: u64, len: u32) {
-        let (bytes, ids) = self.scopes.entry(scope).or_default();
-        if ids.insert(id, (posted_ms, len)).is_none() {
-            *bytes = bytes.saturating_add(u64::from(len));
+        let usage = self.scopes.entry(scope).or_default();
+        if usage.ids.insert(id, (posted_ms, len)).is_none() {
+            usage.bytes = usage.bytes.saturating_add(u64::from(len));
         }
     }
 
     fn remove(&mut self, scope: Scope, id: u64) {
-        if let Some((bytes, ids)) = self.scopes.get_mut(&scope) {
-            if let Some((_, len)) = ids.remove(&id) {
-                *bytes = bytes.saturating_sub(u64::from(len));
+        if let Some(usage) = self.scopes.get_mut(&scope) {
+            if let Some((_, len)) = usage.ids.remove(&id) {
+                usage.bytes = usage.bytes.saturating_sub(u64::from(len));
             }
-            if ids.is_empty() {
+            if usage.ids.is_empty() {
                 self.scopes.remove(&scope);
             }
         }
@@ -169,10 +176,10 @@ impl UsageIndex {
 
     fn usage(&self, scope: Scope) -> Usage {
         match self.scopes.get(&scope) {
-            Some((bytes, ids)) => Usage {
-                count: u64::try_from(ids.len()).unwrap_or(u64::MAX),
-                bytes: *bytes,
-                oldest_posted_ms: ids.values().next().map(|(posted, _)| *posted),
+            Some(usage) => Usage {
+                count: u64::try_from(usage.ids.len()).unwrap_or(u64::MAX),
+                bytes: usage.bytes,
+                oldest_posted_ms: usage.ids.values().next().map(|(posted, _)| *posted),
             },
             None => Usage::default(),
         }
