@@ -584,10 +584,11 @@ impl<S: RelayStore> RelayCore<S> {
                     break;
                 }
                 for stored in batch {
-                    member.subscriptions.insert(mailbox, Some(stored.id));
                     if member.in_flight_bytes >= window {
                         break;
                     }
+                    // The cursor moves only past what is delivered now: the rest stays next.
+                    member.subscriptions.insert(mailbox, Some(stored.id));
                     let len = u64::try_from(stored.payload.len()).unwrap_or(u64::MAX);
                     member.in_flight.insert(stored.id, (mailbox, len));
                     member.in_flight_bytes = member.in_flight_bytes.saturating_add(len);

@@ -262,3 +262,36 @@ fn too_many_connections_from_one_address() {
         vec![RelayFrame::Refused { reason: RefuseReason::RateLimited }]
     );
 }
+
+#[test]
+fn delivery_window_holds_back_the_rest_until_taken() {
+    let limits = RelayLimits { delivery_window_bytes: 2048, ..RelayLimits::default() };
+    let mut core = RelayCore::new(RELAY_KEY, MemoryRelayStore::new(), admitted(10), limits);
+    connect(&mut core, 1, &key(1, SYS_A), SYS_A);
+    for seq in 1..=4 {
+        core.handle_frame(0, 1, post(seq, 1024)).unwrap();
+    }
+    connect(&mut core, 2, &key(1, SYS_A), SYS_A);
+    let delivered = |frames: Vec<RelayFrame>| -> Vec<(u64, u8)> {
+        frames
+            .into_iter()
+            .filter_map(|f| match f {
+                RelayFrame::Deliver(d) => Some((d.id, d.payload[0])),
+                _ => None,
+            })
+            .collect()
+    };
+    core.handle_frame(0, 2, RelayFrame::Subscribe { mailboxes: vec![MAILBOX] }).unwrap();
+    let first = delivered(frames_to(&mut core, 2));
+    assert_eq!(first.iter().map(|d| d.1).collect::<Vec<_>>(), [1, 2], "window of two");
+    core.handle_frame(0, 2, RelayFrame::Taken { ids: vec![first[0].0] }).unwrap();
+    let next = delivered(frames_to(&mut core, 2));
+    assert_eq!(next.iter().map(|d| d.1).collect::<Vec<_>>(), [3], "nothing skipped");
+    core.handle_frame(0, 2, RelayFrame::Taken { ids: vec![first[1].0, next[0].0] }).unwrap();
+    assert_eq!(delivered(frames_to(&mut core, 2)).iter().map(|d| d.1).collect::<Vec<_>>(), [4]);
+    // A reconnect redelivers what was delivered but not taken (at least once).
+    core.handle_disconnected(2);
+    connect(&mut core, 3, &key(1, SYS_A), SYS_A);
+    core.handle_frame(0, 3, RelayFrame::Subscribe { mailboxes: vec![MAILBOX] }).unwrap();
+    assert_eq!(delivered(frames_to(&mut core, 3)).iter().map(|d| d.1).collect::<Vec<_>>(), [4]);
+}
