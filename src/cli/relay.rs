@@ -247,7 +247,7 @@ fn print_table(s: &serde_json::Value) {
             .as_u64()
             .map_or("-".to_string(), |ms| format!("{} s", now.saturating_sub(ms) / 1000));
         println!(
-            "{} {}{}: {} connected, {} payloads, {} of {}, oldest {}, posted {}, delivered {}, taken {}, expired {}, quota refusals {}, bad proof {}",
+            "{} {}{}: {} connected, {} payloads, {} of {}, oldest {}, posted {}, delivered {}, taken {}, expired {}, quota refusals {}, rate limited posts {}, bad proof {}",
             text(&sys["rmsystem"]),
             text(&sys["env"]),
             if sys["admitted"] == true { "" } else { " (not admitted)" },
@@ -261,6 +261,7 @@ fn print_table(s: &serde_json::Value) {
             text(&c["taken"]),
             text(&c["expired"]),
             text(&c["quota_refusals"]),
+            text(&c["rate_limited_posts"]),
             text(&c["bad_proof"]),
         );
     }

@@ -44,15 +44,22 @@ pub struct RelayLimits {
     pub delivery_window_bytes: u64,
     /// Connections at once from one IP address.
     pub max_connections_per_ip: usize,
+    /// Posts per second one connection may make on average (a token bucket)...
+    pub posts_per_sec: u64,
+    /// ...and in a burst.
+    pub post_burst: u64,
 }
 
 impl Default for RelayLimits {
-    /// 10 s, 1 MiB, 16 (design §1.3, §1.4).
+    /// 10 s, 1 MiB, 16 (design §1.3, §1.4); 2,000 posts/s with bursts of 4,000 (a store's
+    /// peak sales rate is far lower; this bounds what one connection can make the relay write).
     fn default() -> RelayLimits {
         RelayLimits {
             auth_timeout_ms: 10_000,
             delivery_window_bytes: 1 << 20,
             max_connections_per_ip: 16,
+            posts_per_sec: 2_000,
+            post_burst: 4_000,
         }
     }
 }
@@ -93,6 +100,28 @@ struct Member {
     /// Delivered, not yet taken: id -> (mailbox, length).
     in_flight: BTreeMap<u64, (Mailbox, u64)>,
     in_flight_bytes: u64,
+    /// Post tokens in thousandths, and when they were last refilled.
+    post_tokens_milli: u64,
+    tokens_at_ms: u64,
+}
+
+impl Member {
+    /// Takes one post token, refilling at `per_sec` up to `burst`; `false` when none is left.
+    fn take_post_token(&mut self, now_ms: u64, per_sec: u64, burst: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.tokens_at_ms);
+        self.tokens_at_ms = now_ms;
+        self.post_tokens_milli = self
+            .post_tokens_milli
+            .saturating_add(elapsed.saturating_mul(per_sec))
+            .min(burst.saturating_mul(1000));
+        match self.post_tokens_milli.checked_sub(1000) {
+            Some(left) => {
+                self.post_tokens_milli = left;
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -123,6 +152,8 @@ pub struct SystemCounters {
     pub quota_refusals: u64,
     /// Posts refused for another reason (size, class, TTL).
     pub post_refusals: u64,
+    /// Posts refused for the per-connection rate.
+    pub rate_limited_posts: u64,
     /// Connections that claimed this system and failed the proof.
     pub bad_proof: u64,
 }
@@ -467,6 +498,8 @@ impl<S: RelayStore> RelayCore<S> {
                 subscriptions: BTreeMap::new(),
                 in_flight: BTreeMap::new(),
                 in_flight_bytes: 0,
+                post_tokens_milli: self.limits.post_burst.saturating_mul(1000),
+                tokens_at_ms: self.now_ms,
             });
         }
         self.send(conn, RelayFrame::Welcome(welcome));
@@ -479,6 +512,16 @@ impl<S: RelayStore> RelayCore<S> {
             self.refuse(conn, RefuseReason::UnknownSystem);
             return Ok(());
         };
+        let (per_sec, burst) = (self.limits.posts_per_sec, self.limits.post_burst);
+        if let Some(Conn { state: ConnState::Member(member), .. }) = self.conns.get_mut(&conn) {
+            if !member.take_post_token(now_ms, per_sec, burst) {
+                let counters = self.counters.entry(scope).or_default();
+                counters.rate_limited_posts = counters.rate_limited_posts.saturating_add(1);
+                let reason = PostRefuseReason::RateLimited;
+                self.send(conn, RelayFrame::PostRefused { seq: post.seq, reason });
+                return Ok(());
+            }
+        }
         let len = post.payload.len();
         let usage = self.store.usage(scope);
         let len64 = u64::try_from(len).unwrap_or(u64::MAX);

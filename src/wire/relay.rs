@@ -143,6 +143,8 @@ pub enum PostRefuseReason {
     BadClass,
     /// A time to live of zero.
     Ttl,
+    /// The connection posts faster than the relay allows.
+    RateLimited,
     /// A reason this build does not know.
     Other(u8),
 }
@@ -502,6 +504,7 @@ impl From<u8> for PostRefuseReason {
             2 => PostRefuseReason::TooLarge,
             3 => PostRefuseReason::BadClass,
             4 => PostRefuseReason::Ttl,
+            5 => PostRefuseReason::RateLimited,
             other => PostRefuseReason::Other(other),
         }
     }
@@ -514,6 +517,7 @@ impl From<PostRefuseReason> for u8 {
             PostRefuseReason::TooLarge => 2,
             PostRefuseReason::BadClass => 3,
             PostRefuseReason::Ttl => 4,
+            PostRefuseReason::RateLimited => 5,
             PostRefuseReason::Other(other) => other,
         }
     }

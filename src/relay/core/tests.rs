@@ -295,3 +295,24 @@ fn delivery_window_holds_back_the_rest_until_taken() {
     core.handle_frame(0, 3, RelayFrame::Subscribe { mailboxes: vec![MAILBOX] }).unwrap();
     assert_eq!(delivered(frames_to(&mut core, 3)).iter().map(|d| d.1).collect::<Vec<_>>(), [4]);
 }
+
+#[test]
+fn posts_over_the_rate_are_refused_per_post() {
+    let limits = RelayLimits { posts_per_sec: 10, post_burst: 2, ..RelayLimits::default() };
+    let mut core = RelayCore::new(RELAY_KEY, MemoryRelayStore::new(), admitted(100), limits);
+    connect(&mut core, 1, &key(1, SYS_A), SYS_A);
+    for seq in 1..=3 {
+        core.handle_frame(0, 1, post(seq, 1024)).unwrap();
+    }
+    let refused = RelayFrame::PostRefused { seq: 3, reason: PostRefuseReason::RateLimited };
+    assert_eq!(frames_to(&mut core, 1), vec![refused]);
+    // 100 ms later one token is back.
+    core.handle_frame(100, 1, post(4, 1024)).unwrap();
+    core.handle_frame(100, 1, post(5, 1024)).unwrap();
+    core.commit().unwrap();
+    let frames = frames_to(&mut core, 1);
+    assert!(frames.contains(&RelayFrame::Posted { seqs: vec![1, 2, 4] }), "{frames:?}");
+    let status = core.status();
+    let a = status.systems.iter().find(|s| s.rmsystem == SYS_A.to_string()).unwrap();
+    assert_eq!(a.counters.rate_limited_posts, 2);
+}
