@@ -35,6 +35,9 @@ pub type ConnId = u64;
 /// tell the relay message sizes.
 pub const SIZE_CLASSES: [usize; 3] = [1024, 4096, 16 * 1024];
 
+/// Broadcasts (presence, design §2.6) a system keeps; a new one evicts the oldest.
+pub const MAX_BROADCASTS_PER_SYSTEM: u64 = 256;
+
 /// Limits of a relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelayLimits {
@@ -97,8 +100,8 @@ struct Member {
     scope: Scope,
     /// Subscribed mailboxes and the last id delivered from each on this connection.
     subscriptions: BTreeMap<Mailbox, Option<u64>>,
-    /// Delivered, not yet taken: id -> (mailbox, length).
-    in_flight: BTreeMap<u64, (Mailbox, u64)>,
+    /// Delivered, not yet taken: id -> (mailbox, length, broadcast).
+    in_flight: BTreeMap<u64, (Mailbox, u64, bool)>,
     in_flight_bytes: u64,
     /// Post tokens in thousandths, and when they were last refilled.
     post_tokens_milli: u64,
@@ -552,7 +555,13 @@ impl<S: RelayStore> RelayCore<S> {
         counters.posted = counters.posted.saturating_add(1);
         let ttl_ms = u64::from(post.ttl_secs.min(max_ttl)).saturating_mul(1000);
         let expires = now_ms.saturating_add(ttl_ms);
-        self.store.insert(scope, post.mailbox, now_ms, expires, &post.payload)?;
+        if post.broadcast {
+            let (count, oldest) = self.store.broadcasts(scope);
+            if let (true, Some((mailbox, id))) = (count >= MAX_BROADCASTS_PER_SYSTEM, oldest) {
+                self.store.remove(scope, mailbox, id)?;
+            }
+        }
+        self.store.insert(scope, post.mailbox, now_ms, expires, post.broadcast, &post.payload)?;
         self.unflushed.entry(conn).or_default().push(post.seq);
         // Forward at once to every member of the system subscribed to that mailbox.
         let subscribers: Vec<ConnId> = self
@@ -593,9 +602,12 @@ impl<S: RelayStore> RelayCore<S> {
         // and never anything of another system.
         let mut taken = Vec::new();
         for id in ids {
-            if let Some((mailbox, len)) = member.in_flight.remove(id) {
+            if let Some((mailbox, len, broadcast)) = member.in_flight.remove(id) {
                 member.in_flight_bytes = member.in_flight_bytes.saturating_sub(len);
-                taken.push((mailbox, *id));
+                // A broadcast stays for every other member until it expires or is evicted.
+                if !broadcast {
+                    taken.push((mailbox, *id));
+                }
             }
         }
         for (mailbox, id) in taken {
@@ -633,7 +645,7 @@ impl<S: RelayStore> RelayCore<S> {
                     // The cursor moves only past what is delivered now: the rest stays next.
                     member.subscriptions.insert(mailbox, Some(stored.id));
                     let len = u64::try_from(stored.payload.len()).unwrap_or(u64::MAX);
-                    member.in_flight.insert(stored.id, (mailbox, len));
+                    member.in_flight.insert(stored.id, (mailbox, len, stored.broadcast));
                     member.in_flight_bytes = member.in_flight_bytes.saturating_add(len);
                     frames.push(RelayFrame::Deliver(Deliver {
                         id: stored.id,

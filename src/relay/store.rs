@@ -9,8 +9,10 @@
 //! Sled layout (one tree, so one `sled::Batch` makes a post or a removal atomic):
 //!
 //! ```text
-//! p scope[20] mailbox[16] id[8 BE]  -> expires_ms u64 BE | posted_ms u64 BE | payload
+//! p scope[20] mailbox[16] id[8 BE]  -> expires_ms u64 BE | posted_ms u64 BE | flags u8 | payload
 //! e expires_ms[8 BE] id[8 BE]        -> scope[20] mailbox[16] | len u32 BE | posted_ms u64 BE
+//!                                       | flags u8
+//! flags: bit 0 = broadcast (presence, design §2.6: kept until it expires, not taken)
 //! ```
 //!
 //! The `e` index gives the TTL sweep its order and lets [`SledRelayStore::open`] rebuild the
@@ -70,6 +72,8 @@ pub struct StoredPayload {
     pub posted_ms: u64,
     /// When the TTL sweep removes it (Unix ms).
     pub expires_ms: u64,
+    /// A broadcast (presence): `Taken` does not delete it.
+    pub broadcast: bool,
     /// The bytes.
     pub payload: Vec<u8>,
 }
@@ -110,6 +114,7 @@ pub trait RelayStore {
         mailbox: Mailbox,
         posted_ms: u64,
         expires_ms: u64,
+        broadcast: bool,
         payload: &[u8],
     ) -> Result<u64, RelayStoreError>;
 
@@ -134,6 +139,9 @@ pub trait RelayStore {
     /// What `scope` holds.
     fn usage(&self, scope: Scope) -> Usage;
 
+    /// Broadcasts `scope` holds, and the oldest one's mailbox and id.
+    fn broadcasts(&self, scope: Scope) -> (u64, Option<(Mailbox, u64)>);
+
     /// What every scope with payloads holds.
     fn usage_all(&self) -> BTreeMap<Scope, Usage>;
 
@@ -146,6 +154,7 @@ pub trait RelayStore {
 struct ScopeUsage {
     bytes: u64,
     ids: BTreeMap<u64, (u64, u32)>,
+    broadcasts: BTreeMap<u64, Mailbox>,
 }
 
 /// Per-scope usage kept in memory. Ids increase with posting time, so the first entry of a
@@ -156,10 +165,23 @@ struct UsageIndex {
 }
 
 impl UsageIndex {
-    fn add(&mut self, scope: Scope, id: u64, posted_ms: u64, len: u32) {
+    fn add(&mut self, scope: Scope, id: u64, posted_ms: u64, len: u32, broadcast: Option<Mailbox>) {
         let usage = self.scopes.entry(scope).or_default();
         if usage.ids.insert(id, (posted_ms, len)).is_none() {
             usage.bytes = usage.bytes.saturating_add(u64::from(len));
+        }
+        if let Some(mailbox) = broadcast {
+            usage.broadcasts.insert(id, mailbox);
+        }
+    }
+
+    fn broadcasts(&self, scope: Scope) -> (u64, Option<(Mailbox, u64)>) {
+        match self.scopes.get(&scope) {
+            Some(usage) => (
+                u64::try_from(usage.broadcasts.len()).unwrap_or(u64::MAX),
+                usage.broadcasts.iter().next().map(|(id, mailbox)| (*mailbox, *id)),
+            ),
+            None => (0, None),
         }
     }
 
@@ -168,6 +190,7 @@ impl UsageIndex {
             if let Some((_, len)) = usage.ids.remove(&id) {
                 usage.bytes = usage.bytes.saturating_sub(u64::from(len));
             }
+            usage.broadcasts.remove(&id);
             if usage.ids.is_empty() {
                 self.scopes.remove(&scope);
             }
@@ -217,15 +240,22 @@ impl RelayStore for MemoryRelayStore {
         mailbox: Mailbox,
         posted_ms: u64,
         expires_ms: u64,
+        broadcast: bool,
         payload: &[u8],
     ) -> Result<u64, RelayStoreError> {
         self.next_id = self.next_id.saturating_add(1);
         let id = self.next_id;
-        let stored =
-            StoredPayload { id, mailbox, posted_ms, expires_ms, payload: payload.to_vec() };
+        let payload = payload.to_vec();
+        let stored = StoredPayload { id, mailbox, posted_ms, expires_ms, broadcast, payload };
+        self.usage.add(
+            scope,
+            id,
+            posted_ms,
+            len_u32(&stored.payload),
+            broadcast.then_some(mailbox),
+        );
         self.payloads.insert((scope, mailbox, id), stored);
         self.expiry.insert((expires_ms, id, scope, mailbox));
-        self.usage.add(scope, id, posted_ms, len_u32(payload));
         Ok(id)
     }
 
@@ -274,6 +304,10 @@ impl RelayStore for MemoryRelayStore {
         self.usage.usage(scope)
     }
 
+    fn broadcasts(&self, scope: Scope) -> (u64, Option<(Mailbox, u64)>) {
+        self.usage.broadcasts(scope)
+    }
+
     fn usage_all(&self) -> BTreeMap<Scope, Usage> {
         self.usage.usage_all()
     }
@@ -286,6 +320,9 @@ impl RelayStore for MemoryRelayStore {
 const PAYLOAD: u8 = b'p';
 const EXPIRY: u8 = b'e';
 const PAYLOAD_KEY_LEN: usize = 1 + Scope::LEN + 16 + 8;
+const EXPIRY_VALUE_LEN: usize = Scope::LEN + 16 + 4 + 8 + 1;
+/// Flag bit of a broadcast payload.
+const BROADCAST: u8 = 1;
 
 /// The relay store on sled (`R/store`).
 #[derive(Debug)]
@@ -304,8 +341,8 @@ impl SledRelayStore {
         for entry in db.scan_prefix([EXPIRY]) {
             let (key, value) = entry?;
             let (expires, id) = parse_expiry_key(&key)?;
-            let (scope, _mailbox, len, posted) = parse_expiry_value(&value)?;
-            usage.add(scope, id, posted, len);
+            let (scope, mailbox, len, posted, flags) = parse_expiry_value(&value)?;
+            usage.add(scope, id, posted, len, (flags & BROADCAST != 0).then_some(mailbox));
             next_expiry.insert((expires, id));
         }
         Ok(SledRelayStore { db, usage, next_expiry })
@@ -347,9 +384,12 @@ fn parse_expiry_key(key: &[u8]) -> Result<(u64, u64), RelayStoreError> {
     Ok((be_u64(key.get(1..9), "expiry key")?, be_u64(key.get(9..17), "expiry key")?))
 }
 
-fn parse_expiry_value(value: &[u8]) -> Result<(Scope, Mailbox, u32, u64), RelayStoreError> {
+/// An expiry value: scope, mailbox, length, posting time, flags.
+type ExpiryValue = (Scope, Mailbox, u32, u64, u8);
+
+fn parse_expiry_value(value: &[u8]) -> Result<ExpiryValue, RelayStoreError> {
     let corrupt = RelayStoreError::Corrupt { what: "expiry value" };
-    if value.len() != Scope::LEN + 16 + 4 + 8 {
+    if value.len() != EXPIRY_VALUE_LEN {
         return Err(corrupt);
     }
     let scope =
@@ -359,7 +399,7 @@ fn parse_expiry_value(value: &[u8]) -> Result<(Scope, Mailbox, u32, u64), RelayS
     let len: [u8; 4] =
         value[36..40].try_into().map_err(|_| RelayStoreError::Corrupt { what: "expiry value" })?;
     let posted = be_u64(value.get(40..48), "expiry value")?;
-    Ok((scope, Mailbox(mailbox), u32::from_be_bytes(len), posted))
+    Ok((scope, Mailbox(mailbox), u32::from_be_bytes(len), posted, value[48]))
 }
 
 impl RelayStore for SledRelayStore {
@@ -369,23 +409,27 @@ impl RelayStore for SledRelayStore {
         mailbox: Mailbox,
         posted_ms: u64,
         expires_ms: u64,
+        broadcast: bool,
         payload: &[u8],
     ) -> Result<u64, RelayStoreError> {
         let id = self.db.generate_id()?;
-        let mut value = Vec::with_capacity(16 + payload.len());
+        let flags = if broadcast { BROADCAST } else { 0 };
+        let mut value = Vec::with_capacity(17 + payload.len());
         value.extend_from_slice(&expires_ms.to_be_bytes());
         value.extend_from_slice(&posted_ms.to_be_bytes());
+        value.push(flags);
         value.extend_from_slice(payload);
-        let mut index = Vec::with_capacity(48);
+        let mut index = Vec::with_capacity(EXPIRY_VALUE_LEN);
         index.extend_from_slice(&scope.to_bytes());
         index.extend_from_slice(&mailbox.0);
         index.extend_from_slice(&len_u32(payload).to_be_bytes());
         index.extend_from_slice(&posted_ms.to_be_bytes());
+        index.push(flags);
         let mut batch = sled::Batch::default();
         batch.insert(&payload_key(scope, mailbox, id)[..], value);
         batch.insert(&expiry_key(expires_ms, id)[..], index);
         self.db.apply_batch(batch)?;
-        self.usage.add(scope, id, posted_ms, len_u32(payload));
+        self.usage.add(scope, id, posted_ms, len_u32(payload), broadcast.then_some(mailbox));
         self.next_expiry.insert((expires_ms, id));
         Ok(id)
     }
@@ -405,8 +449,10 @@ impl RelayStore for SledRelayStore {
             let id = be_u64(key.get(37..45), "payload key")?;
             let expires_ms = be_u64(value.get(0..8), "payload value")?;
             let posted_ms = be_u64(value.get(8..16), "payload value")?;
-            let payload = value.get(16..).unwrap_or_default().to_vec();
-            out.push(StoredPayload { id, mailbox, posted_ms, expires_ms, payload });
+            let flags = *value.get(16).ok_or(RelayStoreError::Corrupt { what: "payload value" })?;
+            let broadcast = flags & BROADCAST != 0;
+            let payload = value.get(17..).unwrap_or_default().to_vec();
+            out.push(StoredPayload { id, mailbox, posted_ms, expires_ms, broadcast, payload });
         }
         Ok(out)
     }
@@ -432,7 +478,7 @@ impl RelayStore for SledRelayStore {
         for entry in self.db.range(&[EXPIRY][..]..=&end[..]) {
             let (key, value) = entry?;
             let (expires, id) = parse_expiry_key(&key)?;
-            let (scope, mailbox, _, _) = parse_expiry_value(&value)?;
+            let (scope, mailbox, ..) = parse_expiry_value(&value)?;
             batch.remove(key);
             batch.remove(&payload_key(scope, mailbox, id)[..]);
             gone.push((scope, expires, id));
@@ -452,6 +498,10 @@ impl RelayStore for SledRelayStore {
 
     fn usage(&self, scope: Scope) -> Usage {
         self.usage.usage(scope)
+    }
+
+    fn broadcasts(&self, scope: Scope) -> (u64, Option<(Mailbox, u64)>) {
+        self.usage.broadcasts(scope)
     }
 
     fn usage_all(&self) -> BTreeMap<Scope, Usage> {
@@ -475,8 +525,8 @@ mod tests {
     /// The suite every implementation passes.
     fn suite(store: &mut impl RelayStore) {
         // Post, FIFO order, pending after a cursor.
-        let one = store.insert(A, M, 1_000, 10_000, b"one").unwrap();
-        let two = store.insert(A, M, 2_000, 5_000, b"two!").unwrap();
+        let one = store.insert(A, M, 1_000, 10_000, false, b"one").unwrap();
+        let two = store.insert(A, M, 2_000, 5_000, false, b"two!").unwrap();
         assert!(two > one);
         let all = store.pending(A, M, None, 10).unwrap();
         assert_eq!(
@@ -495,7 +545,7 @@ mod tests {
         assert!(!store.remove(A, M, one).unwrap());
         assert_eq!(store.usage(A), Usage { count: 1, bytes: 4, oldest_posted_ms: Some(2_000) });
         // TTL.
-        store.insert(B, M, 3_000, 20_000, b"b").unwrap();
+        store.insert(B, M, 3_000, 20_000, false, b"b").unwrap();
         assert_eq!(store.next_expiry(), Some(5_000));
         assert!(store.expire(4_999).unwrap().is_empty());
         assert_eq!(store.expire(5_000).unwrap(), BTreeMap::from([(A, 1)]));
@@ -521,8 +571,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = {
             let mut store = SledRelayStore::open(dir.path()).unwrap();
-            let id = store.insert(A, M, 1_000, 9_000, b"kept").unwrap();
-            store.insert(B, M, 2_000, 9_000, b"other").unwrap();
+            let id = store.insert(A, M, 1_000, 9_000, false, b"kept").unwrap();
+            store.insert(B, M, 2_000, 9_000, true, b"presence").unwrap();
             store.flush().unwrap();
             id
         };
@@ -532,8 +582,11 @@ mod tests {
         assert_eq!((held[0].id, &held[0].payload[..]), (first, &b"kept"[..]));
         assert_eq!(store.usage(A), Usage { count: 1, bytes: 4, oldest_posted_ms: Some(1_000) });
         assert_eq!(store.usage(B).count, 1);
+        assert!(store.pending(B, M, None, 1).unwrap()[0].broadcast, "the flag is kept");
+        assert_eq!(store.broadcasts(B).0, 1, "broadcasts are rebuilt at open");
+        assert_eq!(store.broadcasts(A), (0, None));
         assert_eq!(store.next_expiry(), Some(9_000));
-        let next = store.insert(A, M, 3_000, 9_000, b"new").unwrap();
+        let next = store.insert(A, M, 3_000, 9_000, false, b"new").unwrap();
         assert!(next > first, "ids keep increasing across a reopen");
         assert_eq!(store.expire(9_000).unwrap().values().sum::<u64>(), 3);
     }

@@ -316,3 +316,32 @@ fn posts_over_the_rate_are_refused_per_post() {
     let a = status.systems.iter().find(|s| s.rmsystem == SYS_A.to_string()).unwrap();
     assert_eq!(a.counters.rate_limited_posts, 2);
 }
+
+#[test]
+fn broadcasts_are_not_taken_and_the_oldest_is_evicted() {
+    let mut core = core_on(MemoryRelayStore::new(), 1000);
+    connect(&mut core, 1, &key(1, SYS_A), SYS_A);
+    let presence = Mailbox([0xbb; 16]);
+    for seq in 0..=MAX_BROADCASTS_PER_SYSTEM as u32 {
+        let post =
+            Post { seq, mailbox: presence, ttl_secs: 60, broadcast: true, payload: vec![1; 1024] };
+        core.handle_frame(0, 1, RelayFrame::Post(post)).unwrap();
+    }
+    let scope = Scope { rmsystem: SYS_A, env_tag: ENV };
+    let (count, oldest) = core.store_mut().broadcasts(scope);
+    assert_eq!(count, MAX_BROADCASTS_PER_SYSTEM);
+    assert_eq!(oldest.map(|(m, _)| m), Some(presence));
+    drain(&mut core);
+    connect(&mut core, 2, &key(1, SYS_A), SYS_A);
+    core.handle_frame(0, 2, RelayFrame::Subscribe { mailboxes: vec![presence] }).unwrap();
+    let ids: Vec<u64> = frames_to(&mut core, 2)
+        .into_iter()
+        .filter_map(|f| match f {
+            RelayFrame::Deliver(d) => Some(d.id),
+            _ => None,
+        })
+        .collect();
+    assert!(!ids.is_empty());
+    core.handle_frame(0, 2, RelayFrame::Taken { ids }).unwrap();
+    assert_eq!(core.store_mut().broadcasts(scope).0, MAX_BROADCASTS_PER_SYSTEM, "not taken");
+}
