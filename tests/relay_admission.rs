@@ -225,6 +225,20 @@ fn member_is_admitted_with_its_observed_address_and_outsiders_are_refused_and_co
         // A client pinning another key never gets as far as the proof.
         let wrong = RelayClient::connect(addr, [7; 32], &membership(&setup.a1), TIMEOUT).await;
         assert!(wrong.is_err());
+        // After a rebinding (a new NAT mapping) the relay tells the member its new address.
+        let mut member = member;
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let moved = socket.local_addr().unwrap();
+        member.rebind(socket).unwrap();
+        member.subscribe(vec![MAILBOX]).await.unwrap();
+        let observed = loop {
+            match tokio::time::timeout(TIMEOUT, member.recv()).await.expect("observed in time") {
+                Ok(Some(RelayFrame::Observed { addr })) => break addr,
+                Ok(Some(_)) => continue,
+                other => panic!("relay connection ended: {other:?}"),
+            }
+        };
+        assert_eq!(observed, moved);
         member.close();
     });
     let status = relay.wait("the refusals counted", |st| {
@@ -286,4 +300,23 @@ fn post_over_quota_is_refused_and_counted() {
         system_status(st)["counters"]["quota_refusals"] == 1
     });
     assert_eq!(system_status(&status)["usage"]["count"], 2, "{status:#}");
+    // A clean stop removes the snapshot; --status then reads the store itself.
+    let mut relay = relay;
+    signal(&relay.child, libc::SIGTERM);
+    let exit = relay.child.wait().unwrap();
+    assert!(exit.success(), "relay exited with {exit}: {}", relay.log_text());
+    assert!(!setup.relay_dir.join("run/status.json").exists());
+    let status = relay.status();
+    assert_eq!(status["running"], false, "{status:#}");
+    assert_eq!(system_status(&status)["usage"]["count"], 2, "{status:#}");
+}
+
+#[test]
+fn a_node_data_directory_is_never_a_relay() {
+    let setup = setup(1);
+    let err = common::fails(&["relay", "--data-dir", s(&setup.a1), "--listen", "127.0.0.1:0"]);
+    assert!(err.contains("a relay never holds one"), "{err}");
+    assert!(!setup.a1.join("relay.key").exists());
+    let err = common::fails(&["relay", "--data-dir", s(&setup.b), "--status"]);
+    assert!(err.contains("never holds"), "{err}");
 }

@@ -235,6 +235,12 @@ impl RelayClient {
         Ok(self.endpoint.local_addr()?)
     }
 
+    /// Moves the connection to another local UDP socket (as after a network change); the
+    /// relay sees a new remote address and answers the next frame with `Observed`.
+    pub fn rebind(&self, socket: std::net::UdpSocket) -> Result<(), RelayClientError> {
+        Ok(self.endpoint.rebind(socket)?)
+    }
+
     /// What the relay said when it admitted us: our observed address, its limits.
     pub fn welcome(&self) -> &Welcome {
         &self.welcome
