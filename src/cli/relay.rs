@@ -156,7 +156,9 @@ fn serve(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let cfg = RelayServerConfig { dir: dir.to_path_buf(), listen, limits: RelayLimits::default() };
+    let socket = std::net::UdpSocket::bind(listen)
+        .with_context(|| format!("cannot listen on {listen} (udp); choose another --listen"))?;
+    let cfg = RelayServerConfig { dir: dir.to_path_buf(), socket, limits: RelayLimits::default() };
     runtime.block_on(server::run(cfg, &identity, store, super::run::shutdown_signal()))?;
     eprintln!("meshnode relay stopped");
     Ok(())

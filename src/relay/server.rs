@@ -93,14 +93,6 @@ pub enum RelayServerError {
         /// Its mode.
         mode: u32,
     },
-    /// The socket.
-    #[error("cannot listen on {addr} (udp): {source}; choose another --listen")]
-    Listen {
-        /// The address.
-        addr: SocketAddr,
-        /// The IO error.
-        source: std::io::Error,
-    },
     /// TLS setup.
     #[error(transparent)]
     Tls(#[from] QuicLinkError),
@@ -173,8 +165,9 @@ impl RelayIdentity {
 pub struct RelayServerConfig {
     /// The relay's data directory.
     pub dir: PathBuf,
-    /// Where to listen (UDP).
-    pub listen: SocketAddr,
+    /// The bound UDP socket to listen on (the caller binds it, so it can name the address
+    /// in its error and tests can bind port 0).
+    pub socket: std::net::UdpSocket,
     /// Limits of the core.
     pub limits: RelayLimits,
 }
@@ -222,12 +215,10 @@ pub async fn run(
     let mut server =
         quinn::ServerConfig::with_crypto(Arc::new(tls::relay_server_crypto(&identity.pkcs8)?));
     server.transport_config(Arc::new(transport(0)));
-    let socket = std::net::UdpSocket::bind(cfg.listen)
-        .map_err(|source| RelayServerError::Listen { addr: cfg.listen, source })?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server),
-        socket,
+        cfg.socket,
         Arc::new(quinn::TokioRuntime),
     )
     .map_err(RelayServerError::Runtime)?;
@@ -454,6 +445,9 @@ async fn serve_connection(
             }
         }
     }
+    // The stream ended or broke; the connection lives until it closes (a member that finished
+    // its direction may still receive, and a refusal closes it after its `Refused` frame).
+    connection.closed().await;
     let _ = events.send(Event::Gone { conn }).await;
 }
 
@@ -521,3 +515,6 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
+
+#[cfg(test)]
+mod tests;
