@@ -224,7 +224,10 @@ fn member_is_admitted_with_its_observed_address_and_outsiders_are_refused_and_co
         assert_eq!(refusal(bare), Some(RefuseReason::BadProof));
         // A client pinning another key never gets as far as the proof.
         let wrong = RelayClient::connect(addr, [7; 32], &membership(&setup.a1), TIMEOUT).await;
-        assert!(wrong.is_err());
+        assert!(
+            matches!(wrong, Err(RelayClientError::Connection(_))),
+            "refused by TLS, before any frame: {wrong:?}"
+        );
         // After a rebinding (a new NAT mapping) the relay tells the member its new address.
         let mut member = member;
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -388,18 +388,17 @@ fn parse_expiry_key(key: &[u8]) -> Result<(u64, u64), RelayStoreError> {
 type ExpiryValue = (Scope, Mailbox, u32, u64, u8);
 
 fn parse_expiry_value(value: &[u8]) -> Result<ExpiryValue, RelayStoreError> {
-    let corrupt = RelayStoreError::Corrupt { what: "expiry value" };
+    let corrupt = || RelayStoreError::Corrupt { what: "expiry value" };
     if value.len() != EXPIRY_VALUE_LEN {
-        return Err(corrupt);
+        return Err(corrupt());
     }
-    let scope =
-        Scope::from_bytes(&value[..20]).ok_or(RelayStoreError::Corrupt { what: "expiry value" })?;
+    let scope = value.get(..20).and_then(Scope::from_bytes).ok_or_else(corrupt)?;
     let mailbox: [u8; 16] =
-        value[20..36].try_into().map_err(|_| RelayStoreError::Corrupt { what: "expiry value" })?;
-    let len: [u8; 4] =
-        value[36..40].try_into().map_err(|_| RelayStoreError::Corrupt { what: "expiry value" })?;
+        value.get(20..36).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
+    let len: [u8; 4] = value.get(36..40).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
     let posted = be_u64(value.get(40..48), "expiry value")?;
-    Ok((scope, Mailbox(mailbox), u32::from_be_bytes(len), posted, value[48]))
+    let flags = *value.get(48).ok_or_else(corrupt)?;
+    Ok((scope, Mailbox(mailbox), u32::from_be_bytes(len), posted, flags))
 }
 
 impl RelayStore for SledRelayStore {
