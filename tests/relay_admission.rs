@@ -268,7 +268,13 @@ fn payload_posted_by_one_member_survives_kill9_and_is_taken_by_another() {
     relay.kill9();
     let relay = Relay::start(&setup.relay_dir, listen);
     let status = relay.status();
-    assert_eq!(system_status(&status)["usage"]["count"], 1, "rebuilt at open: {status:#}");
+    let usage = &system_status(&status)["usage"];
+    assert_eq!(
+        (&usage["count"], &usage["bytes"]),
+        (&1.into(), &1024.into()),
+        "rebuilt at open: {status:#}"
+    );
+    assert!(usage["oldest_age_secs"].as_u64().is_some(), "{status:#}");
     rt.block_on(async {
         let mut taker =
             RelayClient::connect(listen, key, &membership(&setup.a2), TIMEOUT).await.unwrap();

@@ -69,6 +69,7 @@ impl Default for RelayLimits {
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RelayOutput {
     /// Send `frame` on `conn`'s stream.
     Send {

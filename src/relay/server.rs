@@ -484,11 +484,20 @@ pub fn status_json<S: RelayStore>(
     uptime: Option<Duration>,
 ) -> serde_json::Value {
     let mut status = serde_json::to_value(core.status()).unwrap_or_default();
+    let now = now_ms();
+    if let Some(systems) = status["systems"].as_array_mut() {
+        for system in systems {
+            let age = system["usage"]["oldest_posted_ms"]
+                .as_u64()
+                .map(|posted| now.saturating_sub(posted) / 1000);
+            system["usage"]["oldest_age_secs"] = json!(age);
+        }
+    }
     status["running"] = json!(listen.is_some());
     status["listen"] = json!(listen.map(|l| l.to_string()));
     status["uptime_secs"] = json!(uptime.map(|u| u.as_secs()));
     status["pid"] = json!(std::process::id());
-    status["written_ms"] = json!(now_ms());
+    status["written_ms"] = json!(now);
     status
 }
 
