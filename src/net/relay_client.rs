@@ -14,10 +14,10 @@
 //! it, and the relay speaks first. (The design had the client open it; the relay opening it
 //! also means clients can never open streams at all: the relay allows none.)
 //!
-//! This is the first piece of the node's relay client: it makes its own quinn endpoint on an
-//! ephemeral port. Not here yet (design step 7): dialling from the node's link socket (so the
-//! observed address is the mapping hole punching uses), reconnect with backoff, and the
-//! driver task that feeds the core.
+//! This is the first piece of the node's relay client. [`RelayClient::connect`] uses its own
+//! ephemeral socket; `QuicEndpoint::connect_relay` dials from the node's link socket, so the
+//! observed address is the NAT mapping hole punching will use. Not here yet (design step 7):
+//! reconnect with backoff, and the driver task that feeds the core.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -142,8 +142,10 @@ pub struct RelayClient {
 }
 
 impl RelayClient {
-    /// Connects to the relay at `relay` whose key is `relay_key`, proves `membership`, and
-    /// returns once welcomed, all within `timeout`. Must run inside a tokio runtime.
+    /// Connects to the relay at `relay` whose key is `relay_key` from a fresh ephemeral UDP
+    /// socket, proves `membership`, and returns once welcomed, all within `timeout`. Must run
+    /// inside a tokio runtime. A node uses [`crate::net::quic::QuicEndpoint::connect_relay`]
+    /// instead, so the relay observes its link socket's address.
     pub async fn connect(
         relay: SocketAddr,
         relay_key: [u8; 32],
@@ -154,11 +156,22 @@ impl RelayClient {
             SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
         };
-        let mut endpoint = quinn::Endpoint::client(bind)?;
+        let endpoint = quinn::Endpoint::client(bind)?;
+        RelayClient::connect_on(endpoint, relay, relay_key, membership, timeout).await
+    }
+
+    /// [`RelayClient::connect`] on an existing quinn endpoint (its socket, its NAT mapping);
+    /// the endpoint's own client and server configurations are not touched.
+    pub(crate) async fn connect_on(
+        endpoint: quinn::Endpoint,
+        relay: SocketAddr,
+        relay_key: [u8; 32],
+        membership: &RelayMembership,
+        timeout: Duration,
+    ) -> Result<RelayClient, RelayClientError> {
         let mut config = quinn::ClientConfig::new(Arc::new(tls::relay_client_crypto(relay_key)?));
         config.transport_config(Arc::new(transport(1)));
-        endpoint.set_default_client_config(config);
-        let connecting = endpoint.connect(relay, "meshnode")?;
+        let connecting = endpoint.connect_with(config, relay, "meshnode")?;
         let setup = async {
             let conn = connecting.await.map_err(refused_by_code)?;
             let (send, recv) = conn.accept_bi().await.map_err(refused_by_code)?;
@@ -236,7 +249,9 @@ impl RelayClient {
     }
 
     /// Moves the connection to another local UDP socket (as after a network change); the
-    /// relay sees a new remote address and answers the next frame with `Observed`.
+    /// relay sees a new remote address and answers the next frame with `Observed`. On an
+    /// endpoint shared with links ([`crate::net::quic::QuicEndpoint::connect_relay`]) this
+    /// moves them all.
     pub fn rebind(&self, socket: std::net::UdpSocket) -> Result<(), RelayClientError> {
         Ok(self.endpoint.rebind(socket)?)
     }

@@ -103,3 +103,59 @@ async fn silent_and_garbage_clients_are_refused_and_counted() {
     server.await.unwrap().unwrap();
     assert!(!dir.path().join(STATUS_FILE).exists(), "removed at a clean stop");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_node_dials_the_relay_from_its_link_socket() {
+    use crate::crypto::{KeySchedule, SystemKey};
+    use crate::id::{Environment, InstallId, RmSystem};
+    use crate::net::handshake::LinkParams;
+    use crate::net::quic::QuicEndpoint;
+    use crate::net::relay_client::RelayMembership;
+    use crate::relay::admitted::{AdmittedFile, SystemEntry};
+
+    let dir = tempfile::tempdir().unwrap();
+    let system: RmSystem = "77,123,89,201192".parse().unwrap();
+    let env = Environment::live();
+    let install = InstallId::random(&mut rand::rngs::OsRng);
+    let membership = RelayMembership::new(&install, system, &env).unwrap();
+    let verifier = crate::crypto::admission::AdmissionKey::derive(
+        &install,
+        system,
+        crate::wire::EnvironmentTag::of(&env).0,
+    )
+    .unwrap()
+    .verifier();
+    let mut admitted = AdmittedFile::default();
+    admitted.admit(SystemEntry {
+        rmsystem: system.to_string(),
+        env: env.to_string(),
+        verifiers: vec![verifier.to_string()],
+        quota_mib: 1,
+        max_payloads: 10,
+        ttl_days: 1,
+    });
+    admitted.write(&dir.path().join(ADMITTED_FILE)).unwrap();
+    let identity = RelayIdentity::load_or_create(dir.path()).unwrap();
+    let key = identity.public_key();
+    let store = SledRelayStore::open(&dir.path().join(STORE_DIR)).unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let cfg =
+        RelayServerConfig { dir: dir.path().to_path_buf(), socket, limits: RelayLimits::default() };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        run(cfg, &identity, store, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+
+    let schedule = KeySchedule::new(&SystemKey::from_bytes([7; 32]), system, &env, 86_400);
+    let params = LinkParams::new(schedule, system, &env);
+    let (node, link_addr) = QuicEndpoint::bind("127.0.0.1:0".parse().unwrap(), &params).unwrap();
+    let client = node.connect_relay(addr, key, &membership, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(client.welcome().observed, link_addr, "the relay sees the link socket");
+    client.close();
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
