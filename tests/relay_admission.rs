@@ -329,3 +329,44 @@ fn a_node_data_directory_is_never_a_relay() {
     let err = common::fails(&["relay", "--data-dir", s(&setup.b), "--status"]);
     assert!(err.contains("never holds"), "{err}");
 }
+
+#[test]
+fn a_running_relay_follows_admit_and_revoke() {
+    let setup = setup(10);
+    let relay = Relay::start(&setup.relay_dir, listen());
+    let addr: SocketAddr = relay.status()["listen"].as_str().unwrap().parse().unwrap();
+    let key = relay.key();
+    let line = ok(&["key", "relay-verifier", "--data-dir", s(&setup.b)]);
+    let verifier = line.split_whitespace().last().unwrap().to_string();
+    let system_b = read_system_key(&setup.b).unwrap().rmsystem.to_string();
+    let relay_dir = s(&setup.relay_dir).to_string();
+    let admin = |verb: &str| {
+        ok(&["relay", verb, "--data-dir", &relay_dir, "--system", &system_b, "--env", "live"]
+            .iter()
+            .copied()
+            .chain(if verb == "admit" { vec!["--verifier", verifier.as_str()] } else { vec![] })
+            .collect::<Vec<_>>());
+    };
+    runtime().block_on(async {
+        admin("admit");
+        relay
+            .wait_async("system b admitted", |st| {
+                st["systems"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x["rmsystem"] == system_b))
+            })
+            .await;
+        let b = RelayClient::connect(addr, key, &membership(&setup.b), TIMEOUT).await.unwrap();
+        b.close();
+        admin("revoke");
+        relay
+            .wait_async("system b revoked", |st| {
+                st["systems"].as_array().is_some_and(|a| {
+                    a.iter().all(|x| x["rmsystem"] != system_b || x["admitted"] == false)
+                })
+            })
+            .await;
+        let b = RelayClient::connect(addr, key, &membership(&setup.b), TIMEOUT).await;
+        assert_eq!(refusal(b), Some(RefuseReason::UnknownSystem));
+    });
+}
