@@ -14,6 +14,7 @@ pub mod id;
 pub mod ledger;
 pub mod net;
 pub mod proto;
+pub mod relay;
 pub mod store;
 pub mod unit;
 pub mod wire;

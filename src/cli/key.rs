@@ -1,11 +1,14 @@
-//! `meshnode key export`: write a join file for a new member.
+//! `meshnode key export`: write a join file for a new member; `meshnode key relay-verifier`:
+//! print the line a relay operator runs to admit this system.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Subcommand;
 
+use crate::crypto::admission::AdmissionKey;
 use crate::datadir::read_system_key;
+use crate::wire::EnvironmentTag;
 
 /// `meshnode key ...`.
 #[derive(Debug, Subcommand)]
@@ -16,6 +19,9 @@ pub enum KeyCommand {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Print the `meshnode relay admit ...` line that admits this system at a relay. The
+    /// verifier is public: it lets a relay check members, not act as one.
+    RelayVerifier,
 }
 
 pub(super) fn run(dir: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
@@ -31,6 +37,20 @@ pub(super) fn run(dir: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
                 out.display(),
                 secrets.rmsystem,
                 secrets.env
+            );
+            Ok(())
+        }
+        KeyCommand::RelayVerifier => {
+            let secrets = read_system_key(dir)
+                .with_context(|| format!("cannot read the system key of {}", dir.display()))?;
+            let env_tag = EnvironmentTag::of(&secrets.env).0;
+            let key = AdmissionKey::derive(&secrets.install_id, secrets.rmsystem, env_tag)
+                .context("cannot derive the relay admission key")?;
+            println!(
+                "meshnode relay admit --data-dir RELAY_DIR --system {} --env {} --verifier {}",
+                secrets.rmsystem,
+                secrets.env,
+                key.verifier()
             );
             Ok(())
         }

@@ -8,6 +8,7 @@ mod init;
 mod key;
 mod log;
 mod rebuild;
+mod relay;
 mod run;
 mod status;
 mod submit;
@@ -67,6 +68,9 @@ enum Command {
     Demo,
     /// Run the node: find peers on the LAN, link, and carry units until SIGINT/SIGTERM.
     Run(run::RunArgs),
+    /// Run a rendezvous relay (`--listen ADDR`), show it (`--status`), or admit and revoke
+    /// the systems it serves. A relay never holds a system key.
+    Relay(relay::RelayArgs),
 }
 
 /// Parses the arguments, runs the command, and maps the outcome to an exit code.
@@ -106,6 +110,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Log(cmd)) => log::run(dir.as_deref(), cmd),
         Some(Command::Rebuild(args)) => rebuild::run(&data_dir(dir)?, args),
         Some(Command::Run(args)) => run::run(&data_dir(dir)?, args),
+        Some(Command::Relay(args)) => relay::run(&data_dir(dir)?, args),
         Some(Command::Demo) => demo::run(),
         None => anyhow::bail!("nothing to do; see `meshnode --help`"),
     }

@@ -5,9 +5,11 @@
 //! - [`seal`]: AEAD sealing (XChaCha20-Poly1305) with a nonce scheme that cannot repeat under one
 //!   key, and the discovery tag.
 //! - [`replay`]: per-sender replay windows.
+//! - [`admission`]: the install-id proof that admits a member to a relay (Ed25519, ring).
 //!
 //! This module does not frame, store or send anything, and never logs key material.
 
+pub mod admission;
 pub mod keys;
 pub mod replay;
 pub mod seal;

@@ -8,6 +8,7 @@
 //!   (x25519 + the system key), and the same proof bound to a TLS exporter for QUIC.
 //! - [`quic`]: the preferred link: QUIC (quinn, TLS 1.3) with the exporter-bound membership
 //!   proof, seed frames on one stream, split into a reader and a writer half like TCP.
+//! - [`relay_client`]: a member's connection to a rendezvous relay (admission, post, take).
 //! - [`tcp`]: the TCP fallback link: seed frames, the handshake, then sealed frames, split
 //!   into a reader and a writer half for a driver's reader and writer tasks.
 //!
@@ -17,13 +18,14 @@
 //! `Input::LinkDown`, and a refused handshake to `Input::LinkRejected` (the counters).
 //!
 //! The core decides whom to link to; the driver decides how: QUIC first, TCP when the QUIC
-//! path fails, and QUIC again later (see [`driver`]). No relay code yet.
+//! path fails, and QUIC again later (see [`driver`]). The driver does not use relays yet.
 
 pub mod discovery;
 pub mod driver;
 pub mod handshake;
 pub mod link;
 pub mod quic;
+pub mod relay_client;
 pub mod tcp;
 
 pub use handshake::{HandshakeError, LinkParams, Role};

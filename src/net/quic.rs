@@ -41,7 +41,7 @@
 //! This module does not choose peers, retry, fall back to TCP or count: callers count
 //! [`QuicLinkError::reason`] and decide on [`QuicLinkError::is_path_failure`].
 
-mod tls;
+pub(crate) mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -325,6 +325,26 @@ impl QuicEndpoint {
             debug!(remote = %addr, %err, reason = ?err.reason(), "outbound quic link refused");
         }
         result
+    }
+
+    /// Connects to a rendezvous relay from this endpoint's socket (design §1.2): the relay
+    /// then observes the address of the very socket links and hole punching use. The relay's
+    /// pinned key and ALPN apply to this connection only.
+    pub async fn connect_relay(
+        &self,
+        relay: SocketAddr,
+        relay_key: [u8; 32],
+        membership: &super::relay_client::RelayMembership,
+        timeout: Duration,
+    ) -> Result<super::relay_client::RelayClient, super::relay_client::RelayClientError> {
+        super::relay_client::RelayClient::connect_on(
+            self.endpoint.clone(),
+            relay,
+            relay_key,
+            membership,
+            timeout,
+        )
+        .await
     }
 
     /// The next incoming link, or its failure (count [`QuicLinkError::reason`]); `None` once

@@ -132,3 +132,33 @@ fn flip_one_byte_is_rejected(
     }
     assert!(open(&mut test_opener(), &bad, NOW).is_err(), "tampered byte {index} accepted");
 }
+
+/// Feeds `data[1..]` to a [`super::relay::RelayFrameDecoder`] in chunks of `data[0] + 1`
+/// bytes. Every frame decoded must encode and decode back to itself; a non-fatal error must
+/// leave the decoder usable.
+pub fn relay_frame(data: &[u8]) {
+    use super::relay::{RelayFrame, RelayFrameDecoder};
+    let (chunk, stream) = match data {
+        [a, rest @ ..] => (usize::from(*a) + 1, rest),
+        _ => (1, data),
+    };
+    let mut decoder = RelayFrameDecoder::default();
+    let mut buffer = Vec::new();
+    for piece in stream.chunks(chunk) {
+        buffer.extend_from_slice(piece);
+        let mut rest = &buffer[..];
+        loop {
+            match decoder.decode(&mut rest) {
+                Ok(Some(frame)) => {
+                    let body = frame.to_body().expect("a decoded frame encodes");
+                    assert_eq!(RelayFrame::from_body(&body).as_ref(), Ok(&frame));
+                }
+                Ok(None) => break,
+                Err(err) if err.is_fatal() => return,
+                Err(_) => continue,
+            }
+        }
+        let used = buffer.len() - rest.len();
+        buffer.drain(..used);
+    }
+}

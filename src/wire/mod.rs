@@ -14,6 +14,7 @@
 //! - `header`: the visible header of datagrams and discovery packets.
 //! - `datagram`: [`DatagramSealer`] and [`DatagramOpener`].
 //! - `reject`: [`Rejection`] (why a packet was dropped) and [`RejectCounters`].
+//! - [`relay`]: the frames between a node and a rendezvous relay (GNAP, postcard bodies).
 //!
 //! This module does no IO, reads no clock (time is a parameter) and does not log. It does
 //! not define message bodies (those are postcard messages of the proto layer), does not
@@ -26,6 +27,7 @@ mod frame;
 pub mod fuzzing;
 mod header;
 mod reject;
+pub mod relay;
 mod tag;
 
 pub use datagram::{
