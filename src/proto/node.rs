@@ -1194,7 +1194,11 @@ impl<S: Store> Node<S> {
     /// holds units just accepted (sorted by origin, then seq, or not at all): they are
     /// delivered from memory, so the common case (units arriving in order) never reads back
     /// and decrypts what was just written; a unit from before a gap is read from the store.
-    fn deliver_ready(&mut self, origins: impl IntoIterator<Item = DatabaseId>, fresh: &[TransferUnit]) {
+    fn deliver_ready(
+        &mut self,
+        origins: impl IntoIterator<Item = DatabaseId>,
+        fresh: &[TransferUnit],
+    ) {
         let own = self.dbid();
         for origin in origins {
             if origin == own {
