@@ -6,6 +6,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -317,6 +318,65 @@ fn a_subscriber_killed_mid_stream_loses_nothing_and_repeats_at_most_one_line() {
     let rest = sub.take((N - start) as usize);
     let again: Vec<u64> = std::iter::once(start).chain(seqs(&rest)).collect();
     assert_eq!(again, (start..=N).collect::<Vec<_>>(), "no unit lost, each in order");
+    assert!(sub.stop().is_empty());
+    node_a.stop();
+    node_b.stop();
+}
+
+/// A consumer that stops reading must not keep the subscriber from stopping: SIGTERM while
+/// stdout is full ends it cleanly, every line written whole is acknowledged, and the next
+/// subscriber starts right after the last complete line.
+#[test]
+fn a_subscriber_stopped_while_its_consumer_does_not_read_repeats_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = member_dirs(root.path(), &["a", "b"]);
+    let (a, b) = (&dirs[0], &dirs[1]);
+    let port = free_port();
+    let node_a = Running::start(a, port);
+    let node_b = Running::start(b, port);
+    const N: u64 = 400;
+    submit_jsonl(a, &sale_lines(0, N as usize, 1000));
+    wait_for("b to hold every unit", &[&node_a, &node_b], || status(b)["units_total"] == N);
+
+    let (mut child, err) = spawn_subscriber(b, &[]);
+    let stdout = child.stdout.take().unwrap();
+    let fd = stdout.as_raw_fd();
+    let queued = || {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD on our own pipe's read end into a c_int.
+        unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+        n as usize
+    };
+    // Full: more than half of the pipe's 64 KiB queued, and no more coming.
+    let deadline = Instant::now() + DEADLINE;
+    let mut last_seen = (0, 0);
+    while last_seen.1 < 5 {
+        assert!(Instant::now() < deadline, "stdout never filled ({} bytes)", queued());
+        std::thread::sleep(Duration::from_millis(20));
+        let now = queued();
+        last_seen =
+            if now > 32 * 1024 && now == last_seen.0 { (now, last_seen.1 + 1) } else { (now, 0) };
+    }
+    signal(&child, libc::SIGTERM);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+        assert!(Instant::now() < deadline, "subscriber blocked on a full stdout: {stderr}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "clean exit, got {status}");
+    let printed: Vec<Value> =
+        complete_lines(stdout).map(|l| serde_json::from_str(&l).unwrap()).collect();
+    let printed = seqs(&printed);
+    assert_eq!(printed, (1..=printed.len() as u64).collect::<Vec<_>>());
+    let last = *printed.last().unwrap();
+    assert!(last < N, "stopped mid-stream (printed {last} of {N})");
+
+    let sub = Subscriber::start(b, &[]);
+    let rest = sub.take((N - last) as usize);
+    assert_eq!(seqs(&rest), (last + 1..=N).collect::<Vec<_>>(), "each unit once, in order");
     assert!(sub.stop().is_empty());
     node_a.stop();
     node_b.stop();

@@ -7,13 +7,14 @@
 //! SIGTERM the subscriber waits (briefly) for the node to confirm its acknowledgements, so a
 //! clean stop and start of either side prints each unit exactly once; after a kill -9 of the
 //! subscriber, the one line it printed and had not acknowledged comes again (consumers drop it
-//! by its origin and seq), and a consumer may see a last line cut short (without its newline),
-//! which it drops too.
+//! by its origin and seq). A consumer may see a last line cut short (without its newline), after
+//! a kill -9 or a stop while its pipe was full; that line is not acknowledged and comes again,
+//! and the consumer drops the cut one.
 //!
 //! It does not start a node, and does not read the store itself.
 
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -33,7 +34,6 @@ const BUSY_WAIT: Duration = Duration::from_secs(5);
 const CONFIRM_WAIT: Duration = Duration::from_secs(3);
 
 static STOP: AtomicBool = AtomicBool::new(false);
-static WRITING: AtomicBool = AtomicBool::new(false);
 
 /// Arguments of `meshnode subscribe`.
 #[derive(Debug, Args)]
@@ -128,7 +128,7 @@ fn session(
                     continue;
                 }
                 if printed.get(&origin).is_none_or(|p| seq > *p) {
-                    if !print(&line) {
+                    if let Printed::Stopped = print(&line) {
                         return Ok(End::Stopped);
                     }
                     printed.insert(origin.clone(), seq);
@@ -144,18 +144,50 @@ fn session(
     }
 }
 
-/// Writes one line to stdout and flushes; false when stdout is gone (the consumer stopped).
-fn print(line: &str) -> bool {
+/// What became of a line handed to [`print`].
+enum Printed {
+    /// Written whole: acknowledge it.
+    Whole,
+    /// Not written, or cut short by a stop while stdout was full: not acknowledged, so it comes
+    /// again next time (a consumer drops a last line without its newline).
+    Stopped,
+}
+
+/// Writes one line to stdout with `write(2)` (no buffering in between, so "written" means the
+/// consumer's pipe or file has it).
+///
+/// A consumer that stops reading must not keep the subscriber from stopping: the write waits in
+/// `poll(2)` for room, looking at [`STOP`] every [`POLL`], and the stop signals are installed
+/// without `SA_RESTART`, so a long line blocked mid-write returns early too. A line stopped that
+/// way is left unacknowledged; a line written whole is always acknowledged, even when the stop
+/// arrives just after it.
+fn print(line: &str) -> Printed {
     let mut buf = Vec::with_capacity(line.len() + 1);
     buf.extend_from_slice(line.as_bytes());
     buf.push(b'\n');
-    WRITING.store(true, Ordering::SeqCst);
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
-    // One write of the whole line: a pipe takes lines up to PIPE_BUF whole.
-    let ok = out.write_all(&buf).and_then(|()| out.flush()).is_ok();
-    WRITING.store(false, Ordering::SeqCst);
-    ok
+    let mut rest = &buf[..];
+    while !rest.is_empty() {
+        if STOP.load(Ordering::SeqCst) {
+            return Printed::Stopped;
+        }
+        let mut out = libc::pollfd { fd: libc::STDOUT_FILENO, events: libc::POLLOUT, revents: 0 };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut out, 1, POLL.as_millis() as libc::c_int) } == 0 {
+            continue;
+        }
+        // Ready (a pipe then takes a line of up to PIPE_BUF whole), or an error the write reports.
+        // SAFETY: writes from a live, initialised buffer of `rest.len()` bytes.
+        let n = unsafe { libc::write(libc::STDOUT_FILENO, rest.as_ptr().cast(), rest.len()) };
+        if n < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // stdout is gone (the consumer stopped).
+            return Printed::Stopped;
+        }
+        rest = &rest[n as usize..];
+    }
+    Printed::Whole
 }
 
 fn gone(e: &io::Error) -> bool {
@@ -180,19 +212,21 @@ fn wait_for_node(dir: &Path) -> anyhow::Result<Option<ControlClient>> {
 }
 
 extern "C" fn on_signal(_: libc::c_int) {
-    if WRITING.load(Ordering::SeqCst) {
-        // Blocked on a full stdout: the line being written is not acknowledged, and the ones
-        // before are (their acknowledgements are in the socket), so leaving now loses nothing.
-        // SAFETY: _exit is async-signal-safe.
-        unsafe { libc::_exit(0) };
-    }
     STOP.store(true, Ordering::SeqCst);
 }
 
+/// SIGINT and SIGTERM set [`STOP`]. No `SA_RESTART`: a write blocked on a full stdout returns
+/// `EINTR` instead of waiting for a consumer that may never read again.
 fn install_signal_handlers() {
     let handler = on_signal as extern "C" fn(libc::c_int);
     for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: installs a handler that only touches atomics and calls _exit.
-        unsafe { libc::signal(signal, handler as libc::sighandler_t) };
+        // SAFETY: a zeroed sigaction is valid (empty mask, no flags); the handler only stores
+        // to an atomic, which is async-signal-safe.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = handler as libc::sighandler_t;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
     }
 }
