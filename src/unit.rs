@@ -245,7 +245,7 @@ impl TransferUnit {
 /// Serde helper so the payload is encoded as one length-prefixed byte string rather than a
 /// sequence of integers (postcard writes both compactly, but `serialize_bytes` is one copy and
 /// the decoder checks the length against the remaining input before allocating).
-mod serde_bytes_compat {
+pub(crate) mod serde_bytes_compat {
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {

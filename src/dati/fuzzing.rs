@@ -156,6 +156,7 @@ pub(crate) fn image(
     for (counter, unit) in (1..).zip(units) {
         let start = out.len();
         let seal = RecordSeal {
+            version: header.version,
             file_id: &header.file_id,
             prev_hash: &prev,
             seq: unit.seq,

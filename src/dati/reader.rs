@@ -257,7 +257,7 @@ impl<R: Read> DatiReader<R> {
                 return Some(Err(self.bad(offset, RecordProblem::ChainBroken)));
             }
         }
-        let frame = Frame { offset, len, hash: *blake3::hash(body).as_bytes() };
+        let frame = Frame { offset, len, hash: format::chain_hash(self.header.version, body) };
         self.expect_prev = Some(frame.hash);
         self.pos = frame.end();
         Some(Ok(frame))

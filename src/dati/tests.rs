@@ -380,6 +380,52 @@ fn a_reopened_writer_continues_the_file_and_chain_with_new_nonces() {
     assert_ne!(records[0].nonce.sender, records[5].nonce.sender);
 }
 
+/// Files of format version 1 (whole-body hash chain) written by older builds are read, and
+/// continued with their own chain rule; new files are version 2.
+#[test]
+fn a_version_1_file_is_read_and_continued_with_its_chain() {
+    use crate::crypto::{Epoch, Nonce, Purpose};
+    let dir = tempdir().unwrap();
+    let keys = keys();
+    let units: Vec<_> = (1..=10).map(|s| unit(origin(0), s, 40)).collect();
+    let header = DatiHeader { version: 1, ..DatiHeader::new(origin(0), 1, 20140813, T0, [6; 16]) };
+    let mut image = header.encode(&keys.static_key(Purpose::Log)).to_vec();
+    let mut prev = *blake3::hash(&image).as_bytes();
+    let key = keys.key(Purpose::Log, Epoch(16_295));
+    for (counter, u) in (1..).zip(&units[..5]) {
+        let seal = format::RecordSeal {
+            version: 1,
+            file_id: &header.file_id,
+            prev_hash: &prev,
+            seq: u.seq,
+            nonce: Nonce { sender: InstanceId([8; 16]), counter },
+            key: &key,
+        };
+        prev = format::encode_record(&mut image, seal, &u.encode()).unwrap();
+    }
+    let path = dir.path().join(header.file_name());
+    fs::write(&path, &image).unwrap();
+    assert_eq!(read_units(&path), units[..5]);
+
+    let (mut w, report) = open(dir.path(), DEFAULT_SIZE_LIMIT);
+    assert!(report.repairs.is_empty(), "{report:?}");
+    for u in &units[5..] {
+        w.append(u, T0).unwrap();
+    }
+    w.sync().unwrap();
+    assert_eq!(names(dir.path()), [header.file_name()], "continued, not rotated");
+    assert_eq!(read_units(&path), units, "the chain holds across the old and new records");
+    assert_eq!(fs::read(&path).unwrap()[8], 1, "still version 1");
+
+    // A new file is version 2.
+    let (mut w, _) = open(dir.path(), DEFAULT_SIZE_LIMIT);
+    w.append(&unit(origin(1), 1, 40), T0).unwrap();
+    w.sync().unwrap();
+    let new = list_files(dir.path()).unwrap().into_iter().find(|f| f.origin == origin(1)).unwrap();
+    assert_eq!(fs::read(&new.path).unwrap()[8], FORMAT_VERSION);
+    assert_eq!(FORMAT_VERSION, 2);
+}
+
 #[test]
 fn invalid_units_are_refused() {
     let dir = tempdir().unwrap();

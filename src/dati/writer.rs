@@ -286,8 +286,14 @@ impl DatiWriter {
             offset: file.size(),
             len: u32::try_from(record_len).unwrap_or(u32::MAX),
         };
-        let seal =
-            RecordSeal { file_id: &file.file_id, prev_hash: &file.prev_hash, seq, nonce, key };
+        let seal = RecordSeal {
+            version: file.version,
+            file_id: &file.file_id,
+            prev_hash: &file.prev_hash,
+            seq,
+            nonce,
+            key,
+        };
         let hash = format::encode_record(&mut file.buf, seal, &plain)
             .ok_or(DatiError::UnitTooLarge { origin, seq, len: plain.len() })?;
         file.prev_hash = hash;
@@ -420,8 +426,10 @@ struct LogFile {
     written: u64,
     /// Bytes not yet handed to the OS.
     buf: Vec<u8>,
-    /// BLAKE3 of the last record's body (or of the header).
+    /// The chain hash of the last record (or the BLAKE3 hash of the header).
     prev_hash: [u8; 32],
+    /// The file's format version: a file is continued with the chain rule it was created with.
+    version: u8,
     /// Appended to since the last fdatasync.
     unsynced: bool,
     last_used: u64,
@@ -452,6 +460,7 @@ impl LogFile {
             written: 0,
             buf,
             prev_hash: *blake3::hash(&bytes).as_bytes(),
+            version: header.version,
             unsynced: true,
             last_used: 0,
         })
@@ -470,6 +479,7 @@ impl LogFile {
             written: end,
             buf: Vec::new(),
             prev_hash,
+            version: header.version,
             unsynced: false,
             last_used: 0,
         }

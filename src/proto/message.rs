@@ -108,6 +108,7 @@ pub enum Message {
     /// Units, each in its own encoding.
     Units {
         /// Encoded units.
+        #[serde(with = "units_as_bytes")]
         units: Vec<Vec<u8>>,
         /// The last frame answering a [`Message::Want`] (eager pushes are never `end`).
         end: bool,
@@ -172,6 +173,60 @@ impl Announce {
     }
 }
 
+/// Each unit of a [`Message::Units`] as one byte string: the same bytes on the wire as postcard's
+/// sequence of `u8` (a varint length, then the bytes), but encoded and decoded with one copy
+/// instead of a visitor call per byte (it was ~2 % of a receiving node's CPU).
+mod units_as_bytes {
+    use serde::de::{SeqAccess, Visitor};
+    use serde::ser::SerializeSeq;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::unit::serde_bytes_compat;
+
+    struct Unit<'a>(&'a [u8]);
+
+    impl Serialize for Unit<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            serde_bytes_compat::serialize(self.0, s)
+        }
+    }
+
+    struct UnitBuf(Vec<u8>);
+
+    impl<'de> Deserialize<'de> for UnitBuf {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            serde_bytes_compat::deserialize(d).map(UnitBuf)
+        }
+    }
+
+    pub fn serialize<S: Serializer>(units: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(units.len()))?;
+        for u in units {
+            seq.serialize_element(&Unit(u))?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Vec<Vec<u8>>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a sequence of encoded units")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                // The hint comes from the peer: bound what it may make us reserve.
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+                while let Some(UnitBuf(u)) = seq.next_element()? {
+                    out.push(u);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
 /// Decodes the units of a [`Message::Units`], each checked against `payload_limit`.
 pub fn decode_units(
     units: &[Vec<u8>],
@@ -188,6 +243,27 @@ mod tests {
     use super::*;
     use crate::unit::tests::sample_unit;
     use proptest::prelude::*;
+
+    /// The byte-string encoding of the units is postcard's encoding of `Vec<Vec<u8>>`: peers of
+    /// either build read each other.
+    #[test]
+    fn units_are_encoded_as_postcard_byte_sequences() {
+        /// `Message` with the units as plain vectors (the variants before `Units` stand in).
+        #[derive(serde::Serialize)]
+        #[allow(dead_code)]
+        enum Plain {
+            Hello,
+            Have,
+            Want,
+            Resync,
+            Units { units: Vec<Vec<u8>>, end: bool },
+        }
+        let units = vec![vec![1u8, 2, 3], vec![], vec![0xff; 300]];
+        let ours = Message::Units { units: units.clone(), end: true }.encode();
+        let Message::Units { .. } = Message::decode(&ours).unwrap() else { unreachable!() };
+        let theirs = postcard::to_stdvec(&Plain::Units { units, end: true }).unwrap();
+        assert_eq!(ours, theirs);
+    }
 
     #[test]
     fn round_trips() {
