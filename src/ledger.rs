@@ -28,7 +28,9 @@ use crate::dati::{
     self, DatiBodies, DatiConfig, DatiError, DatiPosition, DatiWriter, RecordLocation,
 };
 use crate::id::{DatabaseId, InstanceId, Physkey, PhyskeyClock};
-use crate::store::{BodyError, BodyRef, BodySource, InsertOutcome, SledStore, Store, StoreError};
+use crate::store::{
+    BodyError, BodyRef, BodySource, Checkpointer, InsertOutcome, SledStore, Store, StoreError,
+};
 use crate::unit::{FileScopes, TransferUnit, UnitError, UnitKind, Urgency};
 
 const META_CHECKPOINT: &str = "dati_checkpoint";
@@ -112,7 +114,80 @@ pub struct Ledger<S: Store = SledStore> {
     payload_limit: usize,
     checkpoint_interval_ms: u64,
     last_checkpoint_ms: Option<u64>,
+    /// Where checkpoints run when the store can be flushed from another thread.
+    background: Option<BackgroundCheckpoints>,
     poisoned: bool,
+}
+
+/// Checkpoints on a thread of their own: the store's two flushes (each an fsync, 2-20 ms)
+/// used to run on the loop thread once a round and held up every unit arriving meanwhile,
+/// which was the tail of the LAN latency (docs/PERFORMANCE.md). At most one is in flight; a
+/// round that finds one still running skips its own.
+struct BackgroundCheckpoints {
+    jobs: Option<std::sync::mpsc::SyncSender<CheckpointJob>>,
+    done: std::sync::mpsc::Receiver<Result<(), StoreError>>,
+    in_flight: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The log positions (and NNNN high-water marks) a checkpoint records, encoded; taken on the
+/// loop thread before the flush starts, so they never claim more than the flush covers.
+struct CheckpointJob {
+    positions: Vec<u8>,
+    nnnn: Vec<u8>,
+}
+
+impl BackgroundCheckpoints {
+    fn start(checkpointer: Box<dyn Checkpointer>) -> std::io::Result<Self> {
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<CheckpointJob>(1);
+        let (tx, done) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new().name("checkpoint".into()).spawn(move || {
+            for job in rx {
+                let result = (|| {
+                    checkpointer.flush()?;
+                    // Recorded after the flush: a checkpoint on disk never claims more than
+                    // the store holds.
+                    checkpointer.meta_put(META_CHECKPOINT, &job.positions)?;
+                    checkpointer.meta_put(META_NNNN, &job.nnnn)?;
+                    checkpointer.flush()
+                })();
+                if tx.send(result).is_err() {
+                    return;
+                }
+            }
+        })?;
+        Ok(BackgroundCheckpoints { jobs: Some(jobs), done, in_flight: false, thread: Some(thread) })
+    }
+
+    /// Takes the result of a finished checkpoint; `wait` blocks until the one in flight ends.
+    fn collect(&mut self, wait: bool) -> Result<(), StoreError> {
+        if !self.in_flight {
+            return Ok(());
+        }
+        let result = if wait { self.done.recv().ok() } else { self.done.try_recv().ok() };
+        match result {
+            Some(r) => {
+                self.in_flight = false;
+                r
+            }
+            // Still running; or (wait) the thread is gone, which only a panic in sled can do.
+            None if wait => {
+                self.in_flight = false;
+                Err(StoreError::Io(std::io::Error::other("the checkpoint thread stopped")))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BackgroundCheckpoints {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread after the checkpoint it is running.
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Ledger<SledStore> {
@@ -189,7 +264,12 @@ impl<S: Store> Ledger<S> {
         ledger.dati = Some(writer);
         ledger.checkpoint_interval_ms = dir.config.store.checkpoint_interval_ms;
         if report.replayed > 0 {
-            ledger.checkpoint()?;
+            ledger.checkpoint_now()?;
+        }
+        if let Some(checkpointer) = ledger.store.checkpointer() {
+            let background = BackgroundCheckpoints::start(checkpointer)
+                .map_err(|e| LedgerError::Store(StoreError::Io(e)))?;
+            ledger.background = Some(background);
         }
         Ok((ledger, report))
     }
@@ -218,6 +298,7 @@ impl<S: Store> Ledger<S> {
             payload_limit,
             checkpoint_interval_ms: u64::MAX,
             last_checkpoint_ms: None,
+            background: None,
             poisoned: false,
         })
     }
@@ -458,8 +539,39 @@ impl<S: Store> Ledger<S> {
     }
 
     /// Flushes the store and records the log positions it now covers, so a later open replays
-    /// only what came after.
+    /// only what came after. With a background thread (the sled store with logs) this starts
+    /// the checkpoint and returns at once (nothing if one is still running); an error of an
+    /// earlier background checkpoint is returned here.
     pub fn checkpoint(&mut self) -> Result<(), LedgerError> {
+        let (Some(background), Some(dati)) = (self.background.as_mut(), self.dati.as_ref()) else {
+            return self.checkpoint_now();
+        };
+        background.collect(false)?;
+        if background.in_flight {
+            return Ok(());
+        }
+        let job = CheckpointJob {
+            positions: postcard::to_stdvec(&dati.positions()).expect("encode"),
+            nnnn: postcard::to_stdvec(&dati.nnnn_high_water()).expect("encode"),
+        };
+        match background.jobs.as_ref().map(|jobs| jobs.try_send(job)) {
+            Some(Ok(())) => {
+                background.in_flight = true;
+                Ok(())
+            }
+            // The thread is gone: checkpoint here.
+            _ => {
+                self.background = None;
+                self.checkpoint_now()
+            }
+        }
+    }
+
+    /// The checkpoint, on this thread.
+    fn checkpoint_now(&mut self) -> Result<(), LedgerError> {
+        if let Some(background) = self.background.as_mut() {
+            background.collect(true)?;
+        }
         let Some(dati) = self.dati.as_ref() else {
             self.store.flush()?;
             return Ok(());
@@ -479,7 +591,7 @@ impl<S: Store> Ledger<S> {
         if self.poisoned {
             return Err(LedgerError::Poisoned);
         }
-        self.checkpoint()
+        self.checkpoint_now()
     }
 }
 
@@ -492,5 +604,66 @@ fn meta_decode<S: Store, T: for<'de> Deserialize<'de>>(
         Some(bytes) => {
             postcard::from_bytes(&bytes).map(Some).map_err(|_| LedgerError::BadMeta { name })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datadir::SystemSecrets;
+    use crate::id::Environment;
+    use rand::SeedableRng;
+
+    fn data_dir(path: &std::path::Path) -> DataDir {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let secrets = SystemSecrets::generate(
+            &mut rng,
+            Some("77,123,89,201192".parse().unwrap()),
+            Environment::live(),
+        );
+        DataDir::init(path, &secrets, &mut rng).unwrap()
+    }
+
+    fn sale(i: usize) -> Submission {
+        Submission {
+            kind: UnitKind::Tubt,
+            urgency: Urgency::Normal,
+            scopes: FileScopes::NONE,
+            physkey: None,
+            payload: format!("sale {i}").into_bytes(),
+        }
+    }
+
+    /// A checkpoint runs on its own thread: `checkpoint` returns without waiting, the thread
+    /// records the log positions the flushed store covers, a round that finds one in flight
+    /// starts nothing, and `close` waits for the one in flight before its own.
+    #[test]
+    fn checkpoints_run_in_the_background_and_are_recorded() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = data_dir(root.path());
+        let now = 1_764_633_600_000;
+        let recorded = |ledger: &Ledger| -> Option<BTreeMap<DatabaseId, DatiPosition>> {
+            meta_decode(ledger.store(), META_CHECKPOINT).unwrap()
+        };
+        let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
+        assert!(ledger.background.is_some(), "the sled store is flushed off the loop thread");
+        ledger.submit_batch_units((0..100).map(sale).collect(), now).unwrap();
+        assert_eq!(recorded(&ledger), None);
+        let positions = ledger.dati.as_ref().unwrap().positions();
+        ledger.checkpoint().unwrap();
+        assert!(ledger.background.as_ref().unwrap().in_flight);
+        // A second round while the first runs starts nothing and does not fail.
+        ledger.checkpoint().unwrap();
+        ledger.background.as_mut().unwrap().collect(true).unwrap();
+        assert_eq!(recorded(&ledger), Some(positions));
+
+        ledger.submit_batch_units((100..150).map(sale).collect(), now).unwrap();
+        let positions = ledger.dati.as_ref().unwrap().positions();
+        ledger.checkpoint().unwrap();
+        ledger.close().unwrap();
+        let (ledger, report) = Ledger::open(&dir, InstanceId([2; 16])).unwrap();
+        assert_eq!(report.replayed, 0);
+        assert_eq!(recorded(&ledger), Some(positions));
+        assert_eq!(ledger.store().units_total(), 150);
     }
 }

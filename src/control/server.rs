@@ -40,13 +40,16 @@ use crate::proto::{Input, Node, Output, Protocol, Time};
 use crate::store::Store;
 
 /// Reply lines queued for one connection before it is judged stuck and closed. Larger than the
-/// subscriber window, so a subscriber that reads is never closed.
-const CLIENT_QUEUE: usize = 4 * super::delivery::WINDOW_UNITS;
+/// subscriber window, so a subscriber that reads is never closed, and than two full bursts of
+/// receipts, so a client pipelining submits is never closed either.
+const CLIENT_QUEUE: usize = 4 * super::delivery::WINDOW_UNITS + 2 * MAX_BATCH;
 /// Requests parsed and waiting for the loop, from all connections together.
-const EVENT_QUEUE: usize = 1024;
+const EVENT_QUEUE: usize = MAX_BATCH;
 /// Most events taken in one loop turn (so most submits in one group commit, and most
-/// acknowledgements in one cursor flush).
-pub const MAX_BATCH: usize = 1024;
+/// acknowledgements in one cursor flush). Requests parsed while a commit's fdatasync runs wait
+/// here for the next one: at 1,024 a pipelining client was held to ~1,000 units per fdatasync
+/// (~180k units/s on the LAN bench, with the loop thread half idle); see docs/PERFORMANCE.md.
+pub const MAX_BATCH: usize = 4096;
 
 /// The answer to a submit on a connection whose earlier submit was refused.
 const NOT_SUBMITTED: &str =

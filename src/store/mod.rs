@@ -188,6 +188,22 @@ pub trait Store: Send {
 
     /// Makes everything inserted so far durable.
     fn flush(&mut self) -> Result<(), StoreError>;
+
+    /// A handle that flushes the store and writes meta values from another thread, so that a
+    /// checkpoint (two flushes, each an fsync) never holds up the thread that accepts units.
+    /// `None` (the default): checkpoints run inline.
+    fn checkpointer(&self) -> Option<Box<dyn Checkpointer>> {
+        None
+    }
+}
+
+/// Flushes a store from a background thread (see [`Store::checkpointer`]).
+pub trait Checkpointer: Send {
+    /// Writes a meta value, durable at the next flush.
+    fn meta_put(&self, name: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    /// Makes everything inserted before the call durable.
+    fn flush(&self) -> Result<(), StoreError>;
 }
 
 /// Longest application name for delivery cursors, in bytes.

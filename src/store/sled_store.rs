@@ -37,8 +37,8 @@ use sled::IVec;
 
 use super::plan::{self, BatchUnit, OriginTags};
 use super::{
-    BodyRef, BodySource, Corruption, InsertOutcome, MetaWrite, OriginRange, Store, StoreError,
-    StoreKey, VersionVector, MAX_APP_NAME,
+    BodyRef, BodySource, Checkpointer, Corruption, InsertOutcome, MetaWrite, OriginRange, Store,
+    StoreError, StoreKey, VersionVector, MAX_APP_NAME,
 };
 use crate::id::{DatabaseId, Physkey};
 use crate::unit::TransferUnit;
@@ -381,6 +381,25 @@ impl Store for SledStore {
 
     fn flush(&mut self) -> Result<(), StoreError> {
         self.db.flush()?;
+        Ok(())
+    }
+
+    fn checkpointer(&self) -> Option<Box<dyn Checkpointer>> {
+        Some(Box::new(SledCheckpointer(self.db.clone())))
+    }
+}
+
+/// sled is safe to flush and write from several threads: a clone of the handle is enough.
+struct SledCheckpointer(sled::Db);
+
+impl Checkpointer for SledCheckpointer {
+    fn meta_put(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.0.insert(meta_key(name), value)?;
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.0.flush()?;
         Ok(())
     }
 }
