@@ -11,9 +11,8 @@
 
 use std::fmt;
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use zeroize::Zeroize;
+use ring::aead::{Aad, LessSafeKey, UnboundKey, CHACHA20_POLY1305};
+use zeroize::{Zeroize, Zeroizing};
 
 use super::{CryptoError, Epoch, Purpose};
 use crate::id::InstanceId;
@@ -76,6 +75,33 @@ impl NonceSequence {
     }
 }
 
+/// XChaCha20-Poly1305 as specified in draft-irtf-cfrg-xchacha §2.3: HChaCha20 of the key and
+/// the first 16 nonce bytes gives a subkey, which seals with the IETF ChaCha20-Poly1305 AEAD
+/// (RFC 8439) under the nonce `0^4 || last 8 nonce bytes`. This is how the `chacha20poly1305`
+/// crate builds it too; the two primitives come from vetted crates (HChaCha20 from RustCrypto's
+/// `chacha20`, the AEAD from `ring`, whose assembly is 1.7x faster on a 330-byte record and 2x on
+/// an 8 KiB datagram than the portable Rust one; see docs/PERFORMANCE.md). The output is the
+/// same, byte for byte: the tests check it against `chacha20poly1305::XChaCha20Poly1305`.
+#[derive(Clone)]
+struct XChaCha20Poly1305 {
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl XChaCha20Poly1305 {
+    /// The per-message AEAD key and the 12-byte nonce for `nonce`.
+    fn message_key(&self, nonce: &[u8; Nonce::LEN]) -> (LessSafeKey, ring::aead::Nonce) {
+        let (prefix, suffix) = nonce.split_at(16);
+        let mut subkey =
+            chacha20::hchacha::<chacha20::cipher::consts::U10>((&*self.key).into(), prefix.into());
+        let key = UnboundKey::new(&CHACHA20_POLY1305, subkey.as_slice())
+            .expect("a 32-byte key is a ChaCha20-Poly1305 key");
+        subkey.as_mut_slice().zeroize();
+        let mut short = [0u8; 12];
+        short[4..].copy_from_slice(suffix);
+        (LessSafeKey::new(key), ring::aead::Nonce::assume_unique_for_key(short))
+    }
+}
+
 /// One derived key, ready to seal and open.
 #[derive(Clone)]
 pub struct EpochKey {
@@ -99,7 +125,7 @@ impl Drop for EpochKey {
 
 impl EpochKey {
     pub(super) fn from_bytes(mut key: [u8; 32], purpose: Purpose, epoch: Epoch) -> Self {
-        let cipher = XChaCha20Poly1305::new((&key).into());
+        let cipher = XChaCha20Poly1305 { key: Zeroizing::new(key) };
         // The tag key is derived from, and independent of, the AEAD key.
         let mac_key = blake3::derive_key("meshnode v1 tag key", &key);
         key.zeroize();
@@ -121,13 +147,12 @@ impl EpochKey {
     pub fn seal_into(&self, nonce: Nonce, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
         let start = out.len();
         out.extend_from_slice(plaintext);
-        let nonce = XNonce::from(nonce.to_bytes());
-        let tag = self
-            .cipher
-            .encrypt_in_place_detached(&nonce, aad, &mut out[start..])
+        let (key, nonce) = self.cipher.message_key(&nonce.to_bytes());
+        let tag = key
+            .seal_in_place_separate_tag(nonce, Aad::from(aad), &mut out[start..])
             // Only fails for messages over 256 GiB, far above every limit in meshnode.
-            .expect("XChaCha20-Poly1305 message length");
-        out.extend_from_slice(&tag);
+            .expect("ChaCha20-Poly1305 message length");
+        out.extend_from_slice(tag.as_ref());
     }
 
     /// Seals into a new vector.
@@ -143,12 +168,13 @@ impl EpochKey {
         if sealed.len() < TAG_LEN {
             return Err(CryptoError::Truncated { len: sealed.len() });
         }
-        let (ct, tag) = sealed.split_at(sealed.len() - TAG_LEN);
-        let mut buf = ct.to_vec();
-        let nonce = XNonce::from(nonce.to_bytes());
-        self.cipher
-            .decrypt_in_place_detached(&nonce, aad, &mut buf, tag.into())
-            .map_err(|_| CryptoError::Decrypt)?;
+        let mut buf = sealed.to_vec();
+        let (key, nonce) = self.cipher.message_key(&nonce.to_bytes());
+        let len = key
+            .open_in_place(nonce, Aad::from(aad), &mut buf)
+            .map_err(|_| CryptoError::Decrypt)?
+            .len();
+        buf.truncate(len);
         Ok(buf)
     }
 
@@ -190,6 +216,60 @@ mod tests {
             86_400,
         );
         s.key(Purpose::LanDatagram, Epoch(epoch))
+    }
+
+    proptest! {
+        /// The XChaCha20-Poly1305 built here from HChaCha20 and ring's AEAD is the one of the
+        /// `chacha20poly1305` crate, byte for byte, both ways.
+        #[test]
+        fn same_bytes_as_the_chacha20poly1305_crate(
+            key in any::<[u8; 32]>(),
+            nonce in any::<[u8; 24]>(),
+            aad in proptest::collection::vec(any::<u8>(), 0..80),
+            plain in proptest::collection::vec(any::<u8>(), 0..600),
+        ) {
+            use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+            let reference = chacha20poly1305::XChaCha20Poly1305::new((&key).into());
+            let expected = reference
+                .encrypt((&nonce).into(), Payload { msg: &plain, aad: &aad })
+                .unwrap();
+            let ours = EpochKey::from_bytes(key, Purpose::Log, Epoch(1));
+            let nonce = Nonce::from_bytes(nonce);
+            prop_assert_eq!(&ours.seal(nonce, &aad, &plain), &expected);
+            prop_assert_eq!(ours.open(nonce, &aad, &expected).unwrap(), plain);
+        }
+    }
+
+    /// A published test vector (draft-irtf-cfrg-xchacha-03, appendix A.3.1).
+    #[test]
+    fn xchacha_test_vector() {
+        let key: [u8; 32] =
+            hex::decode("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f")
+                .unwrap()
+                .try_into()
+                .unwrap();
+        let nonce: [u8; 24] = hex::decode("404142434445464748494a4b4c4d4e4f5051525354555657")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let aad = hex::decode("50515253c0c1c2c3c4c5c6c7").unwrap();
+        let plain = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
+        let sealed = EpochKey::from_bytes(key, Purpose::Log, Epoch(1)).seal(
+            Nonce::from_bytes(nonce),
+            &aad,
+            plain,
+        );
+        let (ct, tag) = sealed.split_at(sealed.len() - TAG_LEN);
+        assert_eq!(
+            hex::encode(ct),
+            concat!(
+                "bd6d179d3e83d43b9576579493c0e939572a1700252bfaccbed2902c21396cbb",
+                "731c7f1b0b4aa6440bf3a82f4eda7e39ae64c6708c54c216cb96b72e1213b452",
+                "2f8c9ba40db5d945b11b69b982c1bb9e3f3fac2bc369488f76b2383565d3fff9",
+                "21f9664c97637da9768812f615c68b13b52e",
+            )
+        );
+        assert_eq!(hex::encode(tag), "c0875924c1c7987947deafd8780acf49");
     }
 
     #[test]

@@ -46,10 +46,9 @@
 
 use std::fmt;
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::ChaCha20Poly1305;
 use hkdf::Hkdf;
 use rand::{CryptoRng, RngCore};
+use ring::aead::{Aad, LessSafeKey, UnboundKey, CHACHA20_POLY1305};
 use sha2::{Digest, Sha256};
 use x25519_dalek::{EphemeralSecret, PublicKey};
 use zeroize::Zeroizing;
@@ -498,10 +497,17 @@ impl LinkSession {
     }
 }
 
+/// ChaCha20-Poly1305 (RFC 8439) under one link key: ring's implementation.
+fn link_cipher(key: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(
+        UnboundKey::new(&CHACHA20_POLY1305, key).expect("a 32-byte key is a ChaCha20-Poly1305 key"),
+    )
+}
+
 /// Seals the frames of one direction: ChaCha20-Poly1305, the nonce a counter from 0 that is
 /// never sent (the stream is ordered, so the receiver knows it).
 pub struct LinkSealer {
-    cipher: ChaCha20Poly1305,
+    cipher: LessSafeKey,
     next: u64,
 }
 
@@ -513,7 +519,7 @@ impl fmt::Debug for LinkSealer {
 
 impl LinkSealer {
     fn new(key: &[u8; 32]) -> LinkSealer {
-        LinkSealer { cipher: ChaCha20Poly1305::new(key.into()), next: 0 }
+        LinkSealer { cipher: link_cipher(key), next: 0 }
     }
 
     /// Seals `plaintext` with `aad` authenticated: ciphertext then 16-byte tag. Fails only
@@ -540,10 +546,14 @@ impl LinkSealer {
         out.extend_from_slice(plaintext);
         let tag = self
             .cipher
-            .encrypt_in_place_detached(&nonce.into(), aad, &mut out[start..])
+            .seal_in_place_separate_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut out[start..],
+            )
             // Only fails for messages over 256 GiB; frames are at most 4 GiB.
             .expect("ChaCha20-Poly1305 message length");
-        out.extend_from_slice(&tag);
+        out.extend_from_slice(tag.as_ref());
         Ok(())
     }
 }
@@ -551,7 +561,7 @@ impl LinkSealer {
 /// Opens the frames of one direction, in order: the expected counter advances only when a
 /// frame opens, so a replayed, reordered, dropped or tampered frame fails to decrypt.
 pub struct LinkOpener {
-    cipher: ChaCha20Poly1305,
+    cipher: LessSafeKey,
     next: u64,
 }
 
@@ -563,22 +573,25 @@ impl fmt::Debug for LinkOpener {
 
 impl LinkOpener {
     fn new(key: &[u8; 32]) -> LinkOpener {
-        LinkOpener { cipher: ChaCha20Poly1305::new(key.into()), next: 0 }
+        LinkOpener { cipher: link_cipher(key), next: 0 }
     }
 
     /// Opens the next frame of the stream.
     pub fn open(&mut self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let Some(split) = sealed.len().checked_sub(TAG_LEN) else {
+        if sealed.len() < TAG_LEN {
             return Err(CryptoError::Truncated { len: sealed.len() });
-        };
+        }
         if self.next == u64::MAX {
             return Err(CryptoError::NonceExhausted);
         }
-        let (ciphertext, tag) = sealed.split_at(split);
-        let mut out = ciphertext.to_vec();
-        self.cipher
-            .decrypt_in_place_detached(&counter_nonce(self.next).into(), aad, &mut out, tag.into())
-            .map_err(|_| CryptoError::Decrypt)?;
+        let mut out = sealed.to_vec();
+        let nonce = ring::aead::Nonce::assume_unique_for_key(counter_nonce(self.next));
+        let len = self
+            .cipher
+            .open_in_place(nonce, Aad::from(aad), &mut out)
+            .map_err(|_| CryptoError::Decrypt)?
+            .len();
+        out.truncate(len);
         self.next += 1;
         Ok(out)
     }
