@@ -497,17 +497,18 @@ impl LinkSession {
     }
 }
 
-/// ChaCha20-Poly1305 (RFC 8439) under one link key: ring's implementation.
-fn link_cipher(key: &[u8; 32]) -> LessSafeKey {
-    LessSafeKey::new(
+/// ChaCha20-Poly1305 (RFC 8439) under one link key: ring's implementation (boxed: ring's key
+/// type has room for an AES key schedule, ~0.5 KiB, and links are moved around).
+fn link_cipher(key: &[u8; 32]) -> Box<LessSafeKey> {
+    Box::new(LessSafeKey::new(
         UnboundKey::new(&CHACHA20_POLY1305, key).expect("a 32-byte key is a ChaCha20-Poly1305 key"),
-    )
+    ))
 }
 
 /// Seals the frames of one direction: ChaCha20-Poly1305, the nonce a counter from 0 that is
 /// never sent (the stream is ordered, so the receiver knows it).
 pub struct LinkSealer {
-    cipher: LessSafeKey,
+    cipher: Box<LessSafeKey>,
     next: u64,
 }
 
@@ -561,7 +562,7 @@ impl LinkSealer {
 /// Opens the frames of one direction, in order: the expected counter advances only when a
 /// frame opens, so a replayed, reordered, dropped or tampered frame fails to decrypt.
 pub struct LinkOpener {
-    cipher: LessSafeKey,
+    cipher: Box<LessSafeKey>,
     next: u64,
 }
 
