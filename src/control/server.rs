@@ -35,9 +35,10 @@ use super::delivery::{ClientId, Deliveries};
 use super::protocol::{self, Request};
 use super::ControlError;
 use crate::id::DatabaseId;
-use crate::ledger::Submission;
+use crate::ledger::{Receipt, Submission};
 use crate::proto::{Input, Node, Output, Protocol, Time};
 use crate::store::Store;
+use crate::unit::TransferUnit;
 
 /// Reply lines queued for one connection before it is judged stuck and closed. Larger than the
 /// subscriber window, so a subscriber that reads is never closed, and than two full bursts of
@@ -72,7 +73,7 @@ pub enum ControlEvent {
         /// Its id.
         client: ClientId,
         /// Its reply queue.
-        writer: mpsc::Sender<String>,
+        writer: mpsc::Sender<Outgoing>,
     },
     /// A well-formed request.
     Request {
@@ -95,10 +96,33 @@ pub enum ControlEvent {
     },
 }
 
+/// A reply on its way to a client. Receipts and delivered units are turned into JSON by the
+/// connection's writer task, on a runtime worker, not on the loop thread that every unit
+/// passes through.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A line ready to send.
+    Line(String),
+    /// The reply to an accepted submit.
+    Receipt(Receipt),
+    /// A unit for the subscriber.
+    Unit(TransferUnit),
+}
+
+impl Outgoing {
+    fn into_line(self) -> String {
+        match self {
+            Outgoing::Line(line) => line,
+            Outgoing::Receipt(receipt) => protocol::receipt_line(&receipt),
+            Outgoing::Unit(unit) => protocol::unit_line(&unit),
+        }
+    }
+}
+
 struct Client {
     /// `None` once the client stopped reading (queue full) or its socket failed for writing.
     /// Its requests still count: an acknowledgement it sent before dying moves the cursor.
-    writer: Option<mpsc::Sender<String>>,
+    writer: Option<mpsc::Sender<Outgoing>>,
     /// A submit of this connection was refused: later ones are not submitted, so nothing after
     /// a refused unit is stored (the connection keeps the application's order).
     refusing: bool,
@@ -330,7 +354,7 @@ impl Control {
         match out {
             Output::Accepted(receipt) => {
                 if let Some(client) = self.submits.pop_front() {
-                    self.reply(client, protocol::receipt_line(&receipt));
+                    self.queue(client, Outgoing::Receipt(receipt));
                 }
                 None
             }
@@ -381,10 +405,11 @@ impl Control {
         while let Some((client, origin, seq)) = self.deliveries.poll_send() {
             match store.get(&origin, seq) {
                 Ok(Some(unit)) => {
-                    if !self.queue(client, protocol::unit_line(&unit)) {
+                    let len = unit.payload.len();
+                    if !self.queue(client, Outgoing::Unit(unit)) {
                         return;
                     }
-                    self.deliveries.mark_sent(origin, seq, unit.payload.len());
+                    self.deliveries.mark_sent(origin, seq, len);
                 }
                 Ok(None) => self.deliveries.skip(origin, seq),
                 Err(err) => {
@@ -401,12 +426,12 @@ impl Control {
     }
 
     fn reply(&mut self, client: ClientId, line: String) {
-        self.queue(client, line);
+        self.queue(client, Outgoing::Line(line));
     }
 
     /// Queues a line; a client whose queue is full is cut off (its connection is closed for
     /// writing; what it already sent is still read). Returns whether it was queued.
-    fn queue(&mut self, client: ClientId, line: String) -> bool {
+    fn queue(&mut self, client: ClientId, line: Outgoing) -> bool {
         let Some(c) = self.clients.get_mut(&client) else { return false };
         let Some(writer) = &c.writer else { return false };
         match writer.try_send(line) {
@@ -477,7 +502,7 @@ fn spawn_connection(
     tx: mpsc::Sender<ControlEvent>,
 ) {
     let (read, write) = stream.into_split();
-    let (wtx, wrx) = mpsc::channel::<String>(CLIENT_QUEUE);
+    let (wtx, wrx) = mpsc::channel::<Outgoing>(CLIENT_QUEUE);
     tokio::spawn(async move {
         if tx.send(ControlEvent::Connected { client, writer: wtx }).await.is_err() {
             return;
@@ -563,14 +588,15 @@ async fn read_line<R: AsyncBufRead + Unpin>(
     }
 }
 
-async fn write_replies(write: OwnedWriteHalf, mut rx: mpsc::Receiver<String>) {
+async fn write_replies(write: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) {
     let mut out = BufWriter::new(write);
     while let Some(line) = rx.recv().await {
         let mut next = Some(line);
         // Write what is queued, then flush once.
         while let Some(line) = next {
-            if out.write_all(line.as_bytes()).await.is_err() || out.write_all(b"\n").await.is_err()
-            {
+            let mut line = line.into_line();
+            line.push('\n');
+            if out.write_all(line.as_bytes()).await.is_err() {
                 return;
             }
             next = rx.try_recv().ok();
