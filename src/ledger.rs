@@ -116,6 +116,8 @@ pub struct Ledger<S: Store = SledStore> {
     last_checkpoint_ms: Option<u64>,
     /// Where checkpoints run when the store can be flushed from another thread.
     background: Option<BackgroundCheckpoints>,
+    /// Checkpoints that failed after a write (the write itself stood).
+    checkpoint_failures: u64,
     poisoned: bool,
 }
 
@@ -299,8 +301,15 @@ impl<S: Store> Ledger<S> {
             checkpoint_interval_ms: u64::MAX,
             last_checkpoint_ms: None,
             background: None,
+            checkpoint_failures: 0,
             poisoned: false,
         })
+    }
+
+    /// Checkpoints that failed after an accepted write since open (each only lengthens the
+    /// replay at the next open).
+    pub fn checkpoint_failures(&self) -> u64 {
+        self.checkpoint_failures
     }
 
     /// The store, for reads.
@@ -500,7 +509,13 @@ impl<S: Store> Ledger<S> {
         })();
         match result {
             Ok(located) => {
-                self.maybe_checkpoint(now_ms)?;
+                // The units are durable in the logs whatever happens to the checkpoint: a failed
+                // one only means a longer replay at the next open, so it must not turn this
+                // accepted batch into a refused one.
+                if let Err(e) = self.maybe_checkpoint(now_ms) {
+                    self.checkpoint_failures += 1;
+                    tracing::warn!(%e, "checkpoint failed; the next start replays more of the logs");
+                }
                 Ok(located.into_iter().map(|(unit, _)| unit).collect())
             }
             Err(e) => {

@@ -167,6 +167,9 @@ pub struct NodeStats {
     pub units_invalid: u64,
     /// Batches the store could not take (disk full, IO error); asked for again later.
     pub store_errors: u64,
+    /// Store checkpoints that failed (nothing is lost: the next start replays more of the
+    /// logs); a growing number means the store's disk has a problem.
+    pub checkpoint_failures: u64,
     /// Submissions the store could not take (the application was not given a receipt).
     pub submits_refused: u64,
     /// Links refused in their handshake (the other end did not prove membership, or sent
@@ -436,7 +439,11 @@ impl<S: Store> Node<S> {
                 connecting: self.connecting.len(),
                 wants_in_flight: self.links.values().filter(|l| l.sync.want.is_some()).count(),
             },
-            counters: self.stats.clone(),
+            counters: NodeStats {
+                checkpoint_failures: self.stats.checkpoint_failures
+                    + self.ledger.checkpoint_failures(),
+                ..self.stats.clone()
+            },
         }
     }
 
@@ -1047,7 +1054,9 @@ impl<S: Store> Node<S> {
         self.fail_back();
         self.prune_lan_links();
         // Cursor moves and index state become durable at least once a round.
-        let _ = self.ledger.checkpoint();
+        if self.ledger.checkpoint().is_err() {
+            self.stats.checkpoint_failures += 1;
+        }
     }
 
     // ----- units -----
