@@ -6,12 +6,14 @@
 //! - [`peers`]: the peer table.
 //! - [`sync`]: anti-entropy bookkeeping (change log, per-link origin tables, what to ask for).
 //! - [`node`]: the state machine.
+//! - [`relaypath`]: relay sessions, links to peers through relay mailboxes.
 //! - [`status`]: the snapshot `--status` shows.
 
 pub mod io;
 pub mod message;
 pub mod node;
 pub mod peers;
+pub mod relaypath;
 pub mod status;
 pub mod sync;
 
