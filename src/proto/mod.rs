@@ -17,7 +17,10 @@ pub mod relaypath;
 pub mod status;
 pub mod sync;
 
-pub use io::{DatagramDest, Input, LinkId, LinkKind, Output, Protocol, ReceivedDatagram, Time};
+pub use io::{
+    DatagramDest, Input, LinkId, LinkKind, Output, Protocol, ReceivedDatagram, RelayIndex,
+    RelayOutput, Time,
+};
 pub use node::{ConfiguredPeer, Node, NodeConfig, NodeStats};
 pub use peers::{DownReason, Peer, PeerState, Role};
 pub use status::{LinkStatus, NodeStatus, PeerStatus, Queues};

@@ -37,10 +37,11 @@ use crate::crypto::{KeySchedule, NonceSequence, Purpose};
 use crate::id::{DatabaseId, DeviceId, Environment, InstanceId, RmSystem};
 use crate::ledger::{Ledger, Submission};
 use crate::proto::io::{
-    DatagramDest, Input, LinkId, LinkKind, Output, Protocol, ReceivedDatagram, Time,
+    DatagramDest, Input, LinkId, LinkKind, Output, Protocol, ReceivedDatagram, RelayOutput, Time,
 };
 use crate::proto::message::{decode_units, Announce, HaveEntry, Message};
 use crate::proto::peers::{backoff_ms, DownReason, Peer, PeerState, Role};
+use crate::proto::relaypath::{PathEvent, RelayPath, RelayPathConfig};
 use crate::proto::status::{LinkStatus, NodeStatus, PeerStatus, Queues};
 use crate::proto::sync::{plan_want, ChangeLog, LinkSync, Outstanding};
 use crate::store::{Store, VersionVector};
@@ -110,6 +111,8 @@ pub struct NodeConfig {
     pub app: String,
     /// Seed of the node's RNG (jitter).
     pub rng_seed: u64,
+    /// The relay path (off while no relay is configured).
+    pub relay_path: RelayPathConfig,
 }
 
 impl NodeConfig {
@@ -148,6 +151,7 @@ impl NodeConfig {
             multicast_bytes: 8 << 10,
             app: "app".into(),
             rng_seed: 0,
+            relay_path: RelayPathConfig::default(),
         }
     }
 }
@@ -263,6 +267,8 @@ pub struct Node<S: Store> {
     /// Ask peers for what they hold and we lack at the next round.
     replan: bool,
     stats: NodeStats,
+    /// Relay sessions: links to peers through relay mailboxes.
+    relay: RelayPath,
 }
 
 impl<S: Store> Node<S> {
@@ -289,6 +295,15 @@ impl<S: Store> Node<S> {
         let link_open = DatagramOpener::new(keys, Purpose::Link, cfg.rmsystem, &cfg.env)
             .with_max_len(DEFAULT_MAX_FRAME_LEN);
         let delivered = ledger.store().cursor(&cfg.app).unwrap_or_default();
+        let relay = RelayPath::new(
+            cfg.relay_path.clone(),
+            ledger.own_dbid(),
+            cfg.role,
+            cfg.instance,
+            cfg.keys.clone(),
+            cfg.rmsystem,
+            &cfg.env,
+        );
         let mut slots: Vec<Slot> = cfg
             .configured
             .iter()
@@ -321,6 +336,7 @@ impl<S: Store> Node<S> {
             safe: BTreeMap::new(),
             replan: false,
             stats: NodeStats::default(),
+            relay,
         };
         if node.cfg.role == Role::MainServer {
             let origins: Vec<DatabaseId> =
@@ -416,6 +432,10 @@ impl<S: Store> Node<S> {
                     it_lacks,
                     failures: p.failures,
                     asking,
+                    relay_session: p
+                        .link
+                        .filter(|l| p.linked() && l.is_relay())
+                        .and_then(|l| self.relay.session_status(l)),
                 }
             })
             .collect();
@@ -437,6 +457,10 @@ impl<S: Store> Node<S> {
                 wants_in_flight: self.links.values().filter(|l| l.sync.want.is_some()).count(),
             },
             counters: self.stats.clone(),
+            relays: self.relay.relay_status(now),
+            relay_path: self.relay.stats(),
+            relay_warning: (self.cfg.relay_path.relays == 1)
+                .then(|| "one relay configured: one observer sees every payload".to_string()),
         }
     }
 
@@ -673,7 +697,7 @@ impl<S: Store> Node<S> {
             .collect();
         for (dbid, link) in surplus {
             self.links.remove(&link);
-            self.out.push_back(Output::Close { link });
+            self.close_link(link);
             if let Some(p) = self.peers.get_mut(&dbid) {
                 p.state = PeerState::Discovered;
                 p.reason = DownReason::NotNeeded;
@@ -685,11 +709,12 @@ impl<S: Store> Node<S> {
     fn close_peer(&mut self, dbid: DatabaseId, reason: DownReason) {
         let (now, ping) = (self.now, self.cfg.offline_ping_ms);
         let Some(peer) = self.peers.get_mut(&dbid) else { return };
-        if let Some(link) = peer.link {
-            self.links.remove(&link);
-            self.out.push_back(Output::Close { link });
-        }
+        let link = peer.link;
         peer.down(reason, now, ping);
+        if let Some(link) = link {
+            self.links.remove(&link);
+            self.close_link(link);
+        }
     }
 
     fn slot_failed(&mut self, addr: SocketAddr) {
@@ -713,8 +738,10 @@ impl<S: Store> Node<S> {
     }
 
     fn on_link_up(&mut self, link: LinkId, remote: SocketAddr, outbound: bool, kind: LinkKind) {
-        self.connecting.remove(&remote);
-        if outbound {
+        if kind != LinkKind::Relay {
+            self.connecting.remove(&remote);
+        }
+        if outbound && kind != LinkKind::Relay {
             // Until the hello arrives a configured address counts as attempted, so a link
             // that closes without one is retried with backoff, never in a loop.
             self.slot_failed(remote);
@@ -768,14 +795,14 @@ impl<S: Store> Node<S> {
             // A link to ourselves (our own address was configured or announced): close it and
             // never try that address again.
             let remote = info.remote;
-            self.out.push_back(Output::Close { link });
+            self.close_link(link);
             self.links.remove(&link);
             self.slots.retain(|s| s.peer.addr != remote);
             return;
         }
         info.peer = Some(dbid);
         let (remote, outbound, kind) = (info.remote, info.outbound, info.kind);
-        if outbound {
+        if outbound && kind != LinkKind::Relay {
             for slot in self.slots.iter_mut().filter(|s| s.peer.addr == remote) {
                 slot.dbid = Some(dbid);
                 slot.failures = 0;
@@ -783,10 +810,12 @@ impl<S: Store> Node<S> {
         }
         // A peer first met on a link is beyond the LAN until its announcement is heard on the
         // multicast group (which is what makes it a LAN peer).
-        let addrs = if outbound { vec![remote] } else { Vec::new() };
+        // A relay link has no address of the peer.
+        let direct = outbound && kind != LinkKind::Relay;
+        let addrs = if direct { vec![remote] } else { Vec::new() };
         let peer =
             self.peers.entry(dbid).or_insert_with(|| Peer::new(dbid, role, addrs, false, now));
-        if outbound && !peer.addrs.contains(&remote) {
+        if direct && !peer.addrs.contains(&remote) {
             peer.addrs.push(remote);
         }
         peer.role = role;
@@ -806,7 +835,11 @@ impl<S: Store> Node<S> {
             };
             let drop = if keep_new { old } else { link };
             self.links.remove(&drop);
-            self.out.push_back(Output::Close { link: drop });
+            if drop.is_relay() {
+                self.relay.close(now, &mut self.rng, drop);
+            } else {
+                self.out.push_back(Output::Close { link: drop });
+            }
             if !keep_new {
                 return;
             }
@@ -817,6 +850,15 @@ impl<S: Store> Node<S> {
         self.send_have(link, false);
         self.send_ping(link);
         self.fail_back();
+    }
+
+    /// Closes a link: a driver's link by [`Output::Close`], a relay link by ending its session.
+    fn close_link(&mut self, link: LinkId) {
+        if link.is_relay() {
+            self.relay.close(self.now, &mut self.rng, link);
+        } else {
+            self.out.push_back(Output::Close { link });
+        }
     }
 
     /// Measures the link's round trip (the answer is a [`Message::Pong`]).
@@ -842,6 +884,18 @@ impl<S: Store> Node<S> {
     }
 
     fn send_frame(&mut self, link: LinkId, tag: Tag, message: &Message) {
+        if link.is_relay() {
+            // Relay links skip `link_seal` (design §2.1): the relay envelope seals, and the
+            // session orders and deduplicates.
+            if let Some(info) = self.links.get_mut(&link) {
+                info.sync.last_sent = self.now;
+            }
+            // Control paces transfers (one `Want` in flight): urgent; units normal.
+            let urgency = if tag == Tag::Tubs { 0 } else { 1 };
+            let bytes = message.encode();
+            self.relay.send(self.now, &mut self.rng, link, &bytes, urgency);
+            return;
+        }
         if let Ok(bytes) = self.link_seal.seal(tag, self.now.as_secs(), &message.encode()) {
             if let Some(info) = self.links.get_mut(&link) {
                 info.sync.last_sent = self.now;
@@ -1002,7 +1056,6 @@ impl<S: Store> Node<S> {
 
     fn anti_entropy_round(&mut self) {
         let now = self.now;
-        let keepalive = self.cfg.keepalive_ms;
         let mut silent = Vec::new();
         let mut expired = false;
         let up: Vec<(LinkId, DatabaseId)> = self
@@ -1013,6 +1066,11 @@ impl<S: Store> Node<S> {
             .collect();
         for (link, dbid) in up {
             let Some(info) = self.links.get_mut(&link) else { continue };
+            // Relay links are metered: a slower keepalive (design §2.4).
+            let keepalive = match info.kind {
+                LinkKind::Relay => self.cfg.relay_path.keepalive_ms,
+                _ => self.cfg.keepalive_ms,
+            };
             if info.sync.want.as_ref().is_some_and(|w| w.deadline <= now) {
                 info.sync.want = None;
                 self.stats.wants_expired += 1;
@@ -1279,6 +1337,11 @@ impl<S: Store> Node<S> {
     }
 
     fn on_frame(&mut self, link: LinkId, bytes: &[u8]) {
+        if link.is_relay() {
+            // A driver never owns these ids.
+            self.stats.rejects.record_reason(RejectReason::Malformed);
+            return;
+        }
         let Some(info) = self.links.get(&link) else { return };
         let peer = info.peer;
         let message = match self.link_open.open(bytes, self.now.as_secs()) {
@@ -1290,7 +1353,7 @@ impl<S: Store> Node<S> {
                     self.stats.rejects.record_reason(RejectReason::NonMemberLink);
                     self.stats.links_refused += 1;
                     self.links.remove(&link);
-                    self.out.push_back(Output::Close { link });
+                    self.close_link(link);
                 }
                 return;
             }
@@ -1299,6 +1362,13 @@ impl<S: Store> Node<S> {
             self.stats.rejects.record_reason(RejectReason::Malformed);
             return;
         };
+        self.on_message(link, message);
+    }
+
+    /// A message opened from a link's frame, or handed over by a relay session.
+    fn on_message(&mut self, link: LinkId, message: Message) {
+        let Some(info) = self.links.get(&link) else { return };
+        let peer = info.peer;
         if let Some(info) = self.links.get_mut(&link) {
             info.sync.last_heard = self.now;
         }
@@ -1346,6 +1416,66 @@ impl<S: Store> Node<S> {
                 }
             }
         }
+    }
+}
+
+impl<S: Store> Node<S> {
+    // ----- relay path -----
+
+    /// Hands the relay path's events to the node: links up and down, messages.
+    fn relay_events(&mut self) {
+        while let Some(event) = self.relay.poll_event() {
+            match event {
+                PathEvent::LinkUp { link, outbound, .. } => {
+                    let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+                    self.on_link_up(link, nowhere, outbound, LinkKind::Relay);
+                }
+                PathEvent::Message { link, bytes } => match Message::decode(&bytes) {
+                    Ok(message) => self.on_message(link, message),
+                    Err(_) => self.stats.rejects.record_reason(RejectReason::Malformed),
+                },
+                PathEvent::LinkDown { link } => self.on_link_down(link),
+            }
+        }
+    }
+
+    /// The peers that should get a relay session (design §2.6): members heard by presence or
+    /// met on a link, not on our LAN, with no direct link; main servers first, then the
+    /// members whose dbid hash is closest to ours (a stable sparse graph).
+    fn relay_wanted(&self) -> Vec<DatabaseId> {
+        let own = self.dbid();
+        let mut candidates: BTreeMap<DatabaseId, Role> =
+            self.relay.members(self.now).into_iter().collect();
+        for p in self.peers.values().filter(|p| !p.lan) {
+            candidates.entry(p.dbid).or_insert(p.role);
+        }
+        let direct = |d: &DatabaseId| {
+            self.peers.get(d).is_some_and(|p| {
+                p.lan
+                    || (p.linked()
+                        && p.link
+                            .and_then(|l| self.links.get(&l))
+                            .is_some_and(|l| l.kind != LinkKind::Relay))
+            })
+        };
+        let mut wanted: Vec<(bool, u64, DatabaseId)> = candidates
+            .into_iter()
+            .filter(|(d, _)| *d != own && !direct(d))
+            .map(|(d, role)| (role != Role::MainServer, d.tag() ^ own.tag(), d))
+            .collect();
+        wanted.sort();
+        wanted.truncate(self.cfg.relay_path.max_sessions);
+        wanted.into_iter().map(|(_, _, d)| d).collect()
+    }
+
+    fn relay_timeout(&mut self) {
+        if !self.relay.enabled() {
+            return;
+        }
+        let wanted = self.relay_wanted();
+        self.relay.want(self.now, &mut self.rng, &wanted);
+        self.relay.handle_timeout(self.now, &mut self.rng);
+        self.relay_events();
     }
 }
 
@@ -1414,7 +1544,21 @@ impl<S: Store> Protocol for Node<S> {
                 self.acknowledge_durably(acks);
                 return;
             }
+            Input::RelayUp { relay, observed } => {
+                self.relay.relay_up(self.now, &mut self.rng, relay, observed);
+                self.relay_timeout();
+            }
+            Input::RelayDown { relay } => self.relay.relay_down(self.now, &mut self.rng, relay),
+            Input::RelayRefused { relay, reason } => self.relay.relay_refused(relay, reason),
+            Input::RelayPayload { relay, mailbox, bytes } => {
+                self.relay.on_payload(self.now, &mut self.rng, relay, mailbox, bytes);
+                self.relay_timeout();
+            }
+            Input::RelayPostRefused { relay, reason } => {
+                self.relay.post_refused(self.now, &mut self.rng, relay, reason)
+            }
         }
+        self.relay_events();
         if peers_may_change {
             self.connect_due();
         }
@@ -1448,6 +1592,7 @@ impl<S: Store> Protocol for Node<S> {
             self.connect_failed(to, DownReason::ConnectTimeout);
         }
         self.connect_due();
+        self.relay_timeout();
     }
 
     fn poll_output(&mut self) -> Option<Output> {
@@ -1471,7 +1616,14 @@ impl<S: Store> Protocol for Node<S> {
         if let Some(at) = self.slot_timer {
             next = next.min(at.max(self.now));
         }
+        if let Some(at) = self.relay.poll_timeout() {
+            next = next.min(at.max(self.now));
+        }
         Some(next)
+    }
+
+    fn poll_relay_output(&mut self) -> Option<RelayOutput> {
+        self.relay.poll_output()
     }
 }
 

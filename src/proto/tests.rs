@@ -507,6 +507,11 @@ fn the_core_reads_no_clock_and_owns_no_io() {
         ("mod.rs", include_str!("mod.rs")),
         ("node.rs", include_str!("node.rs")),
         ("peers.rs", include_str!("peers.rs")),
+        ("relaypath/mod.rs", include_str!("relaypath/mod.rs")),
+        ("relaypath/envelope.rs", include_str!("relaypath/envelope.rs")),
+        ("relaypath/fragment.rs", include_str!("relaypath/fragment.rs")),
+        ("relaypath/session.rs", include_str!("relaypath/session.rs")),
+        ("relaypath/mixer.rs", include_str!("relaypath/mixer.rs")),
         ("status.rs", include_str!("status.rs")),
         ("sync.rs", include_str!("sync.rs")),
     ];

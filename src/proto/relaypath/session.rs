@@ -50,7 +50,7 @@ pub const RTO_MAX_MS: u64 = 60_000;
 pub const HANDSHAKE_RETRY_MS: u64 = 1_000;
 /// Longest `Syn`/`SynAck` resend interval, ms.
 pub const HANDSHAKE_MAX_MS: u64 = 30_000;
-/// `Syn`s sent before the opener gives up.
+/// `Syn`s (or unconfirmed `SynAck`s) sent before the session is given up.
 pub const SYN_ATTEMPTS: u32 = 10;
 
 /// Where a session is in its life; each waits for what it is named after.
@@ -387,7 +387,12 @@ impl Session {
     pub fn handle_timeout(&mut self, now: Time) {
         if let Some(at) = self.handshake_at.filter(|at| *at <= now) {
             match self.state {
-                State::ExpectSynAck if self.syns_sent >= SYN_ATTEMPTS => self.close(),
+                // An unanswered opener, or an answerer never confirmed (a replayed `Syn`).
+                State::ExpectSynAck | State::ExpectConfirm if self.syns_sent >= SYN_ATTEMPTS => {
+                    self.close();
+                    self.fin_due = false;
+                    self.handshake_at = None;
+                }
                 State::ExpectSynAck | State::ExpectConfirm => self.control_due = true,
                 _ => self.handshake_at = None,
             }
@@ -462,7 +467,10 @@ impl Session {
                 self.syns_sent += 1;
                 Some(Record::Syn { session })
             }
-            State::ExpectConfirm => Some(Record::SynAck { session }),
+            State::ExpectConfirm => {
+                self.syns_sent += 1;
+                Some(Record::SynAck { session })
+            }
             _ => None,
         }
     }
