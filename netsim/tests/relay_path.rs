@@ -1,0 +1,140 @@
+//! The relay path (design §5.3): two stores with no direct link, each on its own LAN, reach
+//! each other only through rendezvous relays. They learn of each other by presence, open a
+//! relay session, and converge: every unit delivered exactly once, in per-origin order, over
+//! relay legs that lose, duplicate and reorder payloads.
+
+use meshnode::proto::LinkStatus;
+use meshnode::unit::Urgency;
+use netsim::scenario::{self, Planned, Scenario};
+use netsim::{
+    CoreFactory, Fault, NodeId, NodeSpec, PathParams, Report, Role, Simulation, Topology,
+};
+
+const SECOND: u64 = 1_000_000;
+const STORE1: NodeId = NodeId(0);
+const STORE2: NodeId = NodeId(1);
+
+fn clean_leg() -> PathParams {
+    PathParams {
+        latency_us: 20_000,
+        jitter_us: 5_000,
+        rate_bps: 0,
+        loss: 0.0,
+        duplicate: 0.0,
+        reorder: 0.0,
+        reorder_us: 0,
+    }
+}
+
+fn lossy_leg() -> PathParams {
+    PathParams { loss: 0.05, duplicate: 0.05, reorder: 0.2, reorder_us: 300_000, ..clean_leg() }
+}
+
+/// Two stores on separate LANs with no WAN link between them, both relayed through `relays`
+/// relays; `units` units submitted at each store over the first minute.
+fn scenario(relays: usize, leg: PathParams, units: u64, faults: Vec<(u64, Fault)>) -> Scenario {
+    let mut t = Topology::new();
+    let s1 = t.segment("store1", PathParams::lan());
+    let s2 = t.segment("store2", PathParams::lan());
+    for r in 0..relays {
+        t.relay(format!("r{}", r + 1), leg.clone());
+    }
+    for (seg, store) in [(s1, 1), (s2, 2)] {
+        let spec = NodeSpec::new(format!("store{store}"), Role::StoreServer)
+            .on(seg, scenario::address(store, 1))
+            .group(scenario::group())
+            .relayed();
+        t.node(spec);
+    }
+    let mut s = Scenario::new("relay_path", t);
+    for i in 0..units {
+        for (k, node) in [STORE1, STORE2].into_iter().enumerate() {
+            let index = i * 2 + k as u64;
+            let urgency = if i % 7 == 0 { Urgency::Urgent } else { Urgency::Normal };
+            s.workload.push(Planned {
+                at_us: 5 * SECOND + i * 60 * SECOND / units.max(1),
+                node,
+                submission: scenario::submission(index, 200 + (i as usize * 37) % 3_000, urgency),
+            });
+        }
+    }
+    s.faults = faults;
+    s
+}
+
+fn check(report: &Report, units: u64, what: &str) {
+    assert!(report.passed, "{what}: {report:?}");
+    assert_eq!(report.lost, 0, "{what}");
+    assert_eq!(report.duplicates_delivered, 0, "{what}");
+    assert_eq!(report.out_of_order_delivered, 0, "{what}");
+    assert_eq!(report.delivered_copies, 2 * units, "{what}: each store delivers the other's");
+}
+
+fn link_to_other(sim: &Simulation<CoreFactory>, node: NodeId) -> LinkStatus {
+    let status = sim.node(node).expect("up").status();
+    assert_eq!(status.peers.len(), 1, "{:?}", status.peers);
+    status.peers[0].link
+}
+
+#[test]
+fn relay_path_exactly_once() {
+    let units = 150;
+    for seed in 1..=6 {
+        let mut sim =
+            Simulation::new(scenario(2, lossy_leg(), units, vec![]), CoreFactory::default(), seed);
+        let report = sim.run();
+        check(&report, units, &format!("seed {seed}"));
+        assert_eq!(link_to_other(&sim, STORE1), LinkStatus::Relay, "seed {seed}");
+        assert_eq!(link_to_other(&sim, STORE2), LinkStatus::Relay, "seed {seed}");
+        let status = sim.node(STORE1).unwrap().status();
+        let session = status.peers[0].relay_session.expect("a relay session");
+        assert!(session.stats.delivered > 0, "seed {seed}");
+        assert_eq!(status.relays.len(), 2);
+        assert!(
+            status.relays.iter().all(|r| r.state == "up" && r.posted > 0),
+            "{:?}",
+            status.relays
+        );
+        assert!(status.relay_path.payloads_refused == 0, "seed {seed}: {:?}", status.relay_path);
+        // The lossy legs made the session work for it: resends and dropped duplicates.
+        assert!(session.stats.retransmits > 0, "seed {seed}: {session:?}");
+        assert!(session.stats.duplicates > 0, "seed {seed}: {session:?}");
+    }
+}
+
+#[test]
+fn relay_down_is_avoided() {
+    let units = 120;
+    let down_at = 30 * SECOND;
+    for seed in 1..=3 {
+        let faults = vec![(down_at, Fault::RelayDown(0))];
+        let mut sim =
+            Simulation::new(scenario(2, clean_leg(), units, faults), CoreFactory::default(), seed);
+        sim.run_until(sim.now().plus_micros(down_at));
+        let r1_before = sim.relay(0).unwrap().stats;
+        let r2_before = sim.relay(1).unwrap().stats;
+        assert!(r1_before.posted > 0 && r2_before.posted > 0, "seed {seed}: both relays used");
+        let report = sim.run();
+        check(&report, units, &format!("seed {seed}"));
+        let r1 = sim.relay(0).unwrap();
+        let r2 = sim.relay(1).unwrap();
+        assert!(!r1.up);
+        assert_eq!(
+            r1.stats.posted, r1_before.posted,
+            "seed {seed}: nothing stored at a down relay"
+        );
+        assert!(
+            r1.stats.lost_while_down <= 5,
+            "seed {seed}: only posts already in flight are lost"
+        );
+        assert!(
+            r2.stats.delivered > r2_before.delivered + 20,
+            "seed {seed}: traffic continued over r2: {r2_before:?} -> {:?}",
+            r2.stats
+        );
+        let status = sim.node(STORE1).unwrap().status();
+        assert_eq!(status.relays[0].state, "down");
+        assert_eq!(status.relays[1].state, "up");
+        assert_eq!(link_to_other(&sim, STORE1), LinkStatus::Relay);
+    }
+}
