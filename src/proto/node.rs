@@ -884,14 +884,24 @@ impl<S: Store> Node<S> {
     }
 
     fn send_frame(&mut self, link: LinkId, tag: Tag, message: &Message) {
+        // Control paces transfers (one `Want` in flight): urgent on a relay link.
+        self.send_frame_urgent(link, tag, message, Urgency::Urgent);
+    }
+
+    /// [`Node::send_frame`] with the urgency a relay link schedules the message by (design
+    /// §2.3: a `Units` message takes that of its most urgent unit).
+    fn send_frame_urgent(&mut self, link: LinkId, tag: Tag, message: &Message, urgency: Urgency) {
         if link.is_relay() {
             // Relay links skip `link_seal` (design §2.1): the relay envelope seals, and the
             // session orders and deduplicates.
             if let Some(info) = self.links.get_mut(&link) {
                 info.sync.last_sent = self.now;
             }
-            // Control paces transfers (one `Want` in flight): urgent; units normal.
-            let urgency = if tag == Tag::Tubs { 0 } else { 1 };
+            let urgency = match urgency {
+                Urgency::Urgent => 0,
+                Urgency::Normal => 1,
+                _ => 2,
+            };
             let bytes = message.encode();
             self.relay.send(self.now, &mut self.rng, link, &bytes, urgency);
             return;
@@ -1050,7 +1060,8 @@ impl<S: Store> Node<S> {
         let mut batches = batches(units, self.cfg.batch_bytes).peekable();
         while let Some(batch) = batches.next() {
             let last = batches.peek().is_none();
-            self.send_frame(link, tag, &Message::units(batch, end && last));
+            let urgency = batch.iter().map(|u| u.urgency).min().unwrap_or(Urgency::Normal);
+            self.send_frame_urgent(link, tag, &Message::units(batch, end && last), urgency);
         }
     }
 

@@ -430,9 +430,8 @@ impl RelayPath {
         mailbox: Mailbox,
         bytes: &[u8],
     ) {
-        if let Some(r) = self.relays.get_mut(usize::from(relay.0)) {
-            r.delivered += 1;
-        }
+        let Some(r) = self.relays.get_mut(usize::from(relay.0)) else { return };
+        r.delivered += 1;
         self.stats.payloads_received += 1;
         let plain = match self.envelope.open(now.as_secs(), &mailbox, bytes) {
             Ok(p) => p,
