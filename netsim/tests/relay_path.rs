@@ -183,3 +183,34 @@ fn a_restarted_peer_gets_a_new_session() {
         assert!(stale > 0, "seed {seed}");
     }
 }
+
+/// A direct link that comes up later retires the relay session (design §2.6: sessions are not
+/// kept beside a working direct link; "keep the better kind" closes the relay link).
+#[test]
+fn a_direct_link_retires_the_relay_session() {
+    let units = 50;
+    for seed in 1..=3 {
+        let mut s = scenario(2, clean_leg(), units, vec![]);
+        let (seg1, seg2) = (netsim::SegmentId(0), netsim::SegmentId(1));
+        let wan = s.topology.wan(seg1, seg2, PathParams::wan());
+        s.faults = vec![(0, Fault::WanDown(wan)), (90 * SECOND, Fault::WanUp(wan))];
+        let store2 = scenario::address(2, 1);
+        s.topology.nodes[0] = s.topology.nodes[0].clone().peer(store2, Role::StoreServer, 1);
+        let mut sim = Simulation::new(s, CoreFactory::default(), seed);
+        sim.run_until(sim.now().plus_micros(80 * SECOND));
+        assert_eq!(link_to_other(&sim, STORE1), LinkStatus::Relay, "seed {seed}: relay first");
+        let report = sim.run();
+        check(&report, units, &format!("seed {seed}"));
+        sim.run_until(sim.now().plus_micros(300 * SECOND));
+        for node in [STORE1, STORE2] {
+            assert_eq!(link_to_other(&sim, node), LinkStatus::Sim, "seed {seed}");
+            let status = sim.node(node).unwrap().status();
+            assert!(status.peers[0].relay_session.is_none(), "seed {seed}");
+        }
+        // No session traffic after the direct link took over: only presence every 10 min.
+        let posted = sim.relay(0).unwrap().stats.posted + sim.relay(1).unwrap().stats.posted;
+        sim.run_until(sim.now().plus_micros(300 * SECOND));
+        let later = sim.relay(0).unwrap().stats.posted + sim.relay(1).unwrap().stats.posted;
+        assert!(later - posted <= 4, "seed {seed}: {posted} -> {later}");
+    }
+}
