@@ -8,6 +8,8 @@
 //! - [`fragment`]: splitting messages into fragments and reassembling them.
 //! - [`session`]: the reliable, ordered session over lossy, duplicating relays.
 //! - [`mixer`]: composing payloads, their delays and relays.
+//! - `fuzzing` (feature `fuzzing`): the bodies of the `relay_payload` and `relay_reassembly`
+//!   fuzz targets.
 //!
 //! Not here: which peers get a session (the node decides and calls [`RelayPath::want`]), hole
 //! punching and pads (later steps), and any IO: posts and subscriptions are
@@ -15,6 +17,8 @@
 
 pub mod envelope;
 pub mod fragment;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod mixer;
 pub mod session;
 
