@@ -214,3 +214,27 @@ fn a_direct_link_retires_the_relay_session() {
         assert!(later - posted <= 4, "seed {seed}: {posted} -> {later}");
     }
 }
+
+/// A burst (1,500 units submitted at once at one store) does not overflow the relay session:
+/// eager pushes stop near its bounds, `Want` answers fit it, anti-entropy carries the rest.
+#[test]
+fn a_burst_does_not_overflow_the_session() {
+    let mut s = scenario(2, lossy_leg(), 1, vec![]);
+    for i in 0..1_500u64 {
+        s.workload.push(Planned {
+            at_us: 20 * SECOND,
+            node: STORE1,
+            submission: scenario::submission(1_000 + i, 200, Urgency::Normal),
+        });
+    }
+    let mut sim = Simulation::new(s, CoreFactory::default(), 4);
+    let report = sim.run();
+    assert!(report.passed, "{report:?}");
+    assert_eq!(report.delivered_copies, 2 + 1_500);
+    assert_eq!(report.duplicates_delivered + report.out_of_order_delivered, 0);
+    for node in [STORE1, STORE2] {
+        let status = sim.node(node).unwrap().status();
+        assert_eq!(status.relay_path.overflows, 0, "{:?}", status.relay_path);
+        assert_eq!(status.peers[0].link, LinkStatus::Relay);
+    }
+}

@@ -218,6 +218,10 @@ struct LinkInfo {
     sync: LinkSync,
 }
 
+/// Most bytes of units (about 80 bytes of framing counted per unit) in one answer to a `Want`
+/// on a relay link: a quarter of a session's unacknowledged bytes.
+const RELAY_ANSWER_BYTES: usize = crate::proto::relaypath::session::MAX_UNACKED_BYTES / 4;
+
 /// A configured peer and its attempt state (kept for the node's life: seed 001 failover needs
 /// to know which configured peers are failing).
 #[derive(Debug, Clone)]
@@ -1046,6 +1050,19 @@ impl<S: Store> Node<S> {
             _ => 2,
         });
         candidates.truncate(limit);
+        if link.is_relay() {
+            // A relay session holds at most `MAX_UNACKED_BYTES` in flight: answer with what
+            // fits a quarter of it; the asker asks for the next batch when this one ends.
+            let mut bytes = 0;
+            let fit = candidates
+                .iter()
+                .take_while(|u| {
+                    bytes += u.payload.len() + 80;
+                    bytes <= RELAY_ANSWER_BYTES
+                })
+                .count();
+            candidates.truncate(fit.max(1));
+        }
         self.stats.wants_served += 1;
         self.send_units(link, Tag::Tuda, &candidates, true);
     }
@@ -1189,6 +1206,8 @@ impl<S: Store> Node<S> {
             .filter(|p| p.linked())
             .filter_map(|p| p.link.map(|l| (l, p)))
             .filter(|(l, _)| Some(*l) != source_link)
+            // A relay session near its bounds gets no eager push (anti-entropy fetches it).
+            .filter(|(l, _)| !l.is_relay() || self.relay.can_push(*l))
             .map(|(l, p)| {
                 let pool = if p.lan { &large } else { units };
                 let lacking =

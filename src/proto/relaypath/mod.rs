@@ -573,14 +573,30 @@ impl RelayPath {
         if p.link != link {
             return;
         }
-        if p.session.send(message, urgency).is_err() {
-            self.stats.overflows += 1;
-            p.session.close();
+        match p.session.send(message, urgency) {
+            Ok(()) => {}
+            Err(session::SessionError::Overflow) => {
+                // Like a driver link whose queue fills: the session ends (`Fin`, link down);
+                // anti-entropy on the next one restores everything.
+                self.stats.overflows += 1;
+                p.session.close();
+            }
+            Err(_) => return, // closed already: the node learns of it by `LinkDown`
         }
         if p.flush_at.is_none() {
             let delay = self.cfg.delays.draw(rng, urgency);
             p.flush_at = Some(now.plus_millis(delay));
         }
+    }
+
+    /// Whether an eager push on `link` fits: the session is open and under half its bounds
+    /// (a push past them would close it; anti-entropy carries what is not pushed).
+    pub fn can_push(&self, link: LinkId) -> bool {
+        self.links.get(&link).and_then(|d| self.sessions.get(d)).is_some_and(|p| {
+            p.link == link
+                && p.session.unacked() < session::MAX_UNACKED_MESSAGES / 2
+                && p.session.memory() < session::MAX_UNACKED_BYTES / 2
+        })
     }
 
     /// The node closes relay link `link`: its session ends with a `Fin`.
