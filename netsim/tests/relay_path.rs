@@ -65,6 +65,7 @@ fn scenario(relays: usize, leg: PathParams, units: u64, faults: Vec<(u64, Fault)
 
 fn check(report: &Report, units: u64, what: &str) {
     assert!(report.passed, "{what}: {report:?}");
+    assert!(report.timer_spins < 100, "{what}: a timer due at once, again and again: {report:?}");
     assert_eq!(report.lost, 0, "{what}");
     assert_eq!(report.duplicates_delivered, 0, "{what}");
     assert_eq!(report.out_of_order_delivered, 0, "{what}");

@@ -618,8 +618,13 @@ impl RelayPath {
         if self.subscribed_day.is_some_and(|d| d != mailbox_day(now.as_secs())) {
             self.subscribe(now, None);
         }
-        if now >= self.next_presence && !self.up_relays(now).is_empty() {
-            self.post_presence(now, None);
+        if now >= self.next_presence {
+            if self.up_relays(now).is_empty() {
+                // Nothing to post through: `relay_up` posts it when a relay comes up.
+                self.next_presence = now.plus_millis(self.cfg.presence_every_ms);
+            } else {
+                self.post_presence(now, None);
+            }
         }
         for p in self.sessions.values_mut() {
             p.session.handle_timeout(now);
