@@ -615,6 +615,11 @@ impl RelayPath {
         if !self.enabled() {
             return;
         }
+        for r in &mut self.relays {
+            if r.backoff_until <= now {
+                r.backoff_until = Time(0); // over: no more timer for it
+            }
+        }
         if self.subscribed_day.is_some_and(|d| d != mailbox_day(now.as_secs())) {
             self.subscribe(now, None);
         }
@@ -647,6 +652,10 @@ impl RelayPath {
             }
         };
         at(Some(self.next_presence));
+        // The end of a backoff lets what waits for that relay go.
+        for r in self.relays.iter().filter(|r| r.up && r.backoff_until > Time(0)) {
+            at(Some(r.backoff_until));
+        }
         for p in self.sessions.values() {
             at(p.session.poll_timeout());
             at(p.flush_at);
@@ -664,6 +673,9 @@ impl RelayPath {
     }
 
     fn service_peer<R: Rng>(&mut self, now: Time, rng: &mut R, peer: DatabaseId) {
+        // With no relay to post through nothing is scheduled (no wake-ups while all are
+        // down); `relay_up` flushes what waits.
+        let can_post = self.relays.iter().any(|r| r.up && r.backoff_until <= now);
         let Some(p) = self.sessions.get_mut(&peer) else { return };
         // A confirmed candidate replaces the session.
         if p.candidate.as_ref().is_some_and(|c| c.state() == State::Open) {
@@ -694,7 +706,7 @@ impl RelayPath {
         }
         let wants =
             p.session.wants_to_send() || p.candidate.as_ref().is_some_and(Session::wants_to_send);
-        if wants && p.flush_at.is_none() {
+        if wants && can_post && p.flush_at.is_none() {
             let urgency = p.session.urgency();
             p.flush_at = Some(now.plus_millis(self.cfg.delays.draw(rng, urgency)));
         }
@@ -893,6 +905,37 @@ mod tests {
         let want: Vec<Vec<u8>> = (0..20u8).map(|n| vec![n; 300 * usize::from(n)]).collect();
         assert_eq!(got, want);
         assert!(p.seen.iter().all(|(_, b)| envelope::SIZE_CLASSES.contains(&b.len())));
+    }
+
+    #[test]
+    fn a_refused_post_backs_the_relay_off_then_traffic_resumes() {
+        let mut p = Pair::new();
+        up(&mut p);
+        p.run(NOW, 50);
+        let b_dbid: DatabaseId = "BBBBBBBBBBBBBBB".parse().unwrap();
+        let mut rng = StdRng::seed_from_u64(2);
+        p.a.want(NOW, &mut rng, &[b_dbid]);
+        p.run(NOW.plus_millis(50), 500);
+        let link = p.a.links().next().unwrap().0;
+        let t = NOW.plus_millis(600);
+        p.a.post_refused(t, &mut rng, RelayIndex(0), PostRefuseReason::QuotaFull);
+        assert_eq!(p.a.relay_status(t)[0].backoff_ms, 30_000);
+        assert_eq!(p.a.poll_timeout().map(|at| at <= t.plus_millis(30_000)), Some(true));
+        p.a.send(t, &mut rng, link, b"after the refusal", 0);
+        let posted = p.seen.len();
+        let events = p.run(t, 10_000);
+        assert_eq!(p.seen.len(), posted, "nothing posted during the backoff");
+        assert!(!events.iter().any(|(_, e)| matches!(e, PathEvent::Message { .. })));
+        let events = p.run(t.plus_millis(10_005), 25_000);
+        let got: Vec<_> = events
+            .iter()
+            .filter_map(|(i, e)| match e {
+                PathEvent::Message { bytes, .. } if *i == 1 => Some(bytes.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, vec![b"after the refusal".to_vec()]);
+        assert_eq!(p.a.relay_status(t.plus_millis(40_000))[0].backoff_ms, 0);
     }
 
     #[test]
