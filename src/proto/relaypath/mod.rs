@@ -175,7 +175,10 @@ struct PeerPath {
 #[derive(Debug, Clone, Copy)]
 struct Member {
     role: Role,
+    /// Our clock when its newest presence arrived.
     heard: Time,
+    /// Its clock in that presence.
+    sent_ms: u64,
 }
 
 /// The relay sessions of one node (see the module doc).
@@ -449,13 +452,23 @@ impl RelayPath {
         }
         let presence = matches!(plain.records.as_slice(), [Record::Presence { .. }]);
         if presence {
+            // Clocks may differ by twice the maximum skew, so the sender's time is only
+            // checked that far; a member is refreshed only by a presence newer (by the
+            // sender's clock) than the last one, so replays and redeliveries refresh nothing.
             let ttl_ms = u64::from(self.cfg.presence_ttl_secs) * 1000;
-            if now.as_millis().saturating_sub(plain.sent_ms) > ttl_ms {
+            let skew_ms = self.envelope.keys().max_clock_skew_secs().saturating_mul(2000);
+            let now_ms = now.as_millis();
+            let known = self.members.get(&plain.sender).map(|m| m.sent_ms);
+            if now_ms.saturating_sub(plain.sent_ms) > ttl_ms.saturating_add(skew_ms)
+                || plain.sent_ms.saturating_sub(now_ms) > skew_ms
+                || known.is_some_and(|sent| plain.sent_ms <= sent)
+            {
                 self.stats.stale += 1;
                 return;
             }
             if let [Record::Presence { role, .. }] = plain.records.as_slice() {
-                self.members.insert(plain.sender, Member { role: *role, heard: now });
+                let member = Member { role: *role, heard: now, sent_ms: plain.sent_ms };
+                self.members.insert(plain.sender, member);
             }
             return;
         }
@@ -876,8 +889,28 @@ mod tests {
         assert!(p.b.members(NOW).is_empty());
         let members = p.a.members(NOW);
         assert_eq!(members, vec![("BBBBBBBBBBBBBBB".parse().unwrap(), Role::StoreServer)]);
-        // Presence ages out.
-        assert!(p.a.members(NOW.plus_millis(31 * 60 * 1000)).is_empty());
+        // Presence ages out, and a replay of it refreshes nothing.
+        let later = NOW.plus_millis(31 * 60 * 1000);
+        assert!(p.a.members(later).is_empty());
+        let stale = p.a.stats().stale;
+        let replay: Vec<(Mailbox, Vec<u8>)> = p.seen.clone();
+        let mut rng = StdRng::seed_from_u64(9);
+        for (mb, bytes) in &replay {
+            p.a.on_payload(later, &mut rng, RelayIndex(0), *mb, bytes);
+        }
+        assert!(p.a.members(later).is_empty(), "a replayed presence refreshed a member");
+        assert!(p.a.stats().stale > stale);
+        // A member whose clock is an hour behind is still heard.
+        let mut c = path("CCCCCCCCCCCCCCC", 3);
+        let behind = Time(later.0 - 3_600_000_000);
+        c.relay_up(behind, &mut rng, RelayIndex(0), SocketAddr::from(([192, 0, 2, 3], 1)));
+        while let Some(out) = c.poll_output() {
+            if let RelayOutput::Post { mailbox, bytes, broadcast: true, .. } = out {
+                p.a.on_payload(later, &mut rng, RelayIndex(0), mailbox, &bytes);
+            }
+        }
+        let c_dbid: DatabaseId = "CCCCCCCCCCCCCCC".parse().unwrap();
+        assert_eq!(p.a.members(later), vec![(c_dbid, Role::StoreServer)]);
         let b_dbid: DatabaseId = "BBBBBBBBBBBBBBB".parse().unwrap();
         let mut rng = StdRng::seed_from_u64(2);
         p.a.want(NOW, &mut rng, &[b_dbid]);
