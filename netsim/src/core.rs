@@ -95,6 +95,7 @@ impl NodeFactory for CoreFactory {
         cfg.rng_seed = ctx.seed;
         cfg.anti_entropy_interval_ms = self.anti_entropy_interval_ms;
         cfg.offline_ping_ms = self.offline_ping_ms;
+        cfg.relay_path.relays = ctx.relays;
         let store = FailingStore::new(ctx.store, ctx.disk);
         // A MemoryStore read cannot fail; a failing disk switch only refuses writes.
         let ledger =

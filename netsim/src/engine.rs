@@ -27,16 +27,21 @@ use std::rc::Rc;
 use meshnode::id::DatabaseId;
 use meshnode::proto::{DatagramDest, Input, LinkId, Output, Protocol, Time};
 use meshnode::store::MemoryStore;
+use meshnode::wire::relay::Mailbox;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::checks::Checks;
 use crate::disk::DiskFull;
-use crate::network::{self, Fault, LinkKey, Links, Network, NodeId, NodeSpec, Resolved, Route};
+use crate::network::{
+    self, Fault, LinkKey, Links, Network, NodeId, NodeSpec, RelaySpec, Resolved, Route,
+};
+use crate::relay::SimRelay;
 use crate::scenario::{Scenario, SimConfig};
 use crate::stats::{self, Counters, Report, RunInfo};
 
 mod links;
+mod relays;
 
 /// The RNG streams derived from a run's seed.
 pub(crate) const STREAM_SCENARIO: u64 = 1;
@@ -91,6 +96,8 @@ pub struct BuildContext<'a> {
     pub disk: DiskFull,
     /// 0 at the first start, then one more per restart.
     pub incarnation: u32,
+    /// How many relays it connects to (`[[relay]]` entries; 0: not relayed).
+    pub relays: u16,
 }
 
 /// One event a trace records.
@@ -137,6 +144,24 @@ enum Event {
         incarnation: u32,
         to: SocketAddr,
     },
+    RelayPost {
+        relay: u16,
+        mailbox: Mailbox,
+        broadcast: bool,
+        bytes: Vec<u8>,
+    },
+    RelayDeliver {
+        relay: u16,
+        node: NodeId,
+        incarnation: u32,
+        mailbox: Mailbox,
+        bytes: Vec<u8>,
+    },
+    RelayUp {
+        relay: u16,
+        node: NodeId,
+        incarnation: u32,
+    },
 }
 
 struct DatagramEvent {
@@ -160,6 +185,9 @@ impl Event {
             Event::Handshake { link } => ("handshake", 7, *link),
             Event::LinkDown { link, .. } => ("link_down", 8, *link),
             Event::ConnectFailed { node, .. } => ("connect_failed", 9, node.0),
+            Event::RelayPost { relay, .. } => ("relay_post", 10, u32::from(*relay)),
+            Event::RelayDeliver { node, .. } => ("relay_deliver", 11, node.0),
+            Event::RelayUp { node, .. } => ("relay_up", 12, node.0),
         }
     }
 }
@@ -247,6 +275,8 @@ pub struct Simulation<F: NodeFactory> {
     trace_hash: u64,
     trace: Option<Vec<TraceEntry>>,
     firing: Option<NodeId>,
+    relay_specs: Vec<RelaySpec>,
+    relays: Vec<SimRelay>,
 }
 
 impl<F: NodeFactory> Simulation<F> {
@@ -308,6 +338,8 @@ impl<F: NodeFactory> Simulation<F> {
             trace_hash: 0xcbf2_9ce4_8422_2325,
             trace: None,
             firing: None,
+            relays: topology.relays.iter().map(|_| SimRelay::new()).collect(),
+            relay_specs: topology.relays,
         };
         for i in 0..sim.slots.len() {
             sim.start_node(NodeId(i as u32));
@@ -408,6 +440,11 @@ impl<F: NodeFactory> Simulation<F> {
         }
     }
 
+    /// Relay `i` of the topology.
+    pub fn relay(&self, i: u16) -> Option<&SimRelay> {
+        self.relays.get(usize::from(i))
+    }
+
     /// The factory.
     pub fn factory(&self) -> &F {
         &self.factory
@@ -483,6 +520,15 @@ impl<F: NodeFactory> Simulation<F> {
                     self.feed(node, |n, t| n.handle(t, Input::ConnectFailed { to }));
                 }
             }
+            Event::RelayPost { relay, mailbox, broadcast, bytes } => {
+                self.on_relay_post(relay, mailbox, broadcast, bytes)
+            }
+            Event::RelayDeliver { relay, node, incarnation, mailbox, bytes } => {
+                self.on_relay_deliver(relay, node, incarnation, mailbox, &bytes)
+            }
+            Event::RelayUp { relay, node, incarnation } => {
+                self.on_relay_up(relay, node, incarnation)
+            }
         }
     }
 
@@ -523,6 +569,11 @@ impl<F: NodeFactory> Simulation<F> {
                 let Some(node) = self.slots[i].node.as_mut() else { return };
                 let Some(out) = node.poll_output() else { break };
                 self.execute(id, out);
+            }
+            loop {
+                let Some(node) = self.slots[i].node.as_mut() else { return };
+                let Some(out) = node.poll_relay_output() else { break };
+                self.execute_relay(id, out);
             }
             let Some((origin, seq)) = self.acks.pop_front() else { break };
             let t = self.node_time(id);
@@ -602,10 +653,16 @@ impl<F: NodeFactory> Simulation<F> {
             now,
             disk: slot.disk.clone(),
             incarnation: slot.incarnation,
+            relays: if self.specs[i].relayed {
+                u16::try_from(self.relay_specs.len()).unwrap_or(u16::MAX)
+            } else {
+                0
+            },
         };
         slot.node = Some(self.factory.build(ctx));
         self.net.set_up(id, true);
         self.drain(id);
+        self.connect_relays(id);
     }
 
     fn crash(&mut self, id: NodeId) {
@@ -625,6 +682,7 @@ impl<F: NodeFactory> Simulation<F> {
         self.net.set_up(id, false);
         self.checks.on_crash(id);
         self.break_links();
+        self.disconnect_relays(id);
     }
 
     fn apply_fault(&mut self, fault: &Fault) {
@@ -651,6 +709,8 @@ impl<F: NodeFactory> Simulation<F> {
                 self.net.set_blocked(*node, *blocked);
                 self.break_links();
             }
+            Fault::RelayDown(relay) => self.relay_down(*relay),
+            Fault::RelayUp(relay) => self.relay_up(*relay),
             Fault::HealAll => {
                 self.net.heal_all();
                 for i in 0..self.slots.len() {

@@ -6,6 +6,7 @@
 //! - [`scenario`]: topologies, workloads and fault timelines from a seed;
 //! - `checks` and [`stats`]: delivery, loss and order accounting, and the [`Report`];
 //! - [`disk`]: the disk-full store wrapper;
+//! - [`relay`]: rendezvous relays (mailboxes, subscribers, down and up);
 //! - [`toy`]: a toy protocol for the engine's tests and the CLI (feature `toy`);
 //! - [`netns`]: network-namespace labs for tests of the real binary (Linux, root).
 
@@ -19,6 +20,7 @@ pub mod engine;
 pub mod factory;
 pub mod netns;
 pub mod network;
+pub mod relay;
 pub mod scenario;
 pub mod stats;
 #[cfg(feature = "toy")]
@@ -28,7 +30,7 @@ pub use core::CoreFactory;
 pub use disk::{DiskFull, FailingStore};
 pub use engine::{BuildContext, NodeFactory, Simulation, TraceEntry};
 pub use network::{
-    Fault, NodeId, NodeSpec, PathParams, PeerSpec, Role, SegmentId, Topology, WanId,
+    Fault, NodeId, NodeSpec, PathParams, PeerSpec, RelaySpec, Role, SegmentId, Topology, WanId,
 };
 pub use scenario::{ChainParams, FaultSet, Scenario, ScenarioKind, SimConfig};
 pub use stats::Report;

@@ -151,6 +151,8 @@ pub struct NodeSpec {
     pub wan_blocked: bool,
     /// Free-form settings for the factory.
     pub config: BTreeMap<String, String>,
+    /// Connects to every relay of the topology (design §5.3).
+    pub relayed: bool,
 }
 
 impl NodeSpec {
@@ -165,6 +167,7 @@ impl NodeSpec {
             skew_us: 0,
             wan_blocked: false,
             config: BTreeMap::new(),
+            relayed: false,
         }
     }
 
@@ -186,6 +189,12 @@ impl NodeSpec {
         self
     }
 
+    /// Connects to every relay of the topology.
+    pub fn relayed(mut self) -> Self {
+        self.relayed = true;
+        self
+    }
+
     /// Its first address (the one peers are configured with).
     pub fn addr(&self) -> Option<SocketAddr> {
         self.addrs.first().map(|(_, a)| *a)
@@ -201,6 +210,19 @@ pub struct Topology {
     pub wans: Vec<WanSpec>,
     /// Nodes.
     pub nodes: Vec<NodeSpec>,
+    /// Rendezvous relays ([`crate::relay::SimRelay`]), in `[[relay]]` order.
+    pub relays: Vec<RelaySpec>,
+}
+
+/// A rendezvous relay of the simulation: reached by every relayed node over a path of its own
+/// (both legs, node to relay and relay to node, follow `params`: loss, duplication and
+/// reordering model redelivery and the reordering of several relays).
+#[derive(Debug, Clone)]
+pub struct RelaySpec {
+    /// Its name.
+    pub name: String,
+    /// Each leg.
+    pub params: PathParams,
 }
 
 impl Topology {
@@ -220,6 +242,12 @@ impl Topology {
         let name = format!("{}-{}", self.segment_name(a), self.segment_name(b));
         self.wans.push(WanSpec { name, a, b, params });
         WanId(index_u32(self.wans.len() - 1))
+    }
+
+    /// Adds a relay; relayed nodes know relays by their position.
+    pub fn relay(&mut self, name: impl Into<String>, params: PathParams) -> u16 {
+        self.relays.push(RelaySpec { name: name.into(), params });
+        u16::try_from(self.relays.len() - 1).unwrap_or(u16::MAX)
     }
 
     /// Adds a node.
@@ -280,6 +308,10 @@ pub enum Fault {
         /// Blocked or not.
         blocked: bool,
     },
+    /// Relay `0` stops: its connections drop, posts in flight to it are lost, its store stays.
+    RelayDown(u16),
+    /// Relay `0` runs again (from its store); relayed nodes reconnect.
+    RelayUp(u16),
     /// Every WAN link up, no partition, no full disk, every crashed node restarted. WAN
     /// blocks stay (they are topology, not a fault).
     HealAll,

@@ -183,6 +183,23 @@ fn print_running(n: &serde_json::Value) {
             addr
         );
     }
+    for r in n["relays"].as_array().cloned().unwrap_or_default() {
+        let index = r["index"].as_u64().unwrap_or(0) + 1;
+        let state = match r["refused"].as_str() {
+            Some(reason) => format!("refused ({reason})"),
+            None => text(&r["state"]),
+        };
+        println!(
+            "relay r{index}  {state}; observed {}; posted {}, delivered {}, post refusals {}",
+            text(&r["observed"]),
+            text(&r["posted"]),
+            text(&r["delivered"]),
+            text(&r["post_refusals"])
+        );
+    }
+    if let Some(warning) = n["relay_warning"].as_str() {
+        println!("WARNING   {warning}");
+    }
     let q = &n["queues"];
     println!(
         "queues    outputs {}, links {}, connecting {}, wants in flight {}",

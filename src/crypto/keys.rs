@@ -78,6 +78,10 @@ pub enum Purpose {
     LinkProof,
     /// Payloads sent through rendezvous relays.
     Relay,
+    /// The daily mailbox pseudonyms on rendezvous relays (design §2.5): a key apart from
+    /// [`Purpose::Relay`] with its own one-day epoch, so mailbox ids say nothing about the
+    /// payload key.
+    RelayMailbox,
     /// USB / folder media bundles.
     MediaBundle,
     /// Records of the TUBT daily log files (DATI).
@@ -92,6 +96,7 @@ impl Purpose {
             Purpose::Link => b"meshnode link",
             Purpose::LinkProof => b"meshnode link-proof",
             Purpose::Relay => b"meshnode relay",
+            Purpose::RelayMailbox => b"meshnode relay-mailbox",
             Purpose::MediaBundle => b"meshnode media-bundle",
             Purpose::Log => b"meshnode log",
         }

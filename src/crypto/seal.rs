@@ -145,14 +145,69 @@ impl EpochKey {
     /// Appends `plaintext` sealed under `nonce` with `aad` authenticated to `out`
     /// (ciphertext then tag).
     pub fn seal_into(&self, nonce: Nonce, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+        self.seal_with_raw_nonce(&nonce.to_bytes(), aad, plaintext, out);
+    }
+
+    /// Appends `plaintext` sealed under the raw 24-byte `nonce` to `out` (ciphertext then tag).
+    ///
+    /// For nonces that are not an instance id and a counter: the relay envelope's synthetic
+    /// nonces ([`EpochKey::synthetic_nonce`]). The caller guarantees that a nonce is never used
+    /// twice under this key.
+    pub fn seal_with_raw_nonce(
+        &self,
+        nonce: &[u8; Nonce::LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) {
         let start = out.len();
         out.extend_from_slice(plaintext);
-        let (key, nonce) = self.cipher.message_key(&nonce.to_bytes());
+        let (key, nonce) = self.cipher.message_key(nonce);
         let tag = key
             .seal_in_place_separate_tag(nonce, Aad::from(aad), &mut out[start..])
             // Only fails for messages over 256 GiB, far above every limit in meshnode.
             .expect("ChaCha20-Poly1305 message length");
         out.extend_from_slice(tag.as_ref());
+    }
+
+    /// Opens `sealed` (ciphertext then tag) under the raw 24-byte `nonce`; fails on any change
+    /// to the bytes, the nonce, the associated data or the key.
+    pub fn open_with_raw_nonce(
+        &self,
+        nonce: &[u8; Nonce::LEN],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        if sealed.len() < TAG_LEN {
+            return Err(CryptoError::Truncated { len: sealed.len() });
+        }
+        let mut buf = sealed.to_vec();
+        let (key, nonce) = self.cipher.message_key(nonce);
+        let len = key
+            .open_in_place(nonce, Aad::from(aad), &mut buf)
+            .map_err(|_| CryptoError::Decrypt)?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// A synthetic nonce: a PRF (BLAKE3 keyed by this key's tag key) of `label`, `instance`
+    /// and `counter`, cut to 24 bytes. Unique under this key as long as `(instance, counter)`
+    /// is (the [`NonceSequence`] argument), and unlinkable to the instance without the key,
+    /// unlike [`Nonce`], which shows the instance id.
+    pub fn synthetic_nonce(
+        &self,
+        label: &[u8],
+        instance: InstanceId,
+        counter: u64,
+    ) -> [u8; Nonce::LEN] {
+        let mut hasher = blake3::Hasher::new_keyed(&self.mac_key);
+        hasher.update(label);
+        hasher.update(&instance.0);
+        hasher.update(&counter.to_be_bytes());
+        let mut out = [0u8; Nonce::LEN];
+        out.copy_from_slice(&hasher.finalize().as_bytes()[..Nonce::LEN]);
+        out
     }
 
     /// Seals into a new vector.
@@ -165,17 +220,7 @@ impl EpochKey {
     /// Opens `sealed` (ciphertext then tag); fails on any change to the bytes, the nonce, the
     /// associated data or the key.
     pub fn open(&self, nonce: Nonce, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        if sealed.len() < TAG_LEN {
-            return Err(CryptoError::Truncated { len: sealed.len() });
-        }
-        let mut buf = sealed.to_vec();
-        let (key, nonce) = self.cipher.message_key(&nonce.to_bytes());
-        let len = key
-            .open_in_place(nonce, Aad::from(aad), &mut buf)
-            .map_err(|_| CryptoError::Decrypt)?
-            .len();
-        buf.truncate(len);
-        Ok(buf)
+        self.open_with_raw_nonce(&nonce.to_bytes(), aad, sealed)
     }
 
     /// A 16-byte keyed tag (BLAKE3 keyed hash) over visible bytes, for discovery packets that
@@ -312,6 +357,30 @@ mod tests {
         assert!(!k.verify_tag(b"IDQY visiblf", &t));
         assert!(!key(2).verify_tag(b"IDQY visible", &t));
         assert!(!k.verify_tag(b"IDQY visible", &t[..15]));
+    }
+
+    #[test]
+    fn raw_nonces_seal_like_structured_ones_and_synthetic_ones_differ() {
+        let k = key(1);
+        let nonce = Nonce { sender: InstanceId([2; 16]), counter: 5 };
+        let a = k.seal(nonce, b"aad", b"payload");
+        let mut b = Vec::new();
+        k.seal_with_raw_nonce(&nonce.to_bytes(), b"aad", b"payload", &mut b);
+        assert_eq!(a, b);
+        assert_eq!(k.open_with_raw_nonce(&nonce.to_bytes(), b"aad", &a).unwrap(), b"payload");
+        let n1 = k.synthetic_nonce(b"relay nonce", InstanceId([2; 16]), 1);
+        assert_eq!(n1, k.synthetic_nonce(b"relay nonce", InstanceId([2; 16]), 1));
+        assert_ne!(n1, k.synthetic_nonce(b"relay nonce", InstanceId([2; 16]), 2));
+        assert_ne!(n1, k.synthetic_nonce(b"relay nonce", InstanceId([3; 16]), 1));
+        assert_ne!(n1, key(2).synthetic_nonce(b"relay nonce", InstanceId([2; 16]), 1));
+        let mut sealed = Vec::new();
+        k.seal_with_raw_nonce(&n1, b"aad", b"x", &mut sealed);
+        let n2 = k.synthetic_nonce(b"relay nonce", InstanceId([2; 16]), 2);
+        assert_eq!(k.open_with_raw_nonce(&n2, b"aad", &sealed), Err(CryptoError::Decrypt));
+        assert_eq!(
+            k.open_with_raw_nonce(&n1, b"aad", &sealed[..3]),
+            Err(CryptoError::Truncated { len: 3 })
+        );
     }
 
     proptest! {

@@ -3,7 +3,8 @@
 //! The core owns no sockets, reads no clock and has no global RNG. A driver (the tokio node in
 //! `net/`, or netsim's simulator) does four things and makes no protocol decisions:
 //! 1. reads a socket or link and calls [`Protocol::handle`] with the current [`Time`];
-//! 2. drains [`Protocol::poll_output`] until it returns `None`, executing each [`Output`];
+//! 2. drains [`Protocol::poll_output`] until it returns `None`, executing each [`Output`], then
+//!    [`Protocol::poll_relay_output`] likewise (relay posts and subscriptions);
 //! 3. sleeps until [`Protocol::poll_timeout`] and then calls [`Protocol::handle_timeout`];
 //! 4. repeats.
 //!
@@ -55,15 +56,34 @@ impl fmt::Display for Time {
 }
 
 /// A reliable, ordered, message-preserving link to one peer (QUIC stream or TCP connection in
-/// production, a simulated stream in netsim). Ids are chosen by the driver, unique per node.
+/// production, a simulated stream in netsim). Ids are chosen by the driver, unique per node and
+/// below `1 << 63`; the ids from there up belong to the core's relay sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LinkId(pub u64);
+
+impl LinkId {
+    /// The bit of ids the core chooses for relay sessions; drivers use ids below it.
+    pub const RELAY_BIT: u64 = 1 << 63;
+
+    /// Whether this is a relay session's id (chosen by the core, never by a driver).
+    pub fn is_relay(self) -> bool {
+        self.0 & Self::RELAY_BIT != 0
+    }
+}
+
+/// The position of a relay in the configured `[[relay]]` list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct RelayIndex(pub u16);
 
 /// What carries a link. The core prefers a better kind when a peer has two links (so a TCP
 /// fallback gives way to QUIC once UDP works again) and shows it in the status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LinkKind {
+    /// A relay session (design §2): sealed, padded payloads through relay mailboxes. The worst
+    /// kind: any direct link replaces it. Its link ids are chosen by the core
+    /// ([`LinkId::is_relay`]); its frames never leave the core as [`Output::Frame`].
+    Relay,
     /// A simulated stream (netsim, unit tests).
     Simulated,
     /// TCP with the sealed frames of the seed: the fallback when UDP is blocked.
@@ -146,6 +166,43 @@ pub enum Input<'a> {
     ConnectFailed {
         /// The address.
         to: SocketAddr,
+    },
+    /// The driver's connection to relay `relay` is admitted (`Welcome`); `observed` is our
+    /// address as the relay sees it. Answered by [`RelayOutput::Subscribe`].
+    RelayUp {
+        /// The relay.
+        relay: RelayIndex,
+        /// Our address as it sees it.
+        observed: SocketAddr,
+    },
+    /// The connection to `relay` is gone (the driver reconnects with backoff).
+    RelayDown {
+        /// The relay.
+        relay: RelayIndex,
+    },
+    /// The relay refused us (counted and shown; the driver backs off).
+    RelayRefused {
+        /// The relay.
+        relay: RelayIndex,
+        /// Why.
+        reason: crate::wire::relay::RefuseReason,
+    },
+    /// A payload delivered from a subscribed mailbox. The driver sends `Taken` after `handle`
+    /// returns (a crash in between only causes a redelivery, which the session drops).
+    RelayPayload {
+        /// The relay.
+        relay: RelayIndex,
+        /// The mailbox it came from (bound into the payload's seal).
+        mailbox: crate::wire::relay::Mailbox,
+        /// The bytes, untrusted.
+        bytes: &'a [u8],
+    },
+    /// The relay refused a post.
+    RelayPostRefused {
+        /// The relay.
+        relay: RelayIndex,
+        /// Why.
+        reason: crate::wire::relay::PostRefuseReason,
     },
     /// The local application submits a unit: a batch of one (see [`Input::SubmitBatch`]).
     Submit(Submission),
@@ -234,6 +291,33 @@ pub enum Output {
     Deliver(TransferUnit),
 }
 
+/// Something the driver must do with a relay, drained from [`Protocol::poll_relay_output`]
+/// (a queue apart from [`Output`], so drivers without relays need no code for it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RelayOutput {
+    /// Replace the set of mailboxes `relay` delivers from.
+    Subscribe {
+        /// The relay.
+        relay: RelayIndex,
+        /// At most [`crate::wire::relay::MAX_SUBSCRIBE`].
+        mailboxes: Vec<crate::wire::relay::Mailbox>,
+    },
+    /// Post a payload to a mailbox on `relay`.
+    Post {
+        /// The relay.
+        relay: RelayIndex,
+        /// Where.
+        mailbox: crate::wire::relay::Mailbox,
+        /// How long the relay keeps it.
+        ttl_secs: u32,
+        /// A presence broadcast.
+        broadcast: bool,
+        /// The sealed payload (one of the size classes).
+        bytes: Vec<u8>,
+    },
+}
+
 /// The protocol core as a driver sees it.
 pub trait Protocol {
     /// Feeds one input at time `now`.
@@ -244,4 +328,9 @@ pub trait Protocol {
     fn poll_output(&mut self) -> Option<Output>;
     /// When [`Protocol::handle_timeout`] should next be called.
     fn poll_timeout(&self) -> Option<Time>;
+    /// The next relay action, until `None`; drained like [`Protocol::poll_output`] (after it,
+    /// after every input). A core without relays has none.
+    fn poll_relay_output(&mut self) -> Option<RelayOutput> {
+        None
+    }
 }

@@ -6,16 +6,21 @@
 //! - [`peers`]: the peer table.
 //! - [`sync`]: anti-entropy bookkeeping (change log, per-link origin tables, what to ask for).
 //! - [`node`]: the state machine.
+//! - [`relaypath`]: relay sessions, links to peers through relay mailboxes.
 //! - [`status`]: the snapshot `--status` shows.
 
 pub mod io;
 pub mod message;
 pub mod node;
 pub mod peers;
+pub mod relaypath;
 pub mod status;
 pub mod sync;
 
-pub use io::{DatagramDest, Input, LinkId, LinkKind, Output, Protocol, ReceivedDatagram, Time};
+pub use io::{
+    DatagramDest, Input, LinkId, LinkKind, Output, Protocol, ReceivedDatagram, RelayIndex,
+    RelayOutput, Time,
+};
 pub use node::{ConfiguredPeer, Node, NodeConfig, NodeStats};
 pub use peers::{DownReason, Peer, PeerState, Role};
 pub use status::{LinkStatus, NodeStatus, PeerStatus, Queues};

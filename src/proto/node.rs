@@ -37,10 +37,11 @@ use crate::crypto::{KeySchedule, NonceSequence, Purpose};
 use crate::id::{DatabaseId, DeviceId, Environment, InstanceId, RmSystem};
 use crate::ledger::{Ledger, Submission};
 use crate::proto::io::{
-    DatagramDest, Input, LinkId, LinkKind, Output, Protocol, ReceivedDatagram, Time,
+    DatagramDest, Input, LinkId, LinkKind, Output, Protocol, ReceivedDatagram, RelayOutput, Time,
 };
 use crate::proto::message::{decode_units, Announce, HaveEntry, Message};
 use crate::proto::peers::{backoff_ms, DownReason, Peer, PeerState, Role};
+use crate::proto::relaypath::{PathEvent, RelayPath, RelayPathConfig};
 use crate::proto::status::{LinkStatus, NodeStatus, PeerStatus, Queues};
 use crate::proto::sync::{plan_want, ChangeLog, LinkSync, Outstanding};
 use crate::store::{Store, VersionVector};
@@ -110,6 +111,8 @@ pub struct NodeConfig {
     pub app: String,
     /// Seed of the node's RNG (jitter).
     pub rng_seed: u64,
+    /// The relay path (off while no relay is configured).
+    pub relay_path: RelayPathConfig,
 }
 
 impl NodeConfig {
@@ -148,6 +151,7 @@ impl NodeConfig {
             multicast_bytes: 8 << 10,
             app: "app".into(),
             rng_seed: 0,
+            relay_path: RelayPathConfig::default(),
         }
     }
 }
@@ -217,6 +221,10 @@ struct LinkInfo {
     sync: LinkSync,
 }
 
+/// Most bytes of units (about 80 bytes of framing counted per unit) in one answer to a `Want`
+/// on a relay link: a quarter of a session's unacknowledged bytes.
+const RELAY_ANSWER_BYTES: usize = crate::proto::relaypath::session::MAX_UNACKED_BYTES / 4;
+
 /// A configured peer and its attempt state (kept for the node's life: seed 001 failover needs
 /// to know which configured peers are failing).
 #[derive(Debug, Clone)]
@@ -266,6 +274,8 @@ pub struct Node<S: Store> {
     /// Ask peers for what they hold and we lack at the next round.
     replan: bool,
     stats: NodeStats,
+    /// Relay sessions: links to peers through relay mailboxes.
+    relay: RelayPath,
 }
 
 impl<S: Store> Node<S> {
@@ -292,6 +302,15 @@ impl<S: Store> Node<S> {
         let link_open = DatagramOpener::new(keys, Purpose::Link, cfg.rmsystem, &cfg.env)
             .with_max_len(DEFAULT_MAX_FRAME_LEN);
         let delivered = ledger.store().cursor(&cfg.app).unwrap_or_default();
+        let relay = RelayPath::new(
+            cfg.relay_path.clone(),
+            ledger.own_dbid(),
+            cfg.role,
+            cfg.instance,
+            cfg.keys.clone(),
+            cfg.rmsystem,
+            &cfg.env,
+        );
         let mut slots: Vec<Slot> = cfg
             .configured
             .iter()
@@ -324,6 +343,7 @@ impl<S: Store> Node<S> {
             safe: BTreeMap::new(),
             replan: false,
             stats: NodeStats::default(),
+            relay,
         };
         if node.cfg.role == Role::MainServer {
             let origins: Vec<DatabaseId> =
@@ -419,6 +439,10 @@ impl<S: Store> Node<S> {
                     it_lacks,
                     failures: p.failures,
                     asking,
+                    relay_session: p
+                        .link
+                        .filter(|l| p.linked() && l.is_relay())
+                        .and_then(|l| self.relay.session_status(l)),
                 }
             })
             .collect();
@@ -444,6 +468,10 @@ impl<S: Store> Node<S> {
                     + self.ledger.checkpoint_failures(),
                 ..self.stats.clone()
             },
+            relays: self.relay.relay_status(now),
+            relay_path: self.relay.stats(),
+            relay_warning: (self.cfg.relay_path.relays == 1)
+                .then(|| "one relay configured: one observer sees every payload".to_string()),
         }
     }
 
@@ -680,7 +708,7 @@ impl<S: Store> Node<S> {
             .collect();
         for (dbid, link) in surplus {
             self.links.remove(&link);
-            self.out.push_back(Output::Close { link });
+            self.close_link(link);
             if let Some(p) = self.peers.get_mut(&dbid) {
                 p.state = PeerState::Discovered;
                 p.reason = DownReason::NotNeeded;
@@ -692,11 +720,12 @@ impl<S: Store> Node<S> {
     fn close_peer(&mut self, dbid: DatabaseId, reason: DownReason) {
         let (now, ping) = (self.now, self.cfg.offline_ping_ms);
         let Some(peer) = self.peers.get_mut(&dbid) else { return };
-        if let Some(link) = peer.link {
-            self.links.remove(&link);
-            self.out.push_back(Output::Close { link });
-        }
+        let link = peer.link;
         peer.down(reason, now, ping);
+        if let Some(link) = link {
+            self.links.remove(&link);
+            self.close_link(link);
+        }
     }
 
     fn slot_failed(&mut self, addr: SocketAddr) {
@@ -720,8 +749,10 @@ impl<S: Store> Node<S> {
     }
 
     fn on_link_up(&mut self, link: LinkId, remote: SocketAddr, outbound: bool, kind: LinkKind) {
-        self.connecting.remove(&remote);
-        if outbound {
+        if kind != LinkKind::Relay {
+            self.connecting.remove(&remote);
+        }
+        if outbound && kind != LinkKind::Relay {
             // Until the hello arrives a configured address counts as attempted, so a link
             // that closes without one is retried with backoff, never in a loop.
             self.slot_failed(remote);
@@ -775,14 +806,14 @@ impl<S: Store> Node<S> {
             // A link to ourselves (our own address was configured or announced): close it and
             // never try that address again.
             let remote = info.remote;
-            self.out.push_back(Output::Close { link });
+            self.close_link(link);
             self.links.remove(&link);
             self.slots.retain(|s| s.peer.addr != remote);
             return;
         }
         info.peer = Some(dbid);
         let (remote, outbound, kind) = (info.remote, info.outbound, info.kind);
-        if outbound {
+        if outbound && kind != LinkKind::Relay {
             for slot in self.slots.iter_mut().filter(|s| s.peer.addr == remote) {
                 slot.dbid = Some(dbid);
                 slot.failures = 0;
@@ -790,10 +821,12 @@ impl<S: Store> Node<S> {
         }
         // A peer first met on a link is beyond the LAN until its announcement is heard on the
         // multicast group (which is what makes it a LAN peer).
-        let addrs = if outbound { vec![remote] } else { Vec::new() };
+        // A relay link has no address of the peer.
+        let direct = outbound && kind != LinkKind::Relay;
+        let addrs = if direct { vec![remote] } else { Vec::new() };
         let peer =
             self.peers.entry(dbid).or_insert_with(|| Peer::new(dbid, role, addrs, false, now));
-        if outbound && !peer.addrs.contains(&remote) {
+        if direct && !peer.addrs.contains(&remote) {
             peer.addrs.push(remote);
         }
         peer.role = role;
@@ -813,7 +846,11 @@ impl<S: Store> Node<S> {
             };
             let drop = if keep_new { old } else { link };
             self.links.remove(&drop);
-            self.out.push_back(Output::Close { link: drop });
+            if drop.is_relay() {
+                self.relay.close(now, &mut self.rng, drop);
+            } else {
+                self.out.push_back(Output::Close { link: drop });
+            }
             if !keep_new {
                 return;
             }
@@ -824,6 +861,15 @@ impl<S: Store> Node<S> {
         self.send_have(link, false);
         self.send_ping(link);
         self.fail_back();
+    }
+
+    /// Closes a link: a driver's link by [`Output::Close`], a relay link by ending its session.
+    fn close_link(&mut self, link: LinkId) {
+        if link.is_relay() {
+            self.relay.close(self.now, &mut self.rng, link);
+        } else {
+            self.out.push_back(Output::Close { link });
+        }
     }
 
     /// Measures the link's round trip (the answer is a [`Message::Pong`]).
@@ -849,6 +895,28 @@ impl<S: Store> Node<S> {
     }
 
     fn send_frame(&mut self, link: LinkId, tag: Tag, message: &Message) {
+        // Control paces transfers (one `Want` in flight): urgent on a relay link.
+        self.send_frame_urgent(link, tag, message, Urgency::Urgent);
+    }
+
+    /// [`Node::send_frame`] with the urgency a relay link schedules the message by (design
+    /// §2.3: a `Units` message takes that of its most urgent unit).
+    fn send_frame_urgent(&mut self, link: LinkId, tag: Tag, message: &Message, urgency: Urgency) {
+        if link.is_relay() {
+            // Relay links skip `link_seal` (design §2.1): the relay envelope seals, and the
+            // session orders and deduplicates.
+            if let Some(info) = self.links.get_mut(&link) {
+                info.sync.last_sent = self.now;
+            }
+            let urgency = match urgency {
+                Urgency::Urgent => 0,
+                Urgency::Normal => 1,
+                _ => 2,
+            };
+            let bytes = message.encode();
+            self.relay.send(self.now, &mut self.rng, link, &bytes, urgency);
+            return;
+        }
         if let Ok(bytes) = self.link_seal.seal(tag, self.now.as_secs(), &message.encode()) {
             if let Some(info) = self.links.get_mut(&link) {
                 info.sync.last_sent = self.now;
@@ -989,6 +1057,19 @@ impl<S: Store> Node<S> {
             _ => 2,
         });
         candidates.truncate(limit);
+        if link.is_relay() {
+            // A relay session holds at most `MAX_UNACKED_BYTES` in flight: answer with what
+            // fits a quarter of it; the asker asks for the next batch when this one ends.
+            let mut bytes = 0;
+            let fit = candidates
+                .iter()
+                .take_while(|u| {
+                    bytes += u.payload.len() + 80;
+                    bytes <= RELAY_ANSWER_BYTES
+                })
+                .count();
+            candidates.truncate(fit.max(1));
+        }
         self.stats.wants_served += 1;
         self.send_units(link, Tag::Tuda, &candidates, true);
     }
@@ -1003,13 +1084,13 @@ impl<S: Store> Node<S> {
         let mut batches = batches(units, self.cfg.batch_bytes).peekable();
         while let Some(batch) = batches.next() {
             let last = batches.peek().is_none();
-            self.send_frame(link, tag, &Message::units(batch, end && last));
+            let urgency = batch.iter().map(|u| u.urgency).min().unwrap_or(Urgency::Normal);
+            self.send_frame_urgent(link, tag, &Message::units(batch, end && last), urgency);
         }
     }
 
     fn anti_entropy_round(&mut self) {
         let now = self.now;
-        let keepalive = self.cfg.keepalive_ms;
         let mut silent = Vec::new();
         let mut expired = false;
         let up: Vec<(LinkId, DatabaseId)> = self
@@ -1020,6 +1101,11 @@ impl<S: Store> Node<S> {
             .collect();
         for (link, dbid) in up {
             let Some(info) = self.links.get_mut(&link) else { continue };
+            // Relay links are metered: a slower keepalive (design §2.4).
+            let keepalive = match info.kind {
+                LinkKind::Relay => self.cfg.relay_path.keepalive_ms,
+                _ => self.cfg.keepalive_ms,
+            };
             if info.sync.want.as_ref().is_some_and(|w| w.deadline <= now) {
                 info.sync.want = None;
                 self.stats.wants_expired += 1;
@@ -1129,6 +1215,8 @@ impl<S: Store> Node<S> {
             .filter(|p| p.linked())
             .filter_map(|p| p.link.map(|l| (l, p)))
             .filter(|(l, _)| Some(*l) != source_link)
+            // A relay session near its bounds gets no eager push (anti-entropy fetches it).
+            .filter(|(l, _)| !l.is_relay() || self.relay.can_push(*l))
             .map(|(l, p)| {
                 let pool = if p.lan { &large } else { units };
                 let lacking =
@@ -1288,6 +1376,11 @@ impl<S: Store> Node<S> {
     }
 
     fn on_frame(&mut self, link: LinkId, bytes: &[u8]) {
+        if link.is_relay() {
+            // A driver never owns these ids.
+            self.stats.rejects.record_reason(RejectReason::Malformed);
+            return;
+        }
         let Some(info) = self.links.get(&link) else { return };
         let peer = info.peer;
         let message = match self.link_open.open(bytes, self.now.as_secs()) {
@@ -1299,7 +1392,7 @@ impl<S: Store> Node<S> {
                     self.stats.rejects.record_reason(RejectReason::NonMemberLink);
                     self.stats.links_refused += 1;
                     self.links.remove(&link);
-                    self.out.push_back(Output::Close { link });
+                    self.close_link(link);
                 }
                 return;
             }
@@ -1308,6 +1401,13 @@ impl<S: Store> Node<S> {
             self.stats.rejects.record_reason(RejectReason::Malformed);
             return;
         };
+        self.on_message(link, message);
+    }
+
+    /// A message opened from a link's frame, or handed over by a relay session.
+    fn on_message(&mut self, link: LinkId, message: Message) {
+        let Some(info) = self.links.get(&link) else { return };
+        let peer = info.peer;
         if let Some(info) = self.links.get_mut(&link) {
             info.sync.last_heard = self.now;
         }
@@ -1355,6 +1455,66 @@ impl<S: Store> Node<S> {
                 }
             }
         }
+    }
+}
+
+impl<S: Store> Node<S> {
+    // ----- relay path -----
+
+    /// Hands the relay path's events to the node: links up and down, messages.
+    fn relay_events(&mut self) {
+        while let Some(event) = self.relay.poll_event() {
+            match event {
+                PathEvent::LinkUp { link, outbound, .. } => {
+                    let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+                    self.on_link_up(link, nowhere, outbound, LinkKind::Relay);
+                }
+                PathEvent::Message { link, bytes } => match Message::decode(&bytes) {
+                    Ok(message) => self.on_message(link, message),
+                    Err(_) => self.stats.rejects.record_reason(RejectReason::Malformed),
+                },
+                PathEvent::LinkDown { link } => self.on_link_down(link),
+            }
+        }
+    }
+
+    /// The peers that should get a relay session (design §2.6): members heard by presence or
+    /// met on a link, not on our LAN, with no direct link; main servers first, then the
+    /// members whose dbid hash is closest to ours (a stable sparse graph).
+    fn relay_wanted(&self) -> Vec<DatabaseId> {
+        let own = self.dbid();
+        let mut candidates: BTreeMap<DatabaseId, Role> =
+            self.relay.members(self.now).into_iter().collect();
+        for p in self.peers.values().filter(|p| !p.lan) {
+            candidates.entry(p.dbid).or_insert(p.role);
+        }
+        let direct = |d: &DatabaseId| {
+            self.peers.get(d).is_some_and(|p| {
+                p.lan
+                    || (p.linked()
+                        && p.link
+                            .and_then(|l| self.links.get(&l))
+                            .is_some_and(|l| l.kind != LinkKind::Relay))
+            })
+        };
+        let mut wanted: Vec<(bool, u64, DatabaseId)> = candidates
+            .into_iter()
+            .filter(|(d, _)| *d != own && !direct(d))
+            .map(|(d, role)| (role != Role::MainServer, d.tag() ^ own.tag(), d))
+            .collect();
+        wanted.sort();
+        wanted.truncate(self.cfg.relay_path.max_sessions);
+        wanted.into_iter().map(|(_, _, d)| d).collect()
+    }
+
+    fn relay_timeout(&mut self) {
+        if !self.relay.enabled() {
+            return;
+        }
+        let wanted = self.relay_wanted();
+        self.relay.want(self.now, &mut self.rng, &wanted);
+        self.relay.handle_timeout(self.now, &mut self.rng);
+        self.relay_events();
     }
 }
 
@@ -1423,7 +1583,21 @@ impl<S: Store> Protocol for Node<S> {
                 self.acknowledge_durably(acks);
                 return;
             }
+            Input::RelayUp { relay, observed } => {
+                self.relay.relay_up(self.now, &mut self.rng, relay, observed);
+                self.relay_timeout();
+            }
+            Input::RelayDown { relay } => self.relay.relay_down(self.now, &mut self.rng, relay),
+            Input::RelayRefused { relay, reason } => self.relay.relay_refused(relay, reason),
+            Input::RelayPayload { relay, mailbox, bytes } => {
+                self.relay.on_payload(self.now, &mut self.rng, relay, mailbox, bytes);
+                self.relay_timeout();
+            }
+            Input::RelayPostRefused { relay, reason } => {
+                self.relay.post_refused(self.now, &mut self.rng, relay, reason)
+            }
         }
+        self.relay_events();
         if peers_may_change {
             self.connect_due();
         }
@@ -1457,6 +1631,7 @@ impl<S: Store> Protocol for Node<S> {
             self.connect_failed(to, DownReason::ConnectTimeout);
         }
         self.connect_due();
+        self.relay_timeout();
     }
 
     fn poll_output(&mut self) -> Option<Output> {
@@ -1480,7 +1655,14 @@ impl<S: Store> Protocol for Node<S> {
         if let Some(at) = self.slot_timer {
             next = next.min(at.max(self.now));
         }
+        if let Some(at) = self.relay.poll_timeout() {
+            next = next.min(at.max(self.now));
+        }
         Some(next)
+    }
+
+    fn poll_relay_output(&mut self) -> Option<RelayOutput> {
+        self.relay.poll_output()
     }
 }
 

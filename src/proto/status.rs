@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::proto::io::LinkKind;
 use crate::proto::node::NodeStats;
 use crate::proto::peers::{DownReason, PeerState, Role};
+use crate::proto::relaypath::{RelayPathStats, RelayStatus, SessionStatus};
 
 /// The node as the core sees it.
 #[derive(Debug, Clone, Serialize)]
@@ -35,6 +36,12 @@ pub struct NodeStatus {
     pub queues: Queues,
     /// Counters, including rejections by reason.
     pub counters: NodeStats,
+    /// The configured relays (design §2.7), in `[[relay]]` order.
+    pub relays: Vec<RelayStatus>,
+    /// Counters of the relay path.
+    pub relay_path: RelayPathStats,
+    /// A warning for the operator about the relays ("one observer sees every payload").
+    pub relay_warning: Option<String>,
 }
 
 /// One peer.
@@ -68,12 +75,16 @@ pub struct PeerStatus {
     pub failures: u32,
     /// A `Want` to it is in flight.
     pub asking: bool,
+    /// Its relay session, when `link` is `relay`: round trip, resends, duplicates.
+    pub relay_session: Option<SessionStatus>,
 }
 
 /// What carries traffic with a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LinkStatus {
+    /// A relay session (design §2): through relay mailboxes, no direct link.
+    Relay,
     /// A QUIC link.
     Quic,
     /// A TCP link (UDP failed on the path; QUIC is tried again later).
@@ -90,6 +101,7 @@ pub enum LinkStatus {
 impl From<LinkKind> for LinkStatus {
     fn from(kind: LinkKind) -> LinkStatus {
         match kind {
+            LinkKind::Relay => LinkStatus::Relay,
             LinkKind::Quic => LinkStatus::Quic,
             LinkKind::Tcp => LinkStatus::Tcp,
             LinkKind::Simulated => LinkStatus::Sim,

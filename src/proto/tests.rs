@@ -497,6 +497,29 @@ fn foreign_systems_and_forgeries_are_counted_never_peered() {
     assert_eq!(node.stats().rejects.total(), 3);
 }
 
+/// Relay link ids belong to the core (design §2.1): a driver's frame or link on one is refused
+/// and counted, never opened; a core without relays posts nothing.
+#[test]
+fn driver_frames_on_relay_link_ids_are_refused() {
+    use crate::proto::io::RelayIndex;
+    use crate::wire::relay::Mailbox;
+    use crate::wire::RejectReason;
+    let mut h = Harness::new(&[Role::Lane], &[true], &[]);
+    let now = h.now;
+    let link = LinkId(LinkId::RELAY_BIT | 1);
+    assert!(link.is_relay() && !LinkId(1).is_relay());
+    h.nodes[0].handle(now, Input::Frame { link, bytes: b"anything" });
+    assert_eq!(h.nodes[0].stats().rejects.get(RejectReason::Malformed), 1);
+    // No relays configured: relay inputs are ignored and nothing is posted.
+    let relay = RelayIndex(0);
+    h.nodes[0].handle(now, Input::RelayUp { relay, observed: "192.0.2.1:1".parse().unwrap() });
+    let mailbox = Mailbox([0; 16]);
+    h.nodes[0].handle(now, Input::RelayPayload { relay, mailbox, bytes: &[0; 1024] });
+    assert_eq!(h.nodes[0].poll_relay_output(), None);
+    assert!(h.nodes[0].status().relays.is_empty());
+    assert_eq!(h.nodes[0].status().relay_path.payloads_received, 0);
+}
+
 /// The core stays sans-IO: no runtime, no clock, no sockets, no files, no global RNG in any
 /// of its modules (the driver passes time in; the RNG is seeded from the config).
 #[test]
@@ -507,6 +530,11 @@ fn the_core_reads_no_clock_and_owns_no_io() {
         ("mod.rs", include_str!("mod.rs")),
         ("node.rs", include_str!("node.rs")),
         ("peers.rs", include_str!("peers.rs")),
+        ("relaypath/mod.rs", include_str!("relaypath/mod.rs")),
+        ("relaypath/envelope.rs", include_str!("relaypath/envelope.rs")),
+        ("relaypath/fragment.rs", include_str!("relaypath/fragment.rs")),
+        ("relaypath/session.rs", include_str!("relaypath/session.rs")),
+        ("relaypath/mixer.rs", include_str!("relaypath/mixer.rs")),
         ("status.rs", include_str!("status.rs")),
         ("sync.rs", include_str!("sync.rs")),
     ];
