@@ -411,14 +411,7 @@ impl Session {
             m.deadline = None;
             m.resent = true;
             m.rto_ms = (m.rto_ms * 2).min(RTO_MAX_MS);
-            let queue = self.pending.entry((m.urgency, *n)).or_default();
-            for (i, acked) in m.acked.iter().enumerate() {
-                let Ok(i) = u16::try_from(i) else { break };
-                if !acked && !queue.contains(&i) {
-                    queue.push_back(i);
-                    self.stats.retransmits += 1;
-                }
-            }
+            self.stats.retransmits += requeue_unacked(&mut self.pending, *n, m);
         }
     }
 
@@ -559,16 +552,28 @@ impl Session {
             }
             m.deadline = None;
             m.resent = true;
-            let queue = self.pending.entry((m.urgency, *n)).or_default();
-            for (i, acked) in m.acked.iter().enumerate() {
-                let Ok(i) = u16::try_from(i) else { break };
-                if !acked && !queue.contains(&i) {
-                    queue.push_back(i);
-                    self.stats.retransmits += 1;
-                }
-            }
+            self.stats.retransmits += requeue_unacked(&mut self.pending, *n, m);
         }
     }
+}
+
+/// Queues again the fragments of message `n` that the peer has not reported held (and that are
+/// not queued already); returns how many.
+fn requeue_unacked(
+    pending: &mut BTreeMap<(u8, u64), VecDeque<u16>>,
+    n: u64,
+    m: &OutMessage,
+) -> u64 {
+    let queue = pending.entry((m.urgency, n)).or_default();
+    let mut queued = 0;
+    for (i, acked) in m.acked.iter().enumerate() {
+        let Ok(i) = u16::try_from(i) else { break };
+        if !acked && !queue.contains(&i) {
+            queue.push_back(i);
+            queued += 1;
+        }
+    }
+    queued
 }
 
 /// The encoded length of one record inside a [`super::envelope::RelayPlain`] (postcard).
