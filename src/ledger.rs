@@ -139,20 +139,45 @@ struct CheckpointJob {
     nnnn: Vec<u8>,
 }
 
+/// One store operation of a checkpoint (one closure does both, so it may borrow the store
+/// mutably).
+enum Step<'a> {
+    Flush,
+    Put(&'static str, &'a [u8]),
+}
+
+impl CheckpointJob {
+    /// What the logs hold now.
+    fn of(dati: &DatiWriter) -> Self {
+        CheckpointJob {
+            positions: postcard::to_stdvec(&dati.positions()).expect("encode"),
+            nnnn: postcard::to_stdvec(&dati.nnnn_high_water()).expect("encode"),
+        }
+    }
+
+    /// Flushes the store, then records the positions and flushes again: recorded after the
+    /// flush, a checkpoint on disk never claims more than the store holds.
+    fn record(
+        &self,
+        mut store: impl FnMut(Step<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        store(Step::Flush)?;
+        store(Step::Put(META_CHECKPOINT, &self.positions))?;
+        store(Step::Put(META_NNNN, &self.nnnn))?;
+        store(Step::Flush)
+    }
+}
+
 impl BackgroundCheckpoints {
     fn start(checkpointer: Box<dyn Checkpointer>) -> std::io::Result<Self> {
         let (jobs, rx) = std::sync::mpsc::sync_channel::<CheckpointJob>(1);
         let (tx, done) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new().name("checkpoint".into()).spawn(move || {
             for job in rx {
-                let result = (|| {
-                    checkpointer.flush()?;
-                    // Recorded after the flush: a checkpoint on disk never claims more than
-                    // the store holds.
-                    checkpointer.meta_put(META_CHECKPOINT, &job.positions)?;
-                    checkpointer.meta_put(META_NNNN, &job.nnnn)?;
-                    checkpointer.flush()
-                })();
+                let result = job.record(|step| match step {
+                    Step::Flush => checkpointer.flush(),
+                    Step::Put(name, value) => checkpointer.meta_put(name, value),
+                });
                 if tx.send(result).is_err() {
                     return;
                 }
@@ -565,10 +590,7 @@ impl<S: Store> Ledger<S> {
         if background.in_flight {
             return Ok(());
         }
-        let job = CheckpointJob {
-            positions: postcard::to_stdvec(&dati.positions()).expect("encode"),
-            nnnn: postcard::to_stdvec(&dati.nnnn_high_water()).expect("encode"),
-        };
+        let job = CheckpointJob::of(dati);
         match background.jobs.as_ref().map(|jobs| jobs.try_send(job)) {
             Some(Ok(())) => {
                 background.in_flight = true;
@@ -591,13 +613,11 @@ impl<S: Store> Ledger<S> {
             self.store.flush()?;
             return Ok(());
         };
-        let positions = dati.positions();
-        let nnnn = dati.nnnn_high_water();
-        self.store.flush()?;
-        // Recorded after the flush: a checkpoint on disk never claims more than the store holds.
-        self.store.meta_put(META_CHECKPOINT, &postcard::to_stdvec(&positions).expect("encode"))?;
-        self.store.meta_put(META_NNNN, &postcard::to_stdvec(&nnnn).expect("encode"))?;
-        self.store.flush()?;
+        let store = &mut self.store;
+        CheckpointJob::of(dati).record(|step| match step {
+            Step::Flush => store.flush(),
+            Step::Put(name, value) => store.meta_put(name, value),
+        })?;
         Ok(())
     }
 

@@ -89,7 +89,7 @@ struct XChaCha20Poly1305 {
 
 impl XChaCha20Poly1305 {
     /// The per-message AEAD key and the 12-byte nonce for `nonce`.
-    fn message_key(&self, nonce: &[u8; Nonce::LEN]) -> (LessSafeKey, ring::aead::Nonce) {
+    fn message_key(&self, nonce: &[u8; Nonce::LEN]) -> (LessSafeKey, [u8; 12]) {
         let (prefix, suffix) = nonce.split_at(16);
         let mut subkey =
             chacha20::hchacha::<chacha20::cipher::consts::U10>((&*self.key).into(), prefix.into());
@@ -98,8 +98,48 @@ impl XChaCha20Poly1305 {
         subkey.as_mut_slice().zeroize();
         let mut short = [0u8; 12];
         short[4..].copy_from_slice(suffix);
-        (LessSafeKey::new(key), ring::aead::Nonce::assume_unique_for_key(short))
+        (LessSafeKey::new(key), short)
     }
+}
+
+/// Appends `plaintext` sealed with ring's ChaCha20-Poly1305 under `key` and `nonce` to `out`
+/// (ciphertext then tag). Shared by the epoch keys and the link sealers.
+pub(crate) fn chacha_seal_into(
+    key: &LessSafeKey,
+    nonce: [u8; 12],
+    aad: &[u8],
+    plaintext: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let start = out.len();
+    out.extend_from_slice(plaintext);
+    let tag = key
+        .seal_in_place_separate_tag(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut out[start..],
+        )
+        // Only fails for messages over 256 GiB, far above every limit in meshnode.
+        .expect("ChaCha20-Poly1305 message length");
+    out.extend_from_slice(tag.as_ref());
+}
+
+/// Opens `sealed` (ciphertext then tag) with ring's ChaCha20-Poly1305 under `key` and `nonce`.
+pub(crate) fn chacha_open(
+    key: &LessSafeKey,
+    nonce: [u8; 12],
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    if sealed.len() < TAG_LEN {
+        return Err(CryptoError::Truncated { len: sealed.len() });
+    }
+    let mut buf = sealed.to_vec();
+    let nonce = ring::aead::Nonce::assume_unique_for_key(nonce);
+    let len =
+        key.open_in_place(nonce, Aad::from(aad), &mut buf).map_err(|_| CryptoError::Decrypt)?.len();
+    buf.truncate(len);
+    Ok(buf)
 }
 
 /// One derived key, ready to seal and open.
@@ -160,14 +200,8 @@ impl EpochKey {
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) {
-        let start = out.len();
-        out.extend_from_slice(plaintext);
         let (key, nonce) = self.cipher.message_key(nonce);
-        let tag = key
-            .seal_in_place_separate_tag(nonce, Aad::from(aad), &mut out[start..])
-            // Only fails for messages over 256 GiB, far above every limit in meshnode.
-            .expect("ChaCha20-Poly1305 message length");
-        out.extend_from_slice(tag.as_ref());
+        chacha_seal_into(&key, nonce, aad, plaintext, out);
     }
 
     /// Opens `sealed` (ciphertext then tag) under the raw 24-byte `nonce`; fails on any change
@@ -178,17 +212,8 @@ impl EpochKey {
         aad: &[u8],
         sealed: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
-        if sealed.len() < TAG_LEN {
-            return Err(CryptoError::Truncated { len: sealed.len() });
-        }
-        let mut buf = sealed.to_vec();
         let (key, nonce) = self.cipher.message_key(nonce);
-        let len = key
-            .open_in_place(nonce, Aad::from(aad), &mut buf)
-            .map_err(|_| CryptoError::Decrypt)?
-            .len();
-        buf.truncate(len);
-        Ok(buf)
+        chacha_open(&key, nonce, aad, sealed)
     }
 
     /// A synthetic nonce: a PRF (BLAKE3 keyed by this key's tag key) of `label`, `instance`

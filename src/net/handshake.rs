@@ -48,11 +48,12 @@ use std::fmt;
 
 use hkdf::Hkdf;
 use rand::{CryptoRng, RngCore};
-use ring::aead::{Aad, LessSafeKey, UnboundKey, CHACHA20_POLY1305};
+use ring::aead::{LessSafeKey, UnboundKey, CHACHA20_POLY1305};
 use sha2::{Digest, Sha256};
 use x25519_dalek::{EphemeralSecret, PublicKey};
 use zeroize::Zeroizing;
 
+use crate::crypto::seal::{chacha_open, chacha_seal_into};
 use crate::crypto::{CryptoError, Epoch, KeySchedule, Purpose, TAG_LEN};
 use crate::id::{Environment, RmSystem};
 use crate::wire::{EnvironmentTag, RejectReason, Rejection, Tag, DEFAULT_MAX_FRAME_LEN};
@@ -543,18 +544,7 @@ impl LinkSealer {
         }
         let nonce = counter_nonce(self.next);
         self.next += 1;
-        let start = out.len();
-        out.extend_from_slice(plaintext);
-        let tag = self
-            .cipher
-            .seal_in_place_separate_tag(
-                ring::aead::Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut out[start..],
-            )
-            // Only fails for messages over 256 GiB; frames are at most 4 GiB.
-            .expect("ChaCha20-Poly1305 message length");
-        out.extend_from_slice(tag.as_ref());
+        chacha_seal_into(&self.cipher, nonce, aad, plaintext, out);
         Ok(())
     }
 }
@@ -579,20 +569,10 @@ impl LinkOpener {
 
     /// Opens the next frame of the stream.
     pub fn open(&mut self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        if sealed.len() < TAG_LEN {
-            return Err(CryptoError::Truncated { len: sealed.len() });
-        }
         if self.next == u64::MAX {
             return Err(CryptoError::NonceExhausted);
         }
-        let mut out = sealed.to_vec();
-        let nonce = ring::aead::Nonce::assume_unique_for_key(counter_nonce(self.next));
-        let len = self
-            .cipher
-            .open_in_place(nonce, Aad::from(aad), &mut out)
-            .map_err(|_| CryptoError::Decrypt)?
-            .len();
-        out.truncate(len);
+        let out = chacha_open(&self.cipher, counter_nonce(self.next), aad, sealed)?;
         self.next += 1;
         Ok(out)
     }

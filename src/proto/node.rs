@@ -785,7 +785,9 @@ impl<S: Store> Node<S> {
                 peer.down(DownReason::LinkClosed, now, ping);
                 let dbid = peer.dbid;
                 self.discovery_changed();
-                for slot in self.slots.iter_mut().filter(|s| s.dbid == Some(dbid)) {
+                // A relay session ending says nothing about dialling the peer directly.
+                let dialled = info.kind != LinkKind::Relay;
+                for slot in self.slots.iter_mut().filter(|s| dialled && s.dbid == Some(dbid)) {
                     slot.failures = slot.failures.saturating_add(1);
                     slot.next_attempt = now.plus_millis(backoff_ms(slot.failures, ping));
                 }

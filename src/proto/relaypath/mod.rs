@@ -321,9 +321,10 @@ impl RelayPath {
         r.observed = Some(observed);
         self.subscribe(now, Some(relay.0));
         self.post_presence(now, Some(relay.0));
-        // Whatever waited for a relay goes now.
+        // Whatever waited for a relay goes now. (Nothing is resent: what was posted through a
+        // relay that went down was queued again at `relay_down`, and nothing is composed while
+        // no relay is up.)
         for p in self.sessions.values_mut() {
-            p.session.resend_all();
             if p.session.wants_to_send() {
                 p.flush_at = Some(now);
             }

@@ -253,6 +253,8 @@ impl Session {
             self.fin_due = true;
         }
         self.pending.clear();
+        // A closed session sends no ack: an owed one would keep it wanting to send for ever.
+        self.ack_wanted = false;
     }
 
     /// Takes one record of the peer at `now`.
@@ -287,6 +289,7 @@ impl Session {
             Record::Fin { session } if *session == self.id => {
                 self.state = State::Closed;
                 self.pending.clear();
+                self.ack_wanted = false;
             }
             _ => {}
         }
@@ -370,11 +373,11 @@ impl Session {
         }
         for (n, ranges) in partial.iter().take(MAX_ACK_ITEMS) {
             let Some(m) = self.out.get_mut(n) else { continue };
-            for &(first, last) in ranges {
-                for i in first..=last {
-                    if let Some(a) = m.acked.get_mut(usize::from(i)) {
-                        *a = true;
-                    }
+            // Clamped to the message's fragments: a peer's range costs at most that many steps.
+            for &(first, last) in ranges.iter().take(m.acked.len()) {
+                let end = usize::from(last).saturating_add(1).min(m.acked.len());
+                for a in m.acked.get_mut(usize::from(first)..end).into_iter().flatten() {
+                    *a = true;
                 }
             }
             if let Some(q) = self.pending.get_mut(&(m.urgency, *n)) {
@@ -470,10 +473,10 @@ impl Session {
 
     /// The `Ack` to send (piggybacked, or alone when `ack_wanted`); clears the want.
     pub fn take_ack(&mut self) -> Option<Record> {
+        self.ack_wanted = false;
         if self.state != State::Open {
             return None;
         }
-        self.ack_wanted = false;
         let mut sacks: Vec<(u64, u64)> = Vec::new();
         for &n in &self.complete {
             let full = sacks.len() >= MAX_ACK_ITEMS;
@@ -788,6 +791,45 @@ mod tests {
         assert_eq!(c.state(), State::Open);
         c.on_record(Time(0), &Record::Fin { session: 3 });
         assert_eq!(c.state(), State::Closed);
+    }
+
+    /// A session closed (by us or by the peer's `Fin`) while an ack is owed stops wanting to
+    /// send once its `Fin` is out: the owed ack used to keep it due for ever.
+    #[test]
+    fn a_session_closed_with_an_ack_owed_goes_quiet() {
+        for by_peer in [false, true] {
+            let mut c = Session::answer(3, Time(0), 0);
+            assert_eq!(c.poll_control(), Some(Record::SynAck { session: 3 }));
+            let fragment = Record::Fragment {
+                session: 3,
+                message: 0,
+                urgency: 0,
+                index: 0,
+                count: 1,
+                bytes: b"x".to_vec(),
+            };
+            c.on_record(Time(0), &fragment);
+            assert!(c.ack_wanted() && c.wants_to_send());
+            if by_peer {
+                c.on_record(Time(0), &Record::Fin { session: 3 });
+            } else {
+                c.close();
+                assert_eq!(c.poll_control(), Some(Record::Fin { session: 3 }));
+            }
+            assert!(c.take_ack().is_none());
+            assert!(!c.wants_to_send(), "closed by peer: {by_peer}");
+        }
+    }
+
+    /// A peer's ack ranges are clamped to the message's fragments.
+    #[test]
+    fn ack_ranges_beyond_the_message_are_ignored() {
+        let mut a = Session::open(1, Time(0), 0);
+        a.on_record(Time(0), &Record::SynAck { session: 1 });
+        a.send(&vec![7; 3_000], 0).unwrap();
+        let partial = vec![(0, vec![(2, u16::MAX), (u16::MAX, 0), (1, 1)])];
+        a.on_record(Time(0), &Record::Ack { session: 1, cumulative: 0, sacks: vec![], partial });
+        assert_eq!(a.unacked(), 1, "fragment 0 is still missing");
     }
 
     #[test]
