@@ -504,7 +504,7 @@ impl<S: Store> Node<S> {
         }
         let origins: Vec<DatabaseId> =
             self.ledger.store().version_vector().origins().copied().collect();
-        self.deliver_ready(origins, &[]);
+        self.deliver_ready(origins, Vec::new());
         self.connect_due();
     }
 
@@ -1174,8 +1174,9 @@ impl<S: Store> Node<S> {
         let origins: BTreeSet<DatabaseId> = new_units.iter().map(|u| u.origin).collect();
         self.held_changed(&origins);
         self.forward(source, &new_units);
-        self.deliver_ready(origins, &new_units);
-        new_units.len()
+        let count = new_units.len();
+        self.deliver_ready(origins, new_units);
+        count
     }
 
     fn held_changed(&mut self, origins: &BTreeSet<DatabaseId>) {
@@ -1202,35 +1203,44 @@ impl<S: Store> Node<S> {
                 .is_some_and(|p| p.lan),
         };
         let has_lan = self.peers.values().any(|p| p.lan);
-        let (small, large): (Vec<TransferUnit>, Vec<TransferUnit>) =
-            units.iter().cloned().partition(|u| u.payload.len() + 200 <= self.cfg.multicast_bytes);
-        if !from_lan && has_lan && !small.is_empty() {
-            self.multicast(&small);
+        // Units too large for a datagram go to LAN peers over their links. Usually there are
+        // none, and nothing is copied: this runs for every unit a node takes in.
+        let max = self.cfg.multicast_bytes;
+        let fits = |u: &TransferUnit| u.payload.len() + 200 <= max;
+        let large: Vec<TransferUnit> = units.iter().filter(|u| !fits(u)).cloned().collect();
+        if !from_lan && has_lan {
+            if large.is_empty() {
+                self.multicast(units);
+            } else {
+                let small: Vec<TransferUnit> = units.iter().filter(|u| fits(u)).cloned().collect();
+                self.multicast(&small);
+            }
         }
         let source_link = match source {
             Source::Link(link) => Some(link),
             _ => None,
         };
-        let targets: Vec<(LinkId, bool, Vec<TransferUnit>)> = self
+        let targets: Vec<(LinkId, Vec<TransferUnit>)> = self
             .peers
             .values()
             .filter(|p| p.linked())
             .filter_map(|p| p.link.map(|l| (l, p)))
             .filter(|(l, _)| Some(*l) != source_link)
+            // What came by multicast reached the LAN peers too.
+            .filter(|(_, p)| !(p.lan && from_lan))
             // A relay session near its bounds gets no eager push (anti-entropy fetches it).
             .filter(|(l, _)| !l.is_relay() || self.relay.can_push(*l))
             .map(|(l, p)| {
                 let pool = if p.lan { &large } else { units };
                 let lacking =
                     pool.iter().filter(|u| !p.vector.contains(&u.origin, u.seq)).cloned().collect();
-                (l, p.lan, lacking)
+                (l, lacking)
             })
             .collect();
-        for (link, lan, lacking) in targets {
-            if lacking.is_empty() || (lan && from_lan) {
-                continue;
+        for (link, lacking) in targets {
+            if !lacking.is_empty() {
+                self.send_units(link, Tag::Tubt, &lacking, false);
             }
-            self.send_units(link, Tag::Tubt, &lacking, false);
         }
     }
 
@@ -1291,12 +1301,13 @@ impl<S: Store> Node<S> {
 
     /// Delivers, per origin, every held unit after the delivered one, in seq order. `fresh`
     /// holds units just accepted (sorted by origin, then seq, or not at all): they are
-    /// delivered from memory, so the common case (units arriving in order) never reads back
-    /// and decrypts what was just written; a unit from before a gap is read from the store.
+    /// delivered from memory (moved, not copied), so the common case (units arriving in order)
+    /// never reads back and decrypts what was just written; a unit from before a gap is read
+    /// from the store.
     fn deliver_ready(
         &mut self,
         origins: impl IntoIterator<Item = DatabaseId>,
-        fresh: &[TransferUnit],
+        mut fresh: Vec<TransferUnit>,
     ) {
         let own = self.dbid();
         for origin in origins {
@@ -1305,10 +1316,24 @@ impl<S: Store> Node<S> {
             }
             let mut next = self.delivered.get(&origin).copied().unwrap_or(0) + 1;
             while self.ledger.store().contains(&origin, next) {
+                // Each fresh unit is delivered at most once (`next` only grows), so its payload
+                // can be taken.
                 let in_hand = fresh
                     .binary_search_by(|u| (u.origin, u.seq).cmp(&(origin, next)))
                     .ok()
-                    .map(|i| fresh[i].clone());
+                    .map(|i| {
+                        let u = &mut fresh[i];
+                        TransferUnit {
+                            kind: u.kind,
+                            physkey: u.physkey,
+                            origin: u.origin,
+                            seq: u.seq,
+                            created_ms: u.created_ms,
+                            urgency: u.urgency,
+                            scopes: u.scopes,
+                            payload: std::mem::take(&mut u.payload),
+                        }
+                    });
                 let unit = match in_hand {
                     Some(unit) => unit,
                     None => match self.ledger.store().get(&origin, next) {
