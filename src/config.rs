@@ -32,6 +32,14 @@ pub enum ConfigError {
         /// toml's message, with the line, the column and the offending text.
         message: String,
     },
+    /// The same thing configured twice.
+    #[error("invalid config {path}: {what} is configured twice; remove one")]
+    Duplicate {
+        /// The file.
+        path: PathBuf,
+        /// What.
+        what: String,
+    },
     /// A value out of range.
     #[error("invalid config {path}: {key} = {value} is out of range; {expected}")]
     Range {
@@ -63,6 +71,85 @@ pub struct Config {
     /// `[[peer]]`: direct peers beyond the LAN (seed 001: main servers, tried in priority
     /// order).
     pub peer: Vec<PeerConfig>,
+    /// `[[relay]]`: rendezvous relays on the internet, in order (the order is each relay's
+    /// index in the status).
+    pub relay: Vec<RelayConfig>,
+    /// `[relay_path]`: how units travel through the relays.
+    pub relay_path: RelayPathSettings,
+}
+
+/// One `[[relay]]`: a rendezvous relay this node keeps a connection to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Where it listens, `IP:port` (UDP).
+    pub addr: std::net::SocketAddr,
+    /// Its public key, 64 hex digits, as `meshnode relay --status` prints it. The node only
+    /// talks to a relay that proves this key, so a relay cannot be impersonated.
+    #[serde(deserialize_with = "relay_key")]
+    pub key: [u8; 32],
+}
+
+fn relay_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+    let text = String::deserialize(d)?;
+    hex::decode(text.trim()).ok().and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()).ok_or_else(
+        || {
+            serde::de::Error::custom(
+                "a relay key is 64 hex digits; copy it from `meshnode relay --status` on the relay",
+            )
+        },
+    )
+}
+
+/// `[relay_path]`: units to peers with no direct link travel through the relays, fragmented,
+/// mixed, padded and sealed (the relay reads nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayPathSettings {
+    /// Most relay sessions (peers reached through relays) this node keeps.
+    pub max_sessions: u64,
+    /// Keepalive of a relay session, in seconds.
+    pub keepalive_secs: u64,
+    /// Longest random delay before a payload is posted, per urgency, in milliseconds: the
+    /// delays hide which payloads belong together; urgent units wait least.
+    pub delay_ms_urgent: u64,
+    /// See `delay_ms_urgent`.
+    pub delay_ms_normal: u64,
+    /// See `delay_ms_urgent`.
+    pub delay_ms_background: u64,
+    /// How long relays keep our payloads for a peer that is offline, in seconds (the relay may
+    /// cap it).
+    pub payload_ttl_secs: u64,
+}
+
+impl Default for RelayPathSettings {
+    fn default() -> Self {
+        let core = crate::proto::relaypath::RelayPathConfig::default();
+        let [urgent, normal, background] = core.delays.0;
+        RelayPathSettings {
+            max_sessions: core.max_sessions as u64,
+            keepalive_secs: core.keepalive_ms / 1000,
+            delay_ms_urgent: urgent,
+            delay_ms_normal: normal,
+            delay_ms_background: background,
+            payload_ttl_secs: u64::from(core.payload_ttl_secs),
+        }
+    }
+}
+
+impl RelayPathSettings {
+    /// The core's relay path settings for `relays` configured relays.
+    pub fn core(&self, relays: usize) -> crate::proto::relaypath::RelayPathConfig {
+        use crate::proto::relaypath::{mixer::Delays, RelayPathConfig};
+        RelayPathConfig {
+            relays: u16::try_from(relays).unwrap_or(u16::MAX),
+            max_sessions: usize::try_from(self.max_sessions).unwrap_or(usize::MAX),
+            keepalive_ms: self.keepalive_secs.saturating_mul(1000),
+            delays: Delays([self.delay_ms_urgent, self.delay_ms_normal, self.delay_ms_background]),
+            payload_ttl_secs: u32::try_from(self.payload_ttl_secs).unwrap_or(u32::MAX),
+            ..RelayPathConfig::default()
+        }
+    }
 }
 
 /// `[links]`: how this node keeps its links.
@@ -223,6 +310,29 @@ quic = true
 # address = "203.0.113.10:7070"
 # priority = 0
 # role = "main-server"
+
+# Rendezvous relays on the internet (`meshnode relay`), one [[relay]] table each. Peers with no
+# direct link reach each other through them: units are fragmented, mixed, padded and sealed,
+# so a relay sees neither content nor message boundaries. Configure two or more, run by
+# different operators where possible: one relay sees every payload's size and timing. The key
+# is what `meshnode relay --status` prints on the relay. For example:
+#
+# [[relay]]
+# addr = "198.51.100.7:7740"
+# key = "3f2a9c...64 hex digits..."
+
+[relay_path]
+# Most peers reached through relays at once (main servers first).
+max_sessions = 8
+# Keepalive of a relay session, in seconds.
+keepalive_secs = 60
+# Longest random delay, in ms, before a payload goes to a relay, per urgency: the delays hide
+# which payloads belong together; urgent units wait least.
+delay_ms_urgent = 20
+delay_ms_normal = 200
+delay_ms_background = 2000
+# How long relays keep payloads for a peer that is offline, in seconds (a relay may cap it).
+payload_ttl_secs = 604800
 "#;
 
     /// Reads and validates `path`.
@@ -294,6 +404,37 @@ quic = true
             86_400,
             "use 5 seconds to 1 day",
         )?;
+        check("relay_path.max_sessions", self.relay_path.max_sessions, 1, 64, "use 1 to 64")?;
+        check(
+            "relay_path.keepalive_secs",
+            self.relay_path.keepalive_secs,
+            5,
+            3_600,
+            "use 5 seconds to 1 hour",
+        )?;
+        for (key, value) in [
+            ("relay_path.delay_ms_urgent", self.relay_path.delay_ms_urgent),
+            ("relay_path.delay_ms_normal", self.relay_path.delay_ms_normal),
+            ("relay_path.delay_ms_background", self.relay_path.delay_ms_background),
+        ] {
+            check(key, value, 0, 60_000, "use 0 to 60000 ms")?;
+        }
+        check(
+            "relay_path.payload_ttl_secs",
+            self.relay_path.payload_ttl_secs,
+            60,
+            30 * 86_400,
+            "use 60 seconds to 30 days",
+        )?;
+        let mut seen = std::collections::BTreeSet::new();
+        for relay in &self.relay {
+            if !seen.insert(relay.addr) {
+                return Err(ConfigError::Duplicate {
+                    path: path.to_path_buf(),
+                    what: format!("[[relay]] addr = \"{}\"", relay.addr),
+                });
+            }
+        }
         check(
             "links.quic_retry_secs",
             self.links.quic_retry_secs,
@@ -363,6 +504,33 @@ mod tests {
         fn parse_never_panics(text in "(\\[[a-z]{0,8}\\]\n|[a-z_]{0,16} = [0-9a-z\"]{0,12}\n|.{0,20}\n){0,8}") {
             fuzzing::config_parse(text.as_bytes());
         }
+    }
+
+    #[test]
+    fn relays_parse_and_bad_keys_and_duplicates_are_named() {
+        let path = Path::new("meshnode.toml");
+        let key = "ab".repeat(32);
+        let text = format!(
+            "[[relay]]\naddr = \"198.51.100.7:7740\"\nkey = \"{key}\"\n\n[[relay]]\naddr = \"198.51.100.8:7740\"\nkey = \"{key}\"\n\n[relay_path]\nmax_sessions = 3\ndelay_ms_urgent = 0\n"
+        );
+        let c = Config::parse(&text, path).unwrap();
+        assert_eq!(c.relay.len(), 2);
+        assert_eq!(c.relay[1].addr, "198.51.100.8:7740".parse().unwrap());
+        assert_eq!(c.relay[0].key, [0xab; 32]);
+        let core = c.relay_path.core(c.relay.len());
+        assert_eq!((core.relays, core.max_sessions, core.delays.0[0]), (2, 3, 0));
+        assert_eq!(core.delays.0[1], RelayPathSettings::default().delay_ms_normal);
+
+        let short = "[[relay]]\naddr = \"198.51.100.7:7740\"\nkey = \"abcd\"\n";
+        let err = Config::parse(short, path).unwrap_err().to_string();
+        assert!(err.contains("64 hex digits") && err.contains("line 3"), "{err}");
+        let twice = format!(
+            "[[relay]]\naddr = \"198.51.100.7:7740\"\nkey = \"{key}\"\n[[relay]]\naddr = \"198.51.100.7:7740\"\nkey = \"{key}\"\n"
+        );
+        let err = Config::parse(&twice, path).unwrap_err().to_string();
+        assert!(err.contains("configured twice") && err.contains("198.51.100.7:7740"), "{err}");
+        let err = Config::parse("[relay_path]\nmax_sessions = 0\n", path).unwrap_err().to_string();
+        assert!(err.contains("relay_path.max_sessions = 0"), "{err}");
     }
 
     #[test]

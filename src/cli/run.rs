@@ -3,6 +3,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -14,6 +15,8 @@ use crate::id::InstanceId;
 use crate::net::discovery::{self, DEFAULT_PORT, DISCOVERY_GROUP};
 use crate::net::driver::{self, DriverConfig};
 use crate::net::handshake::LinkParams;
+use crate::net::relay_client::RelayMembership;
+use crate::net::relay_task::RelayTarget;
 use crate::proto::{ConfiguredPeer, Node, NodeConfig, Role};
 
 /// Where the running node writes its status snapshot, inside the data directory.
@@ -88,6 +91,16 @@ pub(super) fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| ConfiguredPeer { addr: p.address, priority: p.priority, role: p.role })
         .collect();
+    cfg.relay_path = datadir.config.relay_path.core(datadir.config.relay.len());
+    let relays: Vec<RelayTarget> =
+        datadir.config.relay.iter().map(|r| RelayTarget { addr: r.addr, key: r.key }).collect();
+    let relay_membership = if relays.is_empty() {
+        None
+    } else {
+        let membership = RelayMembership::of(secrets)
+            .context("cannot derive the relay admission key from this node's install id")?;
+        Some(Arc::new(membership))
+    };
     let link_params = LinkParams::new(datadir.key_schedule(), secrets.rmsystem, &secrets.env);
     let control = ControlConfig { socket: control::socket_path(dir), app: cfg.app.clone() };
     let node = Node::new(cfg, ledger);
@@ -102,6 +115,8 @@ pub(super) fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
         quic_retry: Duration::from_secs(datadir.config.links.quic_retry_secs),
         status_path: Some(dir.join(STATUS_FILE)),
         control: Some(control),
+        relays,
+        relay_membership,
     };
     tracing::info!(dbid = %node.dbid(), ?interfaces, ?advertise, %discovery_group, %env_group, "node starting");
     eprintln!(

@@ -40,15 +40,21 @@ use crate::net::discovery::{group_receiver, group_sender};
 use crate::net::handshake::LinkParams;
 use crate::net::link::{Link, LinkFailure};
 use crate::net::quic::{QuicEndpoint, QuicLinkError, QuicTimeouts};
+use crate::net::relay_client::RelayMembership;
+use crate::net::relay_task::{spawn_relay, RelayEvent, RelayHandle, RelayTarget};
 use crate::net::tcp::TcpLink;
 use crate::proto::{
-    DatagramDest, Input, LinkId, LinkKind, Node, Output, Protocol, ReceivedDatagram, Time,
+    DatagramDest, Input, LinkId, LinkKind, Node, Output, Protocol, ReceivedDatagram, RelayIndex,
+    RelayOutput, Time,
 };
 use crate::store::Store;
 use crate::wire::RejectReason;
 
 /// Frames queued for one link before the link is judged too slow and closed.
 const LINK_QUEUE: usize = 4096;
+
+/// Relay events (deliveries above all) queued for the loop before the relay tasks wait.
+const RELAY_EVENTS: usize = 1024;
 
 /// Events taken from the queue in one turn of the loop before the outputs are drained.
 const BURST: usize = 256;
@@ -82,6 +88,11 @@ pub struct DriverConfig {
     pub status_path: Option<PathBuf>,
     /// The control socket (`None`: none).
     pub control: Option<ControlConfig>,
+    /// The rendezvous relays (`[[relay]]`), in `RelayIndex` order, and what proves our
+    /// membership to them (`None` when no relay is configured).
+    pub relays: Vec<RelayTarget>,
+    /// The membership proof for the relays.
+    pub relay_membership: Option<Arc<RelayMembership>>,
 }
 
 /// What the IO tasks tell the loop.
@@ -226,6 +237,27 @@ pub async fn run<S: Store>(
         None => None,
     };
 
+    let (relay_tx, mut relay_rx) = mpsc::channel::<RelayEvent>(RELAY_EVENTS);
+    let relays: Vec<RelayHandle> = match &cfg.relay_membership {
+        Some(membership) => cfg
+            .relays
+            .iter()
+            .zip(0u16..)
+            .map(|(target, i)| {
+                let quic = transports.quic.as_ref().map(QuicEndpoint::quinn_endpoint);
+                spawn_relay(
+                    RelayIndex(i),
+                    target.clone(),
+                    membership.clone(),
+                    quic,
+                    relay_tx.clone(),
+                )
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    drop(relay_tx);
+
     let mut links = Links {
         transports: transports.clone(),
         open: HashMap::new(),
@@ -245,6 +277,9 @@ pub async fn run<S: Store>(
                 execute(out, &senders, &mut links).await;
             }
         }
+        while let Some(out) = node.poll_relay_output() {
+            to_relay(out, &relays);
+        }
         if let Some(control) = control.as_mut() {
             control.pump(node.ledger().store());
         }
@@ -258,6 +293,9 @@ pub async fn run<S: Store>(
             event = rx.recv() => {
                 let Some(event) = event else { break };
                 feed_burst(&mut node, event, &mut rx, &mut links);
+            }
+            Some(event) = relay_rx.recv(), if !relays.is_empty() => {
+                feed_relay(&mut node, event, &relays);
             }
             Some(event) = recv_control(&mut control) => {
                 if let Some(control) = control.as_mut() {
@@ -278,6 +316,7 @@ pub async fn run<S: Store>(
     }
     // Closing the writers ends the links; the peers see them go down.
     links.open.clear();
+    drop(relays);
     if let Some(quic) = &transports.quic {
         quic.close();
     }
@@ -451,6 +490,47 @@ impl Transports {
             }
             .instrument(span),
         );
+    }
+}
+
+/// Hands one relay action of the core to its relay's task.
+fn to_relay(out: RelayOutput, relays: &[RelayHandle]) {
+    match out {
+        RelayOutput::Subscribe { relay, mailboxes } => {
+            if let Some(r) = relays.get(usize::from(relay.0)) {
+                r.subscribe(mailboxes);
+            }
+        }
+        RelayOutput::Post { relay, mailbox, ttl_secs, broadcast, bytes } => {
+            let queued = relays
+                .get(usize::from(relay.0))
+                .is_some_and(|r| r.post(mailbox, ttl_secs, broadcast, bytes));
+            if !queued {
+                // The relay session resends what is not acknowledged end to end.
+                debug!(relay = relay.0, "relay post queue full: post dropped");
+            }
+        }
+    }
+}
+
+/// Feeds one relay event to the core; a delivered payload is taken once handled.
+fn feed_relay<S: Store>(node: &mut Node<S>, event: RelayEvent, relays: &[RelayHandle]) {
+    let now = wall_time();
+    match event {
+        RelayEvent::Up { relay, observed } => node.handle(now, Input::RelayUp { relay, observed }),
+        RelayEvent::Down { relay } => node.handle(now, Input::RelayDown { relay }),
+        RelayEvent::Refused { relay, reason } => {
+            node.handle(now, Input::RelayRefused { relay, reason })
+        }
+        RelayEvent::PostRefused { relay, reason } => {
+            node.handle(now, Input::RelayPostRefused { relay, reason })
+        }
+        RelayEvent::Payload { relay, id, mailbox, bytes } => {
+            node.handle(now, Input::RelayPayload { relay, mailbox, bytes: &bytes });
+            if let Some(r) = relays.get(usize::from(relay.0)) {
+                r.taken(id);
+            }
+        }
     }
 }
 

@@ -26,6 +26,7 @@ pub mod handshake;
 pub mod link;
 pub mod quic;
 pub mod relay_client;
+pub mod relay_task;
 pub mod tcp;
 
 pub use handshake::{HandshakeError, LinkParams, Role};

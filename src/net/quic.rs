@@ -347,6 +347,12 @@ impl QuicEndpoint {
         .await
     }
 
+    /// The endpoint itself, for the relay tasks: they dial from the links' socket, so relays
+    /// observe the NAT mapping links use.
+    pub(crate) fn quinn_endpoint(&self) -> quinn::Endpoint {
+        self.endpoint.clone()
+    }
+
     /// The next incoming link, or its failure (count [`QuicLinkError::reason`]); `None` once
     /// the endpoint stopped accepting. Cancel-safe.
     pub async fn accept(&self) -> Option<Result<QuicLink, QuicLinkError>> {

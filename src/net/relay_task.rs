@@ -1,0 +1,372 @@
+//! The node's connections to its rendezvous relays (design §2.1): one task per configured
+//! relay keeps it connected, carries the core's posts and subscriptions to it, and hands its
+//! deliveries and verdicts back to the loop. It makes no protocol decisions: which mailboxes,
+//! what to post and when are the core's ([`crate::proto::RelayOutput`]).
+//!
+//! - Connect from the node's QUIC link socket when there is one, so the address the relay
+//!   observes is the NAT mapping the links use (hole punching needs it); else from a socket of
+//!   its own.
+//! - Reconnect after a failure with backoff, 1 s doubling to 60 s, with jitter so a fleet of
+//!   stores does not return to a restarted relay in step. A refusal (not admitted, bad proof)
+//!   waits the full minute: retrying sooner cannot change the relay's mind.
+//! - Posts wait in a bounded queue; a full queue, or a relay that is down, drops the post: the
+//!   relay sessions retransmit what is not acknowledged end to end, so a dropped post is one
+//!   more lost payload, which the core already handles.
+//! - The subscription is a value, not a message (a `watch`): the latest set is what counts,
+//!   and it is sent again on every reconnect.
+//! - `Taken` is sent only after the core handled the payload (the loop calls
+//!   [`RelayHandle::taken`] after `handle` returns); a crash in between only causes a
+//!   redelivery, which the session drops as a duplicate.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::net::relay_client::{RelayClient, RelayClientError, RelayMembership};
+use crate::proto::RelayIndex;
+use crate::wire::relay::{Mailbox, Post, PostRefuseReason, RefuseReason, RelayFrame};
+
+/// Posts queued for one relay before new ones are dropped (the sessions resend them).
+const POST_QUEUE: usize = 1024;
+/// First wait before a reconnect.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Longest wait before a reconnect, and the wait after a refusal.
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Connect plus admission handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most delivery ids acknowledged in one `Taken` frame.
+const TAKEN_BATCH: usize = 256;
+
+/// One configured relay: where it listens and its public key (pinned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayTarget {
+    /// Its UDP address.
+    pub addr: SocketAddr,
+    /// Its public key, as `meshnode relay --status` prints it.
+    pub key: [u8; 32],
+}
+
+/// What a relay task tells the loop.
+#[derive(Debug)]
+pub enum RelayEvent {
+    /// Admitted (again); `observed` is our address as the relay sees it.
+    Up {
+        /// The relay.
+        relay: RelayIndex,
+        /// Our address as it sees it.
+        observed: SocketAddr,
+    },
+    /// The admitted connection ended.
+    Down {
+        /// The relay.
+        relay: RelayIndex,
+    },
+    /// The relay refused us.
+    Refused {
+        /// The relay.
+        relay: RelayIndex,
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// A payload from a subscribed mailbox; answer with [`RelayHandle::taken`] once handled.
+    Payload {
+        /// The relay.
+        relay: RelayIndex,
+        /// The relay's id of the payload.
+        id: u64,
+        /// Where it was posted.
+        mailbox: Mailbox,
+        /// Its bytes.
+        bytes: Vec<u8>,
+    },
+    /// The relay refused one of our posts.
+    PostRefused {
+        /// The relay.
+        relay: RelayIndex,
+        /// Why.
+        reason: PostRefuseReason,
+    },
+}
+
+/// What the loop asks of a relay task.
+#[derive(Debug)]
+enum Command {
+    Post { mailbox: Mailbox, ttl_secs: u32, broadcast: bool, bytes: Vec<u8> },
+    Taken(u64),
+}
+
+/// The loop's handle on one relay task; dropping it ends the task and its connection.
+#[derive(Debug)]
+pub struct RelayHandle {
+    commands: mpsc::Sender<Command>,
+    subscription: watch::Sender<Vec<Mailbox>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RelayHandle {
+    /// Queues a post; `false` when it was dropped (queue full or the task ended).
+    pub fn post(&self, mailbox: Mailbox, ttl_secs: u32, broadcast: bool, bytes: Vec<u8>) -> bool {
+        self.commands.try_send(Command::Post { mailbox, ttl_secs, broadcast, bytes }).is_ok()
+    }
+
+    /// Replaces the subscribed mailboxes (sent now if connected, and on every reconnect).
+    pub fn subscribe(&self, mailboxes: Vec<Mailbox>) {
+        self.subscription.send_replace(mailboxes);
+    }
+
+    /// The payload `id` was handled: the relay may delete it.
+    pub fn taken(&self, id: u64) {
+        // A full queue only means a redelivery later, which the session drops.
+        let _ = self.commands.try_send(Command::Taken(id));
+    }
+}
+
+/// Starts the task that keeps `relay` connected, dialing from `quic` (the links' endpoint)
+/// when given. Must run inside a tokio runtime.
+pub fn spawn_relay(
+    relay: RelayIndex,
+    target: RelayTarget,
+    membership: Arc<RelayMembership>,
+    quic: Option<quinn::Endpoint>,
+    events: mpsc::Sender<RelayEvent>,
+) -> RelayHandle {
+    let (commands, rx) = mpsc::channel(POST_QUEUE);
+    let (subscription, subs) = watch::channel(Vec::new());
+    let span = tracing::info_span!("relay", index = relay.0, addr = %target.addr);
+    let task = RelayTask { relay, target, membership, quic, events, commands: rx, subs };
+    let task = tokio::spawn(task.run().instrument(span));
+    RelayHandle { commands, subscription, task }
+}
+
+struct RelayTask {
+    relay: RelayIndex,
+    target: RelayTarget,
+    membership: Arc<RelayMembership>,
+    quic: Option<quinn::Endpoint>,
+    events: mpsc::Sender<RelayEvent>,
+    commands: mpsc::Receiver<Command>,
+    subs: watch::Receiver<Vec<Mailbox>>,
+}
+
+/// How a connection attempt or an admitted connection ended.
+enum Ended {
+    /// The loop is gone: stop.
+    Stop,
+    /// Try again after the backoff.
+    Retry,
+    /// Refused: try again after the longest backoff.
+    Refused,
+}
+
+impl RelayTask {
+    async fn run(mut self) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let ended = match self.connect().await {
+                Ok(client) => {
+                    backoff = BACKOFF_MIN;
+                    let ended = self.serve(client).await;
+                    if matches!(ended, Ended::Stop) {
+                        return;
+                    }
+                    if !matches!(ended, Ended::Refused) {
+                        self.tell(RelayEvent::Down { relay: self.relay }).await;
+                    }
+                    ended
+                }
+                Err(err) => self.failed(err).await,
+            };
+            let wait = match ended {
+                Ended::Stop => return,
+                Ended::Refused => BACKOFF_MAX,
+                Ended::Retry => {
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    wait
+                }
+            };
+            // Up to a quarter less, so that many nodes do not come back at the same instant.
+            let wait = wait.mul_f64(1.0 - rand::thread_rng().gen_range(0.0..0.25));
+            if self.idle(wait).await {
+                return;
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<RelayClient, RelayClientError> {
+        let RelayTarget { addr, key } = self.target;
+        match &self.quic {
+            Some(quic) => {
+                RelayClient::connect_on(quic.clone(), addr, key, &self.membership, CONNECT_TIMEOUT)
+                    .await
+            }
+            None => RelayClient::connect(addr, key, &self.membership, CONNECT_TIMEOUT).await,
+        }
+    }
+
+    /// A connection attempt failed: the core hears of refusals (its status shows them).
+    async fn failed(&self, err: RelayClientError) -> Ended {
+        match err {
+            RelayClientError::Refused { reason } => {
+                let reason = reason.unwrap_or(RefuseReason::Other(0));
+                warn!(reason = reason.as_str(), "the relay refused us");
+                self.tell(RelayEvent::Refused { relay: self.relay, reason }).await;
+                Ended::Refused
+            }
+            RelayClientError::WrongRelayKey => {
+                warn!("the relay's key is not the one configured under [[relay]]; check key =");
+                Ended::Refused
+            }
+            err => {
+                debug!(%err, "relay connection failed");
+                Ended::Retry
+            }
+        }
+    }
+
+    /// Carries traffic over an admitted connection until it ends.
+    async fn serve(&mut self, mut client: RelayClient) -> Ended {
+        let observed = client.welcome().observed;
+        info!(%observed, "relay admitted us");
+        self.tell(RelayEvent::Up { relay: self.relay, observed }).await;
+        let mut seq: u32 = 0;
+        // The current subscription goes first on every connection.
+        self.subs.mark_changed();
+        loop {
+            tokio::select! {
+                frame = client.recv() => match frame {
+                    Ok(Some(frame)) => {
+                        if let Some(ended) = self.on_frame(frame).await {
+                            client.close();
+                            return ended;
+                        }
+                    }
+                    Ok(None) => return Ended::Retry,
+                    Err(RelayClientError::Refused { reason }) => {
+                        let reason = reason.unwrap_or(RefuseReason::Other(0));
+                        self.tell(RelayEvent::Refused { relay: self.relay, reason }).await;
+                        return Ended::Refused;
+                    }
+                    Err(err) => {
+                        debug!(%err, "relay connection lost");
+                        return Ended::Retry;
+                    }
+                },
+                command = self.commands.recv() => {
+                    let Some(command) = command else {
+                        client.close();
+                        return Ended::Stop;
+                    };
+                    for frame in self.frames(command, &mut seq) {
+                        if let Err(err) = client.send(&frame).await {
+                            debug!(%err, "relay write failed");
+                            return Ended::Retry;
+                        }
+                    }
+                }
+                changed = self.subs.changed() => {
+                    if changed.is_err() {
+                        client.close();
+                        return Ended::Stop;
+                    }
+                    let mailboxes = self.subs.borrow_and_update().clone();
+                    if let Err(err) = client.subscribe(mailboxes).await {
+                        debug!(%err, "relay write failed");
+                        return Ended::Retry;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The frames for `command`: a `Taken` also carries the ids queued right behind it (one
+    /// frame for a burst of deliveries), and a post met on the way follows it.
+    fn frames(&mut self, command: Command, seq: &mut u32) -> Vec<RelayFrame> {
+        let post = |seq: &mut u32, mailbox, ttl_secs, broadcast, payload| {
+            *seq = seq.wrapping_add(1);
+            RelayFrame::Post(Post { seq: *seq, mailbox, ttl_secs, broadcast, payload })
+        };
+        match command {
+            Command::Post { mailbox, ttl_secs, broadcast, bytes } => {
+                vec![post(seq, mailbox, ttl_secs, broadcast, bytes)]
+            }
+            Command::Taken(first) => {
+                let mut ids = vec![first];
+                let mut then = None;
+                while ids.len() < TAKEN_BATCH {
+                    match self.commands.try_recv() {
+                        Ok(Command::Taken(id)) => ids.push(id),
+                        Ok(Command::Post { mailbox, ttl_secs, broadcast, bytes }) => {
+                            then = Some(post(seq, mailbox, ttl_secs, broadcast, bytes));
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                std::iter::once(RelayFrame::Taken { ids }).chain(then).collect()
+            }
+        }
+    }
+
+    /// A frame from the relay; `Some` when the connection must end.
+    async fn on_frame(&mut self, frame: RelayFrame) -> Option<Ended> {
+        match frame {
+            RelayFrame::Deliver(d) => {
+                let event = RelayEvent::Payload {
+                    relay: self.relay,
+                    id: d.id,
+                    mailbox: d.mailbox,
+                    bytes: d.payload,
+                };
+                if self.events.send(event).await.is_err() {
+                    return Some(Ended::Stop);
+                }
+            }
+            RelayFrame::PostRefused { seq, reason } => {
+                debug!(seq, ?reason, "the relay refused a post");
+                self.tell(RelayEvent::PostRefused { relay: self.relay, reason }).await;
+            }
+            RelayFrame::Posted { .. } => {}
+            RelayFrame::Observed { addr } => {
+                info!(observed = %addr, "the relay sees us at a new address");
+                self.tell(RelayEvent::Up { relay: self.relay, observed: addr }).await;
+            }
+            RelayFrame::Refused { reason } => {
+                self.tell(RelayEvent::Refused { relay: self.relay, reason }).await;
+                return Some(Ended::Refused);
+            }
+            other => {
+                debug!(kind = other.kind(), "unexpected frame from the relay: reconnecting");
+                return Some(Ended::Retry);
+            }
+        }
+        None
+    }
+
+    /// Waits `wait` while no connection is up, dropping what the loop sends meanwhile (the core
+    /// knows the relay is down); `true` when the loop is gone.
+    async fn idle(&mut self, wait: Duration) -> bool {
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return false,
+                command = self.commands.recv() => if command.is_none() { return true },
+            }
+        }
+    }
+
+    async fn tell(&self, event: RelayEvent) {
+        let _ = self.events.send(event).await;
+    }
+}
