@@ -261,3 +261,374 @@ fn two_nated_stores_converge_through_the_relay() {
         stop(n);
     }
 }
+
+/// Submits one unit per JSON body in `bodies` at `dir`.
+fn submit_bodies(dir: &Path, bodies: &[String]) {
+    let lines: String =
+        bodies.iter().map(|b| format!("{{\"kind\":\"TUBT\",\"body\":{b}}}\n")).collect();
+    let out =
+        common::run_with_input(&["submit", "--data-dir", s(dir), "--jsonl", "-"], lines.as_bytes());
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+}
+
+/// The relay and its status, started on `listen` and admitting the system of `member`.
+fn relay_for(lab: &Lab, node: &str, dir: &Path, listen: SocketAddr, member: &Path) -> LabChild {
+    let relay = start_relay(lab, node, dir, listen);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let relay_json = |dir: &Path| {
+        let out = common::run(&["relay", "--data-dir", s(dir), "--status", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout).ok()
+    };
+    while !relay_json(dir).is_some_and(|st| st["running"] == true && st["pid"] == relay.id()) {
+        assert!(Instant::now() < deadline, "relay did not start:\n{}", relay.log().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    admit(dir, member);
+    // A running relay reads the admission within a second; a node refused before that would
+    // wait out a minute's backoff.
+    while relay_json(dir).is_none_or(|st| st["systems"].as_array().is_none_or(Vec::is_empty)) {
+        assert!(Instant::now() < deadline, "relay did not admit:\n{}", relay.log().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    relay
+}
+
+/// `meshnode subscribe --from-start` at the running node in `dir`, read line by line; killed
+/// when dropped.
+struct Subscriber {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Subscriber {
+    fn start(dir: &Path) -> Subscriber {
+        use std::io::BufRead;
+        let mut child = common::cmd(&["subscribe", "--data-dir", s(dir), "--from-start"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Subscriber { child, lines }
+    }
+
+    /// The next `n` units, waiting at most until `deadline`.
+    fn next(&mut self, n: usize, deadline: Instant) -> Vec<Value> {
+        let mut units = Vec::new();
+        while units.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => units.push(serde_json::from_str(&line).expect("subscribe json line")),
+                Err(_) => break,
+            }
+        }
+        assert_eq!(units.len(), n, "subscribe printed {} of {n} units: {units:?}", units.len());
+        units
+    }
+}
+
+/// The first `n` units `meshnode subscribe --from-start` prints at the running node in `dir`.
+fn subscribed(dir: &Path, n: usize) -> Vec<Value> {
+    Subscriber::start(dir).next(n, Instant::now() + BUDGET)
+}
+
+/// Every byte of every file under `dir`.
+fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push((path, bytes));
+            }
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every readable mapping of process `pid`, read through `/proc/PID/mem`.
+fn process_memory(pid: u32) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut out = Vec::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { continue };
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else { continue };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        else {
+            continue;
+        };
+        let mut region = vec![0u8; (end - start) as usize];
+        if mem.seek(SeekFrom::Start(start)).is_ok() && mem.read_exact(&mut region).is_ok() {
+            out.extend_from_slice(&region);
+        }
+    }
+    out
+}
+
+/// Captures every frame on every interface of `node` (AF_PACKET) until the returned stop
+/// function is called, which returns the frames' bytes.
+fn capture(lab: &Lab, node: &str) -> impl FnOnce() -> Vec<u8> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let fd = lab
+        .enter(node, || unsafe {
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                i32::from((libc::ETH_P_ALL as u16).to_be()),
+            );
+            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            let timeout = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+            fd
+        })
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = vec![0u8; 65_536];
+        while !flag.load(Ordering::Relaxed) {
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n > 0 {
+                all.extend_from_slice(&buf[..n as usize]);
+            }
+        }
+        unsafe { libc::close(fd) };
+        all
+    });
+    move || {
+        stop.store(true, Ordering::Relaxed);
+        reader.join().unwrap()
+    }
+}
+
+/// The relay never sees a unit's content: a marker submitted at store 1 arrives at store 2
+/// through the relay, and it is in none of the relay's files, in no frame on the relay's
+/// interface, and nowhere in the relay process's memory. Positive controls: the marker is at
+/// the receiver, and each scan finds something known to be there.
+#[test]
+fn marker_never_reaches_the_relay() {
+    let Some(net) = Internet::build("rmarker") else { return };
+    let lab = &net.lab;
+    let deadline = Instant::now() + BUDGET;
+    let root = tempfile::tempdir().unwrap();
+    let dirs = system(root.path(), "1,2,3,5", &["server1", "server2"]);
+    let relay_dir = root.path().join("relay");
+    let relay = relay_for(lab, "relay", &relay_dir, net.relay_addr, &dirs[0]);
+    let key = relay_status(&relay_dir)["key"].as_str().unwrap().to_string();
+    for server in &dirs {
+        edit_config(server, &FAST_RELAY_PATH, &relay_tables(&[(net.relay_addr, key.clone())]));
+    }
+    let stop_capture = capture(lab, "relay");
+    let marker = format!("MARKER-{}-a7c1e5", std::process::id());
+    let mut bodies: Vec<String> = (0..40).map(|i| format!("{{\"filler\":{i}}}")).collect();
+    bodies.insert(17, format!("{{\"password\":\"{marker}\"}}"));
+    submit_bodies(&dirs[0], &bodies);
+    let nodes = [
+        start(lab, "server1", &dirs[0], &["--role", "store-server"]),
+        start(lab, "server2", &dirs[1], &["--role", "store-server"]),
+    ];
+    let all: Vec<(&LabChild, &Path)> = nodes
+        .iter()
+        .zip(dirs.iter().map(PathBuf::as_path))
+        .chain([(&relay, relay_dir.as_path())])
+        .collect();
+    wait_for("the units at server2", deadline, &all, || units(&dirs[1]) == 41);
+    let frames = stop_capture();
+    let memory = process_memory(relay.id());
+
+    // Positive controls: the marker is at the receiver, the capture holds the relay traffic
+    // (the relay's address in IP headers), the memory holds the relay's listen address.
+    let delivered = subscribed(&dirs[1], 41);
+    let hex_marker = hex::encode(&marker);
+    assert!(
+        delivered
+            .iter()
+            .any(|u| u.to_string().contains(&marker) || u.to_string().contains(&hex_marker)),
+        "the marker unit is at server2: {delivered:?}"
+    );
+    assert!(frames.len() > 10_000 && contains(&frames, &[10, 77, 70, 1]), "capture is empty");
+    let listen = net.relay_addr.to_string();
+    assert!(contains(&memory, listen.as_bytes()), "relay memory scan finds its listen address");
+    assert!(
+        files_under(&relay_dir).iter().any(|(_, bytes)| contains(bytes, listen.as_bytes())),
+        "the relay's files hold its listen address (status)"
+    );
+
+    let marker = marker.as_bytes();
+    for (path, bytes) in files_under(&relay_dir) {
+        assert!(!contains(&bytes, marker), "the marker is in the relay's {}", path.display());
+    }
+    assert!(!contains(&frames, marker), "the marker crossed the relay's interface in clear");
+    assert!(!contains(&memory, marker), "the marker is in the relay's memory");
+    for n in &nodes {
+        stop(n);
+    }
+}
+
+/// Outsiders get nothing from the relay: a node of a system the relay never admitted, and a
+/// node of an admitted RmSystem whose install id (and key) is not the system's (it knows only
+/// the RmSystem), are refused; their status says so and the relay counts them.
+#[test]
+fn relay_refuses_outsiders() {
+    let Some(net) = Internet::build("rrefuse") else { return };
+    let lab = &net.lab;
+    let deadline = Instant::now() + BUDGET;
+    let root = tempfile::tempdir().unwrap();
+    let members = system(root.path(), "1,2,3,6", &["server1"]);
+    let foreign = system(&root.path().join("foreign"), "9,9,9,9", &["server2"]);
+    let pretender = system(&root.path().join("pretender"), "1,2,3,6", &["lane1"]);
+    let relay_dir = root.path().join("relay");
+    let relay = relay_for(lab, "relay", &relay_dir, net.relay_addr, &members[0]);
+    let key = relay_status(&relay_dir)["key"].as_str().unwrap().to_string();
+    let dirs = [members[0].as_path(), foreign[0].as_path(), pretender[0].as_path()];
+    for dir in dirs {
+        edit_config(dir, &FAST_RELAY_PATH, &relay_tables(&[(net.relay_addr, key.clone())]));
+    }
+    let nodes = [
+        start(lab, "server1", dirs[0], &["--role", "store-server"]),
+        start(lab, "server2", dirs[1], &["--role", "store-server"]),
+        start(lab, "lane1", dirs[2], &[]),
+    ];
+    let all: Vec<(&LabChild, &Path)> =
+        nodes.iter().zip(dirs).chain([(&relay, relay_dir.as_path())]).collect();
+    let relay_state = |dir: &Path| status(dir)["node"]["relays"][0].clone();
+    wait_for("the member up, the outsiders refused", deadline, &all, || {
+        relay_state(dirs[0])["state"] == "up"
+            && relay_state(dirs[1])["state"] == "refused"
+            && relay_state(dirs[2])["state"] == "refused"
+    });
+    let foreign_st = relay_state(dirs[1]);
+    assert!(
+        foreign_st["refused"].as_str().is_some_and(|r| r.contains("unknown_system")),
+        "{foreign_st}"
+    );
+    let pretender_st = relay_state(dirs[2]);
+    assert!(
+        pretender_st["refused"].as_str().is_some_and(|r| r.contains("bad_proof")),
+        "{pretender_st}"
+    );
+    // The relay writes its status every second.
+    wait_for("the relay to count both refusals", deadline, &all, || {
+        let refused = &relay_status(&relay_dir)["refused"];
+        refused["unknown_system"].as_u64() >= Some(1) && refused["bad_proof"].as_u64() >= Some(1)
+    });
+    let st = relay_status(&relay_dir);
+    // Only the admitted system has connections at the relay; the pretender's failed proofs
+    // are counted against the system it claimed.
+    for system in st["systems"].as_array().unwrap() {
+        let admitted = system["rmsystem"] == "1,2,3,6";
+        assert_eq!(system["admitted"], admitted, "{st:#}");
+        assert_eq!(system["connected"].as_u64() > Some(0), admitted, "{st:#}");
+        if admitted {
+            assert!(system["counters"]["bad_proof"].as_u64() >= Some(1), "{st:#}");
+        }
+    }
+    for n in &nodes {
+        stop(n);
+    }
+}
+
+/// A relay killed (-9) in the middle of a transfer and restarted, with a second configured
+/// relay that never runs: nothing is lost and nothing is delivered twice. A subscriber at the
+/// receiver sees every unit once, in order, and then a sentinel submitted last, so no
+/// duplicate hides after the count.
+#[test]
+fn relay_restart_loses_nothing() {
+    const UNITS: usize = 3_000;
+    let Some(net) = Internet::build("rrestart") else { return };
+    let lab = &net.lab;
+    let deadline = Instant::now() + BUDGET * 2;
+    let root = tempfile::tempdir().unwrap();
+    let dirs = system(root.path(), "1,2,3,7", &["server1", "server2"]);
+    let relay_dir = root.path().join("relay");
+    let relay = relay_for(lab, "relay", &relay_dir, net.relay_addr, &dirs[0]);
+    let key = relay_status(&relay_dir)["key"].as_str().unwrap().to_string();
+    // Nothing ever listens at the second relay.
+    let down = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 77, 70, 1), RELAY_PORT + 1));
+    let relays = [(net.relay_addr, key), (down, "5a".repeat(32))];
+    for server in &dirs {
+        edit_config(server, &FAST_RELAY_PATH, &relay_tables(&relays));
+    }
+    let nodes = [
+        start(lab, "server1", &dirs[0], &["--role", "store-server"]),
+        start(lab, "server2", &dirs[1], &["--role", "store-server"]),
+    ];
+    let origin = dbid(&dirs[0]);
+    let sales = |from: usize, to: usize| -> Vec<String> {
+        (from..to).map(|i| format!("{{\"sale\":{i}}}")).collect()
+    };
+    // The first third flows; the relay dies as soon as some of it arrived; the rest is
+    // submitted while the relay is down, so the sessions hold unacknowledged data across the
+    // crash whatever the timing.
+    submit_bodies(&dirs[0], &sales(0, UNITS / 3));
+    {
+        let all: Vec<(&LabChild, &Path)> = nodes
+            .iter()
+            .zip(dirs.iter().map(PathBuf::as_path))
+            .chain([(&relay, relay_dir.as_path())])
+            .collect();
+        wait_for("the first units at server2", deadline, &all, || units(&dirs[1]) > 0);
+    }
+    relay.kill().unwrap();
+    submit_bodies(&dirs[0], &sales(UNITS / 3, UNITS));
+    // Its control socket is up by now.
+    let mut subscriber = Subscriber::start(&dirs[1]);
+    let relay = start_relay(lab, "relay", &relay_dir, net.relay_addr);
+    let all: Vec<(&LabChild, &Path)> = nodes
+        .iter()
+        .zip(dirs.iter().map(PathBuf::as_path))
+        .chain([(&relay, relay_dir.as_path())])
+        .collect();
+    wait_for("every unit at server2", deadline, &all, || units(&dirs[1]) == UNITS as u64);
+    submit_bodies(&dirs[0], &["{\"sentinel\":true}".to_string()]);
+    let delivered = subscriber.next(UNITS + 1, deadline);
+    for (i, unit) in delivered.iter().enumerate() {
+        assert_eq!(unit["origin"], origin.as_str(), "{unit}");
+        assert_eq!(unit["seq"].as_u64(), Some(i as u64 + 1), "delivered once, in order: {unit}");
+    }
+    assert!(delivered[UNITS].to_string().contains("sentinel"), "{}", delivered[UNITS]);
+    let st = status(&dirs[0]);
+    let relays = st["node"]["relays"].as_array().unwrap();
+    assert_eq!(relays[0]["state"], "up", "{st:#}");
+    assert_ne!(relays[1]["state"], "up", "{st:#}");
+    for n in &nodes {
+        stop(n);
+    }
+}

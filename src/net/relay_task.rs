@@ -18,9 +18,12 @@
 //!   [`RelayHandle::taken`] after `handle` returns); a crash in between only causes a
 //!   redelivery, which the session drops as a duplicate.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
@@ -38,6 +41,10 @@ const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Connect plus admission handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A post the relay has not confirmed (`Posted` or `PostRefused`) within this long means the
+/// connection is dead although QUIC has not noticed yet (a relay killed and restarted leaves
+/// the old connection silent until the 45 s idle timeout): reconnect.
+const POSTED_WITHIN: Duration = Duration::from_secs(10);
 /// Most delivery ids acknowledged in one `Taken` frame.
 const TAKEN_BATCH: usize = 256;
 
@@ -240,12 +247,25 @@ impl RelayTask {
         info!(%observed, "relay admitted us");
         self.tell(RelayEvent::Up { relay: self.relay, observed }).await;
         let mut seq: u32 = 0;
+        // Posts sent and not yet confirmed, oldest first.
+        let mut unconfirmed: VecDeque<(u32, Instant)> = VecDeque::new();
         // The current subscription goes first on every connection.
         self.subs.mark_changed();
         loop {
+            let confirm_by = unconfirmed.front().map(|(_, at)| *at + POSTED_WITHIN);
             tokio::select! {
+                () = sleep_until(confirm_by) => {
+                    warn!("the relay confirmed no post for {POSTED_WITHIN:?}: reconnecting");
+                    client.close();
+                    return Ended::Retry;
+                }
                 frame = client.recv() => match frame {
                     Ok(Some(frame)) => {
+                        match &frame {
+                            RelayFrame::Posted { seqs } => unconfirmed.retain(|(s, _)| !seqs.contains(s)),
+                            RelayFrame::PostRefused { seq, .. } => unconfirmed.retain(|(s, _)| s != seq),
+                            _ => {}
+                        }
                         if let Some(ended) = self.on_frame(frame).await {
                             client.close();
                             return ended;
@@ -268,6 +288,9 @@ impl RelayTask {
                         return Ended::Stop;
                     };
                     for frame in self.frames(command, &mut seq) {
+                        if let RelayFrame::Post(post) = &frame {
+                            unconfirmed.push_back((post.seq, Instant::now()));
+                        }
                         if let Err(err) = client.send(&frame).await {
                             debug!(%err, "relay write failed");
                             return Ended::Retry;
@@ -368,5 +391,13 @@ impl RelayTask {
 
     async fn tell(&self, event: RelayEvent) {
         let _ = self.events.send(event).await;
+    }
+}
+
+/// Sleeps until `at`, or for ever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

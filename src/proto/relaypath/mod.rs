@@ -270,7 +270,7 @@ impl RelayPath {
                     (false, Some(_)) => "refused",
                     (false, None) => "down",
                 },
-                refused: r.refused.map(|reason| format!("{reason:?}")),
+                refused: r.refused.map(|reason| reason.as_str().to_string()),
                 observed: r.observed,
                 posted: r.posted,
                 delivered: r.delivered,
