@@ -995,7 +995,7 @@ impl<S: Store> Node<S> {
             .filter(|(l, _)| **l != link)
             .filter_map(|(_, i)| i.sync.want.as_ref().map(|w| &w.ranges))
             .collect();
-        let limit = self.cfg.batch_units.max(1);
+        let limit = self.want_limit(link);
         let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_mul(2);
         let ours = self.ledger.store().version_vector();
         let planned = plan_want(&peer.vector, ours, &exclude, cap, only);
@@ -1024,6 +1024,19 @@ impl<S: Store> Node<S> {
         self.send_frame(link, Tag::Tubs, &Message::Want { ranges: wire, limit });
     }
 
+    /// Units asked for in one `Want` on `link`. A relay link is slow to answer (a round trip
+    /// through the relay and the mixing delays, hundreds of ms), so one `Want` there asks for
+    /// as much as one answer may carry ([`RELAY_ANSWER_BYTES`] of small units) rather than a
+    /// LAN batch: at 512 units a round trip, catching up through a relay crawled.
+    fn want_limit(&self, link: LinkId) -> usize {
+        let batch = self.cfg.batch_units.max(1);
+        if link.is_relay() {
+            batch.max(RELAY_ANSWER_BYTES / 256)
+        } else {
+            batch
+        }
+    }
+
     fn plan_all(&mut self) {
         let links: Vec<LinkId> = self.links.keys().copied().collect();
         for link in links {
@@ -1035,8 +1048,7 @@ impl<S: Store> Node<S> {
     /// per-origin order is kept within an urgency), the last frame marked `end`.
     fn on_want(&mut self, link: LinkId, ranges: &[(u32, u64, u64)], limit: u32) {
         let Some(info) = self.links.get(&link) else { return };
-        let limit =
-            usize::try_from(limit).unwrap_or(usize::MAX).min(self.cfg.batch_units.max(1) * 4);
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(self.want_limit(link) * 4);
         let mut candidates: Vec<TransferUnit> = Vec::new();
         for &(i, start, end) in ranges {
             let Ok(origin) = info.sync.our_origin(i) else {
