@@ -120,6 +120,8 @@ pub struct RelayPathSettings {
     /// How long relays keep our payloads for a peer that is offline, in seconds (the relay may
     /// cap it).
     pub payload_ttl_secs: u64,
+    /// Try UDP hole punching with peers reached through a relay, for a direct link.
+    pub hole_punch: bool,
 }
 
 impl Default for RelayPathSettings {
@@ -133,6 +135,7 @@ impl Default for RelayPathSettings {
             delay_ms_normal: normal,
             delay_ms_background: background,
             payload_ttl_secs: u64::from(core.payload_ttl_secs),
+            hole_punch: true,
         }
     }
 }
@@ -333,6 +336,10 @@ delay_ms_normal = 200
 delay_ms_background = 2000
 # How long relays keep payloads for a peer that is offline, in seconds (a relay may cap it).
 payload_ttl_secs = 604800
+# With the addresses the relays see, peers reached through a relay try UDP hole punching; where
+# both NATs allow it, a direct QUIC link replaces the relay path (`meshnode --status` shows
+# which, and why). false: keep traffic on the relays.
+hole_punch = true
 "#;
 
     /// Reads and validates `path`.

@@ -153,6 +153,8 @@ struct Transports {
     connect_timeout: Duration,
     next_link: AtomicU64,
     tx: mpsc::Sender<Event>,
+    /// A copy of the QUIC socket's descriptor, for punch datagrams.
+    punch_socket: Option<Arc<StdUdpSocket>>,
 }
 
 /// The loop's view of links and of the QUIC path per address.
@@ -204,6 +206,12 @@ pub async fn run<S: Store>(
         let local = sender.local_addr()?;
         spawn_udp_reader(sender.clone(), DatagramDest::Unicast(local), own.clone(), tx.clone());
     }
+    // Punch datagrams leave from the QUIC socket's own port (a copy of the descriptor), so the
+    // NAT mapping they open is the one QUIC uses.
+    let punch_socket = match &cfg.quic_socket {
+        Some(socket) => Some(Arc::new(socket.try_clone()?)),
+        None => None,
+    };
     let quic = match cfg.quic_socket {
         Some(socket) => {
             let (endpoint, local) =
@@ -220,6 +228,7 @@ pub async fn run<S: Store>(
         connect_timeout: cfg.connect_timeout,
         next_link: AtomicU64::new(1),
         tx: tx.clone(),
+        punch_socket,
     });
     cfg.listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(cfg.listener)?;
@@ -377,6 +386,46 @@ impl Links {
                         transports.report(&LinkFailure::Tcp(err)).await;
                         let _ = transports.tx.send(Event::ConnectFailed { to }).await;
                     }
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Sends punch datagrams to `to` from the QUIC socket: three, at 0, 100 and 250 ms, so one
+    /// lost or early one does not spoil the round. QUIC drops them unread: an 8-byte datagram
+    /// whose first byte has the fixed bit clear is no QUIC packet (test in `net::quic`).
+    fn punch(&self, to: SocketAddr) {
+        let Some(socket) = self.transports.punch_socket.clone() else { return };
+        tokio::spawn(async move {
+            let mut datagram = *b"\0MNP____";
+            let mut last = Duration::ZERO;
+            for at in [0, 100, 250].map(Duration::from_millis) {
+                tokio::time::sleep(at - last).await;
+                last = at;
+                rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut datagram[4..]);
+                if let Err(err) = socket.send_to(&datagram[..8], to) {
+                    debug!(%to, %err, "punch datagram not sent");
+                }
+            }
+        });
+    }
+
+    /// Dials a punched path: QUIC only, shortly after our own punches left (so the other NAT
+    /// has seen ours when our handshake arrives, or its retransmission does), within the QUIC
+    /// attempt limit. A failure is only logged: the core's round times out.
+    fn connect_punched(&self, to: SocketAddr) {
+        let transports = self.transports.clone();
+        let span = tracing::debug_span!("connect_punched", %to);
+        tokio::spawn(
+            async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                match transports.connect_quic(to).await {
+                    Ok(link) => {
+                        info!("hole punching worked: direct quic link");
+                        transports.start_link(link).await;
+                    }
+                    Err(err) => debug!(%err, "punched quic attempt failed"),
                 }
             }
             .instrument(span),
@@ -641,6 +690,8 @@ async fn execute(out: Output, senders: &[Arc<UdpSocket>], links: &mut Links) {
             }
         }
         Output::Connect { to } => links.connect(to),
+        Output::Punch { to } => links.punch(to),
+        Output::ConnectPunched { to } => links.connect_punched(to),
         Output::Close { link } => {
             links.open.remove(&link);
         }

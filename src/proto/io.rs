@@ -259,6 +259,19 @@ pub enum Output {
         /// The link.
         link: LinkId,
     },
+    /// NAT traversal: send a few small datagrams to `to` from the socket QUIC links use, so our
+    /// NAT maps that socket towards `to` and lets its answers in. QUIC ignores them.
+    Punch {
+        /// A peer's candidate address.
+        to: SocketAddr,
+    },
+    /// NAT traversal: dial `to` over QUIC only (a punched path; no TCP fallback, and a failure
+    /// says nothing about the address's QUIC path). Answered like [`Output::Connect`] on
+    /// success; a failure needs no answer (the punching round times out).
+    ConnectPunched {
+        /// A peer's candidate address.
+        to: SocketAddr,
+    },
     /// A submitted unit is durable: tell the application (in submission order).
     Accepted(Receipt),
     /// A submission the core could not take (the store refused the write: disk full, an IO

@@ -123,6 +123,14 @@ pub enum Message {
         /// The `sent` of the ping.
         sent: u64,
     },
+    /// NAT traversal ([`crate::proto::punch`]): the sender's addresses as its relays observe
+    /// them, for punching round `round`. Only heeded on the peer's relay link.
+    CallMeMaybe {
+        /// The round, 1-based.
+        round: u32,
+        /// The sender's candidates.
+        addrs: Vec<std::net::SocketAddr>,
+    },
 }
 
 /// Why a message was refused.

@@ -7,12 +7,14 @@
 //! - [`sync`]: anti-entropy bookkeeping (change log, per-link origin tables, what to ask for).
 //! - [`node`]: the state machine.
 //! - [`relaypath`]: relay sessions, links to peers through relay mailboxes.
+//! - [`punch`]: NAT traversal, from a relay session to a direct link.
 //! - [`status`]: the snapshot `--status` shows.
 
 pub mod io;
 pub mod message;
 pub mod node;
 pub mod peers;
+pub mod punch;
 pub mod relaypath;
 pub mod status;
 pub mod sync;

@@ -41,6 +41,7 @@ use crate::proto::io::{
 };
 use crate::proto::message::{decode_units, Announce, HaveEntry, Message};
 use crate::proto::peers::{backoff_ms, DownReason, Peer, PeerState, Role};
+use crate::proto::punch::{self, PunchAction, PunchStatus, Punches};
 use crate::proto::relaypath::{PathEvent, RelayPath, RelayPathConfig};
 use crate::proto::status::{LinkStatus, NodeStatus, PeerStatus, Queues};
 use crate::proto::sync::{plan_want, ChangeLog, LinkSync, Outstanding};
@@ -113,6 +114,8 @@ pub struct NodeConfig {
     pub rng_seed: u64,
     /// The relay path (off while no relay is configured).
     pub relay_path: RelayPathConfig,
+    /// Try UDP hole punching with peers reached over a relay ([`crate::proto::punch`]).
+    pub hole_punch: bool,
 }
 
 impl NodeConfig {
@@ -152,6 +155,7 @@ impl NodeConfig {
             app: "app".into(),
             rng_seed: 0,
             relay_path: RelayPathConfig::default(),
+            hole_punch: true,
         }
     }
 }
@@ -163,6 +167,10 @@ pub struct NodeStats {
     pub rejects: RejectCounters,
     /// Discovery packets from nodes of another RmSystem or environment (counted, never peered).
     pub foreign_nodes_heard: u64,
+    /// Hole-punching rounds started (`CallMeMaybe` sent).
+    pub punch_rounds: u64,
+    /// `CallMeMaybe`s ignored: not on the sender's current relay link, or punching is off.
+    pub punch_calls_ignored: u64,
     /// Units received (pushed or asked for).
     pub units_received: u64,
     /// Of those, new to this node.
@@ -276,6 +284,8 @@ pub struct Node<S: Store> {
     stats: NodeStats,
     /// Relay sessions: links to peers through relay mailboxes.
     relay: RelayPath,
+    /// Hole punching with the peers reached over a relay.
+    punches: Punches,
 }
 
 impl<S: Store> Node<S> {
@@ -343,6 +353,7 @@ impl<S: Store> Node<S> {
             safe: BTreeMap::new(),
             replan: false,
             stats: NodeStats::default(),
+            punches: Punches::default(),
             relay,
         };
         if node.cfg.role == Role::MainServer {
@@ -443,6 +454,7 @@ impl<S: Store> Node<S> {
                         .link
                         .filter(|l| p.linked() && l.is_relay())
                         .and_then(|l| self.relay.session_status(l)),
+                    punch: self.punch_status(p),
                 }
             })
             .collect();
@@ -863,6 +875,98 @@ impl<S: Store> Node<S> {
         self.send_have(link, false);
         self.send_ping(link);
         self.fail_back();
+        if kind == LinkKind::Relay {
+            if self.cfg.hole_punch && self.punch_candidates().is_ok() {
+                let mut actions = Vec::new();
+                self.punches.start(now, dbid, &mut actions);
+                self.punch_actions(actions);
+            }
+        } else {
+            self.punches.direct_link_up(dbid);
+        }
+    }
+
+    // ----- NAT traversal -----
+
+    /// Our punching candidates: what the relays that are up observe.
+    fn punch_candidates(&self) -> Result<Vec<SocketAddr>, String> {
+        punch::candidates(&self.relay.observed())
+    }
+
+    fn punch_actions(&mut self, actions: Vec<PunchAction>) {
+        for action in actions {
+            match action {
+                PunchAction::CallMeMaybe { peer, round } => {
+                    let Ok(addrs) = self.punch_candidates() else { continue };
+                    let link = self.peers.get(&peer).filter(|p| p.linked()).and_then(|p| p.link);
+                    if let Some(link) = link.filter(|l| l.is_relay()) {
+                        self.stats.punch_rounds += 1;
+                        self.send_frame(link, Tag::Tubs, &Message::CallMeMaybe { round, addrs });
+                    }
+                }
+                PunchAction::Punch { to } => self.out.push_back(Output::Punch { to }),
+                PunchAction::Connect { to } => self.out.push_back(Output::ConnectPunched { to }),
+            }
+        }
+    }
+
+    /// A `CallMeMaybe` from `dbid` on `link`: heeded only on its current relay link.
+    fn on_call_me_maybe(
+        &mut self,
+        link: LinkId,
+        dbid: DatabaseId,
+        round: u32,
+        addrs: &[SocketAddr],
+    ) {
+        let current = self.peers.get(&dbid).is_some_and(|p| p.link == Some(link) && p.linked());
+        if !self.cfg.hole_punch || !link.is_relay() || !current {
+            self.stats.punch_calls_ignored += 1;
+            return;
+        }
+        let mut actions = Vec::new();
+        self.punches.on_call_me_maybe(self.now, self.dbid(), dbid, round, addrs, &mut actions);
+        self.punch_actions(actions);
+    }
+
+    /// Next punching rounds and retries.
+    fn punch_timeout(&mut self) {
+        if !self.cfg.hole_punch {
+            return;
+        }
+        let mut actions = Vec::new();
+        let (peers, links) = (&self.peers, &self.links);
+        let relayed = |d: &DatabaseId| {
+            peers.get(d).is_some_and(|p| {
+                p.linked()
+                    && p.link.and_then(|l| links.get(&l)).is_some_and(|l| l.kind == LinkKind::Relay)
+            })
+        };
+        if self.punch_candidates().is_ok() {
+            self.punches.tick(self.now, relayed, &mut actions);
+        }
+        self.punch_actions(actions);
+    }
+
+    /// The punching status of `p` while a relay carries its traffic, or after punching gave a
+    /// direct link.
+    fn punch_status(&self, p: &Peer) -> Option<PunchStatus> {
+        let kind = p.link.filter(|_| p.linked()).and_then(|l| self.links.get(&l)).map(|l| l.kind);
+        match kind {
+            Some(LinkKind::Relay) => {
+                if !self.cfg.hole_punch {
+                    return Some(PunchStatus::unavailable(
+                        "off",
+                        "hole_punch = false under [relay_path]",
+                    ));
+                }
+                if let Err(reason) = self.punch_candidates() {
+                    return Some(PunchStatus::unavailable("unavailable", &reason));
+                }
+                self.punches.status(self.now, &p.dbid)
+            }
+            Some(_) if self.punches.punched(&p.dbid) => self.punches.status(self.now, &p.dbid),
+            _ => None,
+        }
     }
 
     /// Closes a link: a driver's link by [`Output::Close`], a relay link by ending its session.
@@ -1471,6 +1575,9 @@ impl<S: Store> Node<S> {
             Message::Want { ranges, limit } => self.on_want(link, &ranges, limit),
             Message::Ping { sent } => self.send_frame(link, Tag::Tubs, &Message::Pong { sent }),
             Message::Pong { sent } => self.on_pong(link, sent),
+            Message::CallMeMaybe { round, addrs } => {
+                self.on_call_me_maybe(link, dbid, round, &addrs)
+            }
             Message::Resync => {
                 if let Some(info) = self.links.get_mut(&link) {
                     info.sync.reset_reported();
@@ -1623,7 +1730,11 @@ impl<S: Store> Protocol for Node<S> {
                 return;
             }
             Input::RelayUp { relay, observed } => {
+                let before = self.relay.observed();
                 self.relay.relay_up(self.now, &mut self.rng, relay, observed);
+                if !before.iter().any(|(_, a)| *a == observed) {
+                    self.punches.address_changed(self.now);
+                }
                 self.relay_timeout();
             }
             Input::RelayDown { relay } => self.relay.relay_down(self.now, &mut self.rng, relay),
@@ -1671,6 +1782,7 @@ impl<S: Store> Protocol for Node<S> {
         }
         self.connect_due();
         self.relay_timeout();
+        self.punch_timeout();
     }
 
     fn poll_output(&mut self) -> Option<Output> {
@@ -1695,6 +1807,9 @@ impl<S: Store> Protocol for Node<S> {
             next = next.min(at.max(self.now));
         }
         if let Some(at) = self.relay.poll_timeout() {
+            next = next.min(at.max(self.now));
+        }
+        if let Some(at) = self.punches.poll_timeout().filter(|_| self.cfg.hole_punch) {
             next = next.min(at.max(self.now));
         }
         Some(next)

@@ -77,6 +77,9 @@ pub struct PeerStatus {
     pub asking: bool,
     /// Its relay session, when `link` is `relay`: round trip, resends, duplicates.
     pub relay_session: Option<SessionStatus>,
+    /// Hole punching: why a relay carries its traffic, or that a direct link was punched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub punch: Option<crate::proto::punch::PunchStatus>,
 }
 
 /// What carries traffic with a peer.

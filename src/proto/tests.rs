@@ -162,6 +162,8 @@ impl Harness {
                         }
                     }
                 }
+                // No relays (so no punching) in this harness.
+                Output::Punch { .. } | Output::ConnectPunched { .. } => {}
                 Output::Connect { to } => match self.addrs.iter().position(|a| *a == to) {
                     Some(j) if self.reachable(i, j) => self.add_link(i, j, LinkKind::Simulated),
                     _ => self.push(now.plus_millis(1), i, Event::ConnectFailed { to }),

@@ -305,6 +305,16 @@ impl RelayPath {
             .collect()
     }
 
+    /// Our address as each relay that is up sees it.
+    pub fn observed(&self) -> Vec<(u16, SocketAddr)> {
+        self.relays
+            .iter()
+            .zip(0u16..)
+            .filter(|(r, _)| r.up)
+            .filter_map(|(r, i)| r.observed.map(|a| (i, a)))
+            .collect()
+    }
+
     // ----- relays -----
 
     /// The driver's connection to `relay` is admitted.
