@@ -31,12 +31,28 @@ use self::envelope::{
     mailbox, mailbox_day, presence_mailbox, Envelope, Record, RelayPlain, MAILBOX_DAY_SECS,
 };
 use self::mixer::{choose_relay, compose, Delays};
-use self::session::{Session, SessionStats, State};
+use self::session::{Session, SessionStats, State, HANDSHAKE_LIFETIME_MS};
 use crate::crypto::KeySchedule;
 use crate::id::{DatabaseId, Environment, InstanceId, RmSystem};
 use crate::proto::io::{LinkId, RelayIndex, RelayOutput, Time};
 use crate::proto::peers::Role;
 use crate::wire::relay::{Mailbox, PostRefuseReason, RefuseReason};
+
+/// Most members remembered from presence; past it the least recently heard is forgotten
+/// (a member is heard again within its presence interval, 10 min by default).
+pub const MAX_MEMBERS: usize = 1_024;
+
+/// Days either side of today whose mailboxes are subscribed (clock skew, design §2.5).
+pub const SUBSCRIBED_DAYS: u64 = 2;
+
+/// How long a post must go unrefused before it counts as taken: a relay refuses a post within
+/// a round trip (the core has no `Posted` input, design §2.8).
+pub const POST_TAKEN_MS: u64 = 10_000;
+
+/// First backoff of a relay after it refused a post, ms (doubling to [`POST_BACKOFF_MAX_MS`]).
+pub const POST_BACKOFF_MS: u64 = 30_000;
+/// Longest backoff of a relay after refused posts, ms.
+pub const POST_BACKOFF_MAX_MS: u64 = 600_000;
 
 /// Settings of the relay path (`[relay_path]`, design §2.7).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +65,8 @@ pub struct RelayPathConfig {
     pub keepalive_ms: u64,
     /// Longest random payload delays per urgency, ms.
     pub delays: Delays,
-    /// How long relays keep our payloads.
+    /// How long relays keep our payloads, at most: the TTL asked of a relay is also capped by
+    /// [`RelayPath::payload_ttl_secs`] (how long the recipient can still open a payload).
     pub payload_ttl_secs: u32,
     /// How often presence is broadcast, ms.
     pub presence_every_ms: u64,
@@ -64,7 +81,8 @@ impl Default for RelayPathConfig {
             max_sessions: 8,
             keepalive_ms: 60_000,
             delays: Delays::default(),
-            payload_ttl_secs: 604_800,
+            // Two days: what the recipient can still use (`RelayPath::payload_ttl_secs`).
+            payload_ttl_secs: 172_800,
             presence_every_ms: 600_000,
             presence_ttl_secs: 1_800,
         }
@@ -114,6 +132,10 @@ pub struct RelayPathStats {
     pub overflows: u64,
     /// Payloads not sent for want of a relay that is up.
     pub no_relay: u64,
+    /// `Syn`s older than a handshake can live (replays of old payloads), refused.
+    pub replays: u64,
+    /// Payloads that could not be sealed (not posted; logged).
+    pub seal_failures: u64,
 }
 
 /// One relay as the core sees it (status `relays`).
@@ -154,6 +176,8 @@ struct RelayState {
     observed: Option<SocketAddr>,
     backoff_until: Time,
     backoff_ms: u64,
+    /// The first post through it since its last refusal (for resetting the backoff).
+    posting_since: Option<Time>,
     posted: u64,
     delivered: u64,
     post_refusals: u64,
@@ -350,7 +374,8 @@ impl RelayPath {
     }
 
     /// `relay` refused a post: it is not used for a while (30 s doubling to 10 min) and what
-    /// is unacknowledged is sent again.
+    /// is unacknowledged is sent again. The backoff starts again at 30 s once a post through
+    /// the relay went unrefused for [`POST_TAKEN_MS`] (see [`RelayPath::post`]).
     pub fn post_refused<R: Rng>(
         &mut self,
         now: Time,
@@ -360,8 +385,9 @@ impl RelayPath {
     ) {
         let Some(r) = self.relays.get_mut(usize::from(relay.0)) else { return };
         r.post_refusals += 1;
-        r.backoff_ms = (r.backoff_ms * 2).clamp(30_000, 600_000);
+        r.backoff_ms = (r.backoff_ms * 2).clamp(POST_BACKOFF_MS, POST_BACKOFF_MAX_MS);
         r.backoff_until = now.plus_millis(r.backoff_ms);
+        r.posting_since = None;
         self.resend_everything(now);
         self.service(now, rng);
     }
@@ -380,7 +406,7 @@ impl RelayPath {
         let day = mailbox_day(now.as_secs());
         self.subscribed_day = Some(day);
         let keys = self.envelope.keys();
-        let days = day.saturating_sub(2)..=day.saturating_add(2);
+        let days = day.saturating_sub(SUBSCRIBED_DAYS)..=day.saturating_add(SUBSCRIBED_DAYS);
         let mut mailboxes: Vec<Mailbox> =
             days.clone().map(|d| mailbox(keys, &self.own, d)).collect();
         mailboxes.extend(days.map(|d| presence_mailbox(keys, d)));
@@ -405,26 +431,75 @@ impl RelayPath {
             sent_ms: now.as_millis(),
             records: vec![Record::Presence { role: self.role, instance: self.instance }],
         };
-        let mb = presence_mailbox(self.envelope.keys(), mailbox_day(now.as_secs()));
-        let Ok(bytes) = self.envelope.seal(now.as_secs(), &mb, &plain) else { return };
+        let mb = self.envelope.presence_mailbox(mailbox_day(now.as_secs()));
         let targets: Vec<u16> = match only {
             Some(r) => vec![r],
             None => (0u16..).take(self.relays.len()).filter(|r| self.relay_is_up(*r)).collect(),
         };
-        for r in targets {
-            if let Some(state) = self.relays.get_mut(usize::from(r)) {
-                state.posted += 1;
+        self.post(now, mb, &plain, &targets, self.cfg.presence_ttl_secs, true);
+        self.next_presence = now.plus_millis(self.cfg.presence_every_ms);
+    }
+
+    /// The TTL asked of a relay for a session payload: the configured one, but no longer than
+    /// the recipient can still open the payload. It subscribes the mailboxes of
+    /// [`SUBSCRIBED_DAYS`] days back and accepts keys of `epoch_window` epochs back, so a
+    /// payload sealed at the end of a day or epoch is usable for that long after sealing and
+    /// no longer; a relay keeping it longer (7 days, the first default) only stores what
+    /// nobody can read, and a late redelivery is dropped as undecryptable anyway.
+    pub fn payload_ttl_secs(&self) -> u32 {
+        let keys = self.envelope.keys();
+        let epochs = keys.epoch_window().saturating_mul(keys.period_secs());
+        let days = SUBSCRIBED_DAYS * MAILBOX_DAY_SECS;
+        let usable = u32::try_from(epochs.min(days)).unwrap_or(u32::MAX);
+        self.cfg.payload_ttl_secs.min(usable)
+    }
+
+    /// Seals `plain` for `mailbox` once and posts it through each of `relays` with `ttl_secs`:
+    /// the one way a payload leaves. A payload never fails to seal for size (see
+    /// [`mixer::compose`]); a failure (a nonce counter run out) is counted and logged.
+    ///
+    /// A post through a relay in backoff after an earlier post through it went unrefused for
+    /// [`POST_TAKEN_MS`]: that one was taken, so the relay's backoff starts over.
+    fn post(
+        &mut self,
+        now: Time,
+        mailbox: Mailbox,
+        plain: &RelayPlain,
+        relays: &[u16],
+        ttl_secs: u32,
+        broadcast: bool,
+    ) {
+        let bytes = match self.envelope.seal(now.as_secs(), &mailbox, plain) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                self.stats.seal_failures += 1;
+                tracing::warn!(%error, records = plain.records.len(), "relay payload not sealed");
+                return;
+            }
+        };
+        for &relay in relays {
+            if let Some(r) = self.relays.get_mut(usize::from(relay)) {
+                r.posted += 1;
+                if r.backoff_ms > 0 {
+                    match r.posting_since {
+                        None => r.posting_since = Some(now),
+                        Some(since) if now >= since.plus_millis(POST_TAKEN_MS) => {
+                            r.backoff_ms = 0;
+                            r.posting_since = None;
+                        }
+                        Some(_) => {}
+                    }
+                }
             }
             self.stats.payloads_sent += 1;
             self.out.push_back(RelayOutput::Post {
-                relay: RelayIndex(r),
-                mailbox: mb,
-                ttl_secs: self.cfg.presence_ttl_secs,
-                broadcast: true,
+                relay: RelayIndex(relay),
+                mailbox,
+                ttl_secs,
+                broadcast,
                 bytes: bytes.clone(),
             });
         }
-        self.next_presence = now.plus_millis(self.cfg.presence_every_ms);
     }
 
     // ----- payloads -----
@@ -469,7 +544,7 @@ impl RelayPath {
             }
             if let [Record::Presence { role, .. }] = plain.records.as_slice() {
                 let member = Member { role: *role, heard: now, sent_ms: plain.sent_ms };
-                self.members.insert(plain.sender, member);
+                self.heard(plain.sender, member);
             }
             return;
         }
@@ -479,12 +554,34 @@ impl RelayPath {
         }
         let peer = plain.sender;
         for record in &plain.records {
-            self.on_record(now, rng, peer, record);
+            self.on_record(now, peer, plain.sent_ms, record);
         }
         self.service(now, rng);
     }
 
-    fn on_record<R: Rng>(&mut self, now: Time, rng: &mut R, peer: DatabaseId, record: &Record) {
+    /// Remembers `member`, forgetting the least recently heard one when [`MAX_MEMBERS`] are
+    /// known (linear, once per presence of a new member past the bound).
+    fn heard(&mut self, dbid: DatabaseId, member: Member) {
+        if self.members.len() >= MAX_MEMBERS && !self.members.contains_key(&dbid) {
+            let oldest = self.members.iter().min_by_key(|(d, m)| (m.heard, **d)).map(|(d, _)| *d);
+            if let Some(oldest) = oldest {
+                self.members.remove(&oldest);
+            }
+        }
+        self.members.insert(dbid, member);
+    }
+
+    /// Whether a `Syn` sealed at `sent_ms` (the sender's clock) may still start a session at
+    /// `now`: its opener waits [`HANDSHAKE_LIFETIME_MS`] at most, and the two clocks differ by
+    /// up to twice the maximum skew. An older one is a replay (a relay keeps payloads for
+    /// their TTL, and anyone who saw one can post it again): answering it would cost up to
+    /// `SYN_ATTEMPTS` `SynAck`s and, with a session working, a candidate.
+    fn syn_is_fresh(&self, now: Time, sent_ms: u64) -> bool {
+        let skew_ms = self.envelope.keys().max_clock_skew_secs().saturating_mul(2000);
+        now.as_millis().saturating_sub(sent_ms) <= HANDSHAKE_LIFETIME_MS.saturating_add(skew_ms)
+    }
+
+    fn on_record(&mut self, now: Time, peer: DatabaseId, sent_ms: u64, record: &Record) {
         let session = match record {
             Record::Syn { session }
             | Record::SynAck { session }
@@ -497,6 +594,14 @@ impl RelayPath {
         let own = self.own;
         let max = self.cfg.max_sessions.saturating_mul(2);
         let count = self.sessions.len();
+        // A `Syn` of a session we do not know yet starts one (or a candidate): not if old.
+        let known = self.sessions.get(&peer).is_some_and(|p| {
+            p.session.id() == session || p.candidate.as_ref().is_some_and(|c| c.id() == session)
+        });
+        if matches!(record, Record::Syn { .. }) && !known && !self.syn_is_fresh(now, sent_ms) {
+            self.stats.replays += 1;
+            return;
+        }
         let Some(p) = self.sessions.get_mut(&peer) else {
             if let Record::Syn { session } = record {
                 if count < max {
@@ -522,7 +627,6 @@ impl RelayPath {
         match p.session.state() {
             // Crossing `Syn`s: the session opened by the smaller dbid is kept.
             State::ExpectSynAck if peer < own => {
-                let _ = rng;
                 p.session = Session::answer(*session, now, bound);
                 p.outbound = false;
             }
@@ -742,46 +846,33 @@ impl RelayPath {
     /// Sends every payload's worth waiting for `peer`.
     fn flush<R: Rng>(&mut self, now: Time, rng: &mut R, peer: DatabaseId) {
         let up = self.up_relays(now);
-        let day = mailbox_day(now.as_secs());
-        let mb = mailbox(self.envelope.keys(), &peer, day);
         let Some(p) = self.sessions.get_mut(&peer) else { return };
-        if up.is_empty() {
-            // Nothing can leave: fragments are resent by their RTO, the handshake by its
-            // timer, acks with the next fragment; `relay_up` flushes again.
-            self.stats.no_relay += 1;
-            return;
-        }
-        let mut sessions: Vec<&mut Session> = vec![&mut p.session];
-        if let Some(c) = p.candidate.as_mut() {
-            sessions.push(c);
-        }
+        let PeerPath { session, candidate, last_relay, .. } = p;
         let mut payloads = Vec::new();
-        for s in sessions {
+        for s in std::iter::once(session).chain(candidate.as_mut()) {
             for _ in 0..10_000 {
-                let (records, _) = compose(s, now);
+                // The relay is drawn before anything is composed, so nothing is taken from the
+                // session while no relay can carry it.
+                let Some(relay) = choose_relay(rng, &up, *last_relay) else {
+                    // Fragments are resent by their RTO, the handshake by its timer, acks
+                    // with the next fragment; `relay_up` flushes again.
+                    self.stats.no_relay += 1;
+                    return;
+                };
+                let records = compose(s, now);
                 if records.is_empty() {
                     break;
                 }
-                payloads.push(records);
+                *last_relay = Some(relay);
+                payloads.push((relay, records));
             }
         }
-        for records in payloads {
-            let Some(relay) = choose_relay(rng, &up, p.last_relay) else { return };
-            p.last_relay = Some(relay);
+        let mb = self.envelope.mailbox(&peer, mailbox_day(now.as_secs()));
+        let ttl = self.payload_ttl_secs();
+        for (relay, records) in payloads {
             let plain =
                 RelayPlain { sender: self.own, recipient: peer, sent_ms: now.as_millis(), records };
-            let Ok(bytes) = self.envelope.seal(now.as_secs(), &mb, &plain) else { continue };
-            if let Some(r) = self.relays.get_mut(usize::from(relay)) {
-                r.posted += 1;
-            }
-            self.stats.payloads_sent += 1;
-            self.out.push_back(RelayOutput::Post {
-                relay: RelayIndex(relay),
-                mailbox: mb,
-                ttl_secs: self.cfg.payload_ttl_secs,
-                broadcast: false,
-                bytes,
-            });
+            self.post(now, mb, &plain, &[relay], ttl, false);
         }
     }
 
@@ -854,7 +945,9 @@ mod tests {
                     while let Some(out) = self.side(i).poll_output() {
                         match out {
                             RelayOutput::Subscribe { mailboxes, .. } => self.subs[i] = mailboxes,
-                            RelayOutput::Post { mailbox, bytes, .. } => {
+                            RelayOutput::Post { mailbox, bytes, ttl_secs, broadcast, .. } => {
+                                // Session payloads ask no longer a TTL than is usable.
+                                assert!(broadcast || ttl_secs == 172_800, "ttl {ttl_secs}");
                                 self.seen.push((mailbox, bytes.clone()));
                                 if self.subs[1 - i].contains(&mailbox) {
                                     let rng = &mut self.rng;
@@ -970,6 +1063,146 @@ mod tests {
             .collect();
         assert_eq!(got, vec![b"after the refusal".to_vec()]);
         assert_eq!(p.a.relay_status(t.plus_millis(40_000))[0].backoff_ms, 0);
+    }
+
+    /// A session between a and b is open; returns a's link.
+    fn open_session(p: &mut Pair) -> LinkId {
+        up(p);
+        p.run(NOW, 50);
+        let b_dbid: DatabaseId = "BBBBBBBBBBBBBBB".parse().unwrap();
+        let mut rng = StdRng::seed_from_u64(2);
+        p.a.want(NOW, &mut rng, &[b_dbid]);
+        p.run(NOW.plus_millis(50), 500);
+        p.a.links().next().unwrap().0
+    }
+
+    /// The backoff after a refused post doubles while refusals follow each other, and starts
+    /// over at 30 s once a post through the relay went unrefused for `POST_TAKEN_MS`.
+    #[test]
+    fn the_post_backoff_starts_over_after_a_post_is_taken() {
+        let mut p = Pair::new();
+        let link = open_session(&mut p);
+        let mut rng = StdRng::seed_from_u64(3);
+        let t = NOW.plus_millis(600);
+        p.a.post_refused(t, &mut rng, RelayIndex(0), PostRefuseReason::QuotaFull);
+        assert_eq!(p.a.relay_status(t)[0].backoff_ms, 30_000);
+        let t = t.plus_millis(30_000);
+        p.a.post_refused(t, &mut rng, RelayIndex(0), PostRefuseReason::QuotaFull);
+        assert_eq!(p.a.relay_status(t)[0].backoff_ms, 60_000, "refused again: doubled");
+        // After the backoff a post goes through, and another more than 10 s later.
+        let t = t.plus_millis(60_001);
+        p.run(t, 100);
+        p.a.send(t.plus_millis(200), &mut rng, link, b"one", 0);
+        p.run(t.plus_millis(200), 1_000);
+        let posted = p.a.relay_status(t)[0].posted;
+        p.a.send(t.plus_millis(12_000), &mut rng, link, b"two", 0);
+        p.run(t.plus_millis(12_000), 1_000);
+        assert!(p.a.relay_status(t)[0].posted > posted);
+        let t = t.plus_millis(14_000);
+        p.a.post_refused(t, &mut rng, RelayIndex(0), PostRefuseReason::QuotaFull);
+        assert_eq!(p.a.relay_status(t)[0].backoff_ms, 30_000, "a taken post reset it");
+    }
+
+    /// A `Syn` sealed longer ago than a handshake lives (plus twice the clock skew) is a
+    /// replay: it opens no session and no candidate, and is counted.
+    #[test]
+    fn an_old_syn_is_refused_as_a_replay() {
+        let a_dbid: DatabaseId = "AAAAAAAAAAAAAAA".parse().unwrap();
+        let b_dbid: DatabaseId = "BBBBBBBBBBBBBBB".parse().unwrap();
+        let mut rng = StdRng::seed_from_u64(4);
+        let syn = |p: &mut Pair, sent: Time, session: u64| {
+            let mb = mailbox(p.a.envelope.keys(), &b_dbid, mailbox_day(sent.as_secs()));
+            let plain = RelayPlain {
+                sender: a_dbid,
+                recipient: b_dbid,
+                sent_ms: sent.as_millis(),
+                records: vec![Record::Syn { session }],
+            };
+            (mb, p.a.envelope.seal(sent.as_secs(), &mb, &plain).unwrap())
+        };
+        let skew_ms = 2 * p_skew_ms();
+        let late = HANDSHAKE_LIFETIME_MS + skew_ms + 1_000;
+        // A fresh b gets a Syn sealed `late` ago: nothing opens.
+        let mut p = Pair::new();
+        let (mb, old) = syn(&mut p, NOW, 7);
+        let then = NOW.plus_millis(late);
+        p.b.on_payload(then, &mut rng, RelayIndex(0), mb, &old);
+        assert!(p.b.session_peers().is_empty());
+        assert_eq!(p.b.stats().replays, 1);
+        // One sealed a minute ago opens a session.
+        let (mb, fresh) = syn(&mut p, Time(then.0 - 60_000_000), 8);
+        p.b.on_payload(then, &mut rng, RelayIndex(0), mb, &fresh);
+        assert_eq!(p.b.session_peers().into_iter().collect::<Vec<_>>(), vec![a_dbid]);
+        // With a session working, an old Syn of a new id makes no candidate.
+        let mut p = Pair::new();
+        open_session(&mut p);
+        let (mb, old) = syn(&mut p, NOW, 9);
+        p.b.on_payload(then, &mut rng, RelayIndex(0), mb, &old);
+        assert!(p.b.sessions.get(&a_dbid).is_some_and(|s| s.candidate.is_none()));
+        assert_eq!(p.b.stats().replays, 1);
+    }
+
+    fn p_skew_ms() -> u64 {
+        crate::crypto::DEFAULT_MAX_CLOCK_SKEW_SECS * 1_000
+    }
+
+    /// Presence from more members than `MAX_MEMBERS` forgets the least recently heard.
+    #[test]
+    fn members_are_bounded_and_the_least_recently_heard_goes() {
+        let mut a = path("AAAAAAAAAAAAAAA", 1);
+        let mut rng = StdRng::seed_from_u64(5);
+        let member = |i: usize| -> DatabaseId { format!("M{i:014}").parse().unwrap() };
+        let day = mailbox_day(NOW.as_secs());
+        let mb = presence_mailbox(a.envelope.keys(), day);
+        let mut hear = |a: &mut RelayPath, i: usize, at: Time| {
+            let plain = RelayPlain {
+                sender: member(i),
+                recipient: member(i),
+                sent_ms: at.as_millis(),
+                records: vec![Record::Presence { role: Role::Lane, instance: InstanceId([9; 16]) }],
+            };
+            let bytes = a.envelope.seal(at.as_secs(), &mb, &plain).unwrap();
+            a.on_payload(at, &mut rng, RelayIndex(0), mb, &bytes);
+        };
+        for i in 0..MAX_MEMBERS {
+            hear(&mut a, i, NOW.plus_millis(u64::try_from(i).unwrap()));
+        }
+        // Member 0 is heard again: member 1 is now the least recently heard.
+        let t = NOW.plus_millis(10_000);
+        hear(&mut a, 0, t);
+        hear(&mut a, MAX_MEMBERS, t.plus_millis(1));
+        let known: BTreeSet<DatabaseId> = a.members(t).into_iter().map(|(d, _)| d).collect();
+        assert_eq!(known.len(), MAX_MEMBERS);
+        assert!(known.contains(&member(0)) && known.contains(&member(MAX_MEMBERS)));
+        assert!(!known.contains(&member(1)));
+    }
+
+    /// The TTL asked of a relay is what the recipient can still open (two days by default),
+    /// whatever is configured above it; a payload that old still opens.
+    #[test]
+    fn the_payload_ttl_is_what_the_recipient_can_use() {
+        let mut a = path("AAAAAAAAAAAAAAA", 1);
+        a.cfg.payload_ttl_secs = 604_800;
+        assert_eq!(a.payload_ttl_secs(), 172_800);
+        a.cfg.payload_ttl_secs = 3_600;
+        assert_eq!(a.payload_ttl_secs(), 3_600, "a shorter one is kept");
+        let mut p = Pair::new();
+        open_session(&mut p);
+        let ttl = p.a.payload_ttl_secs();
+        // A payload sealed at the start or the end of a day opens `ttl` later.
+        let day_start = (NOW.as_secs() / MAILBOX_DAY_SECS) * MAILBOX_DAY_SECS;
+        for sealed_at in [day_start, day_start + MAILBOX_DAY_SECS - 1] {
+            let mb = Mailbox([5; 16]);
+            let plain = RelayPlain {
+                sender: p.a.own,
+                recipient: p.b.own,
+                sent_ms: sealed_at * 1_000,
+                records: vec![Record::Fin { session: 1 }],
+            };
+            let bytes = p.a.envelope.seal(sealed_at, &mb, &plain).unwrap();
+            let open_at = sealed_at + u64::from(ttl);
+            assert_eq!(p.b.envelope.open(open_at, &mb, &bytes), Ok(plain.clone()));
+        }
     }
 
     #[test]
