@@ -1586,6 +1586,14 @@ impl<S: Store> Protocol for Node<S> {
             Input::Datagram { from, bytes, .. } => self.on_datagram(from, bytes),
             Input::Datagrams(all) => self.on_datagrams(&all),
             Input::Frame { link, bytes } => self.on_frame(link, bytes),
+            // Relay links are the relay path's (its events bring them up and down); a driver
+            // never owns their ids nor the kind (like `on_frame`).
+            Input::LinkUp { link, kind, .. } if link.is_relay() || kind == LinkKind::Relay => {
+                self.stats.rejects.record_reason(RejectReason::Malformed);
+            }
+            Input::LinkDown { link } if link.is_relay() => {
+                self.stats.rejects.record_reason(RejectReason::Malformed);
+            }
             Input::LinkUp { link, remote, outbound, kind } => {
                 self.on_link_up(link, remote, outbound, kind)
             }
