@@ -223,6 +223,8 @@ pub struct RelayPath {
     out: VecDeque<RelayOutput>,
     events: VecDeque<PathEvent>,
     stats: RelayPathStats,
+    /// A member was heard of anew, or a session began or ended (see `on_payload`).
+    peers_changed: bool,
 }
 
 impl RelayPath {
@@ -249,6 +251,7 @@ impl RelayPath {
             links: BTreeMap::new(),
             next_link: 1,
             members: BTreeMap::new(),
+            peers_changed: false,
             next_presence: Time(0),
             subscribed_day: None,
             out: VecDeque::new(),
@@ -504,8 +507,23 @@ impl RelayPath {
 
     // ----- payloads -----
 
-    /// A payload delivered from `mailbox` by `relay`.
+    /// A payload delivered from `mailbox` by `relay`. Returns whether it changed who the
+    /// node may want a session with: a member heard of anew (or again after its presence
+    /// expired), or a session begun or ended. Its links and messages come out as events.
     pub fn on_payload<R: Rng>(
+        &mut self,
+        now: Time,
+        rng: &mut R,
+        relay: RelayIndex,
+        mailbox: Mailbox,
+        bytes: &[u8],
+    ) -> bool {
+        self.peers_changed = false;
+        self.take_payload(now, rng, relay, mailbox, bytes);
+        std::mem::take(&mut self.peers_changed)
+    }
+
+    fn take_payload<R: Rng>(
         &mut self,
         now: Time,
         rng: &mut R,
@@ -543,6 +561,12 @@ impl RelayPath {
                 return;
             }
             if let [Record::Presence { role, .. }] = plain.records.as_slice() {
+                let ttl_us = u64::from(self.cfg.presence_ttl_secs) * 1_000_000;
+                let live = self
+                    .members
+                    .get(&plain.sender)
+                    .is_some_and(|m| now.0.saturating_sub(m.heard.0) <= ttl_us);
+                self.peers_changed |= !live;
                 let member = Member { role: *role, heard: now, sent_ms: plain.sent_ms };
                 self.heard(plain.sender, member);
             }
@@ -638,6 +662,7 @@ impl RelayPath {
     }
 
     fn add_session(&mut self, peer: DatabaseId, session: Session, outbound: bool) {
+        self.peers_changed = true;
         let link = LinkId(LinkId::RELAY_BIT | self.next_link);
         self.next_link += 1;
         self.links.insert(link, peer);
@@ -840,6 +865,7 @@ impl RelayPath {
             }
             self.links.remove(&link);
             self.sessions.remove(&peer);
+            self.peers_changed = true;
         }
     }
 
@@ -1126,13 +1152,14 @@ mod tests {
         let mut p = Pair::new();
         let (mb, old) = syn(&mut p, NOW, 7);
         let then = NOW.plus_millis(late);
-        p.b.on_payload(then, &mut rng, RelayIndex(0), mb, &old);
+        assert!(!p.b.on_payload(then, &mut rng, RelayIndex(0), mb, &old));
         assert!(p.b.session_peers().is_empty());
         assert_eq!(p.b.stats().replays, 1);
         // One sealed a minute ago opens a session.
         let (mb, fresh) = syn(&mut p, Time(then.0 - 60_000_000), 8);
-        p.b.on_payload(then, &mut rng, RelayIndex(0), mb, &fresh);
+        assert!(p.b.on_payload(then, &mut rng, RelayIndex(0), mb, &fresh), "a new session");
         assert_eq!(p.b.session_peers().into_iter().collect::<Vec<_>>(), vec![a_dbid]);
+        assert!(!p.b.on_payload(then, &mut rng, RelayIndex(0), mb, &fresh), "redelivered");
         // With a session working, an old Syn of a new id makes no candidate.
         let mut p = Pair::new();
         open_session(&mut p);
@@ -1162,15 +1189,16 @@ mod tests {
                 records: vec![Record::Presence { role: Role::Lane, instance: InstanceId([9; 16]) }],
             };
             let bytes = a.envelope.seal(at.as_secs(), &mb, &plain).unwrap();
-            a.on_payload(at, &mut rng, RelayIndex(0), mb, &bytes);
+            a.on_payload(at, &mut rng, RelayIndex(0), mb, &bytes)
         };
         for i in 0..MAX_MEMBERS {
-            hear(&mut a, i, NOW.plus_millis(u64::try_from(i).unwrap()));
+            assert!(hear(&mut a, i, NOW.plus_millis(u64::try_from(i).unwrap())), "new: {i}");
         }
-        // Member 0 is heard again: member 1 is now the least recently heard.
+        // Member 0 is heard again (no change for the node): member 1 is now the least
+        // recently heard.
         let t = NOW.plus_millis(10_000);
-        hear(&mut a, 0, t);
-        hear(&mut a, MAX_MEMBERS, t.plus_millis(1));
+        assert!(!hear(&mut a, 0, t));
+        assert!(hear(&mut a, MAX_MEMBERS, t.plus_millis(1)));
         let known: BTreeSet<DatabaseId> = a.members(t).into_iter().map(|(d, _)| d).collect();
         assert_eq!(known.len(), MAX_MEMBERS);
         assert!(known.contains(&member(0)) && known.contains(&member(MAX_MEMBERS)));
