@@ -461,8 +461,8 @@ impl RelayPath {
     /// the one way a payload leaves. A payload never fails to seal for size (see
     /// [`mixer::compose`]); a failure (a nonce counter run out) is counted and logged.
     ///
-    /// A post through a relay in backoff after an earlier post through it went unrefused for
-    /// [`POST_TAKEN_MS`]: that one was taken, so the relay's backoff starts over.
+    /// Backoff: when an earlier post through a relay that was backed off has gone unrefused
+    /// for [`POST_TAKEN_MS`], that post was taken, and the relay's backoff starts over.
     fn post(
         &mut self,
         now: Time,

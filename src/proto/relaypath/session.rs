@@ -9,15 +9,16 @@
 //! - Sending: messages are numbered from 1 and split ([`super::fragment`]); fragments of the
 //!   queued messages go out round-robin (mixing), urgent messages first.
 //! - Acks: cumulative, SACK ranges of complete messages beyond it, and the fragment ranges
-//!   held of incomplete ones (each at most 8). Per message an RTO of
+//!   held of incomplete ones (each at most 8, and at most [`MAX_ACK_BYTES`] in all: what does
+//!   not fit goes in the next ack). Per message an RTO of
 //!   `clamp(2 srtt + delay bound, 0.5 s, 60 s)`, doubling; on expiry only the fragments not
 //!   reported held are queued again.
 //! - Receiving: messages are handed out strictly in order, each once; duplicates below the
 //!   cumulative point are dropped and counted.
 //! - Bounds: at most [`MAX_UNACKED_MESSAGES`] messages and [`MAX_UNACKED_BYTES`] bytes sent
 //!   and not acknowledged (more is an overflow: the caller closes the session), at most
-//!   [`MAX_REASSEMBLY_BYTES`] held for reassembly (fragments beyond are dropped; the sender
-//!   resends them).
+//!   [`MAX_REASSEMBLY_BYTES`] held for reassembly, piece tables included (fragments beyond
+//!   are dropped; the sender resends them).
 //!
 //! The session is at-least-once towards the relay and exactly-once, in-order towards the
 //! caller within its life; unit dedup does the rest across sessions. It does not seal, pick
