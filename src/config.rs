@@ -334,8 +334,10 @@ keepalive_secs = 60
 delay_ms_urgent = 20
 delay_ms_normal = 200
 delay_ms_background = 2000
-# How long relays keep payloads for a peer that is offline, in seconds (a relay may cap it).
-payload_ttl_secs = 604800
+# How long relays keep payloads for a peer that is offline, in seconds (2 days; a relay may cap
+# it). Longer does not help: a payload older than the receiver's mailbox window (2 days) can no
+# longer be opened, so the node never asks for more; an offline peer catches up by anti-entropy.
+payload_ttl_secs = 172800
 # With the addresses the relays see, peers reached through a relay try UDP hole punching; where
 # both NATs allow it, a direct QUIC link replaces the relay path (`meshnode --status` shows
 # which, and why). false: keep traffic on the relays.

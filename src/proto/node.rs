@@ -941,9 +941,9 @@ impl<S: Store> Node<S> {
                     && p.link.and_then(|l| links.get(&l)).is_some_and(|l| l.kind == LinkKind::Relay)
             })
         };
-        if self.punch_candidates().is_ok() {
-            self.punches.tick(self.now, relayed, &mut actions);
-        }
+        // Rounds advance whether or not we have candidates now (a `CallMeMaybe` is only sent
+        // with some), so no deadline stays in the past.
+        self.punches.tick(self.now, relayed, &mut actions);
         self.punch_actions(actions);
     }
 
@@ -1607,21 +1607,32 @@ impl<S: Store> Node<S> {
 impl<S: Store> Node<S> {
     // ----- relay path -----
 
-    /// Hands the relay path's events to the node: links up and down, messages.
-    fn relay_events(&mut self) {
+    /// Hands the relay path's events to the node: links up and down, messages. Returns
+    /// whether the peers may have changed (a link went up or down, or a message came on a
+    /// link whose peer is not known yet: the `Hello`), as `handle` decides for frames.
+    fn relay_events(&mut self) -> bool {
+        let mut peers_may_change = false;
         while let Some(event) = self.relay.poll_event() {
             match event {
                 PathEvent::LinkUp { link, outbound, .. } => {
                     let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
                     self.on_link_up(link, nowhere, outbound, LinkKind::Relay);
+                    peers_may_change = true;
                 }
-                PathEvent::Message { link, bytes } => match Message::decode(&bytes) {
-                    Ok(message) => self.on_message(link, message),
-                    Err(_) => self.stats.rejects.record_reason(RejectReason::Malformed),
-                },
-                PathEvent::LinkDown { link } => self.on_link_down(link),
+                PathEvent::Message { link, bytes } => {
+                    peers_may_change |= self.links.get(&link).is_none_or(|l| l.peer.is_none());
+                    match Message::decode(&bytes) {
+                        Ok(message) => self.on_message(link, message),
+                        Err(_) => self.stats.rejects.record_reason(RejectReason::Malformed),
+                    }
+                }
+                PathEvent::LinkDown { link } => {
+                    self.on_link_down(link);
+                    peers_may_change = true;
+                }
             }
         }
+        peers_may_change
     }
 
     /// The peers that should get a relay session (design §2.6): members heard by presence or
@@ -1657,10 +1668,15 @@ impl<S: Store> Node<S> {
         if !self.relay.enabled() {
             return;
         }
-        let wanted = self.relay_wanted();
-        self.relay.want(self.now, &mut self.rng, &wanted);
+        self.relay_want();
         self.relay.handle_timeout(self.now, &mut self.rng);
         self.relay_events();
+    }
+
+    /// Opens the relay sessions wanted now (the relay path opens only what is missing).
+    fn relay_want(&mut self) {
+        let wanted = self.relay_wanted();
+        self.relay.want(self.now, &mut self.rng, &wanted);
     }
 }
 
@@ -1692,19 +1708,29 @@ impl<S: Store> Protocol for Node<S> {
         }
         // Only these can change which links are wanted; units and frames on a link (the hot
         // path) cannot, and anything they make due is picked up by the next timer.
-        let peers_may_change = match &input {
+        let mut peers_may_change = match &input {
             Input::Datagram { bytes, .. } => peek_tag(bytes).is_none_or(|t| t.is_discovery()),
             Input::Datagrams(all) => {
                 all.iter().any(|d| peek_tag(&d.bytes).is_none_or(|t| t.is_discovery()))
             }
             Input::Frame { link, .. } => self.links.get(link).is_none_or(|l| l.peer.is_none()),
             Input::Submit(_) | Input::Acknowledge { .. } | Input::LinkRejected { .. } => false,
+            // Decided by what the payload brought (below).
+            Input::RelayPayload { .. } => false,
             _ => true,
         };
         match input {
             Input::Datagram { from, bytes, .. } => self.on_datagram(from, bytes),
             Input::Datagrams(all) => self.on_datagrams(&all),
             Input::Frame { link, bytes } => self.on_frame(link, bytes),
+            // Relay links are the relay path's (its events bring them up and down); a driver
+            // never owns their ids nor the kind (like `on_frame`).
+            Input::LinkUp { link, kind, .. } if link.is_relay() || kind == LinkKind::Relay => {
+                self.stats.rejects.record_reason(RejectReason::Malformed);
+            }
+            Input::LinkDown { link } if link.is_relay() => {
+                self.stats.rejects.record_reason(RejectReason::Malformed);
+            }
             Input::LinkUp { link, remote, outbound, kind } => {
                 self.on_link_up(link, remote, outbound, kind)
             }
@@ -1740,14 +1766,19 @@ impl<S: Store> Protocol for Node<S> {
             Input::RelayDown { relay } => self.relay.relay_down(self.now, &mut self.rng, relay),
             Input::RelayRefused { relay, reason } => self.relay.relay_refused(relay, reason),
             Input::RelayPayload { relay, mailbox, bytes } => {
-                self.relay.on_payload(self.now, &mut self.rng, relay, mailbox, bytes);
-                self.relay_timeout();
+                // The hot path of relay links: only what a payload can change runs. The
+                // wanted sessions only if it brought a member or began or ended a session;
+                // no relay timers (a payload makes none due; `handle_timeout` runs them).
+                if self.relay.on_payload(self.now, &mut self.rng, relay, mailbox, bytes) {
+                    self.relay_want();
+                }
+                peers_may_change = self.relay_events();
             }
             Input::RelayPostRefused { relay, reason } => {
                 self.relay.post_refused(self.now, &mut self.rng, relay, reason)
             }
         }
-        self.relay_events();
+        peers_may_change |= self.relay_events();
         if peers_may_change {
             self.connect_due();
         }

@@ -205,6 +205,10 @@ impl Punches {
         relayed: impl Fn(&DatabaseId) -> bool,
         out: &mut Vec<PunchAction>,
     ) {
+        // A peer neither relayed nor due for anything is forgotten (no timer stays in the past).
+        self.peers.retain(|peer, p| {
+            relayed(peer) || !matches!(p.state, PunchState::Failed { retry_at } if now >= retry_at)
+        });
         let mut next = Vec::new();
         for (peer, p) in &mut self.peers {
             if !relayed(peer) {
@@ -381,6 +385,23 @@ mod tests {
         p.tick(t0.plus_millis(ROUND_MS * 10), |_| false, &mut out);
         assert!(out.is_empty());
         assert_eq!(p.status(t0, &a).unwrap().state, "punched");
+    }
+
+    /// The node's timer follows `poll_timeout`: a deadline left in the past would spin it.
+    #[test]
+    fn no_deadline_stays_in_the_past() {
+        let b = dbid(B);
+        let mut p = Punches::default();
+        let mut out = Vec::new();
+        let mut t = Time(1_000_000_000);
+        p.start(t, b, &mut out);
+        // The peer leaves the relay (down) while a round runs, and for good.
+        for _ in 0..5 {
+            t = p.poll_timeout().map_or(t, |at| at.max(t));
+            p.tick(t, |_| false, &mut out);
+            assert!(p.poll_timeout().is_none_or(|at| at > t), "{:?} at {t:?}", p.poll_timeout());
+        }
+        assert_eq!(p.poll_timeout(), None, "forgotten once nothing is due");
     }
 
     #[test]

@@ -512,6 +512,17 @@ fn driver_frames_on_relay_link_ids_are_refused() {
     assert!(link.is_relay() && !LinkId(1).is_relay());
     h.nodes[0].handle(now, Input::Frame { link, bytes: b"anything" });
     assert_eq!(h.nodes[0].stats().rejects.get(RejectReason::Malformed), 1);
+    // Nor may a driver bring a relay link up or down, by id or by kind.
+    let remote = "192.0.2.7:4000".parse().unwrap();
+    for (link, kind) in [(link, LinkKind::Quic), (LinkId(77), LinkKind::Relay)] {
+        h.nodes[0].handle(now, Input::LinkUp { link, remote, outbound: true, kind });
+        let hello = outputs(&mut h.nodes[0])
+            .into_iter()
+            .any(|o| matches!(o, Output::Frame { link: to, .. } if to == link));
+        assert!(!hello, "no hello on a refused link {link:?}");
+    }
+    h.nodes[0].handle(now, Input::LinkDown { link });
+    assert_eq!(h.nodes[0].stats().rejects.get(RejectReason::Malformed), 4);
     // No relays configured: relay inputs are ignored and nothing is posted.
     let relay = RelayIndex(0);
     h.nodes[0].handle(now, Input::RelayUp { relay, observed: "192.0.2.1:1".parse().unwrap() });

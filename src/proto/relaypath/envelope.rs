@@ -16,9 +16,11 @@
 //! This module does not fragment, schedule or choose relays (see `fragment`, `session`,
 //! `mixer`) and never sees a socket.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{Epoch, KeySchedule, Purpose};
+use crate::crypto::{Epoch, EpochKey, KeySchedule, NonceSequence, Purpose};
 use crate::id::{DatabaseId, Environment, InstanceId, RmSystem};
 use crate::proto::peers::Role;
 use crate::wire::relay::Mailbox;
@@ -44,6 +46,12 @@ pub const MAILBOX_DAY_SECS: u64 = 86_400;
 
 /// Label of the synthetic nonces.
 const NONCE_LABEL: &[u8] = b"relay nonce";
+
+/// Most opening keys an [`Envelope`] keeps. Keys are derived before authentication, for any
+/// accepted epoch whose low byte a payload names, so forged payloads must not grow the cache;
+/// 8 holds the default window (2 epochs either side) with room to spare. Past it the key
+/// farthest from ours is dropped (as `wire::datagram` does).
+const MAX_CACHED_KEYS: usize = 8;
 
 /// What the sealed part of a payload carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,13 +184,21 @@ pub fn mailbox_day(unix_secs: u64) -> u64 {
 }
 
 /// Seals and opens payloads of one system and environment.
+///
+/// Keys are derived once per epoch (HKDF per payload was the cost of the relay path): the
+/// sealing key of the current epoch, the opening keys of a few accepted epochs and the
+/// mailbox key of the current day are kept. One [`NonceSequence`] numbers every payload
+/// this process seals.
 #[derive(Debug)]
 pub struct Envelope {
     keys: KeySchedule,
     rmsystem: RmSystem,
     env_tag: EnvironmentTag,
-    instance: InstanceId,
-    counter: u64,
+    nonces: NonceSequence,
+    seal_key: Option<EpochKey>,
+    open_keys: BTreeMap<Epoch, EpochKey>,
+    mailbox_key: Option<EpochKey>,
+    derived: u64,
 }
 
 impl Envelope {
@@ -193,12 +209,61 @@ impl Envelope {
         env: &Environment,
         instance: InstanceId,
     ) -> Envelope {
-        Envelope { keys, rmsystem, env_tag: EnvironmentTag::of(env), instance, counter: 1 }
+        Envelope {
+            keys,
+            rmsystem,
+            env_tag: EnvironmentTag::of(env),
+            nonces: NonceSequence::new(instance),
+            seal_key: None,
+            open_keys: BTreeMap::new(),
+            mailbox_key: None,
+            derived: 0,
+        }
     }
 
     /// The key schedule (for mailboxes).
     pub fn keys(&self) -> &KeySchedule {
         &self.keys
+    }
+
+    /// How many keys were derived so far (the caches at work).
+    #[cfg(test)]
+    pub(crate) fn keys_derived(&self) -> u64 {
+        self.derived
+    }
+
+    /// [`mailbox`] with the day's mailbox key kept.
+    pub fn mailbox(&mut self, dbid: &DatabaseId, day: u64) -> Mailbox {
+        let mut data = Vec::with_capacity(32);
+        data.extend_from_slice(b"mailbox v1");
+        data.extend_from_slice(dbid.as_bytes());
+        Mailbox(self.mailbox_key(day).tag(&data))
+    }
+
+    /// [`presence_mailbox`] with the day's mailbox key kept.
+    pub fn presence_mailbox(&mut self, day: u64) -> Mailbox {
+        Mailbox(self.mailbox_key(day).tag(b"presence v1"))
+    }
+
+    fn mailbox_key(&mut self, day: u64) -> &EpochKey {
+        let (keys, derived) = (&self.keys, &mut self.derived);
+        cached_key(&mut self.mailbox_key, keys, derived, Purpose::RelayMailbox, Epoch(day))
+    }
+
+    /// The opening key of `epoch`; the cache holds accepted epochs only (pruned by `open`)
+    /// and at most [`MAX_CACHED_KEYS`]: when full, the key farthest from `current` goes.
+    fn open_key(&mut self, epoch: Epoch, current: Epoch) -> &EpochKey {
+        if self.open_keys.len() >= MAX_CACHED_KEYS && !self.open_keys.contains_key(&epoch) {
+            let farthest = self.open_keys.keys().copied().max_by_key(|e| e.0.abs_diff(current.0));
+            if let Some(farthest) = farthest {
+                self.open_keys.remove(&farthest);
+            }
+        }
+        let (keys, derived) = (&self.keys, &mut self.derived);
+        self.open_keys.entry(epoch).or_insert_with(|| {
+            *derived += 1;
+            keys.key(Purpose::Relay, epoch)
+        })
     }
 
     fn aad(&self, version: u8, epoch_byte: u8, mailbox: &Mailbox) -> Vec<u8> {
@@ -221,22 +286,19 @@ impl Envelope {
     ) -> Result<Vec<u8>, EnvelopeError> {
         let body = postcard::to_stdvec(plain).map_err(|_| EnvelopeError::Malformed)?;
         let class = class_for(body.len()).ok_or(EnvelopeError::TooLarge { len: body.len() })?;
-        if self.counter == u64::MAX {
-            return Err(EnvelopeError::NonceExhausted);
-        }
-        let counter = self.counter;
-        self.counter += 1;
+        let sequence = self.nonces.next_nonce().map_err(|_| EnvelopeError::NonceExhausted)?;
         let epoch = self.keys.epoch_at(now_secs);
-        let key = self.keys.key(Purpose::Relay, epoch);
         let epoch_byte = epoch.0.to_le_bytes()[0];
-        let nonce = key.synthetic_nonce(NONCE_LABEL, self.instance, counter);
+        let aad = self.aad(ENVELOPE_VERSION, epoch_byte, mailbox);
+        let (keys, derived) = (&self.keys, &mut self.derived);
+        let key = cached_key(&mut self.seal_key, keys, derived, Purpose::Relay, epoch);
+        let nonce = key.synthetic_nonce(NONCE_LABEL, sequence.sender, sequence.counter);
         let mut padded = body;
         padded.resize(class - OVERHEAD, 0);
         let mut out = Vec::with_capacity(class);
         out.push(ENVELOPE_VERSION);
         out.push(epoch_byte);
         out.extend_from_slice(&nonce);
-        let aad = self.aad(ENVELOPE_VERSION, epoch_byte, mailbox);
         key.seal_with_raw_nonce(&nonce, &aad, &padded, &mut out);
         debug_assert_eq!(out.len(), class);
         Ok(out)
@@ -245,7 +307,7 @@ impl Envelope {
     /// Opens a payload delivered from `mailbox` at Unix time `now_secs`: tries each accepted
     /// epoch whose low byte matches. Never panics on any bytes.
     pub fn open(
-        &self,
+        &mut self,
         now_secs: u64,
         mailbox: &Mailbox,
         bytes: &[u8],
@@ -263,6 +325,8 @@ impl Envelope {
         let nonce: [u8; 24] = nonce.try_into().map_err(|_| EnvelopeError::Malformed)?;
         let aad = self.aad(version, epoch_byte, mailbox);
         let current = self.keys.epoch_at(now_secs).0;
+        let keys = &self.keys;
+        self.open_keys.retain(|e, _| keys.accepts(Epoch(current), *e));
         let window = self.keys.epoch_window().min(1 << 16);
         let first = current.saturating_sub(window);
         let last = current.saturating_add(window);
@@ -271,7 +335,7 @@ impl Envelope {
         let mut e = first;
         loop {
             if e.to_le_bytes()[0] == epoch_byte {
-                let key = self.keys.key(Purpose::Relay, Epoch(e));
+                let key = self.open_key(Epoch(e), Epoch(current));
                 if let Ok(p) = key.open_with_raw_nonce(&nonce, &aad, sealed) {
                     plaintext = Some(p);
                     break;
@@ -288,6 +352,24 @@ impl Envelope {
             _ => Err(EnvelopeError::Malformed),
         }
     }
+}
+
+/// The key of `purpose` for `epoch` in `slot`, derived again (and counted in `derived`) when
+/// the epoch changed.
+fn cached_key<'a>(
+    slot: &'a mut Option<EpochKey>,
+    keys: &KeySchedule,
+    derived: &mut u64,
+    purpose: Purpose,
+    epoch: Epoch,
+) -> &'a EpochKey {
+    if slot.as_ref().is_some_and(|key| key.epoch() != epoch) {
+        *slot = None;
+    }
+    slot.get_or_insert_with(|| {
+        *derived += 1;
+        keys.key(purpose, epoch)
+    })
 }
 
 #[cfg(test)]
@@ -389,7 +471,7 @@ mod tests {
             assert!(env.open(NOW, &mb, &bad).is_err(), "byte {i}");
         }
         assert_eq!(env.open(NOW, &Mailbox([2; 16]), &sealed), Err(EnvelopeError::Decrypt));
-        let other = envelope_of("77,123,89,201193");
+        let mut other = envelope_of("77,123,89,201193");
         assert_eq!(other.open(NOW, &mb, &sealed), Err(EnvelopeError::Decrypt));
         // Outside the epoch window (2 days either side by default).
         assert_eq!(env.open(NOW + 4 * 86_400, &mb, &sealed), Err(EnvelopeError::Decrypt));
@@ -405,7 +487,7 @@ mod tests {
     #[test]
     fn non_zero_padding_is_refused() {
         // Seal by hand what `seal` would, with one padding byte set.
-        let env = envelope();
+        let mut env = envelope();
         let mb = Mailbox([1; 16]);
         let p = plain(10);
         let mut body = postcard::to_stdvec(&p).unwrap();
@@ -415,15 +497,48 @@ mod tests {
         let key = env.keys.key(Purpose::Relay, epoch);
         let byte = epoch.0.to_le_bytes()[0];
         let nonce = key.synthetic_nonce(NONCE_LABEL, InstanceId([5; 16]), 1);
+        let aad = env.aad(ENVELOPE_VERSION, byte, &mb);
         let seal = |body: &[u8]| {
             let mut out = vec![ENVELOPE_VERSION, byte];
             out.extend_from_slice(&nonce);
-            key.seal_with_raw_nonce(&nonce, &env.aad(ENVELOPE_VERSION, byte, &mb), body, &mut out);
+            key.seal_with_raw_nonce(&nonce, &aad, body, &mut out);
             out
         };
         assert_eq!(env.open(NOW, &mb, &seal(&body)).unwrap(), p, "the control opens");
         body[len + 3] = 1;
         assert_eq!(env.open(NOW, &mb, &seal(&body)), Err(EnvelopeError::Malformed));
+    }
+
+    /// Keys are derived once per epoch, not per payload: sealing, opening and mailboxes of
+    /// one day derive three keys, a new day a few more, and forged epoch bytes at most
+    /// `MAX_CACHED_KEYS` kept.
+    #[test]
+    fn keys_are_derived_once_per_epoch() {
+        let mut env = envelope();
+        let b = dbid("ABCDEFGHIJKLMNO");
+        for i in 0..50 {
+            let mb = env.mailbox(&b, mailbox_day(NOW));
+            assert_eq!(mb, mailbox(env.keys(), &b, mailbox_day(NOW)));
+            assert_eq!(
+                env.presence_mailbox(mailbox_day(NOW)),
+                presence_mailbox(env.keys(), mailbox_day(NOW))
+            );
+            let sealed = env.seal(NOW + i, &mb, &plain(10)).unwrap();
+            assert_eq!(env.open(NOW + i, &mb, &sealed).unwrap(), plain(10));
+        }
+        assert_eq!(env.keys_derived(), 3, "sealing, opening and mailbox keys");
+        let mb = env.mailbox(&b, mailbox_day(NOW));
+        let sealed = env.seal(NOW, &mb, &plain(10)).unwrap();
+        assert_eq!(env.open(NOW + 86_400, &mb, &sealed).unwrap(), plain(10));
+        assert_eq!(env.keys_derived(), 3, "yesterday's key opens from the cache");
+        // Forged payloads naming every epoch byte: the cache stays bounded.
+        for byte in (0..=255u8).filter(|b| *b != sealed[1]) {
+            let mut forged = sealed.clone();
+            forged[1] = byte;
+            assert!(env.open(NOW, &mb, &forged).is_err());
+        }
+        assert!(env.open_keys.len() <= MAX_CACHED_KEYS);
+        assert!(env.keys_derived() <= 3 + 5, "{} derived", env.keys_derived());
     }
 
     #[test]
@@ -444,7 +559,7 @@ mod tests {
         #[test]
         fn open_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1100),
                              class in 0usize..3, fill in any::<u8>()) {
-            let env = envelope();
+            let mut env = envelope();
             let _ = env.open(NOW, &Mailbox([1; 16]), &bytes);
             let mut sized = bytes.clone();
             sized.resize(SIZE_CLASSES[class], fill);

@@ -42,6 +42,15 @@ pub enum FragmentError {
     Inconsistent,
 }
 
+/// Checks piece `index` of `count` (`len` bytes) before anything is allocated for it: the
+/// index below the count, the count in `1..=MAX_COUNT`, the piece at most [`MAX_FRAGMENT`].
+pub fn check(index: u16, count: u16, len: usize) -> Result<(), FragmentError> {
+    if count == 0 || count > MAX_COUNT || index >= count || len > MAX_FRAGMENT {
+        return Err(FragmentError::Inconsistent);
+    }
+    Ok(())
+}
+
 /// The pieces of one message received so far.
 #[derive(Debug, Clone)]
 pub struct Reassembly {
@@ -51,6 +60,12 @@ pub struct Reassembly {
 }
 
 impl Reassembly {
+    /// Bytes of the piece table of a message of `count` fragments, allocated by
+    /// [`Reassembly::new`] before any piece arrives (part of [`Reassembly::memory`]).
+    pub fn table_bytes(count: u16) -> usize {
+        usize::from(count).saturating_mul(std::mem::size_of::<Option<Vec<u8>>>())
+    }
+
     /// An empty reassembly for a message of `count` fragments.
     pub fn new(count: u16) -> Result<Reassembly, FragmentError> {
         if count == 0 || count > MAX_COUNT {
@@ -62,7 +77,8 @@ impl Reassembly {
     /// Adds piece `index` of `count`; returns the bytes it added to memory (0 for a
     /// duplicate).
     pub fn insert(&mut self, index: u16, count: u16, bytes: &[u8]) -> Result<usize, FragmentError> {
-        if usize::from(count) != self.pieces.len() || bytes.len() > MAX_FRAGMENT {
+        check(index, count, bytes.len())?;
+        if usize::from(count) != self.pieces.len() {
             return Err(FragmentError::Inconsistent);
         }
         let slot = self.pieces.get_mut(usize::from(index)).ok_or(FragmentError::Inconsistent)?;
@@ -80,9 +96,9 @@ impl Reassembly {
         self.held == self.pieces.len()
     }
 
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.bytes
+    /// Bytes held: the pieces and the piece table.
+    pub fn memory(&self) -> usize {
+        self.bytes.saturating_add(self.pieces.len().saturating_mul(Self::table_bytes(1)))
     }
 
     /// The held pieces as inclusive index ranges, ascending.
@@ -126,6 +142,20 @@ mod tests {
         assert_eq!(counts(256 << 10), 263, "a full batch");
         assert!(split(&vec![0u8; 5 << 20]).is_none());
         assert!(split(&vec![0u8; 3_333]).unwrap().iter().all(|f| f.len() <= MAX_FRAGMENT));
+    }
+
+    #[test]
+    fn check_refuses_before_anything_is_allocated() {
+        assert_eq!(check(0, 1, 0), Ok(()));
+        assert_eq!(check(MAX_COUNT - 1, MAX_COUNT, MAX_FRAGMENT), Ok(()));
+        for (index, count, len) in
+            [(3, 3, 1), (0, 0, 1), (0, MAX_COUNT + 1, 1), (u16::MAX, u16::MAX, 1), (0, 1, 1_001)]
+        {
+            assert_eq!(check(index, count, len), Err(FragmentError::Inconsistent));
+        }
+        let r = Reassembly::new(MAX_COUNT).unwrap();
+        assert_eq!(r.memory(), Reassembly::table_bytes(MAX_COUNT), "the table is counted");
+        assert!(Reassembly::table_bytes(MAX_COUNT) > 4_200 * 8);
     }
 
     #[test]

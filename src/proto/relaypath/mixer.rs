@@ -15,11 +15,14 @@ use rand::Rng;
 
 use super::envelope::{Record, MAX_PLAIN};
 use super::session::{record_len, Session};
+use crate::id::DatabaseId;
 use crate::proto::io::Time;
 
-/// Bytes of a [`super::envelope::RelayPlain`] besides its records (two dbids, a time, the
-/// record count), rounded up.
-pub const PLAIN_OVERHEAD: usize = 48;
+/// Most bytes of a [`super::envelope::RelayPlain`] besides its records, in its postcard
+/// encoding: the sender and recipient (fixed arrays), `sent_ms` (a varint, at most 10 bytes)
+/// and the record count (a varint, at most 3 bytes below 2^21; a payload holds far fewer
+/// records). `plain_overhead_matches_the_encoding` checks it against real encodings.
+pub const PLAIN_OVERHEAD: usize = 2 * DatabaseId::LEN + 10 + 3;
 
 /// Room for records in the largest payload.
 pub const RECORD_ROOM: usize = MAX_PLAIN - PLAIN_OVERHEAD;
@@ -47,9 +50,10 @@ impl Delays {
     }
 }
 
-/// The records of one payload from `session` at `now`; empty when nothing waits. `full` says
-/// a fragment was left for the next payload for want of room.
-pub fn compose(session: &mut Session, now: Time) -> (Vec<Record>, bool) {
+/// The records of one payload from `session` at `now`; empty when nothing waits. They always
+/// fit a payload: the handshake records are small, an ack is at most
+/// [`super::session::MAX_ACK_BYTES`] and fragments are taken while they fit [`RECORD_ROOM`].
+pub fn compose(session: &mut Session, now: Time) -> Vec<Record> {
     let mut records = Vec::new();
     let mut used = 0;
     while let Some(r) = session.poll_control() {
@@ -66,7 +70,7 @@ pub fn compose(session: &mut Session, now: Time) -> (Vec<Record>, bool) {
         used += record_len(&f);
         records.push(f);
     }
-    (records, session.has_fragments())
+    records
 }
 
 /// A relay for the next payload: uniform among `up`, avoiding `previous` when there is a choice.
@@ -85,6 +89,7 @@ pub fn choose_relay<R: Rng>(rng: &mut R, up: &[u16], previous: Option<u16>) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::relaypath::envelope::{encoded_len, RelayPlain};
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
@@ -107,8 +112,8 @@ mod tests {
         s.on_record(Time(0), &Record::SynAck { session: 1 });
         s.send(&[1u8; 40_000], 1).unwrap();
         s.send(&[2u8; 3_000], 1).unwrap();
-        let (first, full) = compose(&mut s, Time(0));
-        assert!(full, "more waits");
+        let first = compose(&mut s, Time(0));
+        assert!(s.has_fragments(), "more waits");
         assert!(matches!(first[0], Record::Ack { .. }), "the confirming ack rides along");
         let messages: Vec<u64> = first
             .iter()
@@ -122,7 +127,7 @@ mod tests {
         assert!(total <= RECORD_ROOM && total + 1_100 > RECORD_ROOM, "{total}");
         let mut payloads = 1;
         while s.has_fragments() {
-            let (records, _) = compose(&mut s, Time(0));
+            let records = compose(&mut s, Time(0));
             assert!(!records.is_empty());
             payloads += 1;
         }
@@ -131,5 +136,62 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(2);
         assert!((0..100).all(|_| d.draw(&mut rng, 0) <= 20));
         assert_eq!(d.bound(9), 2_000);
+    }
+
+    /// `PLAIN_OVERHEAD` is what the encoding adds to the records, at the largest time and
+    /// record counts of 1, 127 (one-byte count) and 16,384 (three-byte count).
+    #[test]
+    fn plain_overhead_matches_the_encoding() {
+        let dbid: DatabaseId = "ITB85JUYCJS4IQA".parse().unwrap();
+        for (n, count_len) in [(1, 1), (127, 1), (128, 2), (16_384, 3)] {
+            let plain = RelayPlain {
+                sender: dbid,
+                recipient: dbid,
+                sent_ms: u64::MAX,
+                records: vec![Record::Fin { session: 1 }; n],
+            };
+            let records: usize = plain.records.iter().map(record_len).sum();
+            assert_eq!(encoded_len(&plain), PLAIN_OVERHEAD - 3 + count_len + records, "{n}");
+        }
+    }
+
+    /// An open session with a large ack owed (scattered pieces of many messages) and
+    /// fragments queued: every payload composed seals (fits the largest class).
+    #[test]
+    fn every_composed_payload_fits_a_payload() {
+        use crate::proto::relaypath::fragment::MAX_COUNT;
+        let mut s = Session::answer(1, Time(0), 0);
+        s.on_record(
+            Time(0),
+            &Record::Ack { session: 1, cumulative: 0, sacks: vec![], partial: vec![] },
+        );
+        for message in 2..12 {
+            for index in (0..MAX_COUNT).step_by(2) {
+                let bytes = vec![1];
+                let fragment = Record::Fragment {
+                    session: 1,
+                    message,
+                    urgency: 0,
+                    index,
+                    count: MAX_COUNT,
+                    bytes,
+                };
+                s.on_record(Time(0), &fragment);
+            }
+        }
+        s.send(&[3u8; 60_000], 0).unwrap();
+        let dbid: DatabaseId = "ITB85JUYCJS4IQA".parse().unwrap();
+        let mut payloads = 0;
+        loop {
+            let records = compose(&mut s, Time(0));
+            if records.is_empty() {
+                break;
+            }
+            assert!(matches!(records[0], Record::Ack { .. }));
+            let plain = RelayPlain { sender: dbid, recipient: dbid, sent_ms: u64::MAX, records };
+            assert!(encoded_len(&plain) <= MAX_PLAIN, "{} bytes", encoded_len(&plain));
+            payloads += 1;
+        }
+        assert!(payloads >= 4, "{payloads}");
     }
 }

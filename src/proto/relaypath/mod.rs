@@ -8,6 +8,7 @@
 //! - [`fragment`]: splitting messages into fragments and reassembling them.
 //! - [`session`]: the reliable, ordered session over lossy, duplicating relays.
 //! - [`mixer`]: composing payloads, their delays and relays.
+//! - `relays`: the relays coming and going, their post backoff, subscriptions and posting.
 //! - `fuzzing` (feature `fuzzing`): the bodies of the `relay_payload` and `relay_reassembly`
 //!   fuzz targets.
 //!
@@ -20,6 +21,7 @@ pub mod fragment;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod mixer;
+mod relays;
 pub mod session;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -27,16 +29,30 @@ use std::net::SocketAddr;
 
 use rand::Rng;
 
-use self::envelope::{
-    mailbox, mailbox_day, presence_mailbox, Envelope, Record, RelayPlain, MAILBOX_DAY_SECS,
-};
+use self::envelope::{mailbox_day, Envelope, Record, RelayPlain, MAILBOX_DAY_SECS};
 use self::mixer::{choose_relay, compose, Delays};
-use self::session::{Session, SessionStats, State};
+use self::session::{Session, SessionStats, State, HANDSHAKE_LIFETIME_MS};
 use crate::crypto::KeySchedule;
 use crate::id::{DatabaseId, Environment, InstanceId, RmSystem};
 use crate::proto::io::{LinkId, RelayIndex, RelayOutput, Time};
 use crate::proto::peers::Role;
-use crate::wire::relay::{Mailbox, PostRefuseReason, RefuseReason};
+use crate::wire::relay::{Mailbox, RefuseReason};
+
+/// Most members remembered from presence; past it the least recently heard is forgotten
+/// (a member is heard again within its presence interval, 10 min by default).
+pub const MAX_MEMBERS: usize = 1_024;
+
+/// Days either side of today whose mailboxes are subscribed (clock skew, design §2.5).
+pub const SUBSCRIBED_DAYS: u64 = 2;
+
+/// How long a post must go unrefused before it counts as taken: a relay refuses a post within
+/// a round trip (the core has no `Posted` input, design §2.8).
+pub const POST_TAKEN_MS: u64 = 10_000;
+
+/// First backoff of a relay after it refused a post, ms (doubling to [`POST_BACKOFF_MAX_MS`]).
+pub const POST_BACKOFF_MS: u64 = 30_000;
+/// Longest backoff of a relay after refused posts, ms.
+pub const POST_BACKOFF_MAX_MS: u64 = 600_000;
 
 /// Settings of the relay path (`[relay_path]`, design §2.7).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +65,8 @@ pub struct RelayPathConfig {
     pub keepalive_ms: u64,
     /// Longest random payload delays per urgency, ms.
     pub delays: Delays,
-    /// How long relays keep our payloads.
+    /// How long relays keep our payloads, at most: the TTL asked of a relay is also capped by
+    /// [`RelayPath::payload_ttl_secs`] (how long the recipient can still open a payload).
     pub payload_ttl_secs: u32,
     /// How often presence is broadcast, ms.
     pub presence_every_ms: u64,
@@ -64,7 +81,8 @@ impl Default for RelayPathConfig {
             max_sessions: 8,
             keepalive_ms: 60_000,
             delays: Delays::default(),
-            payload_ttl_secs: 604_800,
+            // Two days: what the recipient can still use (`RelayPath::payload_ttl_secs`).
+            payload_ttl_secs: 172_800,
             presence_every_ms: 600_000,
             presence_ttl_secs: 1_800,
         }
@@ -114,6 +132,10 @@ pub struct RelayPathStats {
     pub overflows: u64,
     /// Payloads not sent for want of a relay that is up.
     pub no_relay: u64,
+    /// `Syn`s older than a handshake can live (replays of old payloads), refused.
+    pub replays: u64,
+    /// Payloads that could not be sealed (not posted; logged).
+    pub seal_failures: u64,
 }
 
 /// One relay as the core sees it (status `relays`).
@@ -154,6 +176,8 @@ struct RelayState {
     observed: Option<SocketAddr>,
     backoff_until: Time,
     backoff_ms: u64,
+    /// The first post through it since its last refusal (for resetting the backoff).
+    posting_since: Option<Time>,
     posted: u64,
     delivered: u64,
     post_refusals: u64,
@@ -199,6 +223,8 @@ pub struct RelayPath {
     out: VecDeque<RelayOutput>,
     events: VecDeque<PathEvent>,
     stats: RelayPathStats,
+    /// A member was heard of anew, or a session began or ended (see `on_payload`).
+    peers_changed: bool,
 }
 
 impl RelayPath {
@@ -225,6 +251,7 @@ impl RelayPath {
             links: BTreeMap::new(),
             next_link: 1,
             members: BTreeMap::new(),
+            peers_changed: false,
             next_presence: Time(0),
             subscribed_day: None,
             out: VecDeque::new(),
@@ -305,142 +332,25 @@ impl RelayPath {
             .collect()
     }
 
-    /// Our address as each relay that is up sees it.
-    pub fn observed(&self) -> Vec<(u16, SocketAddr)> {
-        self.relays
-            .iter()
-            .zip(0u16..)
-            .filter(|(r, _)| r.up)
-            .filter_map(|(r, i)| r.observed.map(|a| (i, a)))
-            .collect()
-    }
-
-    // ----- relays -----
-
-    /// The driver's connection to `relay` is admitted.
-    pub fn relay_up<R: Rng>(
-        &mut self,
-        now: Time,
-        rng: &mut R,
-        relay: RelayIndex,
-        observed: SocketAddr,
-    ) {
-        let Some(r) = self.relays.get_mut(usize::from(relay.0)) else { return };
-        r.up = true;
-        r.refused = None;
-        r.observed = Some(observed);
-        self.subscribe(now, Some(relay.0));
-        self.post_presence(now, Some(relay.0));
-        // Whatever waited for a relay goes now. (Nothing is resent: what was posted through a
-        // relay that went down was queued again at `relay_down`, and nothing is composed while
-        // no relay is up.)
-        for p in self.sessions.values_mut() {
-            if p.session.wants_to_send() {
-                p.flush_at = Some(now);
-            }
-        }
-        self.service(now, rng);
-    }
-
-    /// The connection to `relay` is gone: what went through it lately is sent again (through
-    /// the others, or through it once it is back).
-    pub fn relay_down<R: Rng>(&mut self, now: Time, rng: &mut R, relay: RelayIndex) {
-        let Some(r) = self.relays.get_mut(usize::from(relay.0)) else { return };
-        r.up = false;
-        self.resend_everything(now);
-        self.service(now, rng);
-    }
-
-    /// `relay` refused us.
-    pub fn relay_refused(&mut self, relay: RelayIndex, reason: RefuseReason) {
-        if let Some(r) = self.relays.get_mut(usize::from(relay.0)) {
-            r.up = false;
-            r.refused = Some(reason);
-        }
-    }
-
-    /// `relay` refused a post: it is not used for a while (30 s doubling to 10 min) and what
-    /// is unacknowledged is sent again.
-    pub fn post_refused<R: Rng>(
-        &mut self,
-        now: Time,
-        rng: &mut R,
-        relay: RelayIndex,
-        _reason: PostRefuseReason,
-    ) {
-        let Some(r) = self.relays.get_mut(usize::from(relay.0)) else { return };
-        r.post_refusals += 1;
-        r.backoff_ms = (r.backoff_ms * 2).clamp(30_000, 600_000);
-        r.backoff_until = now.plus_millis(r.backoff_ms);
-        self.resend_everything(now);
-        self.service(now, rng);
-    }
-
-    fn resend_everything(&mut self, now: Time) {
-        for p in self.sessions.values_mut() {
-            p.session.resend_all();
-            if p.session.wants_to_send() {
-                p.flush_at = Some(now);
-            }
-        }
-    }
-
-    /// Subscribes our mailboxes and the presence mailboxes of days -2..=+2 (clock skew).
-    fn subscribe(&mut self, now: Time, only: Option<u16>) {
-        let day = mailbox_day(now.as_secs());
-        self.subscribed_day = Some(day);
-        let keys = self.envelope.keys();
-        let days = day.saturating_sub(2)..=day.saturating_add(2);
-        let mut mailboxes: Vec<Mailbox> =
-            days.clone().map(|d| mailbox(keys, &self.own, d)).collect();
-        mailboxes.extend(days.map(|d| presence_mailbox(keys, d)));
-        let targets: Vec<u16> = match only {
-            Some(r) => vec![r],
-            None => (0u16..).take(self.relays.len()).filter(|r| self.relay_is_up(*r)).collect(),
-        };
-        for r in targets {
-            let mailboxes = mailboxes.clone();
-            self.out.push_back(RelayOutput::Subscribe { relay: RelayIndex(r), mailboxes });
-        }
-    }
-
-    fn relay_is_up(&self, r: u16) -> bool {
-        self.relays.get(usize::from(r)).is_some_and(|s| s.up)
-    }
-
-    fn post_presence(&mut self, now: Time, only: Option<u16>) {
-        let plain = RelayPlain {
-            sender: self.own,
-            recipient: self.own,
-            sent_ms: now.as_millis(),
-            records: vec![Record::Presence { role: self.role, instance: self.instance }],
-        };
-        let mb = presence_mailbox(self.envelope.keys(), mailbox_day(now.as_secs()));
-        let Ok(bytes) = self.envelope.seal(now.as_secs(), &mb, &plain) else { return };
-        let targets: Vec<u16> = match only {
-            Some(r) => vec![r],
-            None => (0u16..).take(self.relays.len()).filter(|r| self.relay_is_up(*r)).collect(),
-        };
-        for r in targets {
-            if let Some(state) = self.relays.get_mut(usize::from(r)) {
-                state.posted += 1;
-            }
-            self.stats.payloads_sent += 1;
-            self.out.push_back(RelayOutput::Post {
-                relay: RelayIndex(r),
-                mailbox: mb,
-                ttl_secs: self.cfg.presence_ttl_secs,
-                broadcast: true,
-                bytes: bytes.clone(),
-            });
-        }
-        self.next_presence = now.plus_millis(self.cfg.presence_every_ms);
-    }
-
     // ----- payloads -----
 
-    /// A payload delivered from `mailbox` by `relay`.
+    /// A payload delivered from `mailbox` by `relay`. Returns whether it changed who the
+    /// node may want a session with: a member heard of anew (or again after its presence
+    /// expired), or a session begun or ended. Its links and messages come out as events.
     pub fn on_payload<R: Rng>(
+        &mut self,
+        now: Time,
+        rng: &mut R,
+        relay: RelayIndex,
+        mailbox: Mailbox,
+        bytes: &[u8],
+    ) -> bool {
+        self.peers_changed = false;
+        self.take_payload(now, rng, relay, mailbox, bytes);
+        std::mem::take(&mut self.peers_changed)
+    }
+
+    fn take_payload<R: Rng>(
         &mut self,
         now: Time,
         rng: &mut R,
@@ -478,8 +388,14 @@ impl RelayPath {
                 return;
             }
             if let [Record::Presence { role, .. }] = plain.records.as_slice() {
+                let ttl_us = u64::from(self.cfg.presence_ttl_secs) * 1_000_000;
+                let live = self
+                    .members
+                    .get(&plain.sender)
+                    .is_some_and(|m| now.0.saturating_sub(m.heard.0) <= ttl_us);
+                self.peers_changed |= !live;
                 let member = Member { role: *role, heard: now, sent_ms: plain.sent_ms };
-                self.members.insert(plain.sender, member);
+                self.heard(plain.sender, member);
             }
             return;
         }
@@ -489,12 +405,34 @@ impl RelayPath {
         }
         let peer = plain.sender;
         for record in &plain.records {
-            self.on_record(now, rng, peer, record);
+            self.on_record(now, peer, plain.sent_ms, record);
         }
         self.service(now, rng);
     }
 
-    fn on_record<R: Rng>(&mut self, now: Time, rng: &mut R, peer: DatabaseId, record: &Record) {
+    /// Remembers `member`, forgetting the least recently heard one when [`MAX_MEMBERS`] are
+    /// known (linear, once per presence of a new member past the bound).
+    fn heard(&mut self, dbid: DatabaseId, member: Member) {
+        if self.members.len() >= MAX_MEMBERS && !self.members.contains_key(&dbid) {
+            let oldest = self.members.iter().min_by_key(|(d, m)| (m.heard, **d)).map(|(d, _)| *d);
+            if let Some(oldest) = oldest {
+                self.members.remove(&oldest);
+            }
+        }
+        self.members.insert(dbid, member);
+    }
+
+    /// Whether a `Syn` sealed at `sent_ms` (the sender's clock) may still start a session at
+    /// `now`: its opener waits [`HANDSHAKE_LIFETIME_MS`] at most, and the two clocks differ by
+    /// up to twice the maximum skew. An older one is a replay (a relay keeps payloads for
+    /// their TTL, and anyone who saw one can post it again): answering it would cost up to
+    /// `SYN_ATTEMPTS` `SynAck`s and, with a session working, a candidate.
+    fn syn_is_fresh(&self, now: Time, sent_ms: u64) -> bool {
+        let skew_ms = self.envelope.keys().max_clock_skew_secs().saturating_mul(2000);
+        now.as_millis().saturating_sub(sent_ms) <= HANDSHAKE_LIFETIME_MS.saturating_add(skew_ms)
+    }
+
+    fn on_record(&mut self, now: Time, peer: DatabaseId, sent_ms: u64, record: &Record) {
         let session = match record {
             Record::Syn { session }
             | Record::SynAck { session }
@@ -507,6 +445,14 @@ impl RelayPath {
         let own = self.own;
         let max = self.cfg.max_sessions.saturating_mul(2);
         let count = self.sessions.len();
+        // A `Syn` of a session we do not know yet starts one (or a candidate): not if old.
+        let known = self.sessions.get(&peer).is_some_and(|p| {
+            p.session.id() == session || p.candidate.as_ref().is_some_and(|c| c.id() == session)
+        });
+        if matches!(record, Record::Syn { .. }) && !known && !self.syn_is_fresh(now, sent_ms) {
+            self.stats.replays += 1;
+            return;
+        }
         let Some(p) = self.sessions.get_mut(&peer) else {
             if let Record::Syn { session } = record {
                 if count < max {
@@ -532,7 +478,6 @@ impl RelayPath {
         match p.session.state() {
             // Crossing `Syn`s: the session opened by the smaller dbid is kept.
             State::ExpectSynAck if peer < own => {
-                let _ = rng;
                 p.session = Session::answer(*session, now, bound);
                 p.outbound = false;
             }
@@ -544,6 +489,7 @@ impl RelayPath {
     }
 
     fn add_session(&mut self, peer: DatabaseId, session: Session, outbound: bool) {
+        self.peers_changed = true;
         let link = LinkId(LinkId::RELAY_BIT | self.next_link);
         self.next_link += 1;
         self.links.insert(link, peer);
@@ -746,52 +692,40 @@ impl RelayPath {
             }
             self.links.remove(&link);
             self.sessions.remove(&peer);
+            self.peers_changed = true;
         }
     }
 
     /// Sends every payload's worth waiting for `peer`.
     fn flush<R: Rng>(&mut self, now: Time, rng: &mut R, peer: DatabaseId) {
         let up = self.up_relays(now);
-        let day = mailbox_day(now.as_secs());
-        let mb = mailbox(self.envelope.keys(), &peer, day);
         let Some(p) = self.sessions.get_mut(&peer) else { return };
-        if up.is_empty() {
-            // Nothing can leave: fragments are resent by their RTO, the handshake by its
-            // timer, acks with the next fragment; `relay_up` flushes again.
-            self.stats.no_relay += 1;
-            return;
-        }
-        let mut sessions: Vec<&mut Session> = vec![&mut p.session];
-        if let Some(c) = p.candidate.as_mut() {
-            sessions.push(c);
-        }
+        let PeerPath { session, candidate, last_relay, .. } = p;
         let mut payloads = Vec::new();
-        for s in sessions {
+        for s in std::iter::once(session).chain(candidate.as_mut()) {
             for _ in 0..10_000 {
-                let (records, _) = compose(s, now);
+                // The relay is drawn before anything is composed, so nothing is taken from the
+                // session while no relay can carry it.
+                let Some(relay) = choose_relay(rng, &up, *last_relay) else {
+                    // Fragments are resent by their RTO, the handshake by its timer, acks
+                    // with the next fragment; `relay_up` flushes again.
+                    self.stats.no_relay += 1;
+                    return;
+                };
+                let records = compose(s, now);
                 if records.is_empty() {
                     break;
                 }
-                payloads.push(records);
+                *last_relay = Some(relay);
+                payloads.push((relay, records));
             }
         }
-        for records in payloads {
-            let Some(relay) = choose_relay(rng, &up, p.last_relay) else { return };
-            p.last_relay = Some(relay);
+        let mb = self.envelope.mailbox(&peer, mailbox_day(now.as_secs()));
+        let ttl = self.payload_ttl_secs();
+        for (relay, records) in payloads {
             let plain =
                 RelayPlain { sender: self.own, recipient: peer, sent_ms: now.as_millis(), records };
-            let Ok(bytes) = self.envelope.seal(now.as_secs(), &mb, &plain) else { continue };
-            if let Some(r) = self.relays.get_mut(usize::from(relay)) {
-                r.posted += 1;
-            }
-            self.stats.payloads_sent += 1;
-            self.out.push_back(RelayOutput::Post {
-                relay: RelayIndex(relay),
-                mailbox: mb,
-                ttl_secs: self.cfg.payload_ttl_secs,
-                broadcast: false,
-                bytes,
-            });
+            self.post(now, mb, &plain, &[relay], ttl, false);
         }
     }
 
@@ -808,8 +742,10 @@ impl RelayPath {
 
 #[cfg(test)]
 mod tests {
+    use super::envelope::{mailbox, presence_mailbox};
     use super::*;
     use crate::crypto::SystemKey;
+    use crate::wire::relay::PostRefuseReason;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
@@ -864,7 +800,9 @@ mod tests {
                     while let Some(out) = self.side(i).poll_output() {
                         match out {
                             RelayOutput::Subscribe { mailboxes, .. } => self.subs[i] = mailboxes,
-                            RelayOutput::Post { mailbox, bytes, .. } => {
+                            RelayOutput::Post { mailbox, bytes, ttl_secs, broadcast, .. } => {
+                                // Session payloads ask no longer a TTL than is usable.
+                                assert!(broadcast || ttl_secs == 172_800, "ttl {ttl_secs}");
                                 self.seen.push((mailbox, bytes.clone()));
                                 if self.subs[1 - i].contains(&mailbox) {
                                     let rng = &mut self.rng;
@@ -980,6 +918,148 @@ mod tests {
             .collect();
         assert_eq!(got, vec![b"after the refusal".to_vec()]);
         assert_eq!(p.a.relay_status(t.plus_millis(40_000))[0].backoff_ms, 0);
+    }
+
+    /// A session between a and b is open; returns a's link.
+    fn open_session(p: &mut Pair) -> LinkId {
+        up(p);
+        p.run(NOW, 50);
+        let b_dbid: DatabaseId = "BBBBBBBBBBBBBBB".parse().unwrap();
+        let mut rng = StdRng::seed_from_u64(2);
+        p.a.want(NOW, &mut rng, &[b_dbid]);
+        p.run(NOW.plus_millis(50), 500);
+        p.a.links().next().unwrap().0
+    }
+
+    /// The backoff after a refused post doubles while refusals follow each other, and starts
+    /// over at 30 s once a post through the relay went unrefused for `POST_TAKEN_MS`.
+    #[test]
+    fn the_post_backoff_starts_over_after_a_post_is_taken() {
+        let mut p = Pair::new();
+        let link = open_session(&mut p);
+        let mut rng = StdRng::seed_from_u64(3);
+        let t = NOW.plus_millis(600);
+        p.a.post_refused(t, &mut rng, RelayIndex(0), PostRefuseReason::QuotaFull);
+        assert_eq!(p.a.relay_status(t)[0].backoff_ms, 30_000);
+        let t = t.plus_millis(30_000);
+        p.a.post_refused(t, &mut rng, RelayIndex(0), PostRefuseReason::QuotaFull);
+        assert_eq!(p.a.relay_status(t)[0].backoff_ms, 60_000, "refused again: doubled");
+        // After the backoff a post goes through, and another more than 10 s later.
+        let t = t.plus_millis(60_001);
+        p.run(t, 100);
+        p.a.send(t.plus_millis(200), &mut rng, link, b"one", 0);
+        p.run(t.plus_millis(200), 1_000);
+        let posted = p.a.relay_status(t)[0].posted;
+        p.a.send(t.plus_millis(12_000), &mut rng, link, b"two", 0);
+        p.run(t.plus_millis(12_000), 1_000);
+        assert!(p.a.relay_status(t)[0].posted > posted);
+        let t = t.plus_millis(14_000);
+        p.a.post_refused(t, &mut rng, RelayIndex(0), PostRefuseReason::QuotaFull);
+        assert_eq!(p.a.relay_status(t)[0].backoff_ms, 30_000, "a taken post reset it");
+    }
+
+    /// A `Syn` sealed longer ago than a handshake lives (plus twice the clock skew) is a
+    /// replay: it opens no session and no candidate, and is counted.
+    #[test]
+    fn an_old_syn_is_refused_as_a_replay() {
+        let a_dbid: DatabaseId = "AAAAAAAAAAAAAAA".parse().unwrap();
+        let b_dbid: DatabaseId = "BBBBBBBBBBBBBBB".parse().unwrap();
+        let mut rng = StdRng::seed_from_u64(4);
+        let syn = |p: &mut Pair, sent: Time, session: u64| {
+            let mb = mailbox(p.a.envelope.keys(), &b_dbid, mailbox_day(sent.as_secs()));
+            let plain = RelayPlain {
+                sender: a_dbid,
+                recipient: b_dbid,
+                sent_ms: sent.as_millis(),
+                records: vec![Record::Syn { session }],
+            };
+            (mb, p.a.envelope.seal(sent.as_secs(), &mb, &plain).unwrap())
+        };
+        let skew_ms = 2 * p_skew_ms();
+        let late = HANDSHAKE_LIFETIME_MS + skew_ms + 1_000;
+        // A fresh b gets a Syn sealed `late` ago: nothing opens.
+        let mut p = Pair::new();
+        let (mb, old) = syn(&mut p, NOW, 7);
+        let then = NOW.plus_millis(late);
+        assert!(!p.b.on_payload(then, &mut rng, RelayIndex(0), mb, &old));
+        assert!(p.b.session_peers().is_empty());
+        assert_eq!(p.b.stats().replays, 1);
+        // One sealed a minute ago opens a session.
+        let (mb, fresh) = syn(&mut p, Time(then.0 - 60_000_000), 8);
+        assert!(p.b.on_payload(then, &mut rng, RelayIndex(0), mb, &fresh), "a new session");
+        assert_eq!(p.b.session_peers().into_iter().collect::<Vec<_>>(), vec![a_dbid]);
+        assert!(!p.b.on_payload(then, &mut rng, RelayIndex(0), mb, &fresh), "redelivered");
+        // With a session working, an old Syn of a new id makes no candidate.
+        let mut p = Pair::new();
+        open_session(&mut p);
+        let (mb, old) = syn(&mut p, NOW, 9);
+        p.b.on_payload(then, &mut rng, RelayIndex(0), mb, &old);
+        assert!(p.b.sessions.get(&a_dbid).is_some_and(|s| s.candidate.is_none()));
+        assert_eq!(p.b.stats().replays, 1);
+    }
+
+    fn p_skew_ms() -> u64 {
+        crate::crypto::DEFAULT_MAX_CLOCK_SKEW_SECS * 1_000
+    }
+
+    /// Presence from more members than `MAX_MEMBERS` forgets the least recently heard.
+    #[test]
+    fn members_are_bounded_and_the_least_recently_heard_goes() {
+        let mut a = path("AAAAAAAAAAAAAAA", 1);
+        let mut rng = StdRng::seed_from_u64(5);
+        let member = |i: usize| -> DatabaseId { format!("M{i:014}").parse().unwrap() };
+        let day = mailbox_day(NOW.as_secs());
+        let mb = presence_mailbox(a.envelope.keys(), day);
+        let mut hear = |a: &mut RelayPath, i: usize, at: Time| {
+            let plain = RelayPlain {
+                sender: member(i),
+                recipient: member(i),
+                sent_ms: at.as_millis(),
+                records: vec![Record::Presence { role: Role::Lane, instance: InstanceId([9; 16]) }],
+            };
+            let bytes = a.envelope.seal(at.as_secs(), &mb, &plain).unwrap();
+            a.on_payload(at, &mut rng, RelayIndex(0), mb, &bytes)
+        };
+        for i in 0..MAX_MEMBERS {
+            assert!(hear(&mut a, i, NOW.plus_millis(u64::try_from(i).unwrap())), "new: {i}");
+        }
+        // Member 0 is heard again (no change for the node): member 1 is now the least
+        // recently heard.
+        let t = NOW.plus_millis(10_000);
+        assert!(!hear(&mut a, 0, t));
+        assert!(hear(&mut a, MAX_MEMBERS, t.plus_millis(1)));
+        let known: BTreeSet<DatabaseId> = a.members(t).into_iter().map(|(d, _)| d).collect();
+        assert_eq!(known.len(), MAX_MEMBERS);
+        assert!(known.contains(&member(0)) && known.contains(&member(MAX_MEMBERS)));
+        assert!(!known.contains(&member(1)));
+    }
+
+    /// The TTL asked of a relay is what the recipient can still open (two days by default),
+    /// whatever is configured above it; a payload that old still opens.
+    #[test]
+    fn the_payload_ttl_is_what_the_recipient_can_use() {
+        let mut a = path("AAAAAAAAAAAAAAA", 1);
+        a.cfg.payload_ttl_secs = 604_800;
+        assert_eq!(a.payload_ttl_secs(), 172_800);
+        a.cfg.payload_ttl_secs = 3_600;
+        assert_eq!(a.payload_ttl_secs(), 3_600, "a shorter one is kept");
+        let mut p = Pair::new();
+        open_session(&mut p);
+        let ttl = p.a.payload_ttl_secs();
+        // A payload sealed at the start or the end of a day opens `ttl` later.
+        let day_start = (NOW.as_secs() / MAILBOX_DAY_SECS) * MAILBOX_DAY_SECS;
+        for sealed_at in [day_start, day_start + MAILBOX_DAY_SECS - 1] {
+            let mb = Mailbox([5; 16]);
+            let plain = RelayPlain {
+                sender: p.a.own,
+                recipient: p.b.own,
+                sent_ms: sealed_at * 1_000,
+                records: vec![Record::Fin { session: 1 }],
+            };
+            let bytes = p.a.envelope.seal(sealed_at, &mb, &plain).unwrap();
+            let open_at = sealed_at + u64::from(ttl);
+            assert_eq!(p.b.envelope.open(open_at, &mb, &bytes), Ok(plain.clone()));
+        }
     }
 
     #[test]

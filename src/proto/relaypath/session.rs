@@ -9,24 +9,26 @@
 //! - Sending: messages are numbered from 1 and split ([`super::fragment`]); fragments of the
 //!   queued messages go out round-robin (mixing), urgent messages first.
 //! - Acks: cumulative, SACK ranges of complete messages beyond it, and the fragment ranges
-//!   held of incomplete ones (each at most 8). Per message an RTO of
+//!   held of incomplete ones (each at most 8, and at most [`MAX_ACK_BYTES`] in all: what does
+//!   not fit goes in the next ack). Per message an RTO of
 //!   `clamp(2 srtt + delay bound, 0.5 s, 60 s)`, doubling; on expiry only the fragments not
 //!   reported held are queued again.
 //! - Receiving: messages are handed out strictly in order, each once; duplicates below the
 //!   cumulative point are dropped and counted.
 //! - Bounds: at most [`MAX_UNACKED_MESSAGES`] messages and [`MAX_UNACKED_BYTES`] bytes sent
 //!   and not acknowledged (more is an overflow: the caller closes the session), at most
-//!   [`MAX_REASSEMBLY_BYTES`] held for reassembly (fragments beyond are dropped; the sender
-//!   resends them).
+//!   [`MAX_REASSEMBLY_BYTES`] held for reassembly, piece tables included (fragments beyond
+//!   are dropped; the sender resends them).
 //!
 //! The session is at-least-once towards the relay and exactly-once, in-order towards the
 //! caller within its life; unit dedup does the rest across sessions. It does not seal, pick
 //! relays, or decide when a payload leaves (see `mixer`), and reads no clock.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::envelope::Record;
-use super::fragment::{split, Reassembly};
+use super::fragment::{self, split, Reassembly};
 use crate::proto::io::Time;
 
 /// Most messages sent and not acknowledged.
@@ -41,6 +43,21 @@ pub const MAX_REASSEMBLY_BYTES: usize = 4 << 20;
 /// Most SACK ranges and partial messages in one `Ack`.
 pub const MAX_ACK_ITEMS: usize = 8;
 
+/// Most bytes of one encoded `Ack`. The fragment ranges held of incomplete messages can be
+/// far more (up to 2,100 ranges of a 4,200-piece message): an ack reports what fits and the
+/// next one goes on from there, so an ack never makes its payload outgrow the largest class.
+/// It leaves most of a payload to fragments ([`super::mixer::RECORD_ROOM`] is ~16 KB).
+pub const MAX_ACK_BYTES: usize = 2_048;
+
+/// Upper bounds of the postcard encoding of an `Ack`'s parts (varints: u64 at most 10
+/// bytes, u16 and lengths below 2^21 at most 3): the record's variant, session and cumulative
+/// point and the two list lengths; one SACK range; one partial message and its list length;
+/// one fragment range.
+const ACK_FIXED_MAX: usize = 1 + 10 + 10 + 3 + 3;
+const ACK_SACK_MAX: usize = 10 + 10;
+const ACK_PARTIAL_MAX: usize = 10 + 3;
+const ACK_RANGE_MAX: usize = 3 + 3;
+
 /// RTO bounds, ms.
 pub const RTO_MIN_MS: u64 = 500;
 /// See [`RTO_MIN_MS`].
@@ -52,6 +69,21 @@ pub const HANDSHAKE_RETRY_MS: u64 = 1_000;
 pub const HANDSHAKE_MAX_MS: u64 = 30_000;
 /// `Syn`s (or unconfirmed `SynAck`s) sent before the session is given up.
 pub const SYN_ATTEMPTS: u32 = 10;
+
+/// How long after its first `Syn` an unanswered opener gives up: the [`SYN_ATTEMPTS`] resend
+/// intervals added up (181 s). A `Syn` sealed longer ago than this (plus clock skew) is a
+/// replay: its opener has stopped waiting.
+pub const HANDSHAKE_LIFETIME_MS: u64 = handshake_lifetime_ms();
+
+const fn handshake_lifetime_ms() -> u64 {
+    let (mut total, mut every, mut sent) = (0, HANDSHAKE_RETRY_MS, 0);
+    while sent < SYN_ATTEMPTS {
+        total += every;
+        every = if every * 2 < HANDSHAKE_MAX_MS { every * 2 } else { HANDSHAKE_MAX_MS };
+        sent += 1;
+    }
+    total
+}
 
 /// Where a session is in its life; each waits for what it is named after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +165,9 @@ pub struct Session {
     incoming_bytes: usize,
     delivered: VecDeque<Vec<u8>>,
     ack_wanted: bool,
+    /// Where the next ack's partial report starts (message, index of its first held range):
+    /// what did not fit one ack goes in the next.
+    ack_from: (u64, usize),
     stats: SessionStats,
 }
 
@@ -175,6 +210,7 @@ impl Session {
             incoming_bytes: 0,
             delivered: VecDeque::new(),
             ack_wanted: false,
+            ack_from: (0, 0),
             stats: SessionStats::default(),
         }
     }
@@ -311,16 +347,26 @@ impl Session {
             self.stats.duplicates += 1;
             return;
         }
+        // Everything is checked before anything is allocated: a new message costs its piece
+        // table (`count` slots, a peer's number), counted with the pieces against the bound.
         let ahead = usize::try_from(message - self.cumulative).unwrap_or(usize::MAX);
-        if ahead > MAX_UNACKED_MESSAGES || self.incoming_bytes + bytes.len() > MAX_REASSEMBLY_BYTES
+        let table =
+            if self.incoming.contains_key(&message) { 0 } else { Reassembly::table_bytes(count) };
+        if fragment::check(index, count, bytes.len()).is_err()
+            || ahead > MAX_UNACKED_MESSAGES
+            || self.incoming_bytes.saturating_add(table).saturating_add(bytes.len())
+                > MAX_REASSEMBLY_BYTES
         {
             self.stats.dropped += 1;
             return;
         }
-        let reassembly = match self.incoming.get_mut(&message) {
-            Some(r) => r,
-            None => match Reassembly::new(count) {
-                Ok(r) => self.incoming.entry(message).or_insert(r),
+        let reassembly = match self.incoming.entry(message) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => match Reassembly::new(count) {
+                Ok(r) => {
+                    self.incoming_bytes += r.memory();
+                    e.insert(r)
+                }
                 Err(_) => {
                     self.stats.dropped += 1;
                     return;
@@ -338,7 +384,7 @@ impl Session {
         while self.complete.remove(&(self.cumulative + 1)) {
             self.cumulative += 1;
             if let Some(r) = self.incoming.remove(&self.cumulative) {
-                self.incoming_bytes -= r.bytes();
+                self.incoming_bytes = self.incoming_bytes.saturating_sub(r.memory());
                 if let Some(m) = r.into_message() {
                     self.delivered.push_back(m);
                     self.stats.delivered += 1;
@@ -486,14 +532,43 @@ impl Session {
                 _ => sacks.push((n, n)),
             }
         }
-        let partial = self
-            .incoming
-            .iter()
-            .filter(|(n, r)| !r.is_complete() && !self.complete.contains(n))
-            .take(MAX_ACK_ITEMS)
-            .map(|(n, r)| (*n, r.held_ranges()))
-            .collect();
+        let partial = self.partial_report(ACK_SACK_MAX * sacks.len());
         Some(Record::Ack { session: self.id, cumulative: self.cumulative, sacks, partial })
+    }
+
+    /// The held fragment ranges of incomplete messages for one ack: at most
+    /// [`MAX_ACK_ITEMS`] messages and what fits [`MAX_ACK_BYTES`] besides `used` bytes of
+    /// SACKs, starting where the last report stopped and going round, so every range is
+    /// reported in turn (the peer adds them up).
+    fn partial_report(&mut self, used: usize) -> Vec<(u64, Vec<(u16, u16)>)> {
+        let mut budget = MAX_ACK_BYTES.saturating_sub(ACK_FIXED_MAX + used);
+        let (from, skip) = self.ack_from;
+        let complete = &self.complete;
+        let incomplete = self
+            .incoming
+            .range(from..)
+            .chain(self.incoming.range(..from))
+            .filter(|(n, r)| !r.is_complete() && !complete.contains(n));
+        let mut partial = Vec::new();
+        let mut next = (0, 0);
+        for (n, r) in incomplete {
+            if partial.len() == MAX_ACK_ITEMS || budget < ACK_PARTIAL_MAX + ACK_RANGE_MAX {
+                next = (*n, 0);
+                break;
+            }
+            budget -= ACK_PARTIAL_MAX;
+            let held = r.held_ranges();
+            let start = if *n == from { skip.min(held.len()) } else { 0 };
+            let take = (held.len() - start).min(budget / ACK_RANGE_MAX);
+            budget -= take * ACK_RANGE_MAX;
+            partial.push((*n, held.iter().skip(start).take(take).copied().collect()));
+            if start + take < held.len() {
+                next = (*n, start + take);
+                break;
+            }
+        }
+        self.ack_from = next;
+        partial
     }
 
     /// Whether an ack is wanted (a fragment arrived, or the session must be confirmed).
@@ -561,17 +636,23 @@ impl Session {
 }
 
 /// Queues again the fragments of message `n` that the peer has not reported held (and that are
-/// not queued already); returns how many.
+/// not queued already); returns how many. Linear in the message's fragments.
 fn requeue_unacked(
     pending: &mut BTreeMap<(u8, u64), VecDeque<u16>>,
     n: u64,
     m: &OutMessage,
 ) -> u64 {
     let queue = pending.entry((m.urgency, n)).or_default();
+    let mut skip = m.acked.clone();
+    for i in queue.iter() {
+        if let Some(s) = skip.get_mut(usize::from(*i)) {
+            *s = true;
+        }
+    }
     let mut queued = 0;
-    for (i, acked) in m.acked.iter().enumerate() {
+    for (i, skip) in skip.into_iter().enumerate() {
         let Ok(i) = u16::try_from(i) else { break };
-        if !acked && !queue.contains(&i) {
+        if !skip {
             queue.push_back(i);
             queued += 1;
         }
@@ -830,6 +911,111 @@ mod tests {
         let partial = vec![(0, vec![(2, u16::MAX), (u16::MAX, 0), (1, 1)])];
         a.on_record(Time(0), &Record::Ack { session: 1, cumulative: 0, sacks: vec![], partial });
         assert_eq!(a.unacked(), 1, "fragment 0 is still missing");
+    }
+
+    /// An answerer confirmed by an empty ack: open, receiving.
+    fn open_answerer() -> Session {
+        let mut b = Session::answer(1, Time(0), 0);
+        let confirm = Record::Ack { session: 1, cumulative: 0, sacks: vec![], partial: vec![] };
+        b.on_record(Time(0), &confirm);
+        assert_eq!(b.state(), State::Open);
+        b
+    }
+
+    fn one_byte(message: u64, index: u16, count: u16) -> Record {
+        Record::Fragment { session: 1, message, urgency: 0, index, count, bytes: vec![1] }
+    }
+
+    /// A fragment's count is the peer's number: it is checked before the piece table is
+    /// allocated, and the table counts against the reassembly bound.
+    #[test]
+    fn reassembly_tables_are_checked_and_counted() {
+        use super::super::fragment::MAX_COUNT;
+        let mut b = open_answerer();
+        b.on_record(Time(0), &one_byte(2, 5, 5));
+        b.on_record(Time(0), &one_byte(2, 0, MAX_COUNT + 1));
+        b.on_record(Time(0), &one_byte(2, u16::MAX, u16::MAX));
+        assert!(b.incoming.is_empty(), "nothing allocated");
+        assert_eq!((b.memory(), b.stats().dropped), (0, 3));
+        // Messages that each claim the most pieces and send one.
+        for message in 2..=u64::try_from(MAX_UNACKED_MESSAGES).unwrap() {
+            b.on_record(Time(0), &one_byte(message, 0, MAX_COUNT));
+        }
+        let each = Reassembly::table_bytes(MAX_COUNT) + 1;
+        assert_eq!(b.memory(), b.incoming.len() * each, "the tables are counted");
+        assert!(b.memory() <= MAX_REASSEMBLY_BYTES);
+        assert_eq!(b.incoming.len(), MAX_REASSEMBLY_BYTES / each, "the bound stops them");
+        // Message 1 completes and is handed out; the held ones stay counted.
+        b.on_record(Time(0), &one_byte(1, 0, 1));
+        assert_eq!(b.poll_message(), Some(vec![1]));
+        assert_eq!(b.memory(), b.incoming.len() * each);
+    }
+
+    /// An ack of many incomplete messages with scattered pieces stays under
+    /// `MAX_ACK_BYTES` (so its payload always seals), and successive acks report every held
+    /// range of every message in turn.
+    #[test]
+    fn an_ack_stays_bounded_and_reports_everything_in_turn() {
+        use super::super::fragment::MAX_COUNT;
+        let mut b = open_answerer();
+        let messages = 2..2 + u64::try_from(MAX_ACK_ITEMS).unwrap() + 2;
+        for message in messages.clone() {
+            for index in (0..MAX_COUNT).step_by(2) {
+                b.on_record(Time(0), &one_byte(message, index, MAX_COUNT));
+            }
+        }
+        let mut reported: BTreeMap<u64, BTreeSet<u16>> = BTreeMap::new();
+        for _ in 0..100 {
+            let Some(ack) = b.take_ack() else { panic!("an open session acks") };
+            assert!(record_len(&ack) <= MAX_ACK_BYTES, "{} bytes", record_len(&ack));
+            let Record::Ack { partial, .. } = ack else { panic!("an ack") };
+            assert!(partial.len() <= MAX_ACK_ITEMS);
+            for (n, ranges) in partial {
+                for (first, last) in ranges {
+                    reported.entry(n).or_default().extend(first..=last);
+                }
+            }
+        }
+        let held: BTreeSet<u16> = (0..MAX_COUNT).step_by(2).collect();
+        for message in messages {
+            assert_eq!(reported.get(&message), Some(&held), "message {message}");
+        }
+    }
+
+    /// Requeueing skips what is acknowledged and what is queued already, each fragment once.
+    #[test]
+    fn requeue_queues_each_missing_fragment_once() {
+        let mut a = Session::open(1, Time(0), 0);
+        a.on_record(Time(0), &Record::SynAck { session: 1 });
+        a.send(&[7u8; 10_000], 1).unwrap();
+        for _ in 0..4 {
+            assert!(a.next_fragment(Time(0), 2_000).is_some());
+        }
+        let partial = vec![(1, vec![(1, 2)])];
+        a.on_record(Time(0), &Record::Ack { session: 1, cumulative: 0, sacks: vec![], partial });
+        a.resend_all();
+        a.resend_all();
+        let mut queued = Vec::new();
+        while let Some(Record::Fragment { index, .. }) = a.next_fragment(Time(0), 2_000) {
+            queued.push(index);
+        }
+        assert_eq!(queued, vec![4, 5, 6, 7, 8, 9, 0, 3]);
+        assert_eq!(a.stats().retransmits, 2);
+    }
+
+    #[test]
+    fn an_unanswered_opener_gives_up_after_the_handshake_lifetime() {
+        assert_eq!(HANDSHAKE_LIFETIME_MS, 181_000);
+        let mut a = Session::open(1, Time(0), 0);
+        let mut now = Time(0);
+        while now < Time::from_millis(HANDSHAKE_LIFETIME_MS) {
+            a.handle_timeout(now);
+            let _ = a.poll_control();
+            assert_ne!(a.state(), State::Closed, "at {now:?}");
+            now = now.plus_millis(100);
+        }
+        a.handle_timeout(now);
+        assert_eq!(a.state(), State::Closed);
     }
 
     #[test]
