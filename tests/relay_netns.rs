@@ -35,7 +35,7 @@ const RELAY_PORT: u16 = 7740;
 /// Head office, on the internet segment.
 const HEAD_OFFICE: Ipv4Addr = Ipv4Addr::new(10, 77, 70, 2);
 /// Logs: info, plus the relay client's debug lines.
-const LOG: &str = "meshnode=info,meshnode::net::relay_task=debug";
+const LOG: &str = "meshnode=info,meshnode::net::relay_task=debug,meshnode::net::driver=debug";
 /// How long one test may wait for its nodes in all.
 const BUDGET: Duration = Duration::from_secs(90);
 /// Short relay delays (the template's `[relay_path]` lines changed), so the test is not slowed
@@ -44,6 +44,14 @@ const FAST_RELAY_PATH: [(&str, &str); 3] = [
     ("delay_ms_urgent = 20\n", "delay_ms_urgent = 5\n"),
     ("delay_ms_normal = 200\n", "delay_ms_normal = 20\n"),
     ("delay_ms_background = 2000\n", "delay_ms_background = 50\n"),
+];
+/// [`FAST_RELAY_PATH`], and no hole punching: the data stays on the relay path (the NATs of
+/// this lab allow punching).
+const RELAY_ONLY: [(&str, &str); 4] = [
+    FAST_RELAY_PATH[0],
+    FAST_RELAY_PATH[1],
+    FAST_RELAY_PATH[2],
+    ("hole_punch = true\n", "hole_punch = false\n"),
 ];
 
 /// A new system: `root/first` plus members joined with its join file.
@@ -187,6 +195,14 @@ impl Internet {
             )
             .unwrap();
             lab.masquerade(&nat, "inet").unwrap();
+            // Like a home router: nothing new gets in from the internet. (Without it, a punch
+            // that arrives before the other side punched is taken by the router itself, and
+            // its conntrack entry makes masquerade move our own mapping to another port.)
+            lab.nft(
+                &nat,
+                "table inet natfw {\n chain input {\n type filter hook input priority 0; policy accept;\n iifname \"inet\" ct state new drop\n }\n}\n",
+            )
+            .unwrap();
             for (host, last) in [("server", 10), ("lane", 20)] {
                 let name = format!("{host}{i}");
                 lab.node(&name, &[(store, &format!("10.77.7{i}.{last}/24"))]).unwrap();
@@ -215,7 +231,7 @@ fn two_nated_stores_converge_through_the_relay() {
     for server in [&dirs[0], &dirs[2]] {
         let ho = format!("\n[[peer]]\naddress = \"{ho_addr}\"\nrole = \"main-server\"\n");
         let tables = relay_tables(&[(net.relay_addr, key.clone())]) + &ho;
-        edit_config(server, &FAST_RELAY_PATH, &tables);
+        edit_config(server, &RELAY_ONLY, &tables);
     }
 
     submit(&dirs[1], 20, "lane1-before");
@@ -466,7 +482,7 @@ fn marker_never_reaches_the_relay() {
     let relay = relay_for(lab, "relay", &relay_dir, net.relay_addr, &dirs[0]);
     let key = relay_status(&relay_dir)["key"].as_str().unwrap().to_string();
     for server in &dirs {
-        edit_config(server, &FAST_RELAY_PATH, &relay_tables(&[(net.relay_addr, key.clone())]));
+        edit_config(server, &RELAY_ONLY, &relay_tables(&[(net.relay_addr, key.clone())]));
     }
     let stop_capture = capture(lab, "relay");
     let marker = format!("MARKER-{}-a7c1e5", std::process::id());
@@ -532,7 +548,7 @@ fn relay_refuses_outsiders() {
     let key = relay_status(&relay_dir)["key"].as_str().unwrap().to_string();
     let dirs = [members[0].as_path(), foreign[0].as_path(), pretender[0].as_path()];
     for dir in dirs {
-        edit_config(dir, &FAST_RELAY_PATH, &relay_tables(&[(net.relay_addr, key.clone())]));
+        edit_config(dir, &RELAY_ONLY, &relay_tables(&[(net.relay_addr, key.clone())]));
     }
     let nodes = [
         start(lab, "server1", dirs[0], &["--role", "store-server"]),
@@ -597,7 +613,7 @@ fn relay_restart_loses_nothing() {
     let down = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 77, 70, 1), RELAY_PORT + 1));
     let relays = [(net.relay_addr, key), (down, "5a".repeat(32))];
     for server in &dirs {
-        edit_config(server, &FAST_RELAY_PATH, &relay_tables(&relays));
+        edit_config(server, &RELAY_ONLY, &relay_tables(&relays));
     }
     let nodes = [
         start(lab, "server1", &dirs[0], &["--role", "store-server"]),
@@ -641,6 +657,115 @@ fn relay_restart_loses_nothing() {
     let relays = st["node"]["relays"].as_array().unwrap();
     assert_eq!(relays[0]["state"], "up", "{st:#}");
     assert_ne!(relays[1]["state"], "up", "{st:#}");
+    for n in &nodes {
+        stop(n);
+    }
+}
+
+/// Two servers behind NATs that keep a socket's mapping whatever the destination (Linux
+/// masquerade keeps the port): hole punching gives them a direct QUIC link, the status says
+/// so, and units flow over it.
+#[test]
+fn hole_punch_gives_a_direct_link() {
+    let Some(net) = Internet::build("rpunch") else { return };
+    let lab = &net.lab;
+    let deadline = Instant::now() + BUDGET;
+    let root = tempfile::tempdir().unwrap();
+    let dirs = system(root.path(), "1,2,3,8", &["server1", "server2"]);
+    let relay_dir = root.path().join("relay");
+    let relay = relay_for(lab, "relay", &relay_dir, net.relay_addr, &dirs[0]);
+    let key = relay_status(&relay_dir)["key"].as_str().unwrap().to_string();
+    for server in &dirs {
+        edit_config(server, &[], &relay_tables(&[(net.relay_addr, key.clone())]));
+    }
+    let nodes = [
+        start(lab, "server1", &dirs[0], &["--role", "store-server"]),
+        start(lab, "server2", &dirs[1], &["--role", "store-server"]),
+    ];
+    let all: Vec<(&LabChild, &Path)> = nodes
+        .iter()
+        .zip(dirs.iter().map(PathBuf::as_path))
+        .chain([(&relay, relay_dir.as_path())])
+        .collect();
+    let ids: Vec<String> = dirs.iter().map(|d| dbid(d)).collect();
+    let punched = |i: usize, j: usize| {
+        let st = status(&dirs[i]);
+        peer(&st, &ids[j]).is_some_and(|p| {
+            p["state"] == "up" && p["link"] == "quic" && p["punch"]["state"] == "punched"
+        })
+    };
+    wait_for("a hole-punched quic link both ways", deadline, &all, || {
+        punched(0, 1) && punched(1, 0)
+    });
+    submit(&dirs[0], 25, "over-the-punched-link");
+    wait_for("the units at server2", deadline, &all, || units(&dirs[1]) == 25);
+    // The link is the NATs' public addresses: server2 reached server1 at nat1's address.
+    let st = status(&dirs[1]);
+    let p = peer(&st, &ids[0]).unwrap();
+    assert_eq!(p["link"], "quic", "{st:#}");
+    assert!(
+        p["punch"]["candidates"].to_string().contains("10.77.70.11"),
+        "server1's candidate is nat1's address: {st:#}"
+    );
+    for n in &nodes {
+        stop(n);
+    }
+}
+
+/// A NAT that maps each destination to a new port (masquerade fully-random) defeats punching:
+/// after its rounds the status says it failed, and the relay path keeps carrying the units.
+#[test]
+fn symmetric_nat_keeps_the_relay_path() {
+    let Some(net) = Internet::build("rsymm") else { return };
+    let lab = &net.lab;
+    lab.nft(
+        "nat2",
+        r#"table ip labnat
+delete table ip labnat
+table ip labnat {
+  chain postrouting {
+    type nat hook postrouting priority 100; policy accept;
+    oifname "inet" masquerade fully-random
+  }
+}
+"#,
+    )
+    .unwrap();
+    let deadline = Instant::now() + BUDGET;
+    let root = tempfile::tempdir().unwrap();
+    let dirs = system(root.path(), "1,2,3,9", &["server1", "server2"]);
+    let relay_dir = root.path().join("relay");
+    let relay = relay_for(lab, "relay", &relay_dir, net.relay_addr, &dirs[0]);
+    let key = relay_status(&relay_dir)["key"].as_str().unwrap().to_string();
+    for server in &dirs {
+        edit_config(server, &FAST_RELAY_PATH, &relay_tables(&[(net.relay_addr, key.clone())]));
+    }
+    let nodes = [
+        start(lab, "server1", &dirs[0], &["--role", "store-server"]),
+        start(lab, "server2", &dirs[1], &["--role", "store-server"]),
+    ];
+    let all: Vec<(&LabChild, &Path)> = nodes
+        .iter()
+        .zip(dirs.iter().map(PathBuf::as_path))
+        .chain([(&relay, relay_dir.as_path())])
+        .collect();
+    let ids: Vec<String> = dirs.iter().map(|d| dbid(d)).collect();
+    submit(&dirs[0], 10, "before");
+    let failed_on_relay = |i: usize, j: usize| {
+        let st = status(&dirs[i]);
+        peer(&st, &ids[j]).is_some_and(|p| {
+            p["state"] == "up" && p["link"] == "relay" && p["punch"]["state"] == "failed"
+        })
+    };
+    wait_for("punching to fail both ways, on the relay path", deadline, &all, || {
+        failed_on_relay(0, 1) && failed_on_relay(1, 0)
+    });
+    submit(&dirs[0], 15, "after");
+    wait_for("every unit at server2", deadline, &all, || units(&dirs[1]) == 25);
+    let st = status(&dirs[0]);
+    let p = peer(&st, &ids[1]).unwrap();
+    assert_eq!(p["link"], "relay", "{st:#}");
+    assert!(p["punch"]["reason"].as_str().is_some_and(|r| r.contains("rounds")), "{st:#}");
     for n in &nodes {
         stop(n);
     }
