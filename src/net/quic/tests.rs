@@ -326,3 +326,35 @@ fn refusal_codes_are_distinct_and_round_trip() {
     assert_eq!(refusal_code(None), VarInt::from_u32(CLOSE_REFUSED));
     assert_eq!(refusal_reason(VarInt::from_u32(CLOSE_REFUSED)), None);
 }
+
+/// Hole punching sends 8-byte datagrams (`00 'M' 'N' 'P'` and 4 random bytes) from a copy of
+/// the QUIC socket's descriptor, to and from endpoints that also carry links: quinn must drop
+/// them unread (the fixed bit is clear) and keep serving, both ways.
+#[tokio::test]
+async fn punch_datagrams_are_ignored_by_quic_endpoints() {
+    let bind = |()| {
+        let socket = std::net::UdpSocket::bind(loopback()).unwrap();
+        let copy = socket.try_clone().unwrap();
+        let (endpoint, addr) =
+            QuicEndpoint::with_socket(socket, &params(), QuicTimeouts::default()).unwrap();
+        (endpoint, addr, copy)
+    };
+    let (server, server_addr, server_copy) = bind(());
+    let (client, client_addr, client_copy) = bind(());
+    let punch = |from: &std::net::UdpSocket, to: SocketAddr| {
+        for i in 0..3u8 {
+            from.send_to(&[0, b'M', b'N', b'P', i, 7, 7, 7], to).unwrap();
+        }
+    };
+    punch(&client_copy, server_addr);
+    punch(&server_copy, client_addr);
+    let (mut client_link, server_link) = link_pair(&client, &server, server_addr).await;
+    // And once the link is up.
+    punch(&client_copy, server_addr);
+    punch(&server_copy, client_addr);
+    let (mut server_read, mut server_write) = server_link.into_split();
+    client_link.send(b"after the punches").await.unwrap();
+    assert_eq!(deadline(server_read.recv()).await.unwrap().unwrap(), b"after the punches");
+    server_write.send(b"and back").await.unwrap();
+    assert_eq!(deadline(client_link.recv()).await.unwrap().unwrap(), b"and back");
+}
