@@ -93,6 +93,24 @@ pub struct Receipt {
     pub existing: bool,
 }
 
+/// A batch durable in the daily logs and not yet in the store's index (see
+/// [`Ledger::submit_logged`]).
+#[derive(Debug)]
+#[must_use = "a logged batch must be indexed with Ledger::index"]
+pub struct Logged {
+    units: Vec<TransferUnit>,
+    /// Where each unit's record is; `None` when there are no logs (the store wrote them).
+    refs: Option<Vec<BodyRef>>,
+    now_ms: u64,
+}
+
+impl Logged {
+    /// The new units, in seq order.
+    pub fn units(&self) -> &[TransferUnit] {
+        &self.units
+    }
+}
+
 /// What happened while opening, for the operator's log.
 #[derive(Debug, Clone, Default)]
 pub struct OpenReport {
@@ -429,6 +447,80 @@ impl<S: Store> Ledger<S> {
         Ok((receipts, units))
     }
 
+    /// Steps 1 and 2 of [`Ledger::submit_batch_units`]: the batch is numbered and durable in
+    /// the daily logs, not yet in the store's index. The caller may send the units on at once
+    /// (from here they survive a crash, and the index is rebuilt from the logs if need be),
+    /// then must hand the batch to [`Ledger::index`] before anything else is written. A node
+    /// multicasts a batch this way while its index is written, so receivers start earlier.
+    pub fn submit_logged(
+        &mut self,
+        subs: Vec<Submission>,
+        now_ms: u64,
+    ) -> Result<(Vec<Receipt>, Logged), LedgerError> {
+        let (receipts, units, next) = self.prepare(subs, now_ms)?;
+        let logged = self.log(units, now_ms)?;
+        self.next_own_seq = next;
+        Ok((receipts, logged))
+    }
+
+    /// Step 3: puts a logged batch into the store's index (and checkpoints on schedule);
+    /// returns its units. A failure here poisons the ledger (no more writes until reopened),
+    /// but the batch stays durable: the logs have it, and reopening replays it.
+    pub fn index(&mut self, logged: Logged) -> Result<Vec<TransferUnit>, LedgerError> {
+        let Logged { units, refs, now_ms } = logged;
+        let Some(refs) = refs else {
+            // Without logs the store itself wrote the batch.
+            return Ok(units);
+        };
+        let located: Vec<(TransferUnit, BodyRef)> = units.into_iter().zip(refs).collect();
+        if let Err(e) = self.store.insert_located(&located, &[]) {
+            self.poisoned = true;
+            return Err(e.into());
+        }
+        self.after_write(now_ms);
+        Ok(located.into_iter().map(|(unit, _)| unit).collect())
+    }
+
+    /// Appends `units` to the daily logs and syncs them (without logs: writes them to the
+    /// store, which is then durable).
+    fn log(&mut self, units: Vec<TransferUnit>, now_ms: u64) -> Result<Logged, LedgerError> {
+        if units.is_empty() {
+            return Ok(Logged { units, refs: None, now_ms });
+        }
+        let Some(dati) = self.dati.as_mut() else {
+            self.write_without_logs(&units)?;
+            return Ok(Logged { units, refs: None, now_ms });
+        };
+        let result = (|| {
+            let mut refs = Vec::with_capacity(units.len());
+            for unit in &units {
+                refs.push(body_ref(dati.append(unit, now_ms)?));
+            }
+            dati.sync()?;
+            Ok::<_, LedgerError>(refs)
+        })();
+        match result {
+            Ok(refs) => Ok(Logged { units, refs: Some(refs), now_ms }),
+            Err(e) => {
+                // Part of the batch may be in the logs; a retry with the same seqs would write
+                // different units under them. Refuse until reopened (which replays the logs).
+                self.poisoned = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// The checkpoint schedule after a durable write.
+    fn after_write(&mut self, now_ms: u64) {
+        // The units are durable in the logs whatever happens to the checkpoint: a failed one
+        // only means a longer replay at the next open, so it must not turn this accepted batch
+        // into a refused one.
+        if let Err(e) = self.maybe_checkpoint(now_ms) {
+            self.checkpoint_failures += 1;
+            tracing::warn!(%e, "checkpoint failed; the next start replays more of the logs");
+        }
+    }
+
     /// Validates, deduplicates and numbers a batch: the receipts, the new units and the next
     /// own seq once they are written. Writes nothing.
     fn prepare(
@@ -515,41 +607,8 @@ impl<S: Store> Ledger<S> {
         units: Vec<TransferUnit>,
         now_ms: u64,
     ) -> Result<Vec<TransferUnit>, LedgerError> {
-        if units.is_empty() {
-            return Ok(units);
-        }
-        let Some(dati) = self.dati.as_mut() else {
-            self.write_without_logs(&units)?;
-            return Ok(units);
-        };
-        let result = (|| {
-            let mut located = Vec::with_capacity(units.len());
-            for unit in units {
-                let at = dati.append(&unit, now_ms)?;
-                located.push((unit, body_ref(at)));
-            }
-            dati.sync()?;
-            self.store.insert_located(&located, &[])?;
-            Ok::<_, LedgerError>(located)
-        })();
-        match result {
-            Ok(located) => {
-                // The units are durable in the logs whatever happens to the checkpoint: a failed
-                // one only means a longer replay at the next open, so it must not turn this
-                // accepted batch into a refused one.
-                if let Err(e) = self.maybe_checkpoint(now_ms) {
-                    self.checkpoint_failures += 1;
-                    tracing::warn!(%e, "checkpoint failed; the next start replays more of the logs");
-                }
-                Ok(located.into_iter().map(|(unit, _)| unit).collect())
-            }
-            Err(e) => {
-                // Part of the batch may be in the logs; a retry with the same seqs would write
-                // different units under them. Refuse until reopened (which replays the logs).
-                self.poisoned = true;
-                Err(e)
-            }
-        }
+        let logged = self.log(units, now_ms)?;
+        self.index(logged)
     }
 
     /// Without logs the store's batch is atomic: a refused batch (disk full) wrote nothing and
@@ -667,6 +726,30 @@ mod tests {
             physkey: None,
             payload: format!("sale {i}").into_bytes(),
         }
+    }
+
+    /// A batch is durable once logged: a crash before its index is written (the ledger dropped
+    /// without `index`) loses nothing, because opening replays it; the next own seq follows it.
+    #[test]
+    fn a_logged_batch_survives_a_crash_before_its_index() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = data_dir(root.path());
+        let now = 1_764_633_600_000;
+        let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
+        let (receipts, logged) = ledger.submit_logged((0..10).map(sale).collect(), now).unwrap();
+        assert_eq!(logged.units().len(), 10);
+        assert_eq!(ledger.store().units_total(), 0, "not indexed yet");
+        let (receipts2, logged2) = ledger.submit_logged((10..12).map(sale).collect(), now).unwrap();
+        assert_eq!(receipts2[0].seq, receipts[9].seq + 1);
+        drop((logged, logged2));
+        drop(ledger); // the crash: no index, no checkpoint
+        let (mut ledger, report) = Ledger::open(&dir, InstanceId([2; 16])).unwrap();
+        assert_eq!(report.replayed, 12);
+        assert_eq!(ledger.store().units_total(), 12);
+        let (receipts, logged) = ledger.submit_logged(vec![sale(12)], now).unwrap();
+        assert_eq!(receipts[0].seq, 13);
+        assert_eq!(ledger.index(logged).unwrap().len(), 1);
+        assert_eq!(ledger.store().units_total(), 13);
     }
 
     /// A checkpoint runs on its own thread: `checkpoint` returns without waiting, the thread

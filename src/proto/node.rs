@@ -1375,8 +1375,7 @@ impl<S: Store> Node<S> {
     /// submission, in order.
     fn submit(&mut self, subs: Vec<Submission>) {
         let count = subs.len();
-        let (receipts, new_units) = match self.ledger.submit_batch_units(subs, self.now.as_millis())
-        {
+        let (receipts, logged) = match self.ledger.submit_logged(subs, self.now.as_millis()) {
             Ok(r) => r,
             Err(e) => {
                 self.stats.store_errors += 1;
@@ -1388,10 +1387,21 @@ impl<S: Store> Node<S> {
                 return;
             }
         };
+        // Durable from here: the units leave while the store's index is written (the receivers
+        // start a group commit earlier, which is most of the LAN's end-to-end time).
+        self.forward(Source::Local, logged.units());
+        let new_units = match self.ledger.index(logged) {
+            Ok(units) => units,
+            Err(_) => {
+                // The units are durable in the logs (reopening indexes them) and already sent:
+                // they stay accepted. The ledger now refuses writes until restarted.
+                self.stats.store_errors += 1;
+                Vec::new()
+            }
+        };
         self.out.extend(receipts.into_iter().map(Output::Accepted));
         let origins: BTreeSet<DatabaseId> = new_units.iter().map(|u| u.origin).collect();
         self.held_changed(&origins);
-        self.forward(Source::Local, &new_units);
     }
 
     /// Moves the cursor for each acknowledgement and makes it durable with one flush; one
