@@ -127,12 +127,19 @@ fn units(o: &Opts, dir: &Path) -> u64 {
     status(o, dir).and_then(|st| st["units_total"].as_u64()).unwrap_or(0)
 }
 
+/// Starts `meshnode run` in `node` and waits until it serves its control socket.
 fn start(o: &Opts, lab: &Lab, node: &str, dir: &Path) -> anyhow::Result<LabChild> {
     let listen = format!("0.0.0.0:{LINK_PORT}");
     let mut c = Command::new(&o.bin);
     c.args(["run", "--data-dir", s(dir), "--listen", &listen, "--role", "store-server"])
         .env("MESHNODE_LOG", "meshnode=warn");
-    Ok(lab.spawn(node, c)?)
+    let child = lab.spawn(node, c)?;
+    // A running node's status (its snapshot, removed at a clean stop) comes once its control
+    // socket is up, so `submit` goes through the node.
+    wait("the node to run", Duration::from_millis(5), || {
+        status(o, dir).is_some_and(|st| st["running"] == true)
+    })?;
+    Ok(child)
 }
 
 /// Polls `check` every `every` until it holds or the deadline passes.
@@ -321,6 +328,10 @@ fn run(o: &Opts) -> anyhow::Result<Vec<String>> {
     let (stop_relay, key) =
         relay(o, Some((&lab, "relay")), &root.path().join("r"), relay_addr, &relayed[0])?;
     for dir in &relayed {
+        // The relay path is what is measured: no hole punching to a direct link.
+        let path = std::fs::read_to_string(dir.join("meshnode.toml"))?
+            .replace("hole_punch = true\n", "hole_punch = false\n");
+        std::fs::write(dir.join("meshnode.toml"), path)?;
         append_config(dir, &format!("\n[[relay]]\naddr = \"{relay_addr}\"\nkey = \"{key}\"\n"))?;
     }
     let s1 = start(o, &lab, "s1", &relayed[0])?;
