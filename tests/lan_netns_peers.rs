@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{lab_or_skip, ok, s, submit_sales as submit};
+use common::{lab_or_skip, lab_stop as stop, lab_wait_for as wait_for, s, submit_sales as submit};
 use netsim::netns::{Lab, LabChild};
 use serde_json::Value;
 
@@ -33,19 +33,6 @@ const LINK_PORT: u16 = 7070;
 
 /// Logs: info, plus the link layer's debug lines (refused handshakes are only logged there).
 const LOG: &str = "meshnode=info,meshnode::net=debug";
-
-/// A new system `rmsystem` in `root/first` plus members joined with its join file; returns
-/// their directories and the join file.
-fn system(root: &Path, rmsystem: &str, names: &[&str]) -> (Vec<PathBuf>, PathBuf) {
-    let first = common::init(root, names[0], &["--system", rmsystem]);
-    let join = root.join(format!("{}.join", names[0]));
-    ok(&["key", "export", "--data-dir", s(&first), "--out", s(&join)]);
-    let mut dirs = vec![first];
-    for name in &names[1..] {
-        dirs.push(common::init(root, name, &["--join", s(&join)]));
-    }
-    (dirs, join)
-}
 
 /// A copy of join file `join` whose system key has every hex digit changed: the same RmSystem,
 /// environment and install id, another key (what a damaged or forged join file gives).
@@ -134,35 +121,6 @@ fn rejects_total(st: &Value) -> u64 {
 /// How long one test may wait for its nodes in all (they need a few seconds).
 const BUDGET: Duration = Duration::from_secs(60);
 
-/// Polls `check` every 100 ms until it holds; past `deadline` (the test's [`BUDGET`]) fails with
-/// every node's log and status.
-fn wait_for(
-    what: &str,
-    deadline: Instant,
-    nodes: &[(&LabChild, &Path)],
-    mut check: impl FnMut() -> bool,
-) {
-    while !check() {
-        if Instant::now() > deadline {
-            let report: Vec<String> = nodes
-                .iter()
-                .map(|(n, d)| {
-                    let st = common::run(&["--status", "--json", "--data-dir", s(d)]);
-                    format!(
-                        "{} (running: {:?}):\n{}\nstatus:\n{}",
-                        n.node(),
-                        n.try_wait().ok().map(|w| w.is_none()),
-                        n.log().unwrap_or_default(),
-                        common::text(&st.stdout)
-                    )
-                })
-                .collect();
-            panic!("timed out waiting for {what}; nodes:\n{}", report.join("\n----\n"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn assert_running(nodes: &[&LabChild]) {
     for n in nodes {
         assert!(
@@ -172,12 +130,6 @@ fn assert_running(nodes: &[&LabChild]) {
             n.log().unwrap_or_default()
         );
     }
-}
-
-fn stop(child: &LabChild) {
-    child.terminate().unwrap();
-    let status = child.wait_timeout(Duration::from_secs(20)).unwrap();
-    assert!(status.is_some_and(|s| s.success()), "{} did not stop cleanly", child.node());
 }
 
 /// `addr:port` as a socket address.
@@ -197,8 +149,8 @@ fn outsiders_on_the_bridge_get_nothing_and_are_counted() {
     let root = tempfile::tempdir().unwrap();
     // System A: two members. Another RmSystem: one node. Our RmSystem with a wrong key: two
     // nodes that share it (so they peer with each other and multicast on A's unit group).
-    let (members, join) = system(root.path(), "1,2,3,4", &["m0", "m1"]);
-    let (foreign, _) = system(root.path(), "9,8,7,6", &["f0"]);
+    let (members, join) = common::new_system(root.path(), "1,2,3,4", &["m0", "m1"]);
+    let (foreign, _) = common::new_system(root.path(), "9,8,7,6", &["f0"]);
     let forged = root.path().join("forged.join");
     wrong_key_join_file(&join, &forged);
     let wrong: Vec<PathBuf> = ["w0", "w1"]
@@ -349,7 +301,7 @@ fn garbage_at_the_ports_is_refused_and_counted_and_nothing_is_lost() {
     let Some(mut lab) = lab_or_skip("pgarbage") else { return };
     let deadline = Instant::now() + BUDGET;
     let root = tempfile::tempdir().unwrap();
-    let (dirs, _) = system(root.path(), "1,2,3,4", &["m0", "m1"]);
+    let (dirs, _) = common::new_system(root.path(), "1,2,3,4", &["m0", "m1"]);
     lab.segment("lan").unwrap();
     lab.node("m0", &[("lan", "10.77.42.10/24")]).unwrap();
     lab.node("m1", &[("lan", "10.77.42.11/24")]).unwrap();
@@ -518,7 +470,7 @@ fn a_lane_of_store_2_reaches_head_office_through_store_1_and_becomes_safe() {
     let deadline = Instant::now() + BUDGET;
     let root = tempfile::tempdir().unwrap();
     let names = ["server1", "lane1", "server2", "lane2", "ho"];
-    let (dirs, _) = system(root.path(), "1,2,3,4", &names);
+    let (dirs, _) = common::new_system(root.path(), "1,2,3,4", &names);
     // store1 and store2 are the store LANs; wan joins the two store servers; head office sits
     // on hq, which only server1 reaches. Multicast never crosses a segment, and the servers
     // discover only on their store LAN, so every link between segments is a configured one.
@@ -610,7 +562,7 @@ fn a_wrong_key_link_is_counted_as_non_member() {
     let Some(mut lab) = lab_or_skip("prefused") else { return };
     let deadline = Instant::now() + BUDGET;
     let root = tempfile::tempdir().unwrap();
-    let (members, join) = system(root.path(), "1,2,3,4", &["m0"]);
+    let (members, join) = common::new_system(root.path(), "1,2,3,4", &["m0"]);
     let forged = root.path().join("forged.join");
     wrong_key_join_file(&join, &forged);
     let wrong = common::init(root.path(), "w0", &["--join", s(&forged)]);

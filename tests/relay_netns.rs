@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{lab_or_skip, ok, s, submit_sales as submit};
+use common::{
+    lab_or_skip, lab_stop as stop, lab_wait_for as wait_for, ok, s, submit_sales as submit,
+};
 use netsim::netns::{Lab, LabChild};
 use serde_json::Value;
 
@@ -53,18 +55,6 @@ const RELAY_ONLY: [(&str, &str); 4] = [
     FAST_RELAY_PATH[2],
     ("hole_punch = true\n", "hole_punch = false\n"),
 ];
-
-/// A new system: `root/first` plus members joined with its join file.
-fn system(root: &Path, rmsystem: &str, names: &[&str]) -> Vec<PathBuf> {
-    let first = common::init(root, names[0], &["--system", rmsystem]);
-    let join = root.join(format!("{}.join", names[0]));
-    ok(&["key", "export", "--data-dir", s(&first), "--out", s(&join)]);
-    let mut dirs = vec![first];
-    for name in &names[1..] {
-        dirs.push(common::init(root, name, &["--join", s(&join)]));
-    }
-    dirs
-}
 
 /// Replaces each `(line, by)` in `dir`'s meshnode.toml (each must be there) and appends `tail`.
 fn edit_config(dir: &Path, replace: &[(&str, &str)], tail: &str) {
@@ -134,41 +124,6 @@ fn peer<'a>(st: &'a Value, dbid: &str) -> Option<&'a Value> {
     st["node"]["peers"].as_array()?.iter().find(|p| p["dbid"] == dbid)
 }
 
-/// Polls `check` every 100 ms until it holds; past `deadline` fails with every process's log
-/// and every node's status.
-fn wait_for(
-    what: &str,
-    deadline: Instant,
-    nodes: &[(&LabChild, &Path)],
-    mut check: impl FnMut() -> bool,
-) {
-    while !check() {
-        if Instant::now() > deadline {
-            let report: Vec<String> = nodes
-                .iter()
-                .map(|(n, d)| {
-                    let st = common::run(&["--status", "--json", "--data-dir", s(d)]);
-                    format!(
-                        "{} (running: {:?}):\n{}\nstatus:\n{}",
-                        n.node(),
-                        n.try_wait().ok().map(|w| w.is_none()),
-                        n.log().unwrap_or_default(),
-                        common::text(&st.stdout)
-                    )
-                })
-                .collect();
-            panic!("timed out waiting for {what}; nodes:\n{}", report.join("\n----\n"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn stop(child: &LabChild) {
-    child.terminate().unwrap();
-    let status = child.wait_timeout(Duration::from_secs(20)).unwrap();
-    assert!(status.is_some_and(|s| s.success()), "{} did not stop cleanly", child.node());
-}
-
 /// The lab: `inet` (relay 10.77.70.1, head office .2, nat1 .11, nat2 .12), `store1` behind nat1
 /// (server1 10.77.71.10, lane1 .20), `store2` behind nat2 (server2 10.77.72.10, lane2 .20).
 struct Internet {
@@ -222,7 +177,7 @@ fn two_nated_stores_converge_through_the_relay() {
     let deadline = Instant::now() + BUDGET;
     let root = tempfile::tempdir().unwrap();
     let names = ["server1", "lane1", "server2", "lane2", "ho"];
-    let dirs = system(root.path(), "1,2,3,4", &names);
+    let dirs = common::new_system(root.path(), "1,2,3,4", &names).0;
     let relay_dir = root.path().join("relay");
     let relay = relay_for(lab, "relay", &relay_dir, net.relay_addr, &dirs[0]);
     let key = relay_status(&relay_dir)["key"].as_str().unwrap().to_string();
@@ -288,6 +243,60 @@ fn two_nated_stores_converge_through_the_relay() {
     assert!(peer(&lane2, &ids[0]).is_none() && peer(&lane2, &ids[1]).is_none(), "{lane2:#}");
     for n in &nodes[..4] {
         stop(n);
+    }
+}
+
+/// Two store servers of a new system, one behind each NAT, running, with the relay (admitting
+/// the system) first in their `[[relay]]` list, then `more_relays`; `replace` is applied to
+/// their config.
+struct Stores {
+    _root: tempfile::TempDir,
+    dirs: Vec<PathBuf>,
+    ids: Vec<String>,
+    relay_dir: PathBuf,
+    relay: LabChild,
+    nodes: Vec<LabChild>,
+}
+
+impl Stores {
+    fn start(
+        net: &Internet,
+        rmsystem: &str,
+        replace: &[(&str, &str)],
+        more_relays: &[(SocketAddr, String)],
+    ) -> Stores {
+        let root = tempfile::tempdir().unwrap();
+        let dirs = common::new_system(root.path(), rmsystem, &["server1", "server2"]).0;
+        let relay_dir = root.path().join("relay");
+        let relay = relay_for(&net.lab, "relay", &relay_dir, net.relay_addr, &dirs[0]);
+        let key = relay_status(&relay_dir)["key"].as_str().unwrap().to_string();
+        let relays: Vec<(SocketAddr, String)> =
+            [(net.relay_addr, key)].into_iter().chain(more_relays.iter().cloned()).collect();
+        for server in &dirs {
+            edit_config(server, replace, &relay_tables(&relays));
+        }
+        let nodes = vec![
+            start(&net.lab, "server1", &dirs[0], &["--role", "store-server"]),
+            start(&net.lab, "server2", &dirs[1], &["--role", "store-server"]),
+        ];
+        let ids = dirs.iter().map(|d| dbid(d)).collect();
+        Stores { _root: root, dirs, ids, relay_dir, relay, nodes }
+    }
+
+    /// Every process and its directory, for [`wait_for`]'s report.
+    fn all(&self) -> Vec<(&LabChild, &Path)> {
+        self.nodes
+            .iter()
+            .zip(self.dirs.iter().map(PathBuf::as_path))
+            .chain([(&self.relay, self.relay_dir.as_path())])
+            .collect()
+    }
+
+    /// Stops both servers cleanly.
+    fn stop(&self) {
+        for n in &self.nodes {
+            stop(n);
+        }
     }
 }
 
@@ -474,33 +483,17 @@ fn capture(lab: &Lab, node: &str) -> impl FnOnce() -> Vec<u8> {
 #[test]
 fn marker_never_reaches_the_relay() {
     let Some(net) = Internet::build("rmarker") else { return };
-    let lab = &net.lab;
     let deadline = Instant::now() + BUDGET;
-    let root = tempfile::tempdir().unwrap();
-    let dirs = system(root.path(), "1,2,3,5", &["server1", "server2"]);
-    let relay_dir = root.path().join("relay");
-    let relay = relay_for(lab, "relay", &relay_dir, net.relay_addr, &dirs[0]);
-    let key = relay_status(&relay_dir)["key"].as_str().unwrap().to_string();
-    for server in &dirs {
-        edit_config(server, &RELAY_ONLY, &relay_tables(&[(net.relay_addr, key.clone())]));
-    }
-    let stop_capture = capture(lab, "relay");
+    let stop_capture = capture(&net.lab, "relay");
+    let stores = Stores::start(&net, "1,2,3,5", &RELAY_ONLY, &[]);
+    let (dirs, relay_dir) = (&stores.dirs, &stores.relay_dir);
     let marker = format!("MARKER-{}-a7c1e5", std::process::id());
     let mut bodies: Vec<String> = (0..40).map(|i| format!("{{\"filler\":{i}}}")).collect();
     bodies.insert(17, format!("{{\"password\":\"{marker}\"}}"));
     submit_bodies(&dirs[0], &bodies);
-    let nodes = [
-        start(lab, "server1", &dirs[0], &["--role", "store-server"]),
-        start(lab, "server2", &dirs[1], &["--role", "store-server"]),
-    ];
-    let all: Vec<(&LabChild, &Path)> = nodes
-        .iter()
-        .zip(dirs.iter().map(PathBuf::as_path))
-        .chain([(&relay, relay_dir.as_path())])
-        .collect();
-    wait_for("the units at server2", deadline, &all, || units(&dirs[1]) == 41);
+    wait_for("the units at server2", deadline, &stores.all(), || units(&dirs[1]) == 41);
     let frames = stop_capture();
-    let memory = process_memory(relay.id());
+    let memory = process_memory(stores.relay.id());
 
     // Positive controls: the marker is at the receiver, the capture holds the relay traffic
     // (the relay's address in IP headers), the memory holds the relay's listen address.
@@ -516,19 +509,17 @@ fn marker_never_reaches_the_relay() {
     let listen = net.relay_addr.to_string();
     assert!(contains(&memory, listen.as_bytes()), "relay memory scan finds its listen address");
     assert!(
-        files_under(&relay_dir).iter().any(|(_, bytes)| contains(bytes, listen.as_bytes())),
+        files_under(relay_dir).iter().any(|(_, bytes)| contains(bytes, listen.as_bytes())),
         "the relay's files hold its listen address (status)"
     );
 
     let marker = marker.as_bytes();
-    for (path, bytes) in files_under(&relay_dir) {
+    for (path, bytes) in files_under(relay_dir) {
         assert!(!contains(&bytes, marker), "the marker is in the relay's {}", path.display());
     }
     assert!(!contains(&frames, marker), "the marker crossed the relay's interface in clear");
     assert!(!contains(&memory, marker), "the marker is in the relay's memory");
-    for n in &nodes {
-        stop(n);
-    }
+    stores.stop();
 }
 
 /// Outsiders get nothing from the relay: a node of a system the relay never admitted, and a
@@ -540,9 +531,9 @@ fn relay_refuses_outsiders() {
     let lab = &net.lab;
     let deadline = Instant::now() + BUDGET;
     let root = tempfile::tempdir().unwrap();
-    let members = system(root.path(), "1,2,3,6", &["server1"]);
-    let foreign = system(&root.path().join("foreign"), "9,9,9,9", &["server2"]);
-    let pretender = system(&root.path().join("pretender"), "1,2,3,6", &["lane1"]);
+    let members = common::new_system(root.path(), "1,2,3,6", &["server1"]).0;
+    let foreign = common::new_system(&root.path().join("foreign"), "9,9,9,9", &["server2"]).0;
+    let pretender = common::new_system(&root.path().join("pretender"), "1,2,3,6", &["lane1"]).0;
     let relay_dir = root.path().join("relay");
     let relay = relay_for(lab, "relay", &relay_dir, net.relay_addr, &members[0]);
     let key = relay_status(&relay_dir)["key"].as_str().unwrap().to_string();
@@ -602,24 +593,12 @@ fn relay_refuses_outsiders() {
 fn relay_restart_loses_nothing() {
     const UNITS: usize = 3_000;
     let Some(net) = Internet::build("rrestart") else { return };
-    let lab = &net.lab;
     let deadline = Instant::now() + BUDGET * 2;
-    let root = tempfile::tempdir().unwrap();
-    let dirs = system(root.path(), "1,2,3,7", &["server1", "server2"]);
-    let relay_dir = root.path().join("relay");
-    let relay = relay_for(lab, "relay", &relay_dir, net.relay_addr, &dirs[0]);
-    let key = relay_status(&relay_dir)["key"].as_str().unwrap().to_string();
     // Nothing ever listens at the second relay.
     let down = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 77, 70, 1), RELAY_PORT + 1));
-    let relays = [(net.relay_addr, key), (down, "5a".repeat(32))];
-    for server in &dirs {
-        edit_config(server, &RELAY_ONLY, &relay_tables(&relays));
-    }
-    let nodes = [
-        start(lab, "server1", &dirs[0], &["--role", "store-server"]),
-        start(lab, "server2", &dirs[1], &["--role", "store-server"]),
-    ];
-    let origin = dbid(&dirs[0]);
+    let mut stores = Stores::start(&net, "1,2,3,7", &RELAY_ONLY, &[(down, "5a".repeat(32))]);
+    let dirs = stores.dirs.clone();
+    let origin = stores.ids[0].clone();
     let sales = |from: usize, to: usize| -> Vec<String> {
         (from..to).map(|i| format!("{{\"sale\":{i}}}")).collect()
     };
@@ -627,25 +606,13 @@ fn relay_restart_loses_nothing() {
     // submitted while the relay is down, so the sessions hold unacknowledged data across the
     // crash whatever the timing.
     submit_bodies(&dirs[0], &sales(0, UNITS / 3));
-    {
-        let all: Vec<(&LabChild, &Path)> = nodes
-            .iter()
-            .zip(dirs.iter().map(PathBuf::as_path))
-            .chain([(&relay, relay_dir.as_path())])
-            .collect();
-        wait_for("the first units at server2", deadline, &all, || units(&dirs[1]) > 0);
-    }
-    relay.kill().unwrap();
+    wait_for("the first units at server2", deadline, &stores.all(), || units(&dirs[1]) > 0);
+    stores.relay.kill().unwrap();
     submit_bodies(&dirs[0], &sales(UNITS / 3, UNITS));
     // Its control socket is up by now.
     let mut subscriber = Subscriber::start(&dirs[1]);
-    let relay = start_relay(lab, "relay", &relay_dir, net.relay_addr);
-    let all: Vec<(&LabChild, &Path)> = nodes
-        .iter()
-        .zip(dirs.iter().map(PathBuf::as_path))
-        .chain([(&relay, relay_dir.as_path())])
-        .collect();
-    wait_for("every unit at server2", deadline, &all, || units(&dirs[1]) == UNITS as u64);
+    stores.relay = start_relay(&net.lab, "relay", &stores.relay_dir, net.relay_addr);
+    wait_for("every unit at server2", deadline, &stores.all(), || units(&dirs[1]) == UNITS as u64);
     submit_bodies(&dirs[0], &["{\"sentinel\":true}".to_string()]);
     let delivered = subscriber.next(UNITS + 1, deadline);
     for (i, unit) in delivered.iter().enumerate() {
@@ -657,9 +624,7 @@ fn relay_restart_loses_nothing() {
     let relays = st["node"]["relays"].as_array().unwrap();
     assert_eq!(relays[0]["state"], "up", "{st:#}");
     assert_ne!(relays[1]["state"], "up", "{st:#}");
-    for n in &nodes {
-        stop(n);
-    }
+    stores.stop();
 }
 
 /// Two servers behind NATs that keep a socket's mapping whatever the destination (Linux
@@ -668,37 +633,20 @@ fn relay_restart_loses_nothing() {
 #[test]
 fn hole_punch_gives_a_direct_link() {
     let Some(net) = Internet::build("rpunch") else { return };
-    let lab = &net.lab;
     let deadline = Instant::now() + BUDGET;
-    let root = tempfile::tempdir().unwrap();
-    let dirs = system(root.path(), "1,2,3,8", &["server1", "server2"]);
-    let relay_dir = root.path().join("relay");
-    let relay = relay_for(lab, "relay", &relay_dir, net.relay_addr, &dirs[0]);
-    let key = relay_status(&relay_dir)["key"].as_str().unwrap().to_string();
-    for server in &dirs {
-        edit_config(server, &[], &relay_tables(&[(net.relay_addr, key.clone())]));
-    }
-    let nodes = [
-        start(lab, "server1", &dirs[0], &["--role", "store-server"]),
-        start(lab, "server2", &dirs[1], &["--role", "store-server"]),
-    ];
-    let all: Vec<(&LabChild, &Path)> = nodes
-        .iter()
-        .zip(dirs.iter().map(PathBuf::as_path))
-        .chain([(&relay, relay_dir.as_path())])
-        .collect();
-    let ids: Vec<String> = dirs.iter().map(|d| dbid(d)).collect();
+    let stores = Stores::start(&net, "1,2,3,8", &[], &[]);
+    let (dirs, ids) = (&stores.dirs, &stores.ids);
     let punched = |i: usize, j: usize| {
         let st = status(&dirs[i]);
         peer(&st, &ids[j]).is_some_and(|p| {
             p["state"] == "up" && p["link"] == "quic" && p["punch"]["state"] == "punched"
         })
     };
-    wait_for("a hole-punched quic link both ways", deadline, &all, || {
+    wait_for("a hole-punched quic link both ways", deadline, &stores.all(), || {
         punched(0, 1) && punched(1, 0)
     });
     submit(&dirs[0], 25, "over-the-punched-link");
-    wait_for("the units at server2", deadline, &all, || units(&dirs[1]) == 25);
+    wait_for("the units at server2", deadline, &stores.all(), || units(&dirs[1]) == 25);
     // The link is the NATs' public addresses: server2 reached server1 at nat1's address.
     let st = status(&dirs[1]);
     let p = peer(&st, &ids[0]).unwrap();
@@ -707,9 +655,7 @@ fn hole_punch_gives_a_direct_link() {
         p["punch"]["candidates"].to_string().contains("10.77.70.11"),
         "server1's candidate is nat1's address: {st:#}"
     );
-    for n in &nodes {
-        stop(n);
-    }
+    stores.stop();
 }
 
 /// A NAT that maps each destination to a new port (masquerade fully-random) defeats punching:
@@ -732,24 +678,9 @@ table ip labnat {
     )
     .unwrap();
     let deadline = Instant::now() + BUDGET;
-    let root = tempfile::tempdir().unwrap();
-    let dirs = system(root.path(), "1,2,3,9", &["server1", "server2"]);
-    let relay_dir = root.path().join("relay");
-    let relay = relay_for(lab, "relay", &relay_dir, net.relay_addr, &dirs[0]);
-    let key = relay_status(&relay_dir)["key"].as_str().unwrap().to_string();
-    for server in &dirs {
-        edit_config(server, &FAST_RELAY_PATH, &relay_tables(&[(net.relay_addr, key.clone())]));
-    }
-    let nodes = [
-        start(lab, "server1", &dirs[0], &["--role", "store-server"]),
-        start(lab, "server2", &dirs[1], &["--role", "store-server"]),
-    ];
-    let all: Vec<(&LabChild, &Path)> = nodes
-        .iter()
-        .zip(dirs.iter().map(PathBuf::as_path))
-        .chain([(&relay, relay_dir.as_path())])
-        .collect();
-    let ids: Vec<String> = dirs.iter().map(|d| dbid(d)).collect();
+    let stores = Stores::start(&net, "1,2,3,9", &FAST_RELAY_PATH, &[]);
+    let (dirs, ids) = (&stores.dirs, &stores.ids);
+    let all = stores.all();
     submit(&dirs[0], 10, "before");
     let failed_on_relay = |i: usize, j: usize| {
         let st = status(&dirs[i]);
@@ -766,7 +697,5 @@ table ip labnat {
     let p = peer(&st, &ids[1]).unwrap();
     assert_eq!(p["link"], "relay", "{st:#}");
     assert!(p["punch"]["reason"].as_str().is_some_and(|r| r.contains("rounds")), "{st:#}");
-    for n in &nodes {
-        stop(n);
-    }
+    stores.stop();
 }

@@ -225,3 +225,54 @@ pub fn wait_for(what: &str, nodes: &[&Running], mut check: impl FnMut() -> bool)
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A new system `rmsystem` in `root/<names[0]>` plus members joined with its join file; their
+/// directories and the join file.
+pub fn new_system(root: &Path, rmsystem: &str, names: &[&str]) -> (Vec<PathBuf>, PathBuf) {
+    let first = init(root, names[0], &["--system", rmsystem]);
+    let join = root.join(format!("{}.join", names[0]));
+    ok(&["key", "export", "--data-dir", s(&first), "--out", s(&join)]);
+    let mut dirs = vec![first];
+    for name in &names[1..] {
+        dirs.push(init(root, name, &["--join", s(&join)]));
+    }
+    (dirs, join)
+}
+
+/// Polls `check` every 100 ms until it holds; past `deadline` fails with every lab process's
+/// log and, for a node's directory, its status.
+#[cfg(target_os = "linux")]
+pub fn lab_wait_for(
+    what: &str,
+    deadline: std::time::Instant,
+    nodes: &[(&netsim::netns::LabChild, &Path)],
+    mut check: impl FnMut() -> bool,
+) {
+    while !check() {
+        if std::time::Instant::now() > deadline {
+            let report: Vec<String> = nodes
+                .iter()
+                .map(|(n, d)| {
+                    let st = run(&["--status", "--json", "--data-dir", s(d)]);
+                    format!(
+                        "{} (running: {:?}):\n{}\nstatus:\n{}",
+                        n.node(),
+                        n.try_wait().ok().map(|w| w.is_none()),
+                        n.log().unwrap_or_default(),
+                        text(&st.stdout)
+                    )
+                })
+                .collect();
+            panic!("timed out waiting for {what}; nodes:\n{}", report.join("\n----\n"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// SIGTERM to a lab process, which must exit 0 within 20 s.
+#[cfg(target_os = "linux")]
+pub fn lab_stop(child: &netsim::netns::LabChild) {
+    child.terminate().unwrap();
+    let status = child.wait_timeout(std::time::Duration::from_secs(20)).unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{} did not stop cleanly", child.node());
+}
