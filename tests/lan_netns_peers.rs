@@ -78,17 +78,7 @@ fn start(lab: &Lab, node: &str, dir: &Path, extra: &[&str]) -> LabChild {
     lab.spawn(node, c).expect("spawn meshnode in the lab")
 }
 
-fn status(dir: &Path) -> Value {
-    common::status(dir)
-}
-
-fn units(dir: &Path) -> u64 {
-    status(dir)["units_total"].as_u64().unwrap_or(0)
-}
-
-fn dbid(dir: &Path) -> String {
-    status(dir)["dbid"].as_str().unwrap().to_string()
-}
+use common::{dbid, status, units_total as units};
 
 /// The running node's peers.
 fn peers(st: &Value) -> Vec<Value> {

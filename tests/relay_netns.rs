@@ -108,17 +108,7 @@ fn admit(relay_dir: &Path, member: &Path) {
     ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
-fn status(dir: &Path) -> Value {
-    common::status(dir)
-}
-
-fn units(dir: &Path) -> u64 {
-    status(dir)["units_total"].as_u64().unwrap_or(0)
-}
-
-fn dbid(dir: &Path) -> String {
-    status(dir)["dbid"].as_str().unwrap().to_string()
-}
+use common::{dbid, status, units_total as units};
 
 fn peer<'a>(st: &'a Value, dbid: &str) -> Option<&'a Value> {
     st["node"]["peers"].as_array()?.iter().find(|p| p["dbid"] == dbid)

@@ -276,3 +276,13 @@ pub fn lab_stop(child: &netsim::netns::LabChild) {
     let status = child.wait_timeout(std::time::Duration::from_secs(20)).unwrap();
     assert!(status.is_some_and(|s| s.success()), "{} did not stop cleanly", child.node());
 }
+
+/// Units held by the node in `dir` (0 when its status has none).
+pub fn units_total(dir: &Path) -> u64 {
+    status(dir)["units_total"].as_u64().unwrap_or(0)
+}
+
+/// The dbid of the data directory `dir`.
+pub fn dbid(dir: &Path) -> String {
+    status(dir)["dbid"].as_str().unwrap().to_string()
+}
