@@ -32,6 +32,16 @@ pub enum ConfigError {
         /// toml's message, with the line, the column and the offending text.
         message: String,
     },
+    /// A value that cannot work.
+    #[error("invalid config {path}: {what}; {fix}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The setting and value.
+        what: String,
+        /// What to do.
+        fix: &'static str,
+    },
     /// The same thing configured twice.
     #[error("invalid config {path}: {what} is configured twice; remove one")]
     Duplicate {
@@ -435,8 +445,22 @@ hole_punch = true
             30 * 86_400,
             "use 60 seconds to 30 days",
         )?;
+        if self.relay.len() > Self::MAX_RELAYS {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                what: format!("{} [[relay]] tables", self.relay.len()),
+                fix: "configure at most 16 relays",
+            });
+        }
         let mut seen = std::collections::BTreeSet::new();
         for relay in &self.relay {
+            if relay.addr.ip().is_unspecified() || relay.addr.port() == 0 {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    what: format!("[[relay]] addr = \"{}\"", relay.addr),
+                    fix: "give the relay's reachable IP address and port, e.g. 198.51.100.7:7740",
+                });
+            }
             if !seen.insert(relay.addr) {
                 return Err(ConfigError::Duplicate {
                     path: path.to_path_buf(),
@@ -453,6 +477,9 @@ hole_punch = true
         )?;
         Ok(())
     }
+
+    /// Most `[[relay]]` tables.
+    pub const MAX_RELAYS: usize = 16;
 
     /// The largest `node.max_clock_skew_secs` accepted: 30 days. A clock further off is broken,
     /// not skewed, and a wider window only prolongs how long captured packets stay acceptable.
@@ -538,6 +565,14 @@ mod tests {
         );
         let err = Config::parse(&twice, path).unwrap_err().to_string();
         assert!(err.contains("configured twice") && err.contains("198.51.100.7:7740"), "{err}");
+        let nowhere = format!("[[relay]]\naddr = \"0.0.0.0:7740\"\nkey = \"{key}\"\n");
+        let err = Config::parse(&nowhere, path).unwrap_err().to_string();
+        assert!(err.contains("0.0.0.0:7740") && err.contains("reachable"), "{err}");
+        let many: String = (0..17)
+            .map(|i| format!("[[relay]]\naddr = \"198.51.100.{i}:7740\"\nkey = \"{key}\"\n"))
+            .collect();
+        let err = Config::parse(&many, path).unwrap_err().to_string();
+        assert!(err.contains("at most 16"), "{err}");
         let err = Config::parse("[relay_path]\nmax_sessions = 0\n", path).unwrap_err().to_string();
         assert!(err.contains("relay_path.max_sessions = 0"), "{err}");
     }

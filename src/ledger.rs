@@ -50,6 +50,9 @@ pub enum LedgerError {
     /// An earlier write failed part way; this ledger refuses further writes.
     #[error("an earlier write failed; reopen the data directory (restart meshnode) before writing again")]
     Poisoned,
+    /// A logged batch has not been indexed yet (a caller bug: see `Ledger::submit_logged`).
+    #[error("a logged batch waits for its index; index it before writing or checkpointing")]
+    Unindexed,
     /// A meta value written by meshnode does not decode.
     #[error("store meta value {name:?} is damaged; run `meshnode rebuild` to rebuild the store from the daily logs")]
     BadMeta {
@@ -137,6 +140,10 @@ pub struct Ledger<S: Store = SledStore> {
     /// Checkpoints that failed after a write (the write itself stood).
     checkpoint_failures: u64,
     poisoned: bool,
+    /// A batch is logged and not yet indexed ([`Ledger::submit_logged`]): no checkpoint may
+    /// record log positions past it, or reopening would not replay it and its seqs would be
+    /// handed out again.
+    unindexed: bool,
 }
 
 /// Checkpoints on a thread of their own: the store's two flushes (each an fsync, 2-20 ms)
@@ -346,6 +353,7 @@ impl<S: Store> Ledger<S> {
             background: None,
             checkpoint_failures: 0,
             poisoned: false,
+            unindexed: false,
         })
     }
 
@@ -448,10 +456,10 @@ impl<S: Store> Ledger<S> {
     }
 
     /// Steps 1 and 2 of [`Ledger::submit_batch_units`]: the batch is numbered and durable in
-    /// the daily logs, not yet in the store's index. The caller may send the units on at once
-    /// (from here they survive a crash, and the index is rebuilt from the logs if need be),
-    /// then must hand the batch to [`Ledger::index`] before anything else is written. A node
-    /// multicasts a batch this way while its index is written, so receivers start earlier.
+    /// the daily logs, not yet in the store's index. From here the units survive a crash (a
+    /// reopen replays them), so they are accepted whatever happens to the index; the caller
+    /// hands the batch to [`Ledger::index`] next. Until then nothing else is written and no
+    /// checkpoint is recorded (both answer [`LedgerError::Unindexed`]).
     pub fn submit_logged(
         &mut self,
         subs: Vec<Submission>,
@@ -460,6 +468,7 @@ impl<S: Store> Ledger<S> {
         let (receipts, units, next) = self.prepare(subs, now_ms)?;
         let logged = self.log(units, now_ms)?;
         self.next_own_seq = next;
+        self.unindexed = logged.refs.is_some();
         Ok((receipts, logged))
     }
 
@@ -468,6 +477,7 @@ impl<S: Store> Ledger<S> {
     /// but the batch stays durable: the logs have it, and reopening replays it.
     pub fn index(&mut self, logged: Logged) -> Result<Vec<TransferUnit>, LedgerError> {
         let Logged { units, refs, now_ms } = logged;
+        self.unindexed = false;
         let Some(refs) = refs else {
             // Without logs the store itself wrote the batch.
             return Ok(units);
@@ -531,6 +541,9 @@ impl<S: Store> Ledger<S> {
         if self.poisoned {
             return Err(LedgerError::Poisoned);
         }
+        if self.unindexed {
+            return Err(LedgerError::Unindexed);
+        }
         for sub in &subs {
             self.check(sub)?;
         }
@@ -590,6 +603,9 @@ impl<S: Store> Ledger<S> {
         if self.poisoned {
             return Err(LedgerError::Poisoned);
         }
+        if self.unindexed {
+            return Err(LedgerError::Unindexed);
+        }
         let mut seen = BTreeSet::new();
         let fresh: Vec<TransferUnit> = units
             .into_iter()
@@ -642,6 +658,7 @@ impl<S: Store> Ledger<S> {
     /// the checkpoint and returns at once (nothing if one is still running); an error of an
     /// earlier background checkpoint is returned here.
     pub fn checkpoint(&mut self) -> Result<(), LedgerError> {
+        self.may_checkpoint()?;
         let (Some(background), Some(dati)) = (self.background.as_mut(), self.dati.as_ref()) else {
             return self.checkpoint_now();
         };
@@ -663,8 +680,22 @@ impl<S: Store> Ledger<S> {
         }
     }
 
+    /// A checkpoint records the logs' end as covered by the store. Not while a logged batch
+    /// waits for its index, nor once a write failed part way (poisoned): the store may lack
+    /// units the logs have, and only a replay at the next open puts them back.
+    fn may_checkpoint(&self) -> Result<(), LedgerError> {
+        if self.poisoned {
+            Err(LedgerError::Poisoned)
+        } else if self.unindexed {
+            Err(LedgerError::Unindexed)
+        } else {
+            Ok(())
+        }
+    }
+
     /// The checkpoint, on this thread.
     fn checkpoint_now(&mut self) -> Result<(), LedgerError> {
+        self.may_checkpoint()?;
         if let Some(background) = self.background.as_mut() {
             background.collect(true)?;
         }
@@ -739,17 +770,41 @@ mod tests {
         let (receipts, logged) = ledger.submit_logged((0..10).map(sale).collect(), now).unwrap();
         assert_eq!(logged.units().len(), 10);
         assert_eq!(ledger.store().units_total(), 0, "not indexed yet");
-        let (receipts2, logged2) = ledger.submit_logged((10..12).map(sale).collect(), now).unwrap();
-        assert_eq!(receipts2[0].seq, receipts[9].seq + 1);
-        drop((logged, logged2));
+        // Nothing may checkpoint past it, nor write another batch, until it is indexed.
+        assert!(matches!(ledger.checkpoint(), Err(LedgerError::Unindexed)));
+        assert!(matches!(ledger.submit_logged(vec![sale(10)], now), Err(LedgerError::Unindexed)));
+        assert_eq!(receipts[9].seq, 10);
+        drop(logged);
         drop(ledger); // the crash: no index, no checkpoint
         let (mut ledger, report) = Ledger::open(&dir, InstanceId([2; 16])).unwrap();
-        assert_eq!(report.replayed, 12);
-        assert_eq!(ledger.store().units_total(), 12);
-        let (receipts, logged) = ledger.submit_logged(vec![sale(12)], now).unwrap();
-        assert_eq!(receipts[0].seq, 13);
+        assert_eq!(report.replayed, 10);
+        assert_eq!(ledger.store().units_total(), 10);
+        let (receipts, logged) = ledger.submit_logged(vec![sale(10)], now).unwrap();
+        assert_eq!(receipts[0].seq, 11, "no seq handed out twice");
         assert_eq!(ledger.index(logged).unwrap().len(), 1);
-        assert_eq!(ledger.store().units_total(), 13);
+        assert_eq!(ledger.store().units_total(), 11);
+        ledger.checkpoint().unwrap();
+    }
+
+    /// A poisoned ledger (a write failed part way) records no checkpoint: what the logs hold
+    /// beyond the store is replayed at the next open, so no seq is handed out twice.
+    #[test]
+    fn a_poisoned_ledger_does_not_checkpoint() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = data_dir(root.path());
+        let now = 1_764_633_600_000;
+        let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
+        let (_, logged) = ledger.submit_logged((0..5).map(sale).collect(), now).unwrap();
+        // As if the index write failed: poisoned, the batch only in the logs.
+        ledger.poisoned = true;
+        ledger.unindexed = false;
+        drop(logged);
+        assert!(matches!(ledger.checkpoint(), Err(LedgerError::Poisoned)));
+        assert!(matches!(ledger.checkpoint_now(), Err(LedgerError::Poisoned)));
+        drop(ledger);
+        let (ledger, report) = Ledger::open(&dir, InstanceId([2; 16])).unwrap();
+        assert_eq!(report.replayed, 5);
+        assert_eq!(ledger.store().next_seq(&ledger.own_dbid()), 6);
     }
 
     /// A checkpoint runs on its own thread: `checkpoint` returns without waiting, the thread

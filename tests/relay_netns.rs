@@ -619,7 +619,7 @@ fn relay_restart_loses_nothing() {
 
 /// Two servers behind NATs that keep a socket's mapping whatever the destination (Linux
 /// masquerade keeps the port): hole punching gives them a direct QUIC link, the status says
-/// so, and units flow over it.
+/// so, and units flow over it with the relay gone.
 #[test]
 fn hole_punch_gives_a_direct_link() {
     let Some(net) = Internet::build("rpunch") else { return };
@@ -635,6 +635,8 @@ fn hole_punch_gives_a_direct_link() {
     wait_for("a hole-punched quic link both ways", deadline, &stores.all(), || {
         punched(0, 1) && punched(1, 0)
     });
+    // From here only the punched link joins them.
+    stores.relay.kill().unwrap();
     submit(&dirs[0], 25, "over-the-punched-link");
     wait_for("the units at server2", deadline, &stores.all(), || units(&dirs[1]) == 25);
     // The link is the NATs' public addresses: server2 reached server1 at nat1's address.

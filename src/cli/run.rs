@@ -92,7 +92,8 @@ pub(super) fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
         .map(|p| ConfiguredPeer { addr: p.address, priority: p.priority, role: p.role })
         .collect();
     cfg.relay_path = datadir.config.relay_path.core(datadir.config.relay.len());
-    cfg.hole_punch = datadir.config.relay_path.hole_punch;
+    // Punching needs the links' QUIC socket (its NAT mapping is what the relays observe).
+    cfg.hole_punch = datadir.config.relay_path.hole_punch && datadir.config.links.quic;
     let relays: Vec<RelayTarget> =
         datadir.config.relay.iter().map(|r| RelayTarget { addr: r.addr, key: r.key }).collect();
     let relay_membership = if relays.is_empty() {

@@ -11,7 +11,8 @@
 //!   waits the full minute: retrying sooner cannot change the relay's mind.
 //! - Posts wait in a bounded queue; a full queue, or a relay that is down, drops the post: the
 //!   relay sessions retransmit what is not acknowledged end to end, so a dropped post is one
-//!   more lost payload, which the core already handles.
+//!   more lost payload, which the core already handles. `Taken` ids have a queue of their own
+//!   and are never dropped while connected.
 //! - The subscription is a value, not a message (a `watch`): the latest set is what counts,
 //!   and it is sent again on every reconnect.
 //! - `Taken` is sent only after the core handled the payload (the loop calls
@@ -45,6 +46,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// connection is dead although QUIC has not noticed yet (a relay killed and restarted leaves
 /// the old connection silent until the 45 s idle timeout): reconnect.
 const POSTED_WITHIN: Duration = Duration::from_secs(10);
+/// A connection that lasted this long resets the reconnect backoff.
+const STABLE: Duration = Duration::from_secs(30);
 /// Most delivery ids acknowledged in one `Taken` frame.
 const TAKEN_BATCH: usize = 256;
 
@@ -99,17 +102,24 @@ pub enum RelayEvent {
     },
 }
 
-/// What the loop asks of a relay task.
+/// A post the loop hands a relay task.
 #[derive(Debug)]
-enum Command {
-    Post { mailbox: Mailbox, ttl_secs: u32, broadcast: bool, bytes: Vec<u8> },
-    Taken(u64),
+struct Outgoing {
+    mailbox: Mailbox,
+    ttl_secs: u32,
+    broadcast: bool,
+    bytes: Vec<u8>,
 }
 
 /// The loop's handle on one relay task; dropping it ends the task and its connection.
 #[derive(Debug)]
 pub struct RelayHandle {
-    commands: mpsc::Sender<Command>,
+    posts: mpsc::Sender<Outgoing>,
+    /// Ids of handled deliveries. Unbounded but small: one id per delivery the loop took from
+    /// the bounded event channel, drained at every turn of the task; apart from the posts, so
+    /// a backlog of posts never drops one (a lost `Taken` leaves the payload at the relay,
+    /// counted against the quota, until its TTL).
+    taken: mpsc::UnboundedSender<u64>,
     subscription: watch::Sender<Vec<Mailbox>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -123,7 +133,7 @@ impl Drop for RelayHandle {
 impl RelayHandle {
     /// Queues a post; `false` when it was dropped (queue full or the task ended).
     pub fn post(&self, mailbox: Mailbox, ttl_secs: u32, broadcast: bool, bytes: Vec<u8>) -> bool {
-        self.commands.try_send(Command::Post { mailbox, ttl_secs, broadcast, bytes }).is_ok()
+        self.posts.try_send(Outgoing { mailbox, ttl_secs, broadcast, bytes }).is_ok()
     }
 
     /// Replaces the subscribed mailboxes (sent now if connected, and on every reconnect).
@@ -133,8 +143,9 @@ impl RelayHandle {
 
     /// The payload `id` was handled: the relay may delete it.
     pub fn taken(&self, id: u64) {
-        // A full queue only means a redelivery later, which the session drops.
-        let _ = self.commands.try_send(Command::Taken(id));
+        // Only fails once the task ended; the relay then delivers it again, and the session
+        // drops the duplicate.
+        let _ = self.taken.send(id);
     }
 }
 
@@ -147,12 +158,22 @@ pub fn spawn_relay(
     quic: Option<quinn::Endpoint>,
     events: mpsc::Sender<RelayEvent>,
 ) -> RelayHandle {
-    let (commands, rx) = mpsc::channel(POST_QUEUE);
+    let (posts, posts_rx) = mpsc::channel(POST_QUEUE);
+    let (taken, taken_rx) = mpsc::unbounded_channel();
     let (subscription, subs) = watch::channel(Vec::new());
     let span = tracing::info_span!("relay", index = relay.0, addr = %target.addr);
-    let task = RelayTask { relay, target, membership, quic, events, commands: rx, subs };
+    let task = RelayTask {
+        relay,
+        target,
+        membership,
+        quic,
+        events,
+        posts: posts_rx,
+        taken: taken_rx,
+        subs,
+    };
     let task = tokio::spawn(task.run().instrument(span));
-    RelayHandle { commands, subscription, task }
+    RelayHandle { posts, taken, subscription, task }
 }
 
 struct RelayTask {
@@ -161,7 +182,8 @@ struct RelayTask {
     membership: Arc<RelayMembership>,
     quic: Option<quinn::Endpoint>,
     events: mpsc::Sender<RelayEvent>,
-    commands: mpsc::Receiver<Command>,
+    posts: mpsc::Receiver<Outgoing>,
+    taken: mpsc::UnboundedReceiver<u64>,
     subs: watch::Receiver<Vec<Mailbox>>,
 }
 
@@ -181,8 +203,13 @@ impl RelayTask {
         loop {
             let ended = match self.connect().await {
                 Ok(client) => {
-                    backoff = BACKOFF_MIN;
+                    let admitted = Instant::now();
                     let ended = self.serve(client).await;
+                    // A relay that admits and then drops us at once is not redialed every
+                    // second: the backoff starts over only after a connection that held.
+                    if admitted.elapsed() >= STABLE {
+                        backoff = BACKOFF_MIN;
+                    }
                     if matches!(ended, Ended::Stop) {
                         return;
                     }
@@ -254,11 +281,8 @@ impl RelayTask {
         loop {
             let confirm_by = unconfirmed.front().map(|(_, at)| *at + POSTED_WITHIN);
             tokio::select! {
-                () = sleep_until(confirm_by) => {
-                    warn!("the relay confirmed no post for {POSTED_WITHIN:?}: reconnecting");
-                    client.close();
-                    return Ended::Retry;
-                }
+                // Frames first: confirmations waiting to be read must not lose to the timer.
+                biased;
                 frame = client.recv() => match frame {
                     Ok(Some(frame)) => {
                         match &frame {
@@ -282,19 +306,30 @@ impl RelayTask {
                         return Ended::Retry;
                     }
                 },
-                command = self.commands.recv() => {
-                    let Some(command) = command else {
+                Some(first) = self.taken.recv() => {
+                    let mut ids = vec![first];
+                    while ids.len() < TAKEN_BATCH {
+                        match self.taken.try_recv() {
+                            Ok(id) => ids.push(id),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(err) = client.send(&RelayFrame::Taken { ids }).await {
+                        debug!(%err, "relay write failed");
+                        return Ended::Retry;
+                    }
+                }
+                post = self.posts.recv() => {
+                    let Some(Outgoing { mailbox, ttl_secs, broadcast, bytes }) = post else {
                         client.close();
                         return Ended::Stop;
                     };
-                    for frame in self.frames(command, &mut seq) {
-                        if let RelayFrame::Post(post) = &frame {
-                            unconfirmed.push_back((post.seq, Instant::now()));
-                        }
-                        if let Err(err) = client.send(&frame).await {
-                            debug!(%err, "relay write failed");
-                            return Ended::Retry;
-                        }
+                    seq = seq.wrapping_add(1);
+                    unconfirmed.push_back((seq, Instant::now()));
+                    let post = Post { seq, mailbox, ttl_secs, broadcast, payload: bytes };
+                    if let Err(err) = client.send(&RelayFrame::Post(post)).await {
+                        debug!(%err, "relay write failed");
+                        return Ended::Retry;
                     }
                 }
                 changed = self.subs.changed() => {
@@ -308,35 +343,11 @@ impl RelayTask {
                         return Ended::Retry;
                     }
                 }
-            }
-        }
-    }
-
-    /// The frames for `command`: a `Taken` also carries the ids queued right behind it (one
-    /// frame for a burst of deliveries), and a post met on the way follows it.
-    fn frames(&mut self, command: Command, seq: &mut u32) -> Vec<RelayFrame> {
-        let post = |seq: &mut u32, mailbox, ttl_secs, broadcast, payload| {
-            *seq = seq.wrapping_add(1);
-            RelayFrame::Post(Post { seq: *seq, mailbox, ttl_secs, broadcast, payload })
-        };
-        match command {
-            Command::Post { mailbox, ttl_secs, broadcast, bytes } => {
-                vec![post(seq, mailbox, ttl_secs, broadcast, bytes)]
-            }
-            Command::Taken(first) => {
-                let mut ids = vec![first];
-                let mut then = None;
-                while ids.len() < TAKEN_BATCH {
-                    match self.commands.try_recv() {
-                        Ok(Command::Taken(id)) => ids.push(id),
-                        Ok(Command::Post { mailbox, ttl_secs, broadcast, bytes }) => {
-                            then = Some(post(seq, mailbox, ttl_secs, broadcast, bytes));
-                            break;
-                        }
-                        Err(_) => break,
-                    }
+                () = sleep_until(confirm_by) => {
+                    warn!("the relay confirmed no post for {POSTED_WITHIN:?}: reconnecting");
+                    client.close();
+                    return Ended::Retry;
                 }
-                std::iter::once(RelayFrame::Taken { ids }).chain(then).collect()
             }
         }
     }
@@ -384,7 +395,9 @@ impl RelayTask {
         loop {
             tokio::select! {
                 () = &mut sleep => return false,
-                command = self.commands.recv() => if command.is_none() { return true },
+                post = self.posts.recv() => if post.is_none() { return true },
+                // Redelivered on the next connection; the session drops the duplicate.
+                Some(_) = self.taken.recv() => {}
             }
         }
     }

@@ -956,7 +956,7 @@ impl<S: Store> Node<S> {
                 if !self.cfg.hole_punch {
                     return Some(PunchStatus::unavailable(
                         "off",
-                        "hole_punch = false under [relay_path]",
+                        "hole_punch = false under [relay_path], or quic = false under [links]",
                     ));
                 }
                 if let Err(reason) = self.punch_candidates() {
@@ -1387,18 +1387,19 @@ impl<S: Store> Node<S> {
                 return;
             }
         };
-        // Durable from here: the units leave while the store's index is written (the receivers
-        // start a group commit earlier, which is most of the LAN's end-to-end time).
-        self.forward(Source::Local, logged.units());
         let new_units = match self.ledger.index(logged) {
             Ok(units) => units,
             Err(_) => {
-                // The units are durable in the logs (reopening indexes them) and already sent:
-                // they stay accepted. The ledger now refuses writes until restarted.
+                // The units are durable in the logs (a reopen indexes them): they stay
+                // accepted, and go out after the restart. The ledger refuses writes and
+                // checkpoints until then.
                 self.stats.store_errors += 1;
                 Vec::new()
             }
         };
+        // The multicast is queued before the receipts: the driver executes outputs in order,
+        // and the receivers' group commit is most of the LAN's end-to-end time.
+        self.forward(Source::Local, &new_units);
         self.out.extend(receipts.into_iter().map(Output::Accepted));
         let origins: BTreeSet<DatabaseId> = new_units.iter().map(|u| u.origin).collect();
         self.held_changed(&origins);

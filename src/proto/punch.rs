@@ -58,6 +58,8 @@ pub enum PunchState {
     Failed {
         /// When to try again.
         retry_at: Time,
+        /// When it failed: a peer's call restarts punching only a whole run later.
+        since: Time,
     },
 }
 
@@ -88,6 +90,8 @@ struct PeerPunch {
     state: PunchState,
     /// The peer's candidates from its latest `CallMeMaybe`.
     theirs: Vec<SocketAddr>,
+    /// The last round whose call we acted on: a peer gets one answer per round.
+    answered: u32,
 }
 
 /// Why the relay path is used with a peer, or how its direct link came about, as the status
@@ -134,7 +138,7 @@ impl Punches {
     pub fn start(&mut self, now: Time, peer: DatabaseId, out: &mut Vec<PunchAction>) {
         let fresh = match self.peers.get(&peer).map(|p| &p.state) {
             None | Some(PunchState::Punched { .. }) => true,
-            Some(PunchState::Failed { retry_at }) => now >= *retry_at,
+            Some(PunchState::Failed { retry_at, .. }) => now >= *retry_at,
             Some(PunchState::Trying { .. }) => false,
         };
         if fresh {
@@ -144,10 +148,11 @@ impl Punches {
 
     fn begin(&mut self, now: Time, peer: DatabaseId, round: u32, out: &mut Vec<PunchAction>) {
         let state = PunchState::Trying { round, until: now.plus_millis(ROUND_MS) };
-        let entry = self
-            .peers
-            .entry(peer)
-            .or_insert(PeerPunch { state: state.clone(), theirs: Vec::new() });
+        let entry = self.peers.entry(peer).or_insert(PeerPunch {
+            state: state.clone(),
+            theirs: Vec::new(),
+            answered: 0,
+        });
         entry.state = state;
         out.push(PunchAction::CallMeMaybe { peer, round });
     }
@@ -163,19 +168,34 @@ impl Punches {
         addrs: &[SocketAddr],
         out: &mut Vec<PunchAction>,
     ) {
-        let theirs: Vec<SocketAddr> = addrs.iter().copied().take(MAX_CANDIDATES).collect();
+        let theirs: Vec<SocketAddr> =
+            addrs.iter().copied().filter(plausible).take(MAX_CANDIDATES).collect();
         if theirs.is_empty() || round == 0 || round > ROUNDS {
             return;
         }
-        // The peer started (or restarted) before us: join its round.
-        let ours = self.peers.get(&peer).map(|p| p.state.clone());
+        // A member could otherwise keep us sending to addresses of its choosing: one answer
+        // per round, never back to an earlier round, and a failed run restarts only a whole
+        // run after it failed.
+        let ours = self.peers.get(&peer).map(|p| (p.state.clone(), p.answered));
         match ours {
-            Some(PunchState::Trying { round: r, .. }) if r == round => {}
-            Some(PunchState::Failed { retry_at }) if now < retry_at && round > 1 => return,
+            Some((PunchState::Trying { round: r, .. }, answered)) if r == round => {
+                if answered == round {
+                    return;
+                }
+            }
+            Some((PunchState::Trying { round: r, .. }, _)) if round < r => return,
+            Some((PunchState::Failed { since, .. }, _))
+                if now < since.plus_millis(ROUND_MS * u64::from(ROUNDS)) =>
+            {
+                return
+            }
+            Some((PunchState::Punched { .. }, _)) => return,
+            // The peer started (or restarted) before us, or is a round ahead: join its round.
             _ => self.begin(now, peer, round, out),
         }
         if let Some(p) = self.peers.get_mut(&peer) {
             p.theirs = theirs.clone();
+            p.answered = round;
         }
         out.extend(theirs.iter().map(|&to| PunchAction::Punch { to }));
         if connector(own, peer, round) {
@@ -207,7 +227,8 @@ impl Punches {
     ) {
         // A peer neither relayed nor due for anything is forgotten (no timer stays in the past).
         self.peers.retain(|peer, p| {
-            relayed(peer) || !matches!(p.state, PunchState::Failed { retry_at } if now >= retry_at)
+            relayed(peer)
+                || !matches!(p.state, PunchState::Failed { retry_at, .. } if now >= retry_at)
         });
         let mut next = Vec::new();
         for (peer, p) in &mut self.peers {
@@ -216,6 +237,7 @@ impl Punches {
                 if let PunchState::Trying { round, .. } = p.state {
                     p.state = PunchState::Failed {
                         retry_at: now.plus_millis(RETRY_MS.min(ROUND_MS * u64::from(round))),
+                        since: now,
                     };
                 }
                 continue;
@@ -225,10 +247,11 @@ impl Punches {
                     if round < ROUNDS {
                         next.push((*peer, round + 1));
                     } else {
-                        p.state = PunchState::Failed { retry_at: now.plus_millis(RETRY_MS) };
+                        p.state =
+                            PunchState::Failed { retry_at: now.plus_millis(RETRY_MS), since: now };
                     }
                 }
-                PunchState::Failed { retry_at } if now >= retry_at => next.push((*peer, 1)),
+                PunchState::Failed { retry_at, .. } if now >= retry_at => next.push((*peer, 1)),
                 PunchState::Punched { .. } => next.push((*peer, 1)),
                 _ => {}
             }
@@ -241,7 +264,7 @@ impl Punches {
     /// Our observed address changed: failed peers are tried again now.
     pub fn address_changed(&mut self, now: Time) {
         for p in self.peers.values_mut() {
-            if let PunchState::Failed { retry_at } = &mut p.state {
+            if let PunchState::Failed { retry_at, .. } = &mut p.state {
                 *retry_at = now;
             }
         }
@@ -253,7 +276,7 @@ impl Punches {
             .values()
             .filter_map(|p| match p.state {
                 PunchState::Trying { until, .. } => Some(until),
-                PunchState::Failed { retry_at } => Some(retry_at),
+                PunchState::Failed { retry_at, .. } => Some(retry_at),
                 PunchState::Punched { .. } => None,
             })
             .min()
@@ -278,7 +301,7 @@ impl Punches {
                 candidates,
                 retry_in_secs: None,
             },
-            PunchState::Failed { retry_at } => PunchStatus {
+            PunchState::Failed { retry_at, .. } => PunchStatus {
                 state: "failed",
                 reason: Some(format!("no direct link after {ROUNDS} rounds")),
                 round: Some(ROUNDS),
@@ -287,6 +310,14 @@ impl Punches {
             },
         })
     }
+}
+
+/// An address worth punching: a unicast host and a port (not unspecified, loopback,
+/// multicast or broadcast; a peer must not point our packets at ourselves or a whole LAN).
+fn plausible(a: &SocketAddr) -> bool {
+    let ip = a.ip();
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    a.port() != 0 && !ip.is_unspecified() && !ip.is_loopback() && !ip.is_multicast() && !broadcast
 }
 
 /// Who dials in `round`: the larger dbid in odd rounds, the smaller in even ones.
@@ -361,8 +392,9 @@ mod tests {
         assert!(out.is_empty());
         assert_eq!(p.status(t, &b).unwrap().state, "failed");
         assert_eq!(p.poll_timeout(), Some(t.plus_millis(RETRY_MS)));
-        // A replayed call of an old round does not restart a failed run.
+        // A call right after the failure (a replay, or a peer in a hurry) restarts nothing.
         p.on_call_me_maybe(t, a, b, 2, &[theirs], &mut out);
+        p.on_call_me_maybe(t, a, b, 1, &[theirs], &mut out);
         assert!(out.is_empty(), "{out:?}");
         p.tick(t.plus_millis(RETRY_MS), |_| true, &mut out);
         assert_eq!(out, vec![PunchAction::CallMeMaybe { peer: b, round: 1 }]);
@@ -402,6 +434,35 @@ mod tests {
             assert!(p.poll_timeout().is_none_or(|at| at > t), "{:?} at {t:?}", p.poll_timeout());
         }
         assert_eq!(p.poll_timeout(), None, "forgotten once nothing is due");
+    }
+
+    /// A peer gets one answer per round, cannot send us back a round, and only plausible
+    /// addresses are punched.
+    #[test]
+    fn calls_are_answered_once_per_round_and_never_backwards() {
+        let (a, b) = (dbid(A), dbid(B));
+        let mut p = Punches::default();
+        let mut out = Vec::new();
+        let t0 = Time(1_000_000_000);
+        let theirs: SocketAddr = "203.0.113.9:7070".parse().unwrap();
+        p.on_call_me_maybe(t0, a, b, 2, &[theirs], &mut out);
+        assert!(out.contains(&PunchAction::CallMeMaybe { peer: b, round: 2 }), "joins round 2");
+        out.clear();
+        p.on_call_me_maybe(t0, a, b, 2, &[theirs], &mut out);
+        p.on_call_me_maybe(t0, a, b, 1, &[theirs], &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        let bad: Vec<SocketAddr> = [
+            "127.0.0.1:7070",
+            "0.0.0.0:7070",
+            "224.0.0.1:7070",
+            "255.255.255.255:7070",
+            "203.0.113.9:0",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        p.on_call_me_maybe(t0, a, b, 3, &bad, &mut out);
+        assert!(out.is_empty(), "nothing plausible: {out:?}");
     }
 
     #[test]
