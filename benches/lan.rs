@@ -512,6 +512,7 @@ fn lan(o: &Opts) -> anyhow::Result<Vec<String>> {
             urgency: Urgency::Normal,
             scopes: FileScopes::NONE,
             payload: vec![b'x'; o.payload],
+            sensitive: Vec::new(),
         };
         unit.encode().len() - o.payload
     };

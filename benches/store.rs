@@ -57,6 +57,7 @@ fn sub(i: u64) -> Submission {
         scopes: FileScopes::NONE,
         physkey: None,
         payload,
+        sensitive: Vec::new(),
     }
 }
 

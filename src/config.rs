@@ -132,6 +132,9 @@ pub struct RelayPathSettings {
     pub payload_ttl_secs: u64,
     /// Try UDP hole punching with peers reached through a relay, for a direct link.
     pub hole_punch: bool,
+    /// Length of the one-time pads this node hands its peers beyond the LAN over direct
+    /// links, for the sensitive parts of units it later sends them through a relay; 0: none.
+    pub pad_bytes: u64,
 }
 
 impl Default for RelayPathSettings {
@@ -146,6 +149,7 @@ impl Default for RelayPathSettings {
             delay_ms_background: background,
             payload_ttl_secs: u64::from(core.payload_ttl_secs),
             hole_punch: true,
+            pad_bytes: crate::proto::pads::DEFAULT_PAD_BYTES,
         }
     }
 }
@@ -352,6 +356,12 @@ payload_ttl_secs = 172800
 # both NATs allow it, a direct QUIC link replaces the relay path (`meshnode --status` shows
 # which, and why). false: keep traffic on the relays.
 hole_punch = true
+# Units with a sensitive part (`meshnode submit --sensitive-file`, or "sensitive" on the control
+# socket) cross a relay only under a one-time pad: this node makes one of this many bytes for
+# each peer beyond the LAN while a direct link to it is up, and uses 32 bytes plus the secret's
+# length per unit. Without a pad such units wait for a direct link (status shows them).
+# 0: make no pads (pads from peers are still used); else 4096 to 16777216.
+pad_bytes = 1048576
 "#;
 
     /// Reads and validates `path`.
@@ -445,6 +455,15 @@ hole_punch = true
             30 * 86_400,
             "use 60 seconds to 30 days",
         )?;
+        if self.relay_path.pad_bytes != 0 {
+            check(
+                "relay_path.pad_bytes",
+                self.relay_path.pad_bytes,
+                crate::proto::pads::MIN_PAD_BYTES,
+                crate::proto::pads::MAX_PAD_BYTES,
+                "use 0 (no pads) or 4096 to 16777216 bytes",
+            )?;
+        }
         if self.relay.len() > Self::MAX_RELAYS {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
@@ -575,6 +594,12 @@ mod tests {
         assert!(err.contains("at most 16"), "{err}");
         let err = Config::parse("[relay_path]\nmax_sessions = 0\n", path).unwrap_err().to_string();
         assert!(err.contains("relay_path.max_sessions = 0"), "{err}");
+        let err = Config::parse("[relay_path]\npad_bytes = 100\n", path).unwrap_err().to_string();
+        assert!(err.contains("relay_path.pad_bytes = 100") && err.contains("4096"), "{err}");
+        assert_eq!(
+            Config::parse("[relay_path]\npad_bytes = 0\n", path).unwrap().relay_path.pad_bytes,
+            0
+        );
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub struct Submission {
     pub physkey: Option<Physkey>,
     /// The opaque payload.
     pub payload: Vec<u8>,
+    /// The sensitive part (seed: passwords), usually empty: never multicast, and over relays
+    /// only under a one-time pad (see [`crate::unit::TransferUnit::sensitive`]).
+    pub sensitive: Vec<u8>,
 }
 
 /// What the application is told about an accepted submission, once it is durable.
@@ -425,6 +428,20 @@ impl<S: Store> Ledger<S> {
                 limit: self.payload_limit,
             });
         }
+        if sub.sensitive.len() > crate::unit::MAX_SENSITIVE_BYTES {
+            return Err(UnitError::SensitiveTooLarge(sub.sensitive.len()));
+        }
+        Ok(())
+    }
+
+    /// Writes store metadata entries and makes them durable before returning (one store flush):
+    /// the one-time pad book ([`crate::proto::pads`]) reserves pad bytes this way before it
+    /// uses them, so a crash can waste pad material but never reuse it.
+    pub fn meta_put_durably(&mut self, entries: &[(&str, &[u8])]) -> Result<(), LedgerError> {
+        for (name, value) in entries {
+            self.store.meta_put(name, value)?;
+        }
+        self.store.flush()?;
         Ok(())
     }
 
@@ -586,6 +603,7 @@ impl<S: Store> Ledger<S> {
                 urgency: sub.urgency,
                 scopes: sub.scopes,
                 payload: sub.payload,
+                sensitive: sub.sensitive,
             });
             receipts.push(Receipt { origin: self.own, seq, physkey, existing: false });
             seq += 1;
@@ -720,6 +738,16 @@ impl<S: Store> Ledger<S> {
     }
 }
 
+impl<S: Store> crate::proto::pads::PadStorage for Ledger<S> {
+    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        self.store.meta_get(name).map_err(|e| e.to_string())
+    }
+
+    fn put_durably(&mut self, entries: &[(&str, &[u8])]) -> Result<(), String> {
+        self.meta_put_durably(entries).map_err(|e| e.to_string())
+    }
+}
+
 fn meta_decode<S: Store, T: for<'de> Deserialize<'de>>(
     store: &S,
     name: &'static str,
@@ -756,6 +784,7 @@ mod tests {
             scopes: FileScopes::NONE,
             physkey: None,
             payload: format!("sale {i}").into_bytes(),
+            sensitive: Vec::new(),
         }
     }
 

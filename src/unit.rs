@@ -16,8 +16,17 @@ use crate::id::{DatabaseId, Physkey};
 /// Default payload limit: 1 MiB (configurable in `meshnode.toml`, `payload_limit`).
 pub const DEFAULT_PAYLOAD_LIMIT: usize = 1 << 20;
 
-/// The unit encoding version written as the first byte of every encoded unit.
+/// The unit encoding version written as the first byte of a unit without a sensitive part.
 pub const UNIT_FORMAT_VERSION: u8 = 1;
+
+/// The version byte of a unit with a sensitive part: version 1's bytes, then the sensitive part
+/// as one more byte string. Units without one keep version 1, so nodes of an older build keep
+/// taking every ordinary unit; only the (rare) sensitive ones need this build.
+pub const UNIT_FORMAT_VERSION_SENSITIVE: u8 = 2;
+
+/// Largest sensitive part (seed: passwords): 4 KiB. Sensitive parts travel over relays only
+/// under one-time pad material, which is finite; a large secret belongs in the payload.
+pub const MAX_SENSITIVE_BYTES: usize = 4096;
 
 /// Which kind of transfer unit (seed "Packet Types").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -160,6 +169,12 @@ pub struct TransferUnit {
     /// Opaque application bytes.
     #[serde(with = "serde_bytes_compat")]
     pub payload: Vec<u8>,
+    /// Highly sensitive bytes (seed: passwords), empty for almost every unit. They never go into
+    /// a multicast datagram, and over a relay only under a one-time pad
+    /// ([`crate::proto::pads`]); encoded after the other fields, with version byte
+    /// [`UNIT_FORMAT_VERSION_SENSITIVE`].
+    #[serde(skip)]
+    pub sensitive: Vec<u8>,
 }
 
 /// Why bytes are not a transfer unit, or a unit is not acceptable.
@@ -170,7 +185,7 @@ pub enum UnitError {
     #[error("empty unit encoding")]
     Empty,
     /// A newer or unknown encoding version.
-    #[error("unit format version {0} is not supported (this build reads version {UNIT_FORMAT_VERSION}); upgrade meshnode")]
+    #[error("unit format version {0} is not supported (this build reads versions {UNIT_FORMAT_VERSION} and {UNIT_FORMAT_VERSION_SENSITIVE}); upgrade meshnode")]
     Version(u8),
     /// The bytes do not decode.
     #[error("malformed unit encoding: {0}")]
@@ -187,6 +202,10 @@ pub enum UnitError {
         limit: usize,
     },
     /// Sequence numbers start at 1.
+    /// Sensitive part over [`MAX_SENSITIVE_BYTES`].
+    #[error("sensitive part of {0} bytes is over the limit of {MAX_SENSITIVE_BYTES} bytes; keep only the secret itself in it (a password, a key) and the rest in the payload")]
+    SensitiveTooLarge(usize),
+    /// Unit seq 0.
     #[error("unit seq 0 is not valid (sequence numbers start at 1)")]
     ZeroSeq,
     /// Unknown bits in the scope set.
@@ -195,28 +214,55 @@ pub enum UnitError {
 }
 
 impl TransferUnit {
-    /// Encodes with the version byte.
+    /// Encodes with the version byte: version 1 without a sensitive part, version 2 with one.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len_hint());
+        if self.sensitive.is_empty() {
+            out.push(UNIT_FORMAT_VERSION);
+            // Serializing plain data into a Vec cannot fail.
+            postcard::to_io(self, &mut out).expect("postcard into Vec");
+        } else {
+            out.push(UNIT_FORMAT_VERSION_SENSITIVE);
+            postcard::to_io(self, &mut out).expect("postcard into Vec");
+            postcard::to_io(&Bytes(&self.sensitive), &mut out).expect("postcard into Vec");
+        }
+        out
+    }
+
+    /// The version 1 encoding of this unit without its sensitive part: what a relay link
+    /// carries in the clear next to the padded sensitive part.
+    pub fn encode_without_sensitive(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len_hint());
         out.push(UNIT_FORMAT_VERSION);
-        // Serializing plain data into a Vec cannot fail.
         postcard::to_io(self, &mut out).expect("postcard into Vec");
         out
     }
 
     /// An upper bound on the encoded length, for buffer sizing.
     pub fn encoded_len_hint(&self) -> usize {
-        1 + 1 + 32 + 15 + 10 + 10 + 1 + 1 + 5 + self.payload.len()
+        let sensitive = if self.sensitive.is_empty() { 0 } else { 5 + self.sensitive.len() };
+        1 + 1 + 32 + 15 + 10 + 10 + 1 + 1 + 5 + self.payload.len() + sensitive
     }
 
     /// Decodes and validates, refusing payloads over `payload_limit` and trailing bytes.
     pub fn decode(bytes: &[u8], payload_limit: usize) -> Result<TransferUnit, UnitError> {
         let (&version, body) = bytes.split_first().ok_or(UnitError::Empty)?;
-        if version != UNIT_FORMAT_VERSION {
+        if version != UNIT_FORMAT_VERSION && version != UNIT_FORMAT_VERSION_SENSITIVE {
             return Err(UnitError::Version(version));
         }
-        let (unit, rest): (TransferUnit, &[u8]) =
-            postcard::take_from_bytes(body).map_err(|e| UnitError::Malformed(e.to_string()))?;
+        let malformed = |e: postcard::Error| UnitError::Malformed(e.to_string());
+        let (mut unit, mut rest): (TransferUnit, &[u8]) =
+            postcard::take_from_bytes(body).map_err(malformed)?;
+        if version == UNIT_FORMAT_VERSION_SENSITIVE {
+            let (OwnedBytes(sensitive), after): (OwnedBytes, &[u8]) =
+                postcard::take_from_bytes(rest).map_err(malformed)?;
+            if sensitive.is_empty() {
+                // One encoding per unit: an empty sensitive part is written as version 1.
+                return Err(UnitError::Malformed("version 2 with an empty sensitive part".into()));
+            }
+            unit.sensitive = sensitive;
+            rest = after;
+        }
         if !rest.is_empty() {
             return Err(UnitError::Trailing(rest.len()));
         }
@@ -232,6 +278,9 @@ impl TransferUnit {
                 limit: payload_limit,
             });
         }
+        if self.sensitive.len() > MAX_SENSITIVE_BYTES {
+            return Err(UnitError::SensitiveTooLarge(self.sensitive.len()));
+        }
         if self.seq == 0 {
             return Err(UnitError::ZeroSeq);
         }
@@ -241,6 +290,14 @@ impl TransferUnit {
         Ok(())
     }
 }
+
+/// A byte string borrowed for encoding.
+#[derive(Serialize)]
+struct Bytes<'a>(#[serde(with = "serde_bytes_compat")] &'a [u8]);
+
+/// A byte string owned after decoding.
+#[derive(Deserialize)]
+struct OwnedBytes(#[serde(with = "serde_bytes_compat")] Vec<u8>);
 
 /// Serde helper so the payload is encoded as one length-prefixed byte string rather than a
 /// sequence of integers (postcard writes both compactly, but `serialize_bytes` is one copy and
@@ -284,23 +341,32 @@ pub(crate) mod tests {
             any::<u64>(),
             prop_oneof![Just(Urgency::Urgent), Just(Urgency::Normal), Just(Urgency::Background)],
             0u8..16,
-            proptest::collection::vec(any::<u8>(), 0..600),
+            (
+                proptest::collection::vec(any::<u8>(), 0..600),
+                prop_oneof![
+                    3 => Just(Vec::new()),
+                    1 => proptest::collection::vec(any::<u8>(), 1..64),
+                ],
+            ),
             proptest::array::uniform32(33u8..127),
         )
-            .prop_map(|(kind, dbid, seq, created_ms, urgency, scopes, payload, pk)| {
-                let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-                let dbid: Vec<u8> = dbid.iter().map(|&i| alphabet[i]).collect();
-                TransferUnit {
-                    kind,
-                    physkey: Physkey::from_bytes(&pk).unwrap(),
-                    origin: DatabaseId::from_bytes(&dbid).unwrap(),
-                    seq,
-                    created_ms,
-                    urgency,
-                    scopes: FileScopes(scopes),
-                    payload,
-                }
-            })
+            .prop_map(
+                |(kind, dbid, seq, created_ms, urgency, scopes, (payload, sensitive), pk)| {
+                    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+                    let dbid: Vec<u8> = dbid.iter().map(|&i| alphabet[i]).collect();
+                    TransferUnit {
+                        kind,
+                        physkey: Physkey::from_bytes(&pk).unwrap(),
+                        origin: DatabaseId::from_bytes(&dbid).unwrap(),
+                        seq,
+                        created_ms,
+                        urgency,
+                        scopes: FileScopes(scopes),
+                        payload,
+                        sensitive,
+                    }
+                },
+            )
     }
 
     pub(crate) fn sample_unit(seq: u64, payload: &[u8]) -> TransferUnit {
@@ -314,6 +380,7 @@ pub(crate) mod tests {
             urgency: Urgency::Normal,
             scopes: FileScopes::NONE,
             payload: payload.to_vec(),
+            sensitive: Vec::new(),
         }
     }
 
@@ -332,6 +399,30 @@ pub(crate) mod tests {
         assert_eq!(&bytes[56..59], &[1, 0, 9]); // Normal, no scopes, 9 bytes
         assert_eq!(&bytes[59..], b"sale 9.95");
         assert!(bytes.len() <= unit.encoded_len_hint());
+    }
+
+    #[test]
+    fn a_sensitive_part_makes_version_2_and_nothing_else_changes() {
+        let plain = sample_unit(1, b"customer 7");
+        let mut secret = plain.clone();
+        secret.sensitive = b"hunter2".to_vec();
+        let v1 = plain.encode();
+        let v2 = secret.encode();
+        assert_eq!(v2[0], UNIT_FORMAT_VERSION_SENSITIVE);
+        assert_eq!(&v2[1..v1.len()], &v1[1..], "version 1's bytes, then the sensitive part");
+        assert_eq!(&v2[v1.len()..], b"\x07hunter2");
+        assert_eq!(secret.encode_without_sensitive(), v1);
+        assert_eq!(TransferUnit::decode(&v2, 1000).unwrap(), secret);
+        // One encoding per unit: version 2 must carry a sensitive part.
+        let mut empty = v1.clone();
+        empty[0] = UNIT_FORMAT_VERSION_SENSITIVE;
+        empty.push(0);
+        assert!(matches!(TransferUnit::decode(&empty, 1000), Err(UnitError::Malformed(_))));
+        secret.sensitive = vec![1; MAX_SENSITIVE_BYTES + 1];
+        assert_eq!(
+            TransferUnit::decode(&secret.encode(), 1000),
+            Err(UnitError::SensitiveTooLarge(MAX_SENSITIVE_BYTES + 1))
+        );
     }
 
     #[test]

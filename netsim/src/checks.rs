@@ -311,6 +311,7 @@ mod tests {
             urgency: Urgency::Normal,
             scopes: FileScopes::NONE,
             payload: vec![7; 10],
+            sensitive: Vec::new(),
         }
     }
 

@@ -47,6 +47,9 @@ mod relays;
 pub(crate) const STREAM_SCENARIO: u64 = 1;
 const STREAM_NETWORK: u64 = 2;
 const STREAM_NODES: u64 = 3;
+/// One-time pad material (`Output::GeneratePad`): its own stream, so making a pad does not
+/// change what any other draw gives.
+const STREAM_PADS: u64 = 4;
 
 /// The generator for one purpose of a run with `seed`.
 pub(crate) fn seeded(seed: u64, stream: u64) -> ChaCha8Rng {
@@ -162,6 +165,13 @@ enum Event {
         node: NodeId,
         incarnation: u32,
     },
+    /// Pad material the node asked for (`Output::GeneratePad`), from the pad stream.
+    PadMaterial {
+        node: NodeId,
+        incarnation: u32,
+        peer: DatabaseId,
+        material: Vec<u8>,
+    },
 }
 
 struct DatagramEvent {
@@ -188,6 +198,7 @@ impl Event {
             Event::RelayPost { relay, .. } => ("relay_post", 10, u32::from(*relay)),
             Event::RelayDeliver { node, .. } => ("relay_deliver", 11, node.0),
             Event::RelayUp { node, .. } => ("relay_up", 12, node.0),
+            Event::PadMaterial { node, .. } => ("pad_material", 13, node.0),
         }
     }
 }
@@ -265,6 +276,7 @@ pub struct Simulation<F: NodeFactory> {
     config: SimConfig,
     rng_net: ChaCha8Rng,
     rng_nodes: ChaCha8Rng,
+    rng_pads: ChaCha8Rng,
     workload: Vec<(NodeId, Option<meshnode::ledger::Submission>)>,
     faults: Vec<Fault>,
     pending_scenario: usize,
@@ -330,6 +342,7 @@ impl<F: NodeFactory> Simulation<F> {
             config: scenario.config,
             rng_net: seeded(seed, STREAM_NETWORK),
             rng_nodes: seeded(seed, STREAM_NODES),
+            rng_pads: seeded(seed, STREAM_PADS),
             workload,
             faults,
             outstanding: 0,
@@ -529,6 +542,12 @@ impl<F: NodeFactory> Simulation<F> {
             Event::RelayUp { relay, node, incarnation } => {
                 self.on_relay_up(relay, node, incarnation)
             }
+            Event::PadMaterial { node, incarnation, peer, material } => {
+                if self.slots[node.0 as usize].incarnation == incarnation {
+                    self.counters.pads_generated += 1;
+                    self.feed(node, |n, t| n.handle(t, Input::PadMaterial { peer, material }));
+                }
+            }
         }
     }
 
@@ -636,6 +655,13 @@ impl<F: NodeFactory> Simulation<F> {
             // netsim models no NAT, so a punched path never opens and peers reached over a
             // relay stay on it (the real binary's netns tests cover punching).
             Output::Punch { .. } | Output::ConnectPunched { .. } => {}
+            Output::GeneratePad { peer, len } => {
+                let mut material = vec![0u8; len.min(16 << 20)];
+                self.rng_pads.fill_bytes(&mut material);
+                let incarnation = self.slots[id.0 as usize].incarnation;
+                let event = Event::PadMaterial { node: id, incarnation, peer, material };
+                self.queue.push(self.now, event);
+            }
             _ => self.counters.unknown_outputs += 1,
         }
     }

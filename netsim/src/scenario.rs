@@ -130,7 +130,14 @@ pub fn submission(index: u64, payload_bytes: usize, urgency: Urgency) -> Submiss
     for (b, i) in payload.iter_mut().zip(index.to_le_bytes()) {
         *b = i;
     }
-    Submission { kind: UnitKind::Tubt, urgency, scopes: FileScopes::NONE, physkey: None, payload }
+    Submission {
+        kind: UnitKind::Tubt,
+        urgency,
+        scopes: FileScopes::NONE,
+        physkey: None,
+        payload,
+        sensitive: Vec::new(),
+    }
 }
 
 /// Which random faults a run gets.

@@ -33,6 +33,7 @@ pub(crate) struct Counters {
     pub(crate) submits_refused: u64,
     pub(crate) timer_spins: u64,
     pub(crate) unknown_outputs: u64,
+    pub(crate) pads_generated: u64,
     pub(crate) first_submit_us: Option<u64>,
     pub(crate) last_submit_us: Option<u64>,
     pub(crate) last_fault_us: Option<u64>,
@@ -137,6 +138,8 @@ pub struct Report {
     pub timer_spins: u64,
     /// Outputs of a kind this engine does not know (the enum is non-exhaustive): ignored.
     pub unknown_outputs: u64,
+    /// One-time pads made for nodes (`Output::GeneratePad`).
+    pub pads_generated: u64,
     /// Events processed.
     pub events: u64,
     /// Hash of the event trace (time, kind, node of every event): equal runs, equal hash.
@@ -241,6 +244,7 @@ pub(crate) fn build(info: RunInfo<'_>, c: &Counters, checks: &CheckCounts, v: &V
         restarts: c.restarts,
         timer_spins: c.timer_spins,
         unknown_outputs: c.unknown_outputs,
+        pads_generated: c.pads_generated,
         events: c.events,
         trace_hash: format!("{:016x}", info.trace_hash),
     };

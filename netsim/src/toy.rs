@@ -214,6 +214,7 @@ impl ToyNode {
             urgency: sub.urgency,
             scopes: sub.scopes,
             payload: sub.payload,
+            sensitive: Vec::new(),
         };
         if self.store.insert_batch(std::slice::from_ref(&unit), &[]).is_err() {
             self.stats.refused += 1;

@@ -94,6 +94,7 @@ pub(super) fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
     cfg.relay_path = datadir.config.relay_path.core(datadir.config.relay.len());
     // Punching needs the links' QUIC socket (its NAT mapping is what the relays observe).
     cfg.hole_punch = datadir.config.relay_path.hole_punch && datadir.config.links.quic;
+    cfg.pad_bytes = datadir.config.relay_path.pad_bytes;
     let relays: Vec<RelayTarget> =
         datadir.config.relay.iter().map(|r| RelayTarget { addr: r.addr, key: r.key }).collect();
     let relay_membership = if relays.is_empty() {

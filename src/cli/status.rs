@@ -132,6 +132,38 @@ fn print_table(s: &serde_json::Value) {
 }
 
 /// The running node's part of the table: is it up, is my data safe, who is up, what is stuck.
+/// One line per peer that shares one-time pads with us or has sensitive units waiting.
+fn print_pads(peers: &[serde_json::Value]) {
+    let kib = |v: &serde_json::Value| v.as_u64().unwrap_or(0).div_ceil(1024);
+    for p in peers {
+        let pads = &p["pads"];
+        if pads.is_null() {
+            continue;
+        }
+        let offered = if pads["out_offered"] == true { " (a new pad offered)" } else { "" };
+        println!(
+            "pads      {}: out {} KiB left{offered}, in {} KiB",
+            p["dbid"].as_str().unwrap_or("-"),
+            kib(&pads["out_left"]),
+            kib(&pads["in_bytes"]),
+        );
+        let from_us = pads["withheld_from_us"].as_u64().unwrap_or(0);
+        if from_us > 0 {
+            println!(
+                "WAITING   {from_us} sensitive units of {} wait for a pad or a direct link (later units of their origins wait behind them)",
+                p["dbid"].as_str().unwrap_or("-"),
+            );
+        }
+        let by_us = pads["withheld_by_us"].as_u64().unwrap_or(0);
+        if by_us > 0 {
+            println!(
+                "WAITING   {by_us} sensitive units withheld from {} over the relay: no pad left (a direct link hands a new one over)",
+                p["dbid"].as_str().unwrap_or("-"),
+            );
+        }
+    }
+}
+
 fn print_running(n: &serde_json::Value) {
     let text = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
@@ -200,6 +232,7 @@ fn print_running(n: &serde_json::Value) {
     if let Some(warning) = n["relay_warning"].as_str() {
         println!("WARNING   {warning}");
     }
+    print_pads(&peers);
     let q = &n["queues"];
     println!(
         "queues    outputs {}, links {}, connecting {}, wants in flight {}",

@@ -56,6 +56,11 @@ pub struct SubmitArgs {
     /// Read the payload from this file instead of stdin.
     #[arg(long, value_name = "FILE", conflicts_with = "jsonl")]
     file: Option<PathBuf>,
+    /// The unit's sensitive part (a password, a key; at most 4 KiB), read from this file: it
+    /// never goes into a multicast datagram, and crosses a relay only under a one-time pad. A
+    /// file, not an argument, so the secret does not show in the process list.
+    #[arg(long, value_name = "FILE", conflicts_with = "jsonl")]
+    sensitive_file: Option<PathBuf>,
     /// Submit one unit per line of this file ('-' for stdin):
     /// {"kind":"TUBT","urgent":false,"body":<any JSON>}
     #[arg(long, value_name = "FILE", conflicts_with_all = ["physkey", "urgent", "background", "scopes"])]
@@ -97,12 +102,18 @@ fn run_one(dir: &Path, args: &SubmitArgs, node: Option<ControlClient>) -> anyhow
             buf
         }
     };
+    let sensitive = match &args.sensitive_file {
+        Some(file) => std::fs::read(file)
+            .with_context(|| format!("cannot read the sensitive part from {}", file.display()))?,
+        None => Vec::new(),
+    };
     let sub = Submission {
         kind: args.kind,
         urgency: urgency(args.urgent, args.background),
         scopes: args.scopes.iter().fold(FileScopes::NONE, |a, s| a.union(*s)),
         physkey: args.physkey,
         payload,
+        sensitive,
     };
     if let Some(mut node) = node {
         node.send(&protocol::submit_request(&sub)).context("cannot send to the node")?;

@@ -11,7 +11,9 @@
 //!
 //! - `{"op":"submit", "kind":"TUBT", "urgent":false, "background":false, "physkey":"..",
 //!   "scopes":["up"], "body":<any JSON>}` (or `"payload":"<text>"` or `"payload_hex":".."`
-//!   instead of `body`; the fields of a `meshnode submit --jsonl` line). Reply: the receipt
+//!   instead of `body`; optionally a sensitive part, `"sensitive":"<text>"` or
+//!   `"sensitive_hex":".."`, which never goes into a multicast datagram and crosses a relay
+//!   only under a one-time pad; the fields of a `meshnode submit --jsonl` line). Reply: the receipt
 //!   `{"origin":..,"seq":..,"physkey":..[,"existing":true]}` once the unit is durable, or an
 //!   error. After a refused submit the connection refuses later submits without storing them
 //!   (so nothing after a refused unit is stored); reconnect to go on. Requests may be
@@ -21,7 +23,8 @@
 //! - `{"op":"subscribe","from_start":false}`: reply `{"subscribed":{..}}`, then delivered
 //!   units of other origins, one line each: `{"origin","seq","physkey","kind","urgency",
 //!   "created_ms","scopes","payload"}` (`payload_hex` instead of `payload` when the bytes are
-//!   not UTF-8), in per-origin order. Starts at the first unit not acknowledged, per origin;
+//!   not UTF-8; `sensitive` or `sensitive_hex` when the unit has a sensitive part), in
+//!   per-origin order. Starts at the first unit not acknowledged, per origin;
 //!   with `from_start`, replays every held unit from seq 1 (acknowledged ones included). At
 //!   most [`delivery::WINDOW_UNITS`] units (or [`delivery::WINDOW_BYTES`] of payload) are sent
 //!   ahead of the acknowledgements. One subscriber at a time: the node keeps one delivery

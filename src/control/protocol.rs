@@ -88,9 +88,12 @@ pub enum RequestError {
         "give the payload exactly once: \"body\" (any JSON), \"payload\" (text) or \"payload_hex\""
     )]
     Payload,
-    /// `payload_hex` is not hex.
-    #[error("payload_hex is not hex: {0}")]
+    /// `payload_hex` or `sensitive_hex` is not hex.
+    #[error("payload_hex or sensitive_hex is not hex: {0}")]
     Hex(hex::FromHexError),
+    /// Both forms of the sensitive part.
+    #[error("give the sensitive part at most once: \"sensitive\" (text) or \"sensitive_hex\"")]
+    Sensitive,
 }
 
 const SUBMIT_EXAMPLE: &str = r#"{"op":"submit","kind":"TUBT","urgent":false,"body":<any JSON>}"#;
@@ -119,6 +122,10 @@ struct SubmitFields {
     payload: Option<String>,
     #[serde(default)]
     payload_hex: Option<String>,
+    #[serde(default)]
+    sensitive: Option<String>,
+    #[serde(default)]
+    sensitive_hex: Option<String>,
 }
 
 /// The one op [`SubmitFields`] accepts.
@@ -225,7 +232,13 @@ fn submission(f: SubmitFields) -> Result<Submission, RequestError> {
         (false, true) => Urgency::Background,
         _ => Urgency::Normal,
     };
-    Ok(Submission { kind, urgency, scopes, physkey, payload })
+    let sensitive = match (f.sensitive, f.sensitive_hex) {
+        (None, None) => Vec::new(),
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(h)) => hex::decode(h).map_err(RequestError::Hex)?,
+        _ => return Err(RequestError::Sensitive),
+    };
+    Ok(Submission { kind, urgency, scopes, physkey, payload, sensitive })
 }
 
 /// A TUBT file scope by name (`all`, `up`, `down`, `across`, any case).
@@ -254,6 +267,12 @@ pub fn submit_request(sub: &Submission) -> String {
     match std::str::from_utf8(&sub.payload) {
         Ok(text) => v["payload"] = json!(text),
         Err(_) => v["payload_hex"] = json!(hex::encode(&sub.payload)),
+    }
+    if !sub.sensitive.is_empty() {
+        match std::str::from_utf8(&sub.sensitive) {
+            Ok(text) => v["sensitive"] = json!(text),
+            Err(_) => v["sensitive_hex"] = json!(hex::encode(&sub.sensitive)),
+        }
     }
     v.to_string()
 }
@@ -289,7 +308,8 @@ pub fn acked_line(origin: &DatabaseId, seq: u64) -> String {
 }
 
 /// A delivered unit: origin, seq, physkey, kind, urgency, created_ms, scopes, and the payload
-/// as `payload` (text, when it is UTF-8) or `payload_hex`.
+/// as `payload` (text, when it is UTF-8) or `payload_hex`; a sensitive part likewise as
+/// `sensitive` or `sensitive_hex` (absent when there is none).
 pub fn unit_line(unit: &TransferUnit) -> String {
     #[derive(Serialize)]
     struct UnitLine<'a> {
@@ -304,8 +324,13 @@ pub fn unit_line(unit: &TransferUnit) -> String {
         payload: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         payload_hex: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sensitive: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sensitive_hex: Option<String>,
     }
     let text = std::str::from_utf8(&unit.payload).ok();
+    let secret = (!unit.sensitive.is_empty()).then(|| std::str::from_utf8(&unit.sensitive).ok());
     let line = UnitLine {
         origin: unit.origin.as_str(),
         seq: unit.seq,
@@ -316,6 +341,8 @@ pub fn unit_line(unit: &TransferUnit) -> String {
         scopes: unit.scopes.names(),
         payload: text,
         payload_hex: text.is_none().then(|| hex::encode(&unit.payload)),
+        sensitive: secret.flatten(),
+        sensitive_hex: (secret == Some(None)).then(|| hex::encode(&unit.sensitive)),
     };
     // Strings and integers only: serializing cannot fail.
     serde_json::to_string(&line).unwrap_or_default()
@@ -368,15 +395,41 @@ mod tests {
 
     #[test]
     fn submit_requests_round_trip_text_and_binary_payloads() {
-        for payload in [b"door opened".to_vec(), vec![0xff, 0x00, 0x80]] {
+        let secrets = [Vec::new(), b"hunter2".to_vec(), vec![0xfe, 0x01]];
+        for (payload, sensitive) in [b"door opened".to_vec(), vec![0xff, 0x00, 0x80]]
+            .into_iter()
+            .zip(secrets.into_iter().cycle())
+        {
             let sub = Submission {
                 kind: UnitKind::Tuev,
                 urgency: Urgency::Background,
                 scopes: FileScopes::UP.union(FileScopes::DOWN),
                 physkey: Some("CUSTOMER-00000000000000000000042".parse().unwrap()),
                 payload,
+                sensitive,
             };
             assert_eq!(parse_request(&submit_request(&sub)).unwrap(), Request::Submit(sub));
         }
+    }
+
+    #[test]
+    fn a_sensitive_part_is_parsed_and_shown_apart_from_the_payload() {
+        let Request::Submit(sub) =
+            parse_request(r#"{"op":"submit","payload":"pw change","sensitive":"hunter2"}"#)
+                .unwrap()
+        else {
+            panic!("a submit")
+        };
+        assert_eq!(sub.sensitive, b"hunter2");
+        assert!(matches!(
+            parse_request(r#"{"op":"submit","payload":"x","sensitive":"a","sensitive_hex":"00"}"#),
+            Err(RequestError::Sensitive)
+        ));
+        let mut unit = crate::unit::tests::sample_unit(3, b"pw change");
+        assert!(!unit_line(&unit).contains("sensitive"));
+        unit.sensitive = b"hunter2".to_vec();
+        assert!(unit_line(&unit).contains(r#""sensitive":"hunter2""#), "{}", unit_line(&unit));
+        unit.sensitive = vec![0xff];
+        assert!(unit_line(&unit).contains(r#""sensitive_hex":"ff""#), "{}", unit_line(&unit));
     }
 }

@@ -130,6 +130,7 @@ fn fixture() -> &'static Fixture {
                 urgency: Urgency::Normal,
                 scopes: FileScopes::NONE,
                 payload: vec![i; usize::from(i) * 7],
+                sensitive: Vec::new(),
             })
             .collect();
         let (image, offsets) = image(&keys, origin, &units, FIXTURE_FILE_ID);

@@ -36,6 +36,7 @@ pub(super) fn unit(origin: DatabaseId, seq: u64, payload_len: usize) -> Transfer
         urgency: Urgency::Normal,
         scopes: FileScopes::NONE,
         payload: (0..payload_len).map(|i| (i as u64 ^ seq) as u8).collect(),
+        sensitive: Vec::new(),
     }
 }
 

@@ -133,6 +133,11 @@ enum Event {
         reason: RejectReason,
         in_handshake: bool,
     },
+    /// One-time pad material from the OS RNG, for the core.
+    PadMaterial {
+        peer: crate::id::DatabaseId,
+        material: Vec<u8>,
+    },
 }
 
 type Writer = mpsc::Sender<Vec<u8>>;
@@ -662,6 +667,9 @@ fn feed<S: Store>(node: &mut Node<S>, event: Event, links: &mut Links) {
         Event::Rejected { reason, in_handshake } => {
             node.handle(now, Input::LinkRejected { reason, in_handshake })
         }
+        Event::PadMaterial { peer, material } => {
+            node.handle(now, Input::PadMaterial { peer, material })
+        }
     }
 }
 
@@ -692,6 +700,15 @@ async fn execute(out: Output, senders: &[Arc<UdpSocket>], links: &mut Links) {
         Output::Connect { to } => links.connect(to),
         Output::Punch { to } => links.punch(to),
         Output::ConnectPunched { to } => links.connect_punched(to),
+        Output::GeneratePad { peer, len } => {
+            // Key material comes from the operating system, never from the core's seeded RNG.
+            let mut material = vec![0u8; len];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut material);
+            let event = Event::PadMaterial { peer, material };
+            if links.transports.tx.try_send(event).is_err() {
+                warn!(%peer, "event queue full: the pad is made at the next direct link");
+            }
+        }
         Output::Close { link } => {
             links.open.remove(&link);
         }

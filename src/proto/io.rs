@@ -228,6 +228,13 @@ pub enum Input<'a> {
     /// [`Output::Acknowledged`] (from then on a crash does not deliver those units again) or,
     /// if the flush failed, [`Output::AcknowledgeFailed`].
     AcknowledgeBatch(Vec<(crate::id::DatabaseId, u64)>),
+    /// Pad material made for an [`Output::GeneratePad`].
+    PadMaterial {
+        /// The peer it is for.
+        peer: crate::id::DatabaseId,
+        /// The bytes, from the OS RNG (zeroized by the core once stored).
+        material: Vec<u8>,
+    },
 }
 
 /// Something the driver must do, drained from [`Protocol::poll_output`].
@@ -271,6 +278,15 @@ pub enum Output {
     ConnectPunched {
         /// A peer's candidate address.
         to: SocketAddr,
+    },
+    /// Make `len` bytes of one-time pad material for `peer` with the operating system's RNG
+    /// and hand them back as [`Input::PadMaterial`] (the core's seeded RNG never makes key
+    /// material; see [`crate::proto::pads`]).
+    GeneratePad {
+        /// The peer the pad is for.
+        peer: crate::id::DatabaseId,
+        /// Bytes.
+        len: usize,
     },
     /// A submitted unit is durable: tell the application (in submission order).
     Accepted(Receipt),

@@ -131,6 +131,79 @@ pub enum Message {
         /// The sender's candidates.
         addrs: Vec<std::net::SocketAddr>,
     },
+    /// One-time pads ([`crate::proto::pads`]): the pads the sender holds from the receiver
+    /// (sent after `Hello` on every link). The receiver revokes its outbound pads to the sender
+    /// that are not listed: the sender lost them (a new or restored data directory).
+    Pads {
+        /// Inbound pad ids.
+        inbound: Vec<PadId>,
+    },
+    /// Part of a new pad the sender generated for the receiver, in order. Only on a direct link
+    /// (never a relay link: whoever records relay traffic and later steals the system key must
+    /// find no pad material in it).
+    PadOffer {
+        /// The pad.
+        pad: PadId,
+        /// The pad's whole length.
+        len: u64,
+        /// Where `chunk` starts.
+        offset: u64,
+        /// Pad bytes.
+        #[serde(with = "crate::unit::serde_bytes_compat")]
+        chunk: Vec<u8>,
+    },
+    /// The last part of a pad offer: the receiver checks the hash, stores the pad durably and
+    /// answers [`Message::PadAccepted`]. Only then does the sender use the pad.
+    PadComplete {
+        /// The pad.
+        pad: PadId,
+        /// BLAKE3 of the whole pad.
+        hash: [u8; 32],
+    },
+    /// The pad is stored durably by the receiver of the offer.
+    PadAccepted {
+        /// The pad.
+        pad: PadId,
+    },
+    /// Units whose sensitive part is encrypted with one-time pad material (relay links).
+    PaddedUnits {
+        /// The units.
+        units: Vec<PaddedUnit>,
+    },
+    /// Units the sender holds and will not send on this link: each has a sensitive part and the
+    /// sender has no pad left for us. The receiver stops asking this link for them (they come
+    /// over a direct link, or once a new pad is handed over).
+    Withheld {
+        /// (origin, seq).
+        units: Vec<(DatabaseId, u64)>,
+    },
+}
+
+/// A pad's id: 16 random bytes, chosen by its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PadId(pub [u8; 16]);
+
+impl std::fmt::Display for PadId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+/// A unit whose sensitive part travels under a one-time pad ([`crate::proto::pads`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaddedUnit {
+    /// The unit's encoding without its sensitive part (format version 1).
+    #[serde(with = "crate::unit::serde_bytes_compat")]
+    pub unit: Vec<u8>,
+    /// The pad.
+    pub pad: PadId,
+    /// Where in the pad the MAC key (32 bytes) and then the key stream start.
+    pub offset: u64,
+    /// The sensitive part XOR the pad bytes after the MAC key.
+    #[serde(with = "crate::unit::serde_bytes_compat")]
+    pub ct: Vec<u8>,
+    /// One-time Poly1305 tag over the pad id, the offset, `unit` and `ct`.
+    pub mac: [u8; 16],
 }
 
 /// Why a message was refused.

@@ -13,6 +13,7 @@
 pub mod io;
 pub mod message;
 pub mod node;
+pub mod pads;
 pub mod peers;
 pub mod punch;
 pub mod relaypath;

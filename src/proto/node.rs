@@ -40,6 +40,7 @@ use crate::proto::io::{
     DatagramDest, Input, LinkId, LinkKind, Output, Protocol, ReceivedDatagram, RelayOutput, Time,
 };
 use crate::proto::message::{decode_units, Announce, HaveEntry, Message};
+use crate::proto::pads::PadBook;
 use crate::proto::peers::{backoff_ms, DownReason, Peer, PeerState, Role};
 use crate::proto::punch::{self, PunchAction, PunchStatus, Punches};
 use crate::proto::relaypath::{PathEvent, RelayPath, RelayPathConfig};
@@ -116,6 +117,9 @@ pub struct NodeConfig {
     pub relay_path: RelayPathConfig,
     /// Try UDP hole punching with peers reached over a relay ([`crate::proto::punch`]).
     pub hole_punch: bool,
+    /// Length of the one-time pads made for peers beyond the LAN (0: none are made; pads
+    /// from peers are still taken and used).
+    pub pad_bytes: u64,
 }
 
 impl NodeConfig {
@@ -156,6 +160,7 @@ impl NodeConfig {
             rng_seed: 0,
             relay_path: RelayPathConfig::default(),
             hole_punch: true,
+            pad_bytes: crate::proto::pads::DEFAULT_PAD_BYTES,
         }
     }
 }
@@ -204,18 +209,20 @@ pub struct NodeStats {
     /// Bytes of the link frames emitted, sealed, without the link's own framing (length prefix,
     /// QUIC/TCP/IP headers).
     pub frame_bytes_sent: u64,
+    /// One-time pads.
+    pub pads: padding::PadStats,
 }
 
 /// Where a batch of units came from, for forwarding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
+pub(crate) enum Source {
     Local,
     Multicast,
     Link(LinkId),
 }
 
 #[derive(Debug, Clone)]
-struct LinkInfo {
+pub(crate) struct LinkInfo {
     remote: SocketAddr,
     peer: Option<DatabaseId>,
     outbound: bool,
@@ -227,6 +234,12 @@ struct LinkInfo {
     /// When it came up.
     since: Time,
     sync: LinkSync,
+    /// Units the peer told us it will not send on this link ([`Message::Withheld`]): left out
+    /// of our `Want`s here until `withheld_at` is old.
+    withheld: VersionVector,
+    withheld_at: Time,
+    /// Units we withheld from the peer on this link (status).
+    withheld_by_us: u64,
 }
 
 /// Most bytes of units (about 80 bytes of framing counted per unit) in one answer to a `Want`
@@ -286,7 +299,14 @@ pub struct Node<S: Store> {
     relay: RelayPath,
     /// Hole punching with the peers reached over a relay.
     punches: Punches,
+    /// One-time pads, both directions.
+    pads: PadBook,
+    /// Peers a pad was asked of the driver for, and when (one request at a time; asked again
+    /// after a minute if the material never came).
+    pad_requested: BTreeMap<DatabaseId, Time>,
 }
+
+mod padding;
 
 impl<S: Store> Node<S> {
     /// A node over `ledger` (which writes as this node's dbid).
@@ -327,6 +347,12 @@ impl<S: Store> Node<S> {
             .map(|peer| Slot { peer: peer.clone(), failures: 0, next_attempt: Time(0), dbid: None })
             .collect();
         slots.sort_by_key(|s| s.peer.priority);
+        let (pads, pad_problem) = PadBook::load(ledger.own_dbid(), &ledger);
+        let mut stats = NodeStats::default();
+        if let Some(problem) = pad_problem {
+            tracing::warn!(%problem, "one-time pads");
+            stats.pads.errors += 1;
+        }
         let mut node = Node {
             rng: StdRng::seed_from_u64(cfg.rng_seed),
             cfg,
@@ -352,9 +378,11 @@ impl<S: Store> Node<S> {
             changes: ChangeLog::default(),
             safe: BTreeMap::new(),
             replan: false,
-            stats: NodeStats::default(),
+            stats,
             punches: Punches::default(),
             relay,
+            pads,
+            pad_requested: BTreeMap::new(),
         };
         if node.cfg.role == Role::MainServer {
             let origins: Vec<DatabaseId> =
@@ -455,6 +483,7 @@ impl<S: Store> Node<S> {
                         .filter(|l| p.linked() && l.is_relay())
                         .and_then(|l| self.relay.session_status(l)),
                     punch: self.punch_status(p),
+                    pads: self.pads_status(&p.dbid, link),
                 }
             })
             .collect();
@@ -782,6 +811,9 @@ impl<S: Store> Node<S> {
                 last_ping: since,
                 since,
                 sync,
+                withheld: VersionVector::new(),
+                withheld_at: since,
+                withheld_by_us: 0,
             },
         );
         let hello =
@@ -872,6 +904,7 @@ impl<S: Store> Node<S> {
         peer.link = Some(link);
         peer.state = PeerState::Up;
         peer.failures = 0;
+        self.pads_on_link_up(link, dbid, kind);
         self.send_have(link, false);
         self.send_ping(link);
         self.fail_back();
@@ -1009,6 +1042,13 @@ impl<S: Store> Node<S> {
     /// §2.3: a `Units` message takes that of its most urgent unit).
     fn send_frame_urgent(&mut self, link: LinkId, tag: Tag, message: &Message, urgency: Urgency) {
         if link.is_relay() {
+            if matches!(message, Message::PadOffer { .. } | Message::PadComplete { .. }) {
+                // Second fence (the first: pads are offered on direct links only): pad
+                // material never goes into a relay payload.
+                debug_assert!(false, "pad material offered on a relay link");
+                self.stats.pads.offers_refused += 1;
+                return;
+            }
             // Relay links skip `link_seal` (design §2.1): the relay envelope seals, and the
             // session orders and deduplicates.
             if let Some(info) = self.links.get_mut(&link) {
@@ -1093,12 +1133,15 @@ impl<S: Store> Node<S> {
         let Some(peer) = info.peer.and_then(|d| self.peers.get(&d)).filter(|p| p.linked()) else {
             return;
         };
-        let exclude: Vec<&VersionVector> = self
+        let mut exclude: Vec<&VersionVector> = self
             .links
             .iter()
             .filter(|(l, _)| **l != link)
             .filter_map(|(_, i)| i.sync.want.as_ref().map(|w| &w.ranges))
             .collect();
+        if !info.withheld.is_empty() {
+            exclude.push(&info.withheld);
+        }
         let limit = self.want_limit(link);
         let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_mul(2);
         let ours = self.ledger.store().version_vector();
@@ -1194,9 +1237,23 @@ impl<S: Store> Node<S> {
 
     /// Sends `units` on `link` in frames of at most `batch_bytes`; with `end`, the last frame
     /// (an empty one if there are no units) is marked as the end of a `Want` answer.
+    /// On a relay link, units with a sensitive part go under a one-time pad first, or are
+    /// withheld (see `padding`); they are never sent there in the clear.
     fn send_units(&mut self, link: LinkId, tag: Tag, units: &[TransferUnit], end: bool) {
-        if units.is_empty() && end {
-            self.send_frame(link, tag, &Message::units(&[], true));
+        if link.is_relay() && units.iter().any(|u| !u.sensitive.is_empty()) {
+            let plain: Vec<TransferUnit> =
+                self.send_sensitive_on_relay(link, units).into_iter().cloned().collect();
+            self.send_unit_frames(link, tag, &plain, end);
+        } else {
+            self.send_unit_frames(link, tag, units, end);
+        }
+    }
+
+    fn send_unit_frames(&mut self, link: LinkId, tag: Tag, units: &[TransferUnit], end: bool) {
+        if units.is_empty() {
+            if end {
+                self.send_frame(link, tag, &Message::units(&[], true));
+            }
             return;
         }
         let mut batches = batches(units, self.cfg.batch_bytes).peekable();
@@ -1252,6 +1309,7 @@ impl<S: Store> Node<S> {
             self.stats.links_silent += 1;
             self.close_peer(dbid, DownReason::Silent);
         }
+        self.expire_withheld(now);
         if expired || std::mem::take(&mut self.replan) {
             self.plan_all();
         }
@@ -1322,7 +1380,9 @@ impl<S: Store> Node<S> {
         // Units too large for a datagram go to LAN peers over their links. Usually there are
         // none, and nothing is copied: this runs for every unit a node takes in.
         let max = self.cfg.multicast_bytes;
-        let fits = |u: &TransferUnit| u.payload.len() + 200 <= max;
+        // A sensitive part never goes into a datagram sealed with a key derived from the system
+        // key: it goes over links (forward secret), like a unit too large for a datagram.
+        let fits = |u: &TransferUnit| u.payload.len() + 200 <= max && u.sensitive.is_empty();
         let large: Vec<TransferUnit> = units.iter().filter(|u| !fits(u)).cloned().collect();
         if !from_lan && has_lan {
             if large.is_empty() {
@@ -1459,6 +1519,7 @@ impl<S: Store> Node<S> {
                             urgency: u.urgency,
                             scopes: u.scopes,
                             payload: std::mem::take(&mut u.payload),
+                            sensitive: std::mem::take(&mut u.sensitive),
                         }
                     });
                 let unit = match in_hand {
@@ -1595,6 +1656,12 @@ impl<S: Store> Node<S> {
                 }
                 self.send_have(link, true);
             }
+            message @ (Message::Pads { .. }
+            | Message::PadOffer { .. }
+            | Message::PadComplete { .. }
+            | Message::PadAccepted { .. }
+            | Message::PaddedUnits { .. }
+            | Message::Withheld { .. }) => self.on_pad_message(link, dbid, message),
             Message::Units { units, end } => {
                 let fresh = self.on_units(Source::Link(link), &units);
                 if end {
@@ -1787,6 +1854,10 @@ impl<S: Store> Protocol for Node<S> {
             }
             Input::RelayPostRefused { relay, reason } => {
                 self.relay.post_refused(self.now, &mut self.rng, relay, reason)
+            }
+            Input::PadMaterial { peer, mut material } => {
+                self.on_pad_material(peer, &material);
+                zeroize::Zeroize::zeroize(&mut material);
             }
         }
         peers_may_change |= self.relay_events();

@@ -80,6 +80,26 @@ pub struct PeerStatus {
     /// Hole punching: why a relay carries its traffic, or that a direct link was punched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub punch: Option<crate::proto::punch::PunchStatus>,
+    /// One-time pads with it, and sensitive units waiting for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pads: Option<PadsStatus>,
+}
+
+/// The one-time pads shared with a peer ([`crate::proto::pads`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PadsStatus {
+    /// Pad bytes left for sensitive parts we send it over a relay.
+    pub out_left: u64,
+    /// A new pad is offered to it and not confirmed yet.
+    pub out_offered: bool,
+    /// Bytes of the pads it gave us.
+    pub in_bytes: u64,
+    /// Units with a sensitive part it holds and will not send us over the relay (no pad
+    /// left): they wait for a direct link or a new pad, and hold back later units of their
+    /// origin.
+    pub withheld_from_us: u64,
+    /// Units with a sensitive part we did not send it over the relay, for want of a pad.
+    pub withheld_by_us: u64,
 }
 
 /// What carries traffic with a peer.

@@ -131,6 +131,7 @@ impl Harness {
             scopes: FileScopes::NONE,
             physkey: None,
             payload: payload.to_vec(),
+            sensitive: Vec::new(),
         };
         let now = self.now;
         self.nodes[node].handle(now, Input::Submit(sub));
@@ -162,8 +163,9 @@ impl Harness {
                         }
                     }
                 }
-                // No relays (so no punching) in this harness.
+                // No relays (so no punching, and no pads) in this harness.
                 Output::Punch { .. } | Output::ConnectPunched { .. } => {}
+                Output::GeneratePad { .. } => {}
                 Output::Connect { to } => match self.addrs.iter().position(|a| *a == to) {
                     Some(j) if self.reachable(i, j) => self.add_link(i, j, LinkKind::Simulated),
                     _ => self.push(now.plus_millis(1), i, Event::ConnectFailed { to }),
@@ -618,6 +620,7 @@ fn a_burst_of_multicast_datagrams_is_taken_in_one_batch_like_one_by_one() {
             scopes: FileScopes::NONE,
             physkey: None,
             payload: vec![i as u8; 3_000],
+            sensitive: Vec::new(),
         };
         h.nodes[0].handle(now, Input::Submit(sub));
         while let Some(out) = h.nodes[0].poll_output() {
@@ -658,6 +661,7 @@ fn sale(payload: &[u8]) -> Submission {
         scopes: FileScopes::NONE,
         physkey: None,
         payload: payload.to_vec(),
+        sensitive: Vec::new(),
     }
 }
 

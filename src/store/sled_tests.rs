@@ -430,6 +430,7 @@ fn throughput_one_million_units() {
         urgency: Urgency::Normal,
         scopes: FileScopes::NONE,
         payload: vec![0xa5; 256],
+        sensitive: Vec::new(),
     };
     let timed = |store: &mut SledStore, batch: &[TransferUnit], spent: &mut Duration| {
         let start = Instant::now();
@@ -664,6 +665,7 @@ fn synthesize(origin: &DatabaseId, seq: u64) -> TransferUnit {
         urgency: Urgency::Normal,
         scopes: FileScopes::NONE,
         payload: seq.to_le_bytes().repeat(32),
+        sensitive: Vec::new(),
     }
 }
 

@@ -37,6 +37,7 @@ pub(super) fn unit(o: usize, seq: u64) -> TransferUnit {
         urgency: Urgency::Normal,
         scopes: FileScopes::NONE,
         payload: format!("unit {o}/{seq}").into_bytes(),
+        sensitive: Vec::new(),
     }
 }
 
