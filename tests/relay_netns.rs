@@ -691,3 +691,76 @@ table ip labnat {
     assert!(p["punch"]["reason"].as_str().is_some_and(|r| r.contains("rounds")), "{st:#}");
     stores.stop();
 }
+
+/// One-time pads with the real binary: two servers get a hole-punched direct link, over which
+/// each hands the other a pad; restarted with punching off they are joined by the relay only,
+/// and a unit with a sensitive part (a marker) crosses it under the pad: it arrives intact,
+/// the status counters show the pad was used (not withheld), and the marker is in none of the
+/// relay's files, frames or memory.
+#[test]
+fn a_sensitive_part_crosses_the_relay_under_a_pad() {
+    let Some(net) = Internet::build("rpads") else { return };
+    let deadline = Instant::now() + BUDGET * 2;
+    let mut stores = Stores::start(&net, "1,2,3,9", &[], &[]);
+    let (dirs, ids) = (stores.dirs.clone(), stores.ids.clone());
+    let pads = |i: usize, j: usize| -> Value {
+        peer(&status(&dirs[i]), &ids[j]).map(|p| p["pads"].clone()).unwrap_or(Value::Null)
+    };
+    let handed_over = |i: usize, j: usize| {
+        let p = pads(i, j);
+        p["out_left"].as_u64() == Some(1 << 20) && p["in_bytes"].as_u64() == Some(1 << 20)
+    };
+    wait_for("a direct link and a pad each way", deadline, &stores.all(), || {
+        handed_over(0, 1) && handed_over(1, 0)
+    });
+    stores.stop();
+    // From here the relay alone joins them (the pads are on disk).
+    for (i, dir) in dirs.iter().enumerate() {
+        edit_config(dir, &RELAY_ONLY, "");
+        stores.nodes[i] =
+            start(&net.lab, &format!("server{}", i + 1), dir, &["--role", "store-server"]);
+    }
+    let relay_up = |i: usize, j: usize| {
+        peer(&status(&dirs[i]), &ids[j]).is_some_and(|p| p["state"] == "up" && p["link"] == "relay")
+    };
+    wait_for("the relay link both ways", deadline, &stores.all(), || {
+        relay_up(0, 1) && relay_up(1, 0)
+    });
+    let stop_capture = capture(&net.lab, "relay");
+    let marker = format!("SECRET-{}-4be9d0", std::process::id());
+    let secret_file = dirs[0].join("secret.txt");
+    std::fs::write(&secret_file, &marker).unwrap();
+    let out = common::run_with_input(
+        &["submit", "--data-dir", s(&dirs[0]), "--sensitive-file", s(&secret_file)],
+        b"{\"password_changed\":\"staff 17\"}",
+    );
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    std::fs::remove_file(&secret_file).unwrap();
+    submit(&dirs[0], 5, "after-the-secret");
+    wait_for("the units at server2", deadline, &stores.all(), || units(&dirs[1]) == 6);
+    let frames = stop_capture();
+    let memory = process_memory(stores.relay.id());
+
+    let delivered = subscribed(&dirs[1], 6);
+    assert_eq!(delivered[0]["sensitive"], marker.as_str(), "{:?}", delivered[0]);
+    assert!(delivered[1..].iter().all(|u| u.get("sensitive").is_none()), "{delivered:?}");
+    let sender = status(&dirs[0]);
+    let receiver = status(&dirs[1]);
+    let counters = |st: &Value| st["node"]["counters"]["pads"].clone();
+    assert!(relay_up(0, 1), "still on the relay: {sender:#}");
+    assert_eq!(counters(&sender)["padded_sent"], 1, "{sender:#}");
+    assert_eq!(counters(&sender)["units_withheld"], 0, "{sender:#}");
+    assert_eq!(counters(&receiver)["padded_received"], 1, "{receiver:#}");
+    assert_eq!(counters(&receiver)["padded_refused"], 0, "{receiver:#}");
+    let left = pads(0, 1)["out_left"].as_u64().unwrap();
+    assert!(left < 1 << 20, "the pad was used: {left}");
+
+    assert!(frames.len() > 1_000 && contains(&frames, &[10, 77, 70, 1]), "capture is empty");
+    let marker = marker.as_bytes();
+    for (path, bytes) in files_under(&stores.relay_dir) {
+        assert!(!contains(&bytes, marker), "the secret is in the relay's {}", path.display());
+    }
+    assert!(!contains(&frames, marker), "the secret crossed the relay's interface in clear");
+    assert!(!contains(&memory, marker), "the secret is in the relay's memory");
+    stores.stop();
+}
