@@ -131,12 +131,15 @@ pub enum Message {
         /// The sender's candidates.
         addrs: Vec<std::net::SocketAddr>,
     },
-    /// One-time pads ([`crate::proto::pads`]): the pads the sender holds from the receiver
-    /// (sent after `Hello` on every link). The receiver revokes its outbound pads to the sender
-    /// that are not listed: the sender lost them (a new or restored data directory).
+    /// One-time pads ([`crate::proto::pads`]), sent after `Hello` on every link: the pads the
+    /// sender holds from the receiver (the receiver revokes its usable pads that are not
+    /// listed: the sender lost them), and the sender's own pads for the receiver that are still
+    /// live (the receiver erases the others: used up or revoked).
     Pads {
-        /// Inbound pad ids.
+        /// The receiver's pads the sender holds.
         inbound: Vec<PadId>,
+        /// The sender's pads for the receiver that are still live.
+        outbound: Vec<PadId>,
     },
     /// Part of a new pad the sender generated for the receiver, in order. Only on a direct link
     /// (never a relay link: whoever records relay traffic and later steals the system key must

@@ -348,7 +348,15 @@ impl PadBook {
             return Ok(false);
         }
         record.state = PadState::Ready;
-        if let Err(e) = self.save(storage) {
+        // The new pad retires the used-up and revoked ones for this peer.
+        let dead: Vec<PadId> = self
+            .records
+            .values()
+            .filter(|r| r.outbound && r.peer == peer && r.id != pad)
+            .filter(|r| r.state == PadState::Revoked || self.left(r) <= MAC_KEY_BYTES as u64)
+            .map(|r| r.id)
+            .collect();
+        if let Err(e) = self.forget(&dead, storage) {
             if let Some(record) = self.records.get_mut(&pad) {
                 record.state = PadState::Offered;
             }
@@ -357,14 +365,17 @@ impl PadBook {
         Ok(true)
     }
 
-    /// `peer` says which of our pads it holds: usable ones it does not hold are revoked (it
-    /// lost them). Returns how many were revoked.
-    pub fn on_peer_holds(
+    /// `peer` lists which of our pads it holds (`held`) and which of its own it may still use
+    /// (`live`). Our usable pads it does not hold are revoked (it lost them); its pads we hold
+    /// that it no longer lists are forgotten (used up or revoked: their bytes are erased, so a
+    /// later theft of this disk opens no recorded relay traffic). Returns (revoked, forgotten).
+    pub fn on_peer_lists(
         &mut self,
         peer: DatabaseId,
         held: &[PadId],
+        live: &[PadId],
         storage: &mut dyn PadStorage,
-    ) -> Result<usize, PadError> {
+    ) -> Result<(usize, usize), PadError> {
         let mut revoked = 0;
         for record in self.records.values_mut() {
             if record.outbound
@@ -376,10 +387,56 @@ impl PadBook {
                 revoked += 1;
             }
         }
-        if revoked > 0 {
+        let dead: Vec<PadId> = self
+            .records
+            .values()
+            .filter(|r| !r.outbound && r.owner == peer && !live.contains(&r.id))
+            .map(|r| r.id)
+            .collect();
+        if !dead.is_empty() {
+            self.forget(&dead, storage)?;
+        } else if revoked > 0 {
             self.save(storage)?;
         }
-        Ok(revoked)
+        Ok((revoked, dead.len()))
+    }
+
+    /// Our pads for `peer` that it may still receive units under: offered or usable, not used up.
+    pub fn live_outbound(&self, peer: &DatabaseId) -> Vec<PadId> {
+        self.records
+            .values()
+            .filter(|r| r.outbound && r.peer == *peer)
+            .filter(|r| match r.state {
+                PadState::Offered => true,
+                PadState::Ready => self.left(r) > MAC_KEY_BYTES as u64,
+                PadState::Revoked => false,
+            })
+            .map(|r| r.id)
+            .collect()
+    }
+
+    /// Removes pads and erases their material (one durable write).
+    fn forget(&mut self, ids: &[PadId], storage: &mut dyn PadStorage) -> Result<(), PadError> {
+        let mut names = Vec::new();
+        let mut removed = Vec::new();
+        for id in ids {
+            if let Some(record) = self.records.remove(id) {
+                let chunks = record.len.div_ceil(CHUNK_BYTES as u64);
+                names.extend((0..chunks).map(|n| chunk_name(id, n)));
+                self.cursors.remove(id);
+                removed.push(record);
+            }
+        }
+        let records = self.records_bytes();
+        let mut entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &[][..])).collect();
+        entries.push((META_PADS, &records));
+        if let Err(e) = storage.put_durably(&entries) {
+            for record in removed {
+                self.records.insert(record.id, record);
+            }
+            return Err(PadError::Storage(e));
+        }
+        Ok(())
     }
 
     /// The pads `peer` gave us.
@@ -709,9 +766,34 @@ mod tests {
     fn a_peer_that_lost_its_pad_gets_it_revoked() {
         let (mut owner, mut owner_meta, peer, _) = handed_over(10_000);
         let b = peer.own;
-        assert_eq!(owner.on_peer_holds(b, &peer.inbound_ids(&owner.own), &mut owner_meta), Ok(0));
-        assert_eq!(owner.on_peer_holds(b, &[], &mut owner_meta), Ok(1));
+        let held = peer.inbound_ids(&owner.own);
+        assert_eq!(owner.on_peer_lists(b, &held, &[], &mut owner_meta), Ok((0, 0)));
+        assert_eq!(owner.on_peer_lists(b, &[], &[], &mut owner_meta), Ok((1, 0)));
         assert_eq!(owner.seal(&b, &secret_unit(1, b"pw"), &mut owner_meta), Ok(None));
+        assert!(owner.live_outbound(&b).is_empty());
+    }
+
+    #[test]
+    fn used_up_pads_are_erased_at_both_ends() {
+        let (mut owner, mut owner_meta, mut peer, mut peer_meta) =
+            handed_over(MIN_PAD_BYTES as usize);
+        let (a, b) = (owner.own, peer.own);
+        let id = PadId([9; 16]);
+        while owner.seal(&b, &secret_unit(1, &[5; 2000]), &mut owner_meta).unwrap().is_some() {}
+        assert!(owner.live_outbound(&b).is_empty(), "used up");
+        // The peer forgets it once the owner no longer lists it, and erases the bytes.
+        let live = owner.live_outbound(&b);
+        assert_eq!(peer.on_peer_lists(a, &[], &live, &mut peer_meta), Ok((0, 1)));
+        assert!(peer.inbound_ids(&a).is_empty());
+        assert_eq!(peer_meta.entries[&chunk_name(&id, 0)], Vec::<u8>::new());
+        // The owner retires it when a new pad is accepted.
+        let fresh = PadId([10; 16]);
+        owner.add_outbound(b, fresh, &[1; MIN_PAD_BYTES as usize], 3, &mut owner_meta).unwrap();
+        assert!(owner.on_accepted(b, fresh, &mut owner_meta).unwrap());
+        assert_eq!(owner_meta.entries[&chunk_name(&id, 0)], Vec::<u8>::new());
+        assert_eq!(owner.live_outbound(&b), vec![fresh]);
+        let (reloaded, _) = PadBook::load(a, &owner_meta);
+        assert_eq!(reloaded.records.len(), 1);
     }
 
     #[test]

@@ -60,7 +60,8 @@ impl<S: Store> Node<S> {
     /// hand over a pad it lacks.
     pub(super) fn pads_on_link_up(&mut self, link: LinkId, dbid: DatabaseId, kind: LinkKind) {
         let inbound = self.pads.inbound_ids(&dbid);
-        self.send_frame(link, Tag::Tubs, &Message::Pads { inbound });
+        let outbound = self.pads.live_outbound(&dbid);
+        self.send_frame(link, Tag::Tubs, &Message::Pads { inbound, outbound });
         if kind != LinkKind::Relay {
             self.pads_maybe_offer(link, dbid);
         }
@@ -135,9 +136,9 @@ impl<S: Store> Node<S> {
     pub(super) fn on_pad_message(&mut self, link: LinkId, dbid: DatabaseId, message: Message) {
         let relay = link.is_relay();
         match message {
-            Message::Pads { inbound } => {
-                match self.pads.on_peer_holds(dbid, &inbound, &mut self.ledger) {
-                    Ok(n) => self.stats.pads.revoked += n as u64,
+            Message::Pads { inbound, outbound } => {
+                match self.pads.on_peer_lists(dbid, &inbound, &outbound, &mut self.ledger) {
+                    Ok((revoked, _)) => self.stats.pads.revoked += revoked as u64,
                     Err(_) => self.stats.pads.errors += 1,
                 }
             }
