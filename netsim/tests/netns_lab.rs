@@ -223,11 +223,13 @@ fn errors_name_the_fix() {
     ));
 }
 
-/// A lab, or `None` after printing why this machine cannot run one (not root, no `ip`/`nft`).
+/// A lab, or `None` after printing why this machine cannot run one (not root, no `ip`/`nft`);
+/// with `MESHNODE_REQUIRE_NETNS=1` (CI) that fails the test instead.
 fn lab_or_skip(prefix: &str) -> Option<Lab> {
+    let required = std::env::var("MESHNODE_REQUIRE_NETNS").is_ok_and(|v| v == "1");
     match Lab::new(prefix) {
         Ok(lab) => Some(lab),
-        Err(error) if error.is_unsupported() => {
+        Err(error) if error.is_unsupported() && !required => {
             eprintln!("skipping netns test ({prefix}): {error}");
             None
         }
