@@ -68,7 +68,7 @@ pub enum LedgerError {
 }
 
 /// One unit an application hands in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Submission {
     /// TUBT, TUEV or TUST.
     pub kind: UnitKind,
@@ -83,6 +83,20 @@ pub struct Submission {
     /// The sensitive part (seed: passwords), usually empty: never multicast, and over relays
     /// only under a one-time pad (see [`crate::unit::TransferUnit::sensitive`]).
     pub sensitive: Vec<u8>,
+}
+
+impl std::fmt::Debug for Submission {
+    /// The sensitive part shows only as its length (see [`TransferUnit`]'s `Debug`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Submission")
+            .field("kind", &self.kind)
+            .field("urgency", &self.urgency)
+            .field("scopes", &self.scopes)
+            .field("physkey", &self.physkey)
+            .field("payload", &self.payload)
+            .field("sensitive_len", &self.sensitive.len())
+            .finish()
+    }
 }
 
 /// What the application is told about an accepted submission, once it is durable.

@@ -149,7 +149,7 @@ impl FileScopes {
 }
 
 /// The replicated record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferUnit {
     /// TUBT, TUEV or TUST.
     pub kind: UnitKind,
@@ -175,6 +175,24 @@ pub struct TransferUnit {
     /// [`UNIT_FORMAT_VERSION_SENSITIVE`].
     #[serde(skip)]
     pub sensitive: Vec<u8>,
+}
+
+impl fmt::Debug for TransferUnit {
+    /// Everything but the sensitive part, of which only the length shows: a `?unit` in a log
+    /// line must not leak a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransferUnit")
+            .field("kind", &self.kind)
+            .field("physkey", &self.physkey)
+            .field("origin", &self.origin)
+            .field("seq", &self.seq)
+            .field("created_ms", &self.created_ms)
+            .field("urgency", &self.urgency)
+            .field("scopes", &self.scopes)
+            .field("payload", &self.payload)
+            .field("sensitive_len", &self.sensitive.len())
+            .finish()
+    }
 }
 
 /// Why bytes are not a transfer unit, or a unit is not acceptable.

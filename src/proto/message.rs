@@ -136,8 +136,9 @@ pub enum Message {
     /// listed: the sender lost them), and the sender's own pads for the receiver that are still
     /// live (the receiver erases the others: used up or revoked).
     Pads {
-        /// The receiver's pads the sender holds.
-        inbound: Vec<PadId>,
+        /// The receiver's pads the sender holds, each with the end of the highest range it
+        /// opened (the receiver's cursor moves past it: a rolled-back disk never reuses).
+        inbound: Vec<(PadId, u64)>,
         /// The sender's pads for the receiver that are still live.
         outbound: Vec<PadId>,
     },

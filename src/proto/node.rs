@@ -239,7 +239,12 @@ pub(crate) struct LinkInfo {
     withheld: VersionVector,
     withheld_at: Time,
     /// Units we withheld from the peer on this link (status).
-    withheld_by_us: u64,
+    withheld_by_us: VersionVector,
+    /// The peer's `Pads` arrived on this link: it is a build that knows sensitive parts, and
+    /// (on a relay link) our pad cursors are past every offset it has opened.
+    pads_heard: bool,
+    /// New units that came in `PaddedUnits` since the last answer's end (streaming).
+    padded_fresh: usize,
 }
 
 /// Most bytes of units (about 80 bytes of framing counted per unit) in one answer to a `Want`
@@ -301,6 +306,8 @@ pub struct Node<S: Store> {
     punches: Punches,
     /// One-time pads, both directions.
     pads: PadBook,
+    /// The link each offered pad was last sent on (sent once per link).
+    pad_offered_on: BTreeMap<crate::proto::message::PadId, LinkId>,
     /// Peers a pad was asked of the driver for, and when (one request at a time; asked again
     /// after a minute if the material never came).
     pad_requested: BTreeMap<DatabaseId, Time>,
@@ -383,6 +390,7 @@ impl<S: Store> Node<S> {
             relay,
             pads,
             pad_requested: BTreeMap::new(),
+            pad_offered_on: BTreeMap::new(),
         };
         if node.cfg.role == Role::MainServer {
             let origins: Vec<DatabaseId> =
@@ -813,7 +821,9 @@ impl<S: Store> Node<S> {
                 sync,
                 withheld: VersionVector::new(),
                 withheld_at: since,
-                withheld_by_us: 0,
+                withheld_by_us: VersionVector::new(),
+                pads_heard: false,
+                padded_fresh: 0,
             },
         );
         let hello =
@@ -823,6 +833,9 @@ impl<S: Store> Node<S> {
 
     fn on_link_down(&mut self, link: LinkId) {
         let Some(info) = self.links.remove(&link) else { return };
+        if let Some(peer) = info.peer.filter(|_| info.kind != LinkKind::Relay) {
+            self.pads.drop_incoming(&peer);
+        }
         let (now, ping) = (self.now, self.cfg.offline_ping_ms);
         if let Some(peer) = info.peer.and_then(|d| self.peers.get_mut(&d)) {
             if peer.link == Some(link) {
@@ -904,7 +917,7 @@ impl<S: Store> Node<S> {
         peer.link = Some(link);
         peer.state = PeerState::Up;
         peer.failures = 0;
-        self.pads_on_link_up(link, dbid, kind);
+        self.pads_on_link_up(link, dbid);
         self.send_have(link, false);
         self.send_ping(link);
         self.fail_back();
@@ -1225,7 +1238,8 @@ impl<S: Store> Node<S> {
             let fit = candidates
                 .iter()
                 .take_while(|u| {
-                    bytes += u.payload.len() + 80;
+                    let padded = if u.sensitive.is_empty() { 0 } else { u.sensitive.len() + 64 };
+                    bytes += u.payload.len() + 80 + padded;
                     bytes <= RELAY_ANSWER_BYTES
                 })
                 .count();
@@ -1239,14 +1253,22 @@ impl<S: Store> Node<S> {
     /// (an empty one if there are no units) is marked as the end of a `Want` answer.
     /// On a relay link, units with a sensitive part go under a one-time pad first, or are
     /// withheld (see `padding`); they are never sent there in the clear.
+    /// A unit with a sensitive part goes to a peer only once its `Pads` showed it knows them
+    /// (an older build refuses a whole `Units` frame with a version 2 unit); until then it is
+    /// left out (the peer asks for it later).
     fn send_units(&mut self, link: LinkId, tag: Tag, units: &[TransferUnit], end: bool) {
-        if link.is_relay() && units.iter().any(|u| !u.sensitive.is_empty()) {
-            let plain: Vec<TransferUnit> =
-                self.send_sensitive_on_relay(link, units).into_iter().cloned().collect();
-            self.send_unit_frames(link, tag, &plain, end);
-        } else {
-            self.send_unit_frames(link, tag, units, end);
+        if !units.iter().any(|u| !u.sensitive.is_empty()) {
+            return self.send_unit_frames(link, tag, units, end);
         }
+        let heard = self.links.get(&link).is_some_and(|l| l.pads_heard);
+        let plain: Vec<TransferUnit> = if !heard {
+            units.iter().filter(|u| u.sensitive.is_empty()).cloned().collect()
+        } else if link.is_relay() {
+            self.send_sensitive_on_relay(link, tag, units).into_iter().cloned().collect()
+        } else {
+            return self.send_unit_frames(link, tag, units, end);
+        };
+        self.send_unit_frames(link, tag, &plain, end);
     }
 
     fn send_unit_frames(&mut self, link: LinkId, tag: Tag, units: &[TransferUnit], end: bool) {
@@ -1310,6 +1332,7 @@ impl<S: Store> Node<S> {
             self.close_peer(dbid, DownReason::Silent);
         }
         self.expire_withheld(now);
+        self.pads_round();
         if expired || std::mem::take(&mut self.replan) {
             self.plan_all();
         }
@@ -1324,14 +1347,26 @@ impl<S: Store> Node<S> {
     // ----- units -----
 
     /// Takes received units; returns how many were new (0 also when the store refused them).
-    fn on_units(&mut self, source: Source, encoded: &[Vec<u8>]) -> usize {
-        let units = match decode_units(encoded, self.ledger.payload_limit()) {
+    /// With `in_clear`, the units came in a datagram or a relay link's `Units`, where a
+    /// sensitive part never travels: units that carry one are refused (forged, or a broken
+    /// peer), so the one-time pad's MAC cannot be bypassed.
+    fn on_units(&mut self, source: Source, encoded: &[Vec<u8>], in_clear: bool) -> usize {
+        let mut units = match decode_units(encoded, self.ledger.payload_limit()) {
             Ok(units) => units,
             Err(_) => {
                 self.stats.units_invalid += encoded.len() as u64;
                 return 0;
             }
         };
+        if in_clear {
+            let before = units.len();
+            units.retain(|u| u.sensitive.is_empty());
+            let refused = (before - units.len()) as u64;
+            if refused > 0 {
+                self.stats.pads.sensitive_in_clear_refused += refused;
+                self.stats.units_invalid += refused;
+            }
+        }
         self.stats.units_received += units.len() as u64;
         let mut new_units = match self.ledger.accept_batch(units, self.now.as_millis()) {
             Ok(fresh) => fresh,
@@ -1542,7 +1577,7 @@ impl<S: Store> Node<S> {
         let mut units = Vec::new();
         self.open_datagram(from, bytes, &mut units);
         if !units.is_empty() {
-            self.on_units(Source::Multicast, &units);
+            self.on_units(Source::Multicast, &units, true);
         }
     }
 
@@ -1554,7 +1589,7 @@ impl<S: Store> Node<S> {
             self.open_datagram(d.from, &d.bytes, &mut units);
         }
         if !units.is_empty() {
-            self.on_units(Source::Multicast, &units);
+            self.on_units(Source::Multicast, &units, true);
         }
     }
 
@@ -1663,10 +1698,13 @@ impl<S: Store> Node<S> {
             | Message::PaddedUnits { .. }
             | Message::Withheld { .. }) => self.on_pad_message(link, dbid, message),
             Message::Units { units, end } => {
-                let fresh = self.on_units(Source::Link(link), &units);
+                let fresh = self.on_units(Source::Link(link), &units, link.is_relay());
                 if end {
+                    let mut fresh = fresh;
                     if let Some(info) = self.links.get_mut(&link) {
                         info.sync.want = None;
+                        // Units of this answer that came padded before its end.
+                        fresh += std::mem::take(&mut info.padded_fresh);
                     }
                     if fresh > 0 {
                         // Streaming: ask for the next batch at once.

@@ -43,8 +43,9 @@ pub const CHUNK_BYTES: usize = 64 << 10;
 pub const MAC_KEY_BYTES: usize = 32;
 /// Pad bytes reserved durably at a time (one store flush per this many bytes used).
 pub const RESERVE_BYTES: u64 = 4 << 10;
-/// Most pad offers being received at once (bounds memory against a broken peer).
-const MAX_INCOMING: usize = 4;
+/// Most peers whose pad offers are being received at once (one offer per peer; bounds memory
+/// against broken peers; an unfinished offer is dropped with its link).
+const MAX_INCOMING: usize = 8;
 /// Store metadata entry of the records.
 const META_PADS: &str = "pads";
 
@@ -80,12 +81,15 @@ pub struct PadRecord {
     pub outbound: bool,
     /// Length in bytes.
     pub len: u64,
-    /// Outbound: bytes before this may have been used; never used again.
+    /// Outbound: bytes before this may have been used; never used again. Inbound: the end of
+    /// the highest range opened, as last saved (reported to the owner, see [`PadBook::seal`]).
     pub reserved_to: u64,
     /// Its state.
     pub state: PadState,
     /// When it was stored, Unix ms.
     pub created_ms: u64,
+    /// BLAKE3 of the material.
+    pub hash: [u8; 32],
 }
 
 /// Why a pad operation failed.
@@ -98,6 +102,9 @@ pub enum PadError {
     /// The store's pad entries do not decode.
     #[error("the one-time pad records in the store are damaged ({0}); outbound pads are not used and new ones are made at the next direct link")]
     Damaged(String),
+    /// The pad records could not be read at start: pads are off until a restart.
+    #[error("one-time pads are off: their records could not be read at start; restart the node once the store is readable")]
+    Disabled,
     /// A pad this node does not hold.
     #[error("unknown pad {0}")]
     Unknown(PadId),
@@ -132,21 +139,37 @@ pub struct PadPeerStatus {
     pub in_bytes: u64,
 }
 
-#[derive(Debug)]
+/// A pad being received from one peer (one at a time per peer).
 struct Incoming {
-    peer: DatabaseId,
+    pad: PadId,
     len: u64,
-    data: Vec<u8>,
+    data: zeroize::Zeroizing<Vec<u8>>,
 }
 
 /// The pads of this node, both directions.
-#[derive(Debug)]
 pub struct PadBook {
     own: DatabaseId,
     records: BTreeMap<PadId, PadRecord>,
-    /// Outbound use cursors (bytes before them are used or wasted).
+    /// Outbound: use cursors (bytes before them are used or wasted). Inbound: the end of the
+    /// highest range opened (at least `reserved_to`).
     cursors: BTreeMap<PadId, u64>,
-    incoming: BTreeMap<PadId, Incoming>,
+    /// Offers being received, per peer.
+    incoming: BTreeMap<DatabaseId, Incoming>,
+    /// The records could not be read at start: nothing is stored or used (a save would write
+    /// over records this node cannot see, and reuse what they reserved).
+    disabled: bool,
+}
+
+impl std::fmt::Debug for PadBook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No material: records and cursors only.
+        f.debug_struct("PadBook")
+            .field("records", &self.records)
+            .field("cursors", &self.cursors)
+            .field("incoming", &self.incoming.len())
+            .field("disabled", &self.disabled)
+            .finish()
+    }
 }
 
 fn chunk_name(id: &PadId, n: u64) -> String {
@@ -161,13 +184,15 @@ impl PadBook {
             records: BTreeMap::new(),
             cursors: BTreeMap::new(),
             incoming: BTreeMap::new(),
+            disabled: false,
         }
     }
 
     /// Loads the records. Damaged records give an empty book and the error (the node counts it
     /// and goes on: new pads are made at the next direct link, old ones are never used again,
-    /// so nothing is reused). Outbound pads of another owner dbid (a restored or copied
-    /// directory) are revoked.
+    /// so nothing is reused; their chunks stay behind). A store that cannot be read gives a
+    /// disabled book. Outbound pads of another owner dbid (a restored or copied directory)
+    /// are revoked.
     pub fn load(own: DatabaseId, storage: &dyn PadStorage) -> (PadBook, Option<PadError>) {
         let mut book = PadBook::new(own);
         let records: Vec<PadRecord> = match storage.meta(META_PADS) {
@@ -176,15 +201,16 @@ impl PadBook {
                 Ok(records) => records,
                 Err(e) => return (book, Some(PadError::Damaged(e.to_string()))),
             },
-            Err(e) => return (book, Some(PadError::Storage(e))),
+            Err(e) => {
+                book.disabled = true;
+                return (book, Some(PadError::Storage(e)));
+            }
         };
         for mut record in records {
             if record.outbound && record.owner != own {
                 record.state = PadState::Revoked;
             }
-            if record.outbound {
-                book.cursors.insert(record.id, record.reserved_to.min(record.len));
-            }
+            book.cursors.insert(record.id, record.reserved_to.min(record.len));
             book.records.insert(record.id, record);
         }
         (book, None)
@@ -196,19 +222,26 @@ impl PadBook {
     }
 
     fn save(&self, storage: &mut dyn PadStorage) -> Result<(), PadError> {
+        if self.disabled {
+            return Err(PadError::Disabled);
+        }
         storage.put_durably(&[(META_PADS, &self.records_bytes())]).map_err(PadError::Storage)
     }
 
     /// Stores a pad we generated for `peer` (durably, chunks and record with one flush) as
-    /// offered. The caller sends [`PadBook::offer`] on a direct link.
+    /// offered; its id is the start of the material's hash (so it never repeats, whatever
+    /// the core's RNG). The caller sends [`PadBook::offer`] on a direct link.
     pub fn add_outbound(
         &mut self,
         peer: DatabaseId,
-        id: PadId,
         material: &[u8],
         now_ms: u64,
         storage: &mut dyn PadStorage,
-    ) -> Result<(), PadError> {
+    ) -> Result<PadId, PadError> {
+        let hash = *blake3::hash(material).as_bytes();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&hash[..16]);
+        let id = PadId(id);
         let record = PadRecord {
             id,
             owner: self.own,
@@ -218,10 +251,10 @@ impl PadBook {
             reserved_to: 0,
             state: PadState::Offered,
             created_ms: now_ms,
+            hash,
         };
         self.store_new(record, material, storage)?;
-        self.cursors.insert(id, 0);
-        Ok(())
+        Ok(id)
     }
 
     fn store_new(
@@ -230,7 +263,13 @@ impl PadBook {
         material: &[u8],
         storage: &mut dyn PadStorage,
     ) -> Result<(), PadError> {
+        if self.disabled {
+            return Err(PadError::Disabled);
+        }
         let id = record.id;
+        if self.records.contains_key(&id) {
+            return Err(PadError::Offer(id));
+        }
         self.records.insert(id, record);
         let names: Vec<String> =
             (0..material.chunks(CHUNK_BYTES).len() as u64).map(|n| chunk_name(&id, n)).collect();
@@ -242,13 +281,14 @@ impl PadBook {
             self.records.remove(&id);
             return Err(PadError::Storage(e));
         }
+        self.cursors.insert(id, 0);
         Ok(())
     }
 
     /// The frames that hand pad `id` over: its chunks in order, then the hash.
     pub fn offer(&self, id: PadId, storage: &dyn PadStorage) -> Result<Vec<Message>, PadError> {
         let record = self.records.get(&id).ok_or(PadError::Unknown(id))?;
-        let material = read(storage, record, 0, record.len)?;
+        let material = zeroize::Zeroizing::new(read(storage, record, 0, record.len)?);
         let mut frames: Vec<Message> = material
             .chunks(CHUNK_BYTES)
             .enumerate()
@@ -259,11 +299,12 @@ impl PadBook {
                 chunk: chunk.to_vec(),
             })
             .collect();
-        frames.push(Message::PadComplete { pad: id, hash: *blake3::hash(&material).as_bytes() });
+        frames.push(Message::PadComplete { pad: id, hash: record.hash });
         Ok(frames)
     }
 
-    /// A part of a pad `peer` offers us.
+    /// A part of a pad `peer` offers us. One offer per peer at a time (a new one replaces an
+    /// unfinished one), from at most [`MAX_INCOMING`] peers at once.
     pub fn on_offer(
         &mut self,
         peer: DatabaseId,
@@ -273,33 +314,40 @@ impl PadBook {
         chunk: Vec<u8>,
     ) -> Result<(), PadError> {
         if !(MIN_PAD_BYTES..=MAX_PAD_BYTES).contains(&len) || chunk.len() > CHUNK_BYTES {
-            self.incoming.remove(&pad);
+            self.incoming.remove(&peer);
             return Err(PadError::Offer(pad));
         }
         if offset == 0 {
-            if !self.incoming.contains_key(&pad) && self.incoming.len() >= MAX_INCOMING {
+            if !self.incoming.contains_key(&peer) && self.incoming.len() >= MAX_INCOMING {
                 return Err(PadError::Offer(pad));
             }
-            self.incoming.insert(pad, Incoming { peer, len, data: Vec::new() });
+            let data = zeroize::Zeroizing::new(Vec::new());
+            self.incoming.insert(peer, Incoming { pad, len, data });
         }
-        let Some(incoming) = self.incoming.get_mut(&pad) else {
+        let Some(incoming) = self.incoming.get_mut(&peer) else {
             return Err(PadError::Offer(pad));
         };
         let fits = incoming.data.len() as u64 + chunk.len() as u64 <= len;
-        if incoming.peer != peer
+        if incoming.pad != pad
             || incoming.len != len
             || incoming.data.len() as u64 != offset
             || !fits
         {
-            self.incoming.remove(&pad);
+            self.incoming.remove(&peer);
             return Err(PadError::Offer(pad));
         }
         incoming.data.extend_from_slice(&chunk);
         Ok(())
     }
 
+    /// Drops an unfinished offer of `peer` (its link is gone).
+    pub fn drop_incoming(&mut self, peer: &DatabaseId) {
+        self.incoming.remove(peer);
+    }
+
     /// The end of an offer: checks and stores the pad durably. `Ok` means the caller answers
-    /// [`Message::PadAccepted`] (also for a pad already stored: the acceptance was lost).
+    /// [`Message::PadAccepted`] (also for a pad already stored with that hash: the acceptance
+    /// was lost).
     pub fn on_complete(
         &mut self,
         peer: DatabaseId,
@@ -309,15 +357,15 @@ impl PadBook {
         storage: &mut dyn PadStorage,
     ) -> Result<(), PadError> {
         if let Some(held) = self.records.get(&pad) {
-            return if !held.outbound && held.owner == peer && held.state == PadState::Ready {
-                self.incoming.remove(&pad);
-                Ok(())
-            } else {
-                Err(PadError::WrongPeer(pad))
-            };
+            let same = !held.outbound
+                && held.owner == peer
+                && held.state == PadState::Ready
+                && held.hash == hash;
+            self.incoming.remove(&peer);
+            return if same { Ok(()) } else { Err(PadError::WrongPeer(pad)) };
         }
-        let incoming = self.incoming.remove(&pad).ok_or(PadError::Offer(pad))?;
-        if incoming.peer != peer || incoming.data.len() as u64 != incoming.len {
+        let incoming = self.incoming.remove(&peer).ok_or(PadError::Offer(pad))?;
+        if incoming.pad != pad || incoming.data.len() as u64 != incoming.len {
             return Err(PadError::Offer(pad));
         }
         if *blake3::hash(&incoming.data).as_bytes() != hash {
@@ -332,6 +380,7 @@ impl PadBook {
             reserved_to: 0,
             state: PadState::Ready,
             created_ms: now_ms,
+            hash,
         };
         self.store_new(record, &incoming.data, storage)
     }
@@ -365,26 +414,49 @@ impl PadBook {
         Ok(true)
     }
 
-    /// `peer` lists which of our pads it holds (`held`) and which of its own it may still use
-    /// (`live`). Our usable pads it does not hold are revoked (it lost them); its pads we hold
-    /// that it no longer lists are forgotten (used up or revoked: their bytes are erased, so a
-    /// later theft of this disk opens no recorded relay traffic). Returns (revoked, forgotten).
+    /// `peer` lists which of our pads it holds, with how far it has opened each (`held`), and
+    /// which of its own it may still use (`live`).
+    ///
+    /// - Our offered pads it holds are accepted (its `PadAccepted` was lost with a link).
+    /// - Our usable pads it does not hold are revoked (it lost them).
+    /// - Our cursors move past what it has opened: a data directory rolled back by a VM or
+    ///   file system snapshot keeps its dbid, and would otherwise use those bytes again.
+    /// - Its pads we hold that it no longer lists are forgotten (used up or revoked; their
+    ///   chunks are overwritten, best effort: the store may keep old copies until it compacts).
+    ///
+    /// Returns (revoked, forgotten).
     pub fn on_peer_lists(
         &mut self,
         peer: DatabaseId,
-        held: &[PadId],
+        held: &[(PadId, u64)],
         live: &[PadId],
         storage: &mut dyn PadStorage,
     ) -> Result<(usize, usize), PadError> {
+        let held: BTreeMap<PadId, u64> = held.iter().copied().collect();
+        let live: std::collections::BTreeSet<PadId> = live.iter().copied().collect();
         let mut revoked = 0;
-        for record in self.records.values_mut() {
-            if record.outbound
-                && record.peer == peer
-                && record.state == PadState::Ready
-                && !held.contains(&record.id)
-            {
-                record.state = PadState::Revoked;
-                revoked += 1;
+        let mut changed = false;
+        let mut accepted = Vec::new();
+        for record in self.records.values_mut().filter(|r| r.outbound && r.peer == peer) {
+            match (record.state, held.get(&record.id)) {
+                (PadState::Offered, Some(_)) => accepted.push(record.id),
+                (PadState::Ready, None) => {
+                    record.state = PadState::Revoked;
+                    revoked += 1;
+                    changed = true;
+                }
+                _ => {}
+            }
+            if let Some(&opened) = held.get(&record.id) {
+                let opened = opened.min(record.len);
+                let cursor = self.cursors.entry(record.id).or_insert(record.reserved_to);
+                if opened > *cursor {
+                    *cursor = opened;
+                }
+                if opened > record.reserved_to {
+                    record.reserved_to = opened;
+                    changed = true;
+                }
             }
         }
         let dead: Vec<PadId> = self
@@ -395,8 +467,11 @@ impl PadBook {
             .collect();
         if !dead.is_empty() {
             self.forget(&dead, storage)?;
-        } else if revoked > 0 {
+        } else if changed {
             self.save(storage)?;
+        }
+        for pad in accepted {
+            self.on_accepted(peer, pad, storage)?;
         }
         Ok((revoked, dead.len()))
     }
@@ -415,23 +490,29 @@ impl PadBook {
             .collect()
     }
 
-    /// Removes pads and erases their material (one durable write).
+    /// Removes pads, overwrites their material and saves the records (one durable write, also
+    /// when `ids` is empty).
     fn forget(&mut self, ids: &[PadId], storage: &mut dyn PadStorage) -> Result<(), PadError> {
+        if self.disabled {
+            return Err(PadError::Disabled);
+        }
         let mut names = Vec::new();
         let mut removed = Vec::new();
         for id in ids {
             if let Some(record) = self.records.remove(id) {
                 let chunks = record.len.div_ceil(CHUNK_BYTES as u64);
                 names.extend((0..chunks).map(|n| chunk_name(id, n)));
-                self.cursors.remove(id);
-                removed.push(record);
+                removed.push((record, self.cursors.remove(id)));
             }
         }
         let records = self.records_bytes();
         let mut entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &[][..])).collect();
         entries.push((META_PADS, &records));
         if let Err(e) = storage.put_durably(&entries) {
-            for record in removed {
+            for (record, cursor) in removed {
+                if let Some(cursor) = cursor {
+                    self.cursors.insert(record.id, cursor);
+                }
                 self.records.insert(record.id, record);
             }
             return Err(PadError::Storage(e));
@@ -439,12 +520,28 @@ impl PadBook {
         Ok(())
     }
 
-    /// The pads `peer` gave us.
-    pub fn inbound_ids(&self, peer: &DatabaseId) -> Vec<PadId> {
+    /// Forgets a pad `peer` gave us that cannot be read (its chunks are damaged): the next
+    /// `Pads` no longer lists it, so the owner revokes it instead of burning it on units we
+    /// cannot open.
+    pub fn forget_inbound(
+        &mut self,
+        peer: &DatabaseId,
+        pad: PadId,
+        storage: &mut dyn PadStorage,
+    ) -> Result<(), PadError> {
+        let ours = self.records.get(&pad).is_some_and(|r| !r.outbound && r.owner == *peer);
+        if ours {
+            self.forget(&[pad], storage)?;
+        }
+        Ok(())
+    }
+
+    /// The pads `peer` gave us, each with the end of the highest range opened.
+    pub fn inbound(&self, peer: &DatabaseId) -> Vec<(PadId, u64)> {
         self.records
             .values()
             .filter(|r| !r.outbound && r.owner == *peer && r.state == PadState::Ready)
-            .map(|r| r.id)
+            .map(|r| (r.id, self.cursors.get(&r.id).copied().unwrap_or(r.reserved_to)))
             .collect()
     }
 
@@ -456,6 +553,8 @@ impl PadBook {
             .map(|r| r.id)
     }
 
+    /// Outbound bytes not used yet (the cursor defaults to `len` only for a pad that has
+    /// none, which `load` and `store_new` never leave).
     fn left(&self, record: &PadRecord) -> u64 {
         record.len - self.cursors.get(&record.id).copied().unwrap_or(record.len).min(record.len)
     }
@@ -463,7 +562,7 @@ impl PadBook {
     /// Whether a new pad for `peer` should be made: none is offered, and less than a quarter of
     /// a pad's length is left to use.
     pub fn wants_new(&self, peer: &DatabaseId, pad_bytes: u64) -> bool {
-        self.offered(peer).is_none() && self.status(peer).out_left < pad_bytes / 4
+        !self.disabled && self.offered(peer).is_none() && self.status(peer).out_left < pad_bytes / 4
     }
 
     /// What status shows for `peer`.
@@ -482,13 +581,17 @@ impl PadBook {
 
     /// Encrypts `unit`'s sensitive part for `peer` with the next bytes of a usable pad, after
     /// making their reservation durable. `Ok(None)`: no pad has room (the caller withholds the
-    /// unit). An error uses nothing.
+    /// unit). An error uses nothing. The caller seals on a link only after the peer's `Pads`
+    /// on it ([`PadBook::on_peer_lists`] moved the cursor past what the peer opened).
     pub fn seal(
         &mut self,
         peer: &DatabaseId,
         unit: &TransferUnit,
         storage: &mut dyn PadStorage,
     ) -> Result<Option<PaddedUnit>, PadError> {
+        if self.disabled {
+            return Err(PadError::Disabled);
+        }
         let need = (MAC_KEY_BYTES + unit.sensitive.len()) as u64;
         let Some(id) = self
             .records
@@ -499,8 +602,8 @@ impl PadBook {
         else {
             return Ok(None);
         };
-        let at = self.cursors.get(&id).copied().unwrap_or(0);
         let record = self.records.get_mut(&id).ok_or(PadError::Unknown(id))?;
+        let at = self.cursors.get(&id).copied().unwrap_or(record.reserved_to);
         if at + need > record.reserved_to {
             let before = record.reserved_to;
             record.reserved_to = (at + need.max(RESERVE_BYTES)).min(record.len);
@@ -512,7 +615,7 @@ impl PadBook {
             }
         }
         let record = self.records.get(&id).ok_or(PadError::Unknown(id))?;
-        let material = read(storage, record, at, need)?;
+        let material = zeroize::Zeroizing::new(read(storage, record, at, need)?);
         // Used from here on, whatever happens to the unit.
         self.cursors.insert(id, at + need);
         let (key, stream) = material.split_at(MAC_KEY_BYTES);
@@ -522,13 +625,15 @@ impl PadBook {
         Ok(Some(PaddedUnit { unit: plain, pad: id, offset: at, ct, mac }))
     }
 
-    /// Opens a padded unit `peer` sent: checks the one-time MAC and restores the sensitive part.
+    /// Opens a padded unit `peer` sent: checks the one-time MAC and restores the sensitive
+    /// part. Remembers how far the pad was opened (saved each [`RESERVE_BYTES`], and reported
+    /// to the owner in `Pads`).
     pub fn open(
-        &self,
+        &mut self,
         peer: &DatabaseId,
         padded: &PaddedUnit,
         payload_limit: usize,
-        storage: &dyn PadStorage,
+        storage: &mut dyn PadStorage,
     ) -> Result<TransferUnit, PadError> {
         let id = padded.pad;
         let record = self.records.get(&id).ok_or(PadError::Unknown(id))?;
@@ -547,12 +652,24 @@ impl PadBook {
             )));
         }
         let need = (MAC_KEY_BYTES + padded.ct.len()) as u64;
-        let material = read(storage, record, padded.offset, need)?;
+        let material = zeroize::Zeroizing::new(read(storage, record, padded.offset, need)?);
         let (key, stream) = material.split_at(MAC_KEY_BYTES);
         verify(key, &id, padded.offset, &padded.unit, &padded.ct, &padded.mac)?;
         let mut unit = TransferUnit::decode(&padded.unit, payload_limit)?;
         unit.sensitive = padded.ct.iter().zip(stream).map(|(c, p)| c ^ p).collect();
         unit.validate(payload_limit)?;
+        let end = padded.offset + need;
+        let saved = record.reserved_to;
+        let opened = self.cursors.entry(id).or_insert(saved);
+        *opened = (*opened).max(end);
+        if *opened >= saved + RESERVE_BYTES {
+            let opened = *opened;
+            if let Some(record) = self.records.get_mut(&id) {
+                record.reserved_to = opened;
+            }
+            // Best effort: the owner also learns it from the next `Pads` on a live link.
+            let _ = self.save(storage);
+        }
         Ok(unit)
     }
 }
@@ -659,8 +776,7 @@ mod tests {
         let (mut owner, mut owner_meta) = (PadBook::new(a), Meta::default());
         let (mut peer, mut peer_meta) = (PadBook::new(b), Meta::default());
         let material: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
-        let id = PadId([9; 16]);
-        owner.add_outbound(b, id, &material, 1, &mut owner_meta).unwrap();
+        let id = owner.add_outbound(b, &material, 1, &mut owner_meta).unwrap();
         for frame in owner.offer(id, &owner_meta).unwrap() {
             match frame {
                 Message::PadOffer { pad, len, offset, chunk } => {
@@ -685,7 +801,7 @@ mod tests {
 
     #[test]
     fn a_sensitive_part_crosses_and_the_pad_is_not_reused() {
-        let (mut owner, mut owner_meta, peer, peer_meta) = handed_over(200_000);
+        let (mut owner, mut owner_meta, mut peer, mut peer_meta) = handed_over(200_000);
         let (a, b) = (owner.own, peer.own);
         let mut offsets = Vec::new();
         for seq in 1..=50 {
@@ -694,7 +810,7 @@ mod tests {
             assert!(!padded.unit.windows(6).any(|w| w == b"hunter"), "no secret in clear");
             assert!(!padded.ct.windows(6).any(|w| w == b"hunter"));
             offsets.push((padded.offset, padded.offset + 32 + padded.ct.len() as u64));
-            let opened = peer.open(&a, &padded, 1 << 20, &peer_meta).unwrap();
+            let opened = peer.open(&a, &padded, 1 << 20, &mut peer_meta).unwrap();
             assert_eq!(opened, unit);
         }
         for pair in offsets.windows(2) {
@@ -734,7 +850,8 @@ mod tests {
 
     #[test]
     fn a_pad_runs_out_and_a_tampered_unit_is_refused() {
-        let (mut owner, mut owner_meta, peer, peer_meta) = handed_over(MIN_PAD_BYTES as usize);
+        let (mut owner, mut owner_meta, mut peer, mut peer_meta) =
+            handed_over(MIN_PAD_BYTES as usize);
         let (a, b) = (owner.own, peer.own);
         let secret = vec![7u8; 1000];
         let mut sent = 0;
@@ -743,11 +860,11 @@ mod tests {
             sent += 1;
             let mut forged = padded.clone();
             forged.ct[0] ^= 1;
-            assert_eq!(peer.open(&a, &forged, 1 << 20, &peer_meta), Err(PadError::Mac));
+            assert_eq!(peer.open(&a, &forged, 1 << 20, &mut peer_meta), Err(PadError::Mac));
             let mut moved = padded.clone();
             moved.unit = secret_unit(2, b"x").encode_without_sensitive();
-            assert_eq!(peer.open(&a, &moved, 1 << 20, &peer_meta), Err(PadError::Mac));
-            assert!(peer.open(&b, &padded, 1 << 20, &peer_meta).is_err(), "another sender");
+            assert_eq!(peer.open(&a, &moved, 1 << 20, &mut peer_meta), Err(PadError::Mac));
+            assert!(peer.open(&b, &padded, 1 << 20, &mut peer_meta).is_err(), "another sender");
         }
         assert_eq!(sent, 3, "4 KiB hold three 1032-byte uses");
         assert!(owner.wants_new(&b, MIN_PAD_BYTES));
@@ -766,7 +883,7 @@ mod tests {
     fn a_peer_that_lost_its_pad_gets_it_revoked() {
         let (mut owner, mut owner_meta, peer, _) = handed_over(10_000);
         let b = peer.own;
-        let held = peer.inbound_ids(&owner.own);
+        let held = peer.inbound(&owner.own);
         assert_eq!(owner.on_peer_lists(b, &held, &[], &mut owner_meta), Ok((0, 0)));
         assert_eq!(owner.on_peer_lists(b, &[], &[], &mut owner_meta), Ok((1, 0)));
         assert_eq!(owner.seal(&b, &secret_unit(1, b"pw"), &mut owner_meta), Ok(None));
@@ -778,17 +895,17 @@ mod tests {
         let (mut owner, mut owner_meta, mut peer, mut peer_meta) =
             handed_over(MIN_PAD_BYTES as usize);
         let (a, b) = (owner.own, peer.own);
-        let id = PadId([9; 16]);
+        let id = owner.live_outbound(&b)[0];
         while owner.seal(&b, &secret_unit(1, &[5; 2000]), &mut owner_meta).unwrap().is_some() {}
         assert!(owner.live_outbound(&b).is_empty(), "used up");
         // The peer forgets it once the owner no longer lists it, and erases the bytes.
         let live = owner.live_outbound(&b);
         assert_eq!(peer.on_peer_lists(a, &[], &live, &mut peer_meta), Ok((0, 1)));
-        assert!(peer.inbound_ids(&a).is_empty());
+        assert!(peer.inbound(&a).is_empty());
         assert_eq!(peer_meta.entries[&chunk_name(&id, 0)], Vec::<u8>::new());
         // The owner retires it when a new pad is accepted.
-        let fresh = PadId([10; 16]);
-        owner.add_outbound(b, fresh, &[1; MIN_PAD_BYTES as usize], 3, &mut owner_meta).unwrap();
+        let fresh =
+            owner.add_outbound(b, &[1; MIN_PAD_BYTES as usize], 3, &mut owner_meta).unwrap();
         assert!(owner.on_accepted(b, fresh, &mut owner_meta).unwrap());
         assert_eq!(owner_meta.entries[&chunk_name(&id, 0)], Vec::<u8>::new());
         assert_eq!(owner.live_outbound(&b), vec![fresh]);
@@ -801,10 +918,13 @@ mod tests {
         let a = dbid("AAAAAAAAAAAAAAA");
         let mut book = PadBook::new(dbid("BBBBBBBBBBBBBBB"));
         let id = PadId([1; 16]);
+        let other = PadId([2; 16]);
         assert!(book.on_offer(a, id, MAX_PAD_BYTES + 1, 0, vec![0; 10]).is_err());
         assert!(book.on_offer(a, id, 10_000, 5, vec![0; 10]).is_err(), "must start at 0");
         book.on_offer(a, id, 10_000, 0, vec![0; 10]).unwrap();
         assert!(book.on_offer(a, id, 10_000, 20, vec![0; 10]).is_err(), "gap");
+        book.on_offer(a, id, 10_000, 0, vec![0; 10]).unwrap();
+        assert!(book.on_offer(a, other, 10_000, 10, vec![0; 10]).is_err(), "another pad");
         book.on_offer(a, id, 10_000, 0, vec![0; 10_000]).unwrap();
         let mut meta = Meta::default();
         assert_eq!(book.on_complete(a, id, [0; 32], 1, &mut meta), Err(PadError::Hash(id)));
@@ -812,5 +932,59 @@ mod tests {
         let (empty, problem) = PadBook::load(a, &meta);
         assert!(matches!(problem, Some(PadError::Damaged(_))));
         assert!(empty.records.is_empty());
+    }
+
+    #[test]
+    fn a_lost_acceptance_and_a_rolled_back_owner_are_caught_up_by_the_peers_list() {
+        let (a, b) = (dbid("AAAAAAAAAAAAAAA"), dbid("BBBBBBBBBBBBBBB"));
+        let (mut owner, mut owner_meta) = (PadBook::new(a), Meta::default());
+        let (mut peer, mut peer_meta) = (PadBook::new(b), Meta::default());
+        let id = owner.add_outbound(b, &[3; 20_000], 1, &mut owner_meta).unwrap();
+        for frame in owner.offer(id, &owner_meta).unwrap() {
+            match frame {
+                Message::PadOffer { pad, len, offset, chunk } => {
+                    peer.on_offer(a, pad, len, offset, chunk).unwrap()
+                }
+                Message::PadComplete { pad, hash } => {
+                    peer.on_complete(a, pad, hash, 2, &mut peer_meta).unwrap()
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // `PadAccepted` lost with the link: the peer's list accepts it.
+        let snapshot = owner_meta.clone();
+        owner.on_peer_lists(b, &peer.inbound(&a), &[], &mut owner_meta).unwrap();
+        let first = owner.seal(&b, &secret_unit(1, b"pw-1"), &mut owner_meta).unwrap().unwrap();
+        peer.open(&a, &first, 1 << 20, &mut peer_meta).unwrap();
+        // The owner's disk is rolled back to before that use (a VM snapshot): same dbid.
+        let (mut rolled, _) = PadBook::load(a, &snapshot);
+        let mut rolled_meta = snapshot;
+        rolled.on_peer_lists(b, &peer.inbound(&a), &[], &mut rolled_meta).unwrap();
+        let second = rolled.seal(&b, &secret_unit(2, b"pw-2"), &mut rolled_meta).unwrap().unwrap();
+        assert!(
+            second.offset >= first.offset + 36,
+            "never the same bytes: {} then {}",
+            first.offset,
+            second.offset
+        );
+        assert_eq!(peer.open(&a, &second, 1 << 20, &mut peer_meta).unwrap().sensitive, b"pw-2");
+    }
+
+    #[test]
+    fn a_book_that_could_not_be_read_uses_and_stores_nothing() {
+        struct Broken;
+        impl PadStorage for Broken {
+            fn meta(&self, _: &str) -> Result<Option<Vec<u8>>, String> {
+                Err("io error".into())
+            }
+            fn put_durably(&mut self, _: &[(&str, &[u8])]) -> Result<(), String> {
+                Ok(())
+            }
+        }
+        let (mut book, problem) = PadBook::load(dbid("AAAAAAAAAAAAAAA"), &Broken);
+        assert!(matches!(problem, Some(PadError::Storage(_))));
+        let b = dbid("BBBBBBBBBBBBBBB");
+        assert_eq!(book.add_outbound(b, &[1; 5000], 1, &mut Broken), Err(PadError::Disabled));
+        assert!(!book.wants_new(&b, 5000));
     }
 }

@@ -742,3 +742,66 @@ fn an_acknowledge_batch_is_durable_when_answered() {
     assert_eq!(cursor.get(&a), Some(&3), "an older acknowledgement does not move it back");
     assert_eq!(cursor.get(&b), Some(&1));
 }
+
+/// A sensitive part travels over links only: on a LAN it reaches the peer over its link (after
+/// the peer's `Pads` showed it knows sensitive parts), never in a multicast datagram; and a
+/// datagram that carries one (a forgery by a key holder, or a broken node) is refused.
+#[test]
+fn a_sensitive_part_never_travels_in_a_datagram() {
+    use crate::crypto::{NonceSequence, Purpose};
+    use crate::proto::message::Message;
+    use crate::wire::{DatagramSealer, Tag};
+    let mut h = Harness::new(&[Role::Lane, Role::Lane], &[true, true], &[]);
+    let until = h.now.plus_millis(10_000);
+    h.run_until(until);
+    let sub = Submission {
+        kind: UnitKind::Tubt,
+        urgency: Urgency::Normal,
+        scopes: FileScopes::NONE,
+        physkey: None,
+        payload: b"staff 17 changed password".to_vec(),
+        sensitive: b"hunter2".to_vec(),
+    };
+    let now = h.now;
+    h.nodes[0].handle(now, Input::Submit(sub));
+    let outs = outputs(&mut h.nodes[0]);
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::Datagram { .. })),
+        "no datagram for a sensitive unit: {outs:?}"
+    );
+    let frames: Vec<(LinkId, Vec<u8>)> = outs
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Frame { link, bytes } => Some((link, bytes)),
+            _ => None,
+        })
+        .collect();
+    assert!(!frames.is_empty(), "pushed over the link");
+    for (link, bytes) in frames {
+        if let Some(&(j, lj)) = h.links.get(&(0, link)) {
+            h.nodes[j].handle(now, Input::Frame { link: lj, bytes: &bytes });
+        }
+    }
+    let origin = h.nodes[0].dbid();
+    let held = h.nodes[1].ledger().store().get(&origin, 1).unwrap().expect("held by node 1");
+    assert_eq!(held.sensitive, b"hunter2");
+
+    // A datagram with a sensitive unit, sealed with the system's LAN key: refused.
+    let mut forged = held.clone();
+    forged.seq = 2;
+    forged.sensitive = b"injected".to_vec();
+    let mut sealer = DatagramSealer::new(
+        keys(),
+        Purpose::LanDatagram,
+        "1,2,3,4".parse().unwrap(),
+        &"live".parse().unwrap(),
+        NonceSequence::new(InstanceId([77; 16])),
+    );
+    let message = Message::units(&[forged], false).encode();
+    let bytes = sealer.seal(Tag::Tubt, now.as_secs(), &message).unwrap();
+    let from = h.addrs[0];
+    let to = DatagramDest::Group("239.192.6.20:7083".parse().unwrap());
+    h.nodes[1].handle(now, Input::Datagram { from, to, bytes: &bytes });
+    assert!(!h.nodes[1].ledger().store().contains(&origin, 2));
+    assert_eq!(h.nodes[1].stats().pads.sensitive_in_clear_refused, 1);
+}

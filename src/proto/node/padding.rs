@@ -46,7 +46,13 @@ pub struct PadStats {
     pub offers_refused: u64,
     /// Pad store failures (nothing reused: a failed reservation withholds the unit).
     pub errors: u64,
+    /// Units with a sensitive part that came in the clear where one never travels (a
+    /// datagram, a relay link's `Units`): refused.
+    pub sensitive_in_clear_refused: u64,
 }
+
+/// Most units a peer's `Withheld` notes may name on one link.
+const MAX_WITHHELD: u64 = 1 << 16;
 
 /// How long a pad asked of the driver may take before it is asked for again.
 const PAD_REQUEST_MS: u64 = 60_000;
@@ -56,15 +62,13 @@ const PAD_REQUEST_MS: u64 = 60_000;
 const WITHHELD_MS: u64 = 300_000;
 
 impl<S: Store> Node<S> {
-    /// After the hello on a link: tell the peer which of its pads we hold; on a direct link,
-    /// hand over a pad it lacks.
-    pub(super) fn pads_on_link_up(&mut self, link: LinkId, dbid: DatabaseId, kind: LinkKind) {
-        let inbound = self.pads.inbound_ids(&dbid);
+    /// After the hello on a link: tell the peer which pads we hold. A pad is offered once the
+    /// peer's own `Pads` arrives on a direct link (it shows the peer's build knows pads, and
+    /// which of ours it already holds).
+    pub(super) fn pads_on_link_up(&mut self, link: LinkId, dbid: DatabaseId) {
+        let inbound = self.pads.inbound(&dbid);
         let outbound = self.pads.live_outbound(&dbid);
         self.send_frame(link, Tag::Tubs, &Message::Pads { inbound, outbound });
-        if kind != LinkKind::Relay {
-            self.pads_maybe_offer(link, dbid);
-        }
     }
 
     fn pads_wanted_with(&self, dbid: &DatabaseId) -> bool {
@@ -73,14 +77,33 @@ impl<S: Store> Node<S> {
             && self.peers.get(dbid).is_some_and(|p| !p.lan)
     }
 
-    /// On a direct link to `dbid`: offer the pad it has not confirmed, or ask the driver for a
-    /// new one.
+    /// Each anti-entropy round: a pad that could not be made or offered at link-up (the
+    /// driver's queue was full, a store error) is tried again on the direct links.
+    pub(super) fn pads_round(&mut self) {
+        let direct: Vec<(LinkId, DatabaseId)> = self
+            .links
+            .iter()
+            .filter(|(_, i)| i.kind != LinkKind::Relay && i.pads_heard)
+            .filter_map(|(l, i)| i.peer.map(|p| (*l, p)))
+            .collect();
+        for (link, dbid) in direct {
+            if self.peers.get(&dbid).is_some_and(|p| p.link == Some(link)) {
+                self.pads_maybe_offer(link, dbid);
+            }
+        }
+    }
+
+    /// On a direct link to `dbid`: offer the pad it has not confirmed (once per link), or ask
+    /// the driver for a new one.
     fn pads_maybe_offer(&mut self, link: LinkId, dbid: DatabaseId) {
         if !self.pads_wanted_with(&dbid) {
             return;
         }
         if let Some(pad) = self.pads.offered(&dbid) {
-            self.send_pad(link, pad);
+            if self.pad_offered_on.get(&pad) != Some(&link) {
+                self.pad_offered_on.insert(pad, link);
+                self.send_pad(link, pad);
+            }
         } else if self.pads.wants_new(&dbid, self.cfg.pad_bytes)
             && self
                 .pad_requested
@@ -114,12 +137,10 @@ impl<S: Store> Node<S> {
         if !material_ok || !self.pads_wanted_with(&peer) {
             return;
         }
-        let mut id = [0u8; 16];
-        rand::RngCore::fill_bytes(&mut self.rng, &mut id);
-        let id = PadId(id);
-        match self.pads.add_outbound(peer, id, material, self.now.as_millis(), &mut self.ledger) {
-            Ok(()) => {
+        match self.pads.add_outbound(peer, material, self.now.as_millis(), &mut self.ledger) {
+            Ok(id) => {
                 self.stats.pads.generated += 1;
+                self.pad_offered_on.insert(id, link);
                 self.send_pad(link, id);
             }
             Err(_) => self.stats.pads.errors += 1,
@@ -140,6 +161,18 @@ impl<S: Store> Node<S> {
                 match self.pads.on_peer_lists(dbid, &inbound, &outbound, &mut self.ledger) {
                     Ok((revoked, _)) => self.stats.pads.revoked += revoked as u64,
                     Err(_) => self.stats.pads.errors += 1,
+                }
+                let first = self.links.get_mut(&link).is_some_and(|i| {
+                    let first = !i.pads_heard;
+                    i.pads_heard = true;
+                    first
+                });
+                if first && !relay {
+                    self.pads_maybe_offer(link, dbid);
+                }
+                if first {
+                    // What was left out until now (sensitive units) may be asked for.
+                    self.replan = true;
                 }
             }
             Message::PadOffer { .. } | Message::PadComplete { .. } if relay => {
@@ -173,10 +206,17 @@ impl<S: Store> Node<S> {
             Message::Withheld { units } => {
                 let now = self.now;
                 if let Some(info) = self.links.get_mut(&link) {
+                    let mut added = false;
                     for (origin, seq) in units {
-                        info.withheld.insert(origin, seq);
+                        // Bounded: a broken peer cannot grow it without end.
+                        if info.withheld.total() >= MAX_WITHHELD {
+                            break;
+                        }
+                        added |= info.withheld.insert(origin, seq);
                     }
-                    info.withheld_at = now;
+                    if added {
+                        info.withheld_at = now;
+                    }
                 }
             }
             _ => {}
@@ -186,18 +226,38 @@ impl<S: Store> Node<S> {
     fn on_padded_units(&mut self, link: LinkId, dbid: DatabaseId, units: &[PaddedUnit]) {
         let limit = self.ledger.payload_limit();
         let mut opened = Vec::with_capacity(units.len());
+        let mut unreadable = Vec::new();
         for padded in units {
-            match self.pads.open(&dbid, padded, limit, &self.ledger) {
+            match self.pads.open(&dbid, padded, limit, &mut self.ledger) {
                 Ok(unit) => opened.push(unit.encode()),
-                Err(_) => {
+                Err(PadError::Storage(_) | PadError::Disabled) => self.stats.pads.errors += 1,
+                Err(e) => {
                     self.stats.pads.padded_refused += 1;
                     self.stats.rejects.record_reason(RejectReason::DecryptFailure);
+                    if matches!(e, PadError::Unknown(_) | PadError::Damaged(_)) {
+                        unreadable.push(padded.pad);
+                    }
                 }
             }
         }
+        if !unreadable.is_empty() {
+            // A pad we cannot use: forget it and say which we hold, so the owner revokes it
+            // rather than burn it on units we cannot open.
+            for pad in unreadable {
+                if self.pads.forget_inbound(&dbid, pad, &mut self.ledger).is_err() {
+                    self.stats.pads.errors += 1;
+                }
+            }
+            let inbound = self.pads.inbound(&dbid);
+            let outbound = self.pads.live_outbound(&dbid);
+            self.send_frame(link, Tag::Tubs, &Message::Pads { inbound, outbound });
+        }
         self.stats.pads.padded_received += opened.len() as u64;
         if !opened.is_empty() {
-            self.on_units(Source::Link(link), &opened);
+            let fresh = self.on_units(Source::Link(link), &opened, false);
+            if let Some(info) = self.links.get_mut(&link) {
+                info.padded_fresh += fresh;
+            }
         }
     }
 
@@ -206,10 +266,12 @@ impl<S: Store> Node<S> {
     pub(super) fn send_sensitive_on_relay<'u>(
         &mut self,
         link: LinkId,
+        tag: Tag,
         units: &'u [TransferUnit],
     ) -> Vec<&'u TransferUnit> {
         let Some(peer) = self.links.get(&link).and_then(|l| l.peer) else {
-            return units.iter().collect();
+            // Fail closed: no peer, no pad; nothing sensitive leaves.
+            return units.iter().filter(|u| u.sensitive.is_empty()).collect();
         };
         let mut plain = Vec::with_capacity(units.len());
         let mut padded = Vec::new();
@@ -235,16 +297,30 @@ impl<S: Store> Node<S> {
         if !withheld.is_empty() {
             self.stats.pads.units_withheld += withheld.len() as u64;
             if let Some(info) = self.links.get_mut(&link) {
-                info.withheld_by_us += withheld.len() as u64;
+                for (origin, seq) in &withheld {
+                    info.withheld_by_us.insert(*origin, *seq);
+                }
             }
             self.send_frame(link, Tag::Tubs, &Message::Withheld { units: withheld });
         }
         if !padded.is_empty() {
             self.stats.pads.padded_sent += padded.len() as u64;
-            for chunk in padded.chunks(64) {
-                let message = Message::PaddedUnits { units: chunk.to_vec() };
-                self.send_frame_urgent(link, Tag::Tuda, &message, urgency);
+            // Frames of at most `batch_bytes`, like `Units` (a relay session bounds its bytes).
+            let max = self.cfg.batch_bytes.max(1);
+            let mut frame: Vec<PaddedUnit> = Vec::new();
+            let mut bytes = 0;
+            for p in padded {
+                let size = p.unit.len() + p.ct.len() + 64;
+                if !frame.is_empty() && bytes + size > max {
+                    let message = Message::PaddedUnits { units: std::mem::take(&mut frame) };
+                    self.send_frame_urgent(link, tag, &message, urgency);
+                    bytes = 0;
+                }
+                bytes += size;
+                frame.push(p);
             }
+            let message = Message::PaddedUnits { units: frame };
+            self.send_frame_urgent(link, tag, &message, urgency);
         }
         plain
     }
@@ -269,7 +345,7 @@ impl<S: Store> Node<S> {
     ) -> Option<PadsStatus> {
         let PadPeerStatus { out_left, out_offered, in_bytes } = self.pads.status(peer);
         let withheld_from_us = link.map_or(0, |l| l.withheld.total());
-        let withheld_by_us = link.map_or(0, |l| l.withheld_by_us);
+        let withheld_by_us = link.map_or(0, |l| l.withheld_by_us.total());
         let any = out_left > 0 || out_offered || in_bytes > 0 || withheld_from_us > 0;
         (any || withheld_by_us > 0).then_some(PadsStatus {
             out_left,
