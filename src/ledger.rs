@@ -606,10 +606,17 @@ impl<S: Store> Ledger<S> {
         if self.unindexed {
             return Err(LedgerError::Unindexed);
         }
+        // A batch in strictly increasing (origin, seq) order, as a burst of one sender's
+        // datagrams is, repeats no unit; only another order needs the set (a set insert per unit
+        // was ~6 % of a receiving node's instructions).
+        let ordered = units.windows(2).all(|w| (w[0].origin, w[0].seq) < (w[1].origin, w[1].seq));
         let mut seen = BTreeSet::new();
         let fresh: Vec<TransferUnit> = units
             .into_iter()
-            .filter(|u| !self.store.contains(&u.origin, u.seq) && seen.insert((u.origin, u.seq)))
+            .filter(|u| {
+                !self.store.contains(&u.origin, u.seq)
+                    && (ordered || seen.insert((u.origin, u.seq)))
+            })
             .collect();
         let fresh = self.write(fresh, now_ms)?;
         self.next_own_seq = self.next_own_seq.max(self.store.next_seq(&self.own));
@@ -784,6 +791,26 @@ mod tests {
         assert_eq!(ledger.index(logged).unwrap().len(), 1);
         assert_eq!(ledger.store().units_total(), 11);
         ledger.checkpoint().unwrap();
+    }
+
+    /// Units already held and repeats within a batch are skipped, whether the batch is in
+    /// (origin, seq) order or not; the fresh ones come back in the order given.
+    #[test]
+    fn accept_batch_skips_what_is_held_and_repeats() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = data_dir(root.path());
+        let now = 1_764_633_600_000;
+        let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
+        let unit = |seq| crate::unit::tests::sample_unit(seq, b"sale");
+        let mut accept = |seqs: &[u64]| -> Vec<u64> {
+            let units = seqs.iter().map(|s| unit(*s)).collect();
+            ledger.accept_batch(units, now).unwrap().iter().map(|u| u.seq).collect()
+        };
+        assert_eq!(accept(&[1, 2]), [1, 2]);
+        assert_eq!(accept(&[2, 3, 4]), [3, 4], "in order, one held");
+        assert_eq!(accept(&[7, 5, 7, 4, 6, 5]), [7, 5, 6], "out of order, repeats");
+        assert_eq!(accept(&[8, 9, 9, 10]), [8, 9, 10], "in order but for a repeat");
+        assert_eq!(ledger.store().units_total(), 10);
     }
 
     /// A poisoned ledger (a write failed part way) records no checkpoint: what the logs hold
