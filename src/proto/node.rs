@@ -1275,7 +1275,8 @@ impl<S: Store> Node<S> {
             }
         };
         self.stats.units_received += units.len() as u64;
-        let mut new_units = match self.ledger.accept_batch(units, self.now.as_millis()) {
+        let now_ms = self.now.as_millis();
+        let mut new_units = match self.ledger.accept_received(units, encoded, now_ms) {
             Ok(fresh) => fresh,
             Err(_) => {
                 // Refused (disk full): what a peer reports holding is asked for again once the
