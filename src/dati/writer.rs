@@ -235,6 +235,19 @@ impl DatiWriter {
         unit: &TransferUnit,
         now_ms: u64,
     ) -> Result<RecordLocation, DatiError> {
+        self.append_encoded(unit, &unit.encode(), now_ms)
+    }
+
+    /// [`DatiWriter::append`] with the unit's encoding at hand (a receiver has the bytes it
+    /// decoded the unit from): `plain` must be byte for byte `unit.encode()`, which a record
+    /// holds (checked in debug builds).
+    pub fn append_encoded(
+        &mut self,
+        unit: &TransferUnit,
+        plain: &[u8],
+        now_ms: u64,
+    ) -> Result<RecordLocation, DatiError> {
+        debug_assert_eq!(plain, unit.encode(), "a record holds the canonical encoding");
         self.check_failed()?;
         let (origin, seq) = (unit.origin, unit.seq);
         unit.validate(MAX_RECORD_BODY).map_err(|source| DatiError::InvalidUnit {
@@ -242,7 +255,6 @@ impl DatiWriter {
             seq,
             source,
         })?;
-        let plain = unit.encode();
         let body_len = format::body_len(plain.len());
         if body_len > MAX_RECORD_BODY {
             return Err(DatiError::UnitTooLarge { origin, seq, len: plain.len() });
@@ -294,7 +306,7 @@ impl DatiWriter {
             nonce,
             key,
         };
-        let hash = format::encode_record(&mut file.buf, seal, &plain)
+        let hash = format::encode_record(&mut file.buf, seal, plain)
             .ok_or(DatiError::UnitTooLarge { origin, seq, len: plain.len() })?;
         file.prev_hash = hash;
         file.unsynced = true;

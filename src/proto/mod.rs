@@ -29,4 +29,6 @@ pub use peers::{DownReason, Peer, PeerState, Role};
 pub use status::{LinkStatus, NodeStatus, PeerStatus, Queues};
 
 #[cfg(test)]
+mod recv_profile;
+#[cfg(test)]
 mod tests;

@@ -1368,7 +1368,8 @@ impl<S: Store> Node<S> {
             }
         }
         self.stats.units_received += units.len() as u64;
-        let mut new_units = match self.ledger.accept_batch(units, self.now.as_millis()) {
+        let now_ms = self.now.as_millis();
+        let mut new_units = match self.ledger.accept_received(units, encoded, now_ms) {
             Ok(fresh) => fresh,
             Err(_) => {
                 // Refused (disk full): what a peer reports holding is asked for again once the
@@ -1522,10 +1523,10 @@ impl<S: Store> Node<S> {
     }
 
     /// Delivers, per origin, every held unit after the delivered one, in seq order. `fresh`
-    /// holds units just accepted (sorted by origin, then seq, or not at all): they are
+    /// holds units just accepted (so held; sorted by origin, then seq, or not at all): they are
     /// delivered from memory (moved, not copied), so the common case (units arriving in order)
     /// never reads back and decrypts what was just written; a unit from before a gap is read
-    /// from the store.
+    /// from the store. `fresh` is walked once per origin, not searched per unit.
     fn deliver_ready(
         &mut self,
         origins: impl IntoIterator<Item = DatabaseId>,
@@ -1536,16 +1537,20 @@ impl<S: Store> Node<S> {
             if origin == own {
                 continue;
             }
-            let mut next = self.delivered.get(&origin).copied().unwrap_or(0) + 1;
-            while self.ledger.store().contains(&origin, next) {
+            let last = self.delivered.get(&origin).copied().unwrap_or(0);
+            let mut next = last + 1;
+            // This origin's fresh units, in seq order.
+            let mut i = fresh.partition_point(|u| u.origin < origin);
+            loop {
+                while fresh.get(i).is_some_and(|u| u.origin == origin && u.seq < next) {
+                    i += 1;
+                }
                 // Each fresh unit is delivered at most once (`next` only grows), so its payload
                 // can be taken.
-                let in_hand = fresh
-                    .binary_search_by(|u| (u.origin, u.seq).cmp(&(origin, next)))
-                    .ok()
-                    .map(|i| {
-                        let u = &mut fresh[i];
-                        TransferUnit {
+                let in_hand = match fresh.get_mut(i) {
+                    Some(u) if u.origin == origin && u.seq == next => {
+                        i += 1;
+                        Some(TransferUnit {
                             kind: u.kind,
                             physkey: u.physkey,
                             origin: u.origin,
@@ -1555,18 +1560,25 @@ impl<S: Store> Node<S> {
                             scopes: u.scopes,
                             payload: std::mem::take(&mut u.payload),
                             sensitive: std::mem::take(&mut u.sensitive),
-                        }
-                    });
+                        })
+                    }
+                    _ => None,
+                };
                 let unit = match in_hand {
                     Some(unit) => unit,
-                    None => match self.ledger.store().get(&origin, next) {
-                        Ok(Some(unit)) => unit,
-                        _ => break,
-                    },
+                    None if self.ledger.store().contains(&origin, next) => {
+                        match self.ledger.store().get(&origin, next) {
+                            Ok(Some(unit)) => unit,
+                            _ => break,
+                        }
+                    }
+                    None => break,
                 };
                 self.out.push_back(Output::Deliver(unit));
-                self.delivered.insert(origin, next);
                 next += 1;
+            }
+            if next - 1 > last {
+                self.delivered.insert(origin, next - 1);
             }
         }
     }

@@ -41,7 +41,7 @@ pub(crate) struct Harness {
     pub accepted: Vec<(DatabaseId, u64)>,
 }
 
-fn keys() -> KeySchedule {
+pub(crate) fn keys() -> KeySchedule {
     KeySchedule::new(
         &SystemKey::from_bytes([5; 32]),
         "1,2,3,4".parse().unwrap(),
