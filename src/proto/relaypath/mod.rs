@@ -569,6 +569,18 @@ impl RelayPath {
         })
     }
 
+    /// Bytes `link`'s session can still take before a send would overflow it (0 when it is
+    /// not open or near its message bound).
+    pub fn send_room(&self, link: LinkId) -> usize {
+        self.links.get(&link).and_then(|d| self.sessions.get(d)).map_or(0, |p| {
+            if p.link != link || p.session.unacked() + 16 >= session::MAX_UNACKED_MESSAGES {
+                0
+            } else {
+                session::MAX_UNACKED_BYTES.saturating_sub(p.session.unacked_bytes())
+            }
+        })
+    }
+
     /// The node closes relay link `link`: its session ends with a `Fin`.
     pub fn close<R: Rng>(&mut self, now: Time, rng: &mut R, link: LinkId) {
         let Some(p) = self.links.get(&link).and_then(|d| self.sessions.get_mut(d)) else { return };

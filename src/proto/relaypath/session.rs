@@ -240,6 +240,11 @@ impl Session {
         self.out_bytes + self.incoming_bytes
     }
 
+    /// Bytes of the messages sent and not acknowledged.
+    pub fn unacked_bytes(&self) -> usize {
+        self.out_bytes
+    }
+
     /// Messages sent and not acknowledged.
     pub fn unacked(&self) -> usize {
         self.out.len()
