@@ -770,6 +770,27 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// The offer frames of `owner`'s pad `id`, taken by `peer` (not yet accepted by the owner).
+    fn deliver_offer(
+        owner: &PadBook,
+        owner_meta: &Meta,
+        id: PadId,
+        peer: &mut PadBook,
+        peer_meta: &mut Meta,
+    ) {
+        for frame in owner.offer(id, owner_meta).unwrap() {
+            match frame {
+                Message::PadOffer { pad, len, offset, chunk } => {
+                    peer.on_offer(owner.own, pad, len, offset, chunk).unwrap()
+                }
+                Message::PadComplete { pad, hash } => {
+                    peer.on_complete(owner.own, pad, hash, 2, peer_meta).unwrap()
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     /// Owner `a` hands a pad of `len` bytes to `b`: both books and stores.
     fn handed_over(len: usize) -> (PadBook, Meta, PadBook, Meta) {
         let (a, b) = (dbid("AAAAAAAAAAAAAAA"), dbid("BBBBBBBBBBBBBBB"));
@@ -777,17 +798,7 @@ mod tests {
         let (mut peer, mut peer_meta) = (PadBook::new(b), Meta::default());
         let material: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
         let id = owner.add_outbound(b, &material, 1, &mut owner_meta).unwrap();
-        for frame in owner.offer(id, &owner_meta).unwrap() {
-            match frame {
-                Message::PadOffer { pad, len, offset, chunk } => {
-                    peer.on_offer(a, pad, len, offset, chunk).unwrap()
-                }
-                Message::PadComplete { pad, hash } => {
-                    peer.on_complete(a, pad, hash, 2, &mut peer_meta).unwrap()
-                }
-                other => panic!("{other:?}"),
-            }
-        }
+        deliver_offer(&owner, &owner_meta, id, &mut peer, &mut peer_meta);
         assert_eq!(owner.status(&b).out_left, 0, "not usable before the peer confirms");
         assert!(owner.on_accepted(b, id, &mut owner_meta).unwrap());
         (owner, owner_meta, peer, peer_meta)
@@ -940,17 +951,7 @@ mod tests {
         let (mut owner, mut owner_meta) = (PadBook::new(a), Meta::default());
         let (mut peer, mut peer_meta) = (PadBook::new(b), Meta::default());
         let id = owner.add_outbound(b, &[3; 20_000], 1, &mut owner_meta).unwrap();
-        for frame in owner.offer(id, &owner_meta).unwrap() {
-            match frame {
-                Message::PadOffer { pad, len, offset, chunk } => {
-                    peer.on_offer(a, pad, len, offset, chunk).unwrap()
-                }
-                Message::PadComplete { pad, hash } => {
-                    peer.on_complete(a, pad, hash, 2, &mut peer_meta).unwrap()
-                }
-                other => panic!("{other:?}"),
-            }
-        }
+        deliver_offer(&owner, &owner_meta, id, &mut peer, &mut peer_meta);
         // `PadAccepted` lost with the link: the peer's list accepts it.
         let snapshot = owner_meta.clone();
         owner.on_peer_lists(b, &peer.inbound(&a), &[], &mut owner_meta).unwrap();
