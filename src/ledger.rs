@@ -812,7 +812,9 @@ impl<S: Store> crate::proto::pads::PadStorage for Ledger<S> {
 /// postcard reads one value from its encoding or from longer ones (overlong varints) and
 /// nothing else, so a decodable encoding of the canonical length is the canonical one.
 fn is_canonical_encoding(unit: &TransferUnit, bytes: &[u8]) -> bool {
-    bytes.first() == Some(&crate::unit::UNIT_FORMAT_VERSION)
+    // A unit with a sensitive part is never version 1: such bytes are never its encoding.
+    unit.sensitive.is_empty()
+        && bytes.first() == Some(&crate::unit::UNIT_FORMAT_VERSION)
         && postcard::experimental::serialized_size(unit).ok().and_then(|n| n.checked_add(1))
             == Some(bytes.len())
 }

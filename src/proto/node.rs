@@ -1249,8 +1249,10 @@ impl<S: Store> Node<S> {
         if link.is_relay() {
             // A relay session holds at most `MAX_UNACKED_BYTES` in flight: answer with what
             // fits it; the asker asks for the next batch when this one ends.
-            let room = self.relay.send_room(link);
-            let budget = RELAY_ANSWER_BYTES.min(room / 4 * 3);
+            let (room, slots) = self.relay.send_room(link);
+            // Frames of up to `batch_bytes`, a few more for `Withheld` and the end.
+            let by_slots = slots.saturating_sub(4).saturating_mul(self.cfg.batch_bytes.max(1));
+            let budget = RELAY_ANSWER_BYTES.min(room / 4 * 3).min(by_slots);
             let size = |u: &TransferUnit| {
                 let padded = if u.sensitive.is_empty() { 0 } else { u.sensitive.len() + 64 };
                 u.payload.len() + 80 + padded
@@ -1265,7 +1267,8 @@ impl<S: Store> Node<S> {
                 .count();
             // One large unit goes alone if the session has room for it; with no room the
             // answer is empty and the asker asks again next round.
-            let first_fits = candidates.first().is_some_and(|u| size(u) + (64 << 10) <= room);
+            let first_fits =
+                slots > 4 && candidates.first().is_some_and(|u| size(u) + (64 << 10) <= room);
             candidates.truncate(if fit == 0 && first_fits { 1 } else { fit });
         }
         self.stats.wants_served += 1;
@@ -1833,14 +1836,22 @@ impl<S: Store> Node<S> {
         if self.push_have_at.is_none_or(|at| at > now) || self.push_skipped.is_empty() {
             return;
         }
+        let mut full = BTreeSet::new();
         for link in std::mem::take(&mut self.push_skipped) {
-            if self.links.contains_key(&link) && self.relay.send_room(link) > 0 {
+            if !self.links.contains_key(&link) {
+                continue;
+            }
+            if self.relay.send_room(link).1 > 0 {
                 self.send_have(link, false);
+            } else {
+                // No room yet: try again shortly rather than at the next round.
+                full.insert(link);
             }
         }
-        self.push_have_at = None;
-        // The next skip waits at least `PUSH_HAVE_MS`: a full session is not flooded.
+        // The next one waits at least `PUSH_HAVE_MS`: a full session is not flooded.
         self.push_have_last = now;
+        self.push_have_at = (!full.is_empty()).then(|| now.plus_millis(PUSH_HAVE_MS));
+        self.push_skipped = full;
     }
 
     fn relay_timeout(&mut self) {

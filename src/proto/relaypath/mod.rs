@@ -569,14 +569,15 @@ impl RelayPath {
         })
     }
 
-    /// Bytes `link`'s session can still take before a send would overflow it (0 when it is
-    /// not open or near its message bound).
-    pub fn send_room(&self, link: LinkId) -> usize {
-        self.links.get(&link).and_then(|d| self.sessions.get(d)).map_or(0, |p| {
-            if p.link != link || p.session.unacked() + 16 >= session::MAX_UNACKED_MESSAGES {
-                0
+    /// Bytes and messages `link`'s session can still take before a send would overflow it
+    /// (a margin of 16 messages is kept for control; zero when it is not open).
+    pub fn send_room(&self, link: LinkId) -> (usize, usize) {
+        self.links.get(&link).and_then(|d| self.sessions.get(d)).map_or((0, 0), |p| {
+            let slots = session::MAX_UNACKED_MESSAGES.saturating_sub(p.session.unacked() + 16);
+            if p.link != link || slots == 0 {
+                (0, 0)
             } else {
-                session::MAX_UNACKED_BYTES.saturating_sub(p.session.unacked_bytes())
+                (session::MAX_UNACKED_BYTES.saturating_sub(p.session.unacked_bytes()), slots)
             }
         })
     }
