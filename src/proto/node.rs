@@ -932,7 +932,7 @@ impl<S: Store> Node<S> {
         peer.link = Some(link);
         peer.state = PeerState::Up;
         peer.failures = 0;
-        self.pads_on_link_up(link, dbid);
+        self.send_pads(link, dbid);
         self.send_have(link, false);
         self.send_ping(link);
         self.fail_back();

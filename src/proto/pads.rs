@@ -545,6 +545,11 @@ impl PadBook {
             .collect()
     }
 
+    /// Whether our pad `id` is offered and not confirmed yet.
+    pub fn is_offered(&self, id: &PadId) -> bool {
+        self.records.get(id).is_some_and(|r| r.outbound && r.state == PadState::Offered)
+    }
+
     /// An outbound pad to `peer` that is offered and not confirmed yet.
     pub fn offered(&self, peer: &DatabaseId) -> Option<PadId> {
         self.records

@@ -62,10 +62,11 @@ const PAD_REQUEST_MS: u64 = 60_000;
 const WITHHELD_MS: u64 = 300_000;
 
 impl<S: Store> Node<S> {
-    /// After the hello on a link: tell the peer which pads we hold. A pad is offered once the
+    /// Tells the peer which of its pads we hold and which of ours are live: after the hello on
+    /// every link, and when we forgot a pad we could not read. A pad is offered once the
     /// peer's own `Pads` arrives on a direct link (it shows the peer's build knows pads, and
     /// which of ours it already holds).
-    pub(super) fn pads_on_link_up(&mut self, link: LinkId, dbid: DatabaseId) {
+    pub(super) fn send_pads(&mut self, link: LinkId, dbid: DatabaseId) {
         let inbound = self.pads.inbound(&dbid);
         let outbound = self.pads.live_outbound(&dbid);
         self.send_frame(link, Tag::Tubs, &Message::Pads { inbound, outbound });
@@ -86,6 +87,9 @@ impl<S: Store> Node<S> {
             .filter(|(_, i)| i.kind != LinkKind::Relay && i.pads_heard)
             .filter_map(|(l, i)| i.peer.map(|p| (*l, p)))
             .collect();
+        // Offers that ended (accepted, or forgotten) need no memory of their link.
+        let pads = &self.pads;
+        self.pad_offered_on.retain(|pad, _| pads.is_offered(pad));
         for (link, dbid) in direct {
             if self.peers.get(&dbid).is_some_and(|p| p.link == Some(link)) {
                 self.pads_maybe_offer(link, dbid);
@@ -248,9 +252,7 @@ impl<S: Store> Node<S> {
                     self.stats.pads.errors += 1;
                 }
             }
-            let inbound = self.pads.inbound(&dbid);
-            let outbound = self.pads.live_outbound(&dbid);
-            self.send_frame(link, Tag::Tubs, &Message::Pads { inbound, outbound });
+            self.send_pads(link, dbid);
         }
         self.stats.pads.padded_received += opened.len() as u64;
         if !opened.is_empty() {
