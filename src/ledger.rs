@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::datadir::DataDir;
 use crate::dati::{
-    self, DatiBodies, DatiConfig, DatiError, DatiPosition, DatiWriter, RecordLocation,
+    self, DatiBodies, DatiConfig, DatiError, DatiPosition, DatiWriter, RecordLocation, SyncJob,
+    SyncStart,
 };
 use crate::id::{DatabaseId, InstanceId, Physkey, PhyskeyClock};
 use crate::store::{
@@ -50,9 +51,6 @@ pub enum LedgerError {
     /// An earlier write failed part way; this ledger refuses further writes.
     #[error("an earlier write failed; reopen the data directory (restart meshnode) before writing again")]
     Poisoned,
-    /// A logged batch has not been indexed yet (a caller bug: see `Ledger::submit_logged`).
-    #[error("a logged batch waits for its index; index it before writing or checkpointing")]
-    Unindexed,
     /// A meta value written by meshnode does not decode.
     #[error("store meta value {name:?} is damaged; run `meshnode rebuild` to rebuild the store from the daily logs")]
     BadMeta {
@@ -122,6 +120,21 @@ pub struct Logged {
     /// Where each unit's record is; `None` when there are no logs (the store wrote them).
     refs: Option<Vec<BodyRef>>,
     now_ms: u64,
+    /// The sync that makes the batch durable, when it runs on the sync thread
+    /// ([`Ledger::pipeline_syncs`]); `None`: durable already.
+    ticket: Option<u64>,
+}
+
+/// Whether a logged batch is durable yet (see [`Ledger::sync_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncState {
+    /// Its fdatasync is still running.
+    Pending,
+    /// It survives kill -9 and power loss: index it and tell the application.
+    Durable,
+    /// Its sync, or an earlier one, failed: it is not known to be durable (the ledger is
+    /// poisoned; reopening replays whatever reached the disk).
+    Failed(String),
 }
 
 impl Logged {
@@ -129,6 +142,17 @@ impl Logged {
     pub fn units(&self) -> &[TransferUnit] {
         &self.units
     }
+}
+
+/// A numbered batch, not yet written (`Ledger::prepare`).
+struct Prepared {
+    receipts: Vec<Receipt>,
+    /// The new units, in seq order.
+    units: Vec<TransferUnit>,
+    /// The next own seq once they are written.
+    next: u64,
+    /// Where the units with application physkeys are.
+    keyed: BTreeMap<Physkey, usize>,
 }
 
 /// What happened while opening, for the operator's log.
@@ -157,10 +181,117 @@ pub struct Ledger<S: Store = SledStore> {
     /// Checkpoints that failed after a write (the write itself stood).
     checkpoint_failures: u64,
     poisoned: bool,
-    /// A batch is logged and not yet indexed ([`Ledger::submit_logged`]): no checkpoint may
-    /// record log positions past it, or reopening would not replay it and its seqs would be
-    /// handed out again.
-    unindexed: bool,
+    /// Batches logged and not yet indexed ([`Ledger::submit_logged`]).
+    unindexed: usize,
+    /// Per origin, the end of the last record indexed: what a checkpoint may record. Not the
+    /// logs' own end: with syncs pipelined a batch can be in the logs (even durable) and not yet
+    /// in the store, and a checkpoint past it would skip its replay after a crash and hand its
+    /// seqs out again.
+    covered: BTreeMap<DatabaseId, DatiPosition>,
+    /// The application physkeys of logged batches not yet indexed (the index cannot find them
+    /// yet), so a resubmission meanwhile is still answered as existing.
+    pending_keys: std::collections::HashMap<Physkey, (DatabaseId, u64)>,
+    /// Where log syncs run when pipelined.
+    syncer: Option<LogSyncer>,
+}
+
+type SyncRunner = fn(&SyncJob) -> Result<(), DatiError>;
+
+/// Log syncs on a thread of their own ([`Ledger::pipeline_syncs`]): a node seals and writes
+/// the next batch while the last one's fdatasync runs. Jobs run one at a time, in order, so
+/// results come back in ticket order.
+struct LogSyncer {
+    jobs: Option<std::sync::mpsc::Sender<SyncJob>>,
+    done: std::sync::mpsc::Receiver<Result<(), DatiError>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The last ticket handed out.
+    issued: u64,
+    /// Results taken (tickets 1..=finished).
+    finished: u64,
+    /// The first ticket whose sync failed, and why: it and every later one are not durable.
+    failed: Option<(u64, String)>,
+}
+
+impl LogSyncer {
+    /// `run` is [`SyncJob::run`] (tests put a failing one in its place).
+    fn start(notify: Box<dyn Fn() + Send>, run: SyncRunner) -> std::io::Result<Self> {
+        let (jobs, rx) = std::sync::mpsc::channel::<SyncJob>();
+        let (tx, done) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new().name("log-sync".into()).spawn(move || {
+            for job in rx {
+                if tx.send(run(&job)).is_err() {
+                    return;
+                }
+                notify();
+            }
+        })?;
+        Ok(LogSyncer {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+            issued: 0,
+            finished: 0,
+            failed: None,
+        })
+    }
+
+    /// Queues `job`; its ticket, or the job back when the thread is gone.
+    fn send(&mut self, job: SyncJob) -> Result<u64, SyncJob> {
+        let Some(jobs) = self.jobs.as_ref() else { return Err(job) };
+        match jobs.send(job) {
+            Ok(()) => {
+                self.issued += 1;
+                Ok(self.issued)
+            }
+            Err(std::sync::mpsc::SendError(job)) => {
+                self.jobs = None;
+                Err(job)
+            }
+        }
+    }
+
+    /// Takes the results that are in; returns the errors, for the writer.
+    fn collect(&mut self) -> Vec<DatiError> {
+        let mut errors = Vec::new();
+        while self.finished < self.issued {
+            match self.done.try_recv() {
+                Ok(result) => {
+                    self.finished += 1;
+                    if let Err(e) = result {
+                        self.failed.get_or_insert((self.finished, e.to_string()));
+                        errors.push(e);
+                    }
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    // Only a panic ends the thread early: nothing after is known durable.
+                    let reason = "the log sync thread stopped".to_string();
+                    self.failed.get_or_insert((self.finished + 1, reason));
+                    self.finished = self.issued;
+                }
+            }
+        }
+        errors
+    }
+
+    fn state(&self, ticket: u64) -> SyncState {
+        match &self.failed {
+            Some((at, reason)) if ticket >= *at => SyncState::Failed(reason.clone()),
+            _ if self.finished >= ticket => SyncState::Durable,
+            _ => SyncState::Pending,
+        }
+    }
+}
+
+impl Drop for LogSyncer {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread after the jobs queued (their records are in the
+        // logs either way; reopening replays what is durable).
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Checkpoints on a thread of their own: the store's two flushes (each an fsync, 2-20 ms)
@@ -189,10 +320,10 @@ enum Step<'a> {
 }
 
 impl CheckpointJob {
-    /// What the logs hold now.
-    fn of(dati: &DatiWriter) -> Self {
+    /// What the store holds of the logs now (`covered`; see `Ledger::covered`).
+    fn of(covered: &BTreeMap<DatabaseId, DatiPosition>, dati: &DatiWriter) -> Self {
         CheckpointJob {
-            positions: postcard::to_stdvec(&dati.positions()).expect("encode"),
+            positions: postcard::to_stdvec(covered).expect("encode"),
             nnnn: postcard::to_stdvec(&dati.nnnn_high_water()).expect("encode"),
         }
     }
@@ -330,6 +461,8 @@ impl<S: Store> Ledger<S> {
 
         let mut ledger =
             Ledger::without_logs(store, dir.identity.dbid, dir.config.payload_limit())?;
+        // After the replay the store holds everything the logs hold.
+        ledger.covered = writer.positions();
         ledger.dati = Some(writer);
         ledger.checkpoint_interval_ms = dir.config.store.checkpoint_interval_ms;
         if report.replayed > 0 {
@@ -370,7 +503,10 @@ impl<S: Store> Ledger<S> {
             background: None,
             checkpoint_failures: 0,
             poisoned: false,
-            unindexed: false,
+            unindexed: 0,
+            covered: BTreeMap::new(),
+            pending_keys: std::collections::HashMap::new(),
+            syncer: None,
         })
     }
 
@@ -467,7 +603,7 @@ impl<S: Store> Ledger<S> {
         subs: Vec<Submission>,
         now_ms: u64,
     ) -> Result<Vec<Receipt>, LedgerError> {
-        let (receipts, units, next) = self.prepare(subs, now_ms)?;
+        let Prepared { receipts, units, next, .. } = self.prepare(subs, now_ms)?;
         self.write(units, now_ms)?;
         self.next_own_seq = next;
         Ok(receipts)
@@ -480,63 +616,142 @@ impl<S: Store> Ledger<S> {
         subs: Vec<Submission>,
         now_ms: u64,
     ) -> Result<(Vec<Receipt>, Vec<TransferUnit>), LedgerError> {
-        let (receipts, units, next) = self.prepare(subs, now_ms)?;
+        let Prepared { receipts, units, next, .. } = self.prepare(subs, now_ms)?;
         let units = self.write(units, now_ms)?;
         self.next_own_seq = next;
         Ok((receipts, units))
     }
 
-    /// Steps 1 and 2 of [`Ledger::submit_batch_units`]: the batch is numbered and durable in
-    /// the daily logs, not yet in the store's index. From here the units survive a crash (a
-    /// reopen replays them), so they are accepted whatever happens to the index; the caller
-    /// hands the batch to [`Ledger::index`] next. Until then nothing else is written and no
-    /// checkpoint is recorded (both answer [`LedgerError::Unindexed`]).
+    /// Steps 1 and 2 of [`Ledger::submit_batch_units`]: the batch is numbered and in the daily
+    /// logs, not yet in the store's index; the caller hands it to [`Ledger::index`] once
+    /// [`Ledger::sync_state`] says it is durable (at once, unless syncs are pipelined), batches
+    /// in the order they were logged. From then on the units survive a crash (a reopen replays
+    /// them), so they are accepted whatever happens to the index. Further batches may be logged
+    /// meanwhile.
     pub fn submit_logged(
         &mut self,
         subs: Vec<Submission>,
         now_ms: u64,
     ) -> Result<(Vec<Receipt>, Logged), LedgerError> {
-        let (receipts, units, next) = self.prepare(subs, now_ms)?;
-        let logged = self.log(units, &[], now_ms)?;
+        let Prepared { receipts, units, next, keyed } = self.prepare(subs, now_ms)?;
+        let logged = self.log(units, &[], now_ms, true)?;
         self.next_own_seq = next;
-        self.unindexed = logged.refs.is_some();
+        if logged.refs.is_some() {
+            for (key, i) in keyed {
+                if let Some(unit) = logged.units.get(i) {
+                    self.pending_keys.insert(key, (unit.origin, unit.seq));
+                }
+            }
+        }
         Ok((receipts, logged))
     }
 
-    /// Step 3: puts a logged batch into the store's index (and checkpoints on schedule);
-    /// returns its units. A failure here poisons the ledger (no more writes until reopened),
-    /// but the batch stays durable: the logs have it, and reopening replays it.
+    /// Runs the fdatasyncs of [`Ledger::submit_logged`] on a thread of their own, calling
+    /// `notify` after each (from that thread): the caller then asks [`Ledger::sync_state`].
+    /// Without daily logs this changes nothing.
+    pub fn pipeline_syncs(&mut self, notify: Box<dyn Fn() + Send>) -> std::io::Result<()> {
+        self.pipeline_syncs_with(notify, SyncJob::run)
+    }
+
+    /// [`Ledger::pipeline_syncs`] with another way to run the jobs (tests: a failing disk).
+    pub(crate) fn pipeline_syncs_with(
+        &mut self,
+        notify: Box<dyn Fn() + Send>,
+        run: SyncRunner,
+    ) -> std::io::Result<()> {
+        if self.dati.is_some() && self.syncer.is_none() {
+            self.syncer = Some(LogSyncer::start(notify, run)?);
+        }
+        Ok(())
+    }
+
+    /// Whether `logged` is durable yet. A failed sync poisons the ledger; it and every batch
+    /// logged after it are `Failed`.
+    pub fn sync_state(&mut self, logged: &Logged) -> SyncState {
+        let Some(ticket) = logged.ticket else { return SyncState::Durable };
+        let Some(syncer) = self.syncer.as_mut() else {
+            return SyncState::Failed("no log sync thread".into());
+        };
+        let errors = syncer.collect();
+        if !errors.is_empty() {
+            self.poisoned = true;
+            if let Some(dati) = self.dati.as_mut() {
+                for e in &errors {
+                    dati.sync_failed(e);
+                }
+            }
+        }
+        syncer.state(ticket)
+    }
+
+    /// Step 3: puts a durable logged batch into the store's index (and checkpoints on
+    /// schedule); returns its units. A failure here poisons the ledger (no more writes until
+    /// reopened), but the batch stays durable: the logs have it, and reopening replays it.
     pub fn index(&mut self, logged: Logged) -> Result<Vec<TransferUnit>, LedgerError> {
-        let Logged { units, refs, now_ms } = logged;
-        self.unindexed = false;
+        let Logged { units, refs, now_ms, ticket: _ } = logged;
         let Some(refs) = refs else {
             // Without logs the store itself wrote the batch.
             return Ok(units);
         };
+        self.unindexed = self.unindexed.saturating_sub(1);
+        if !self.pending_keys.is_empty() {
+            for unit in &units {
+                self.pending_keys.remove(&unit.physkey);
+            }
+        }
         let located: Vec<(TransferUnit, BodyRef)> = units.into_iter().zip(refs).collect();
         if let Err(e) = self.store.insert_located(&located, &[]) {
             self.poisoned = true;
             return Err(e.into());
         }
+        self.cover(&located);
         self.after_write(now_ms);
         Ok(located.into_iter().map(|(unit, _)| unit).collect())
     }
 
+    /// Moves `covered` past the records of an indexed batch.
+    fn cover(&mut self, located: &[(TransferUnit, BodyRef)]) {
+        let mut last: Option<(DatabaseId, DatiPosition)> = None;
+        let settle = |covered: &mut BTreeMap<DatabaseId, DatiPosition>, (origin, end)| {
+            let at = covered.entry(origin).or_insert(end);
+            if (end.nnnn, end.offset) > (at.nnnn, at.offset) {
+                *at = end;
+            }
+        };
+        for (unit, at) in located {
+            let end = DatiPosition { nnnn: at.file, offset: at.offset + u64::from(at.len) };
+            match &mut last {
+                Some((origin, position)) if *origin == unit.origin => *position = end,
+                _ => {
+                    if let Some(done) = last.replace((unit.origin, end)) {
+                        settle(&mut self.covered, done);
+                    }
+                }
+            }
+        }
+        if let Some(done) = last {
+            settle(&mut self.covered, done);
+        }
+    }
+
     /// Appends `units` to the daily logs and syncs them (without logs: writes them to the
-    /// store, which is then durable). `plains[i]`, where given, is `units[i].encode()`.
+    /// store, which is then durable); with `pipelined` and a sync thread, the sync may be left
+    /// to it (the batch's ticket). `plains[i]`, where given, is `units[i].encode()`.
     fn log(
         &mut self,
         units: Vec<TransferUnit>,
         plains: &[Option<&[u8]>],
         now_ms: u64,
+        pipelined: bool,
     ) -> Result<Logged, LedgerError> {
         if units.is_empty() {
-            return Ok(Logged { units, refs: None, now_ms });
+            return Ok(Logged { units, refs: None, now_ms, ticket: None });
         }
         let Some(dati) = self.dati.as_mut() else {
             self.write_without_logs(&units)?;
-            return Ok(Logged { units, refs: None, now_ms });
+            return Ok(Logged { units, refs: None, now_ms, ticket: None });
         };
+        let syncer = self.syncer.as_mut().filter(|_| pipelined);
         let result = (|| {
             let mut refs = Vec::with_capacity(units.len());
             for (i, unit) in units.iter().enumerate() {
@@ -546,11 +761,26 @@ impl<S: Store> Ledger<S> {
                 };
                 refs.push(body_ref(at));
             }
-            dati.sync()?;
-            Ok::<_, LedgerError>(refs)
+            let ticket = match syncer {
+                None => dati.sync().map(|()| None)?,
+                Some(syncer) => match dati.start_sync()? {
+                    SyncStart::Done => None,
+                    SyncStart::Job(job) => match syncer.send(job) {
+                        Ok(ticket) => Some(ticket),
+                        // The thread is gone (a panic): sync here.
+                        Err(job) => {
+                            job.run().map(|()| None).inspect_err(|e| dati.sync_failed(e))?
+                        }
+                    },
+                },
+            };
+            Ok::<_, LedgerError>((refs, ticket))
         })();
         match result {
-            Ok(refs) => Ok(Logged { units, refs: Some(refs), now_ms }),
+            Ok((refs, ticket)) => {
+                self.unindexed += 1;
+                Ok(Logged { units, refs: Some(refs), now_ms, ticket })
+            }
             Err(e) => {
                 // Part of the batch may be in the logs; a retry with the same seqs would write
                 // different units under them. Refuse until reopened (which replays the logs).
@@ -571,18 +801,10 @@ impl<S: Store> Ledger<S> {
         }
     }
 
-    /// Validates, deduplicates and numbers a batch: the receipts, the new units and the next
-    /// own seq once they are written. Writes nothing.
-    fn prepare(
-        &mut self,
-        subs: Vec<Submission>,
-        now_ms: u64,
-    ) -> Result<(Vec<Receipt>, Vec<TransferUnit>, u64), LedgerError> {
+    /// Validates, deduplicates and numbers a batch. Writes nothing.
+    fn prepare(&mut self, subs: Vec<Submission>, now_ms: u64) -> Result<Prepared, LedgerError> {
         if self.poisoned {
             return Err(LedgerError::Poisoned);
-        }
-        if self.unindexed {
-            return Err(LedgerError::Unindexed);
         }
         for sub in &subs {
             self.check(sub)?;
@@ -593,7 +815,11 @@ impl<S: Store> Ledger<S> {
         let mut seq = self.next_own_seq;
         for sub in subs {
             if let Some(key) = sub.physkey {
-                if let Some((origin, existing)) = self.store.find_physkey(&key)? {
+                let held = match self.pending_keys.get(&key) {
+                    Some(&found) => Some(found),
+                    None => self.store.find_physkey(&key)?,
+                };
+                if let Some((origin, existing)) = held {
                     receipts.push(Receipt { origin, seq: existing, physkey: key, existing: true });
                     continue;
                 }
@@ -631,7 +857,7 @@ impl<S: Store> Ledger<S> {
             receipts.push(Receipt { origin: self.own, seq, physkey, existing: false });
             seq += 1;
         }
-        Ok((receipts, units, seq))
+        Ok(Prepared { receipts, units, next: seq, keyed: batch_keys })
     }
 
     /// Accepts units that arrived from elsewhere (a peer, a carried log file): skips what is
@@ -667,9 +893,11 @@ impl<S: Store> Ledger<S> {
         if self.poisoned {
             return Err(LedgerError::Poisoned);
         }
-        if self.unindexed {
-            return Err(LedgerError::Unindexed);
-        }
+        // While own batches wait for their sync (pipelined), units of our own origin from
+        // elsewhere (a peer holding a restored directory's units) wait too: appended behind
+        // them and indexed first, they would let a checkpoint cover records not yet indexed.
+        // Anti-entropy offers them again.
+        let defer_own = self.unindexed > 0;
         // A batch in strictly increasing (origin, seq) order, as a burst of one sender's
         // datagrams is, repeats no unit; only another order needs the set (a set insert per unit
         // was ~6 % of a receiving node's instructions).
@@ -678,7 +906,8 @@ impl<S: Store> Ledger<S> {
         let mut fresh = Vec::with_capacity(units.len());
         let mut plains = Vec::with_capacity(if encoded.is_empty() { 0 } else { units.len() });
         for (i, unit) in units.into_iter().enumerate() {
-            if self.store.contains(&unit.origin, unit.seq)
+            if (defer_own && unit.origin == self.own)
+                || self.store.contains(&unit.origin, unit.seq)
                 || !(ordered || seen.insert((unit.origin, unit.seq)))
             {
                 continue;
@@ -688,7 +917,7 @@ impl<S: Store> Ledger<S> {
             }
             fresh.push(unit);
         }
-        let logged = self.log(fresh, &plains, now_ms)?;
+        let logged = self.log(fresh, &plains, now_ms, false)?;
         let fresh = self.index(logged)?;
         self.next_own_seq = self.next_own_seq.max(self.store.next_seq(&self.own));
         Ok(fresh)
@@ -701,7 +930,7 @@ impl<S: Store> Ledger<S> {
         units: Vec<TransferUnit>,
         now_ms: u64,
     ) -> Result<Vec<TransferUnit>, LedgerError> {
-        let logged = self.log(units, &[], now_ms)?;
+        let logged = self.log(units, &[], now_ms, false)?;
         self.index(logged)
     }
 
@@ -744,7 +973,7 @@ impl<S: Store> Ledger<S> {
         if background.in_flight {
             return Ok(());
         }
-        let job = CheckpointJob::of(dati);
+        let job = CheckpointJob::of(&self.covered, dati);
         match background.jobs.as_ref().map(|jobs| jobs.try_send(job)) {
             Some(Ok(())) => {
                 background.in_flight = true;
@@ -758,14 +987,13 @@ impl<S: Store> Ledger<S> {
         }
     }
 
-    /// A checkpoint records the logs' end as covered by the store. Not while a logged batch
-    /// waits for its index, nor once a write failed part way (poisoned): the store may lack
-    /// units the logs have, and only a replay at the next open puts them back.
+    /// A checkpoint records what the store covers of the logs (`covered`: the records
+    /// indexed, not the logs' end, which may run ahead of the index while batches wait for their
+    /// sync). Not once a write failed part way (poisoned): the store may lack units the logs
+    /// have, and only a replay at the next open puts them back.
     fn may_checkpoint(&self) -> Result<(), LedgerError> {
         if self.poisoned {
             Err(LedgerError::Poisoned)
-        } else if self.unindexed {
-            Err(LedgerError::Unindexed)
         } else {
             Ok(())
         }
@@ -782,7 +1010,7 @@ impl<S: Store> Ledger<S> {
             return Ok(());
         };
         let store = &mut self.store;
-        CheckpointJob::of(dati).record(|step| match step {
+        CheckpointJob::of(&self.covered, dati).record(|step| match step {
             Step::Flush => store.flush(),
             Step::Put(name, value) => store.meta_put(name, value),
         })?;
@@ -870,20 +1098,119 @@ mod tests {
         let (receipts, logged) = ledger.submit_logged((0..10).map(sale).collect(), now).unwrap();
         assert_eq!(logged.units().len(), 10);
         assert_eq!(ledger.store().units_total(), 0, "not indexed yet");
-        // Nothing may checkpoint past it, nor write another batch, until it is indexed.
-        assert!(matches!(ledger.checkpoint(), Err(LedgerError::Unindexed)));
-        assert!(matches!(ledger.submit_logged(vec![sale(10)], now), Err(LedgerError::Unindexed)));
         assert_eq!(receipts[9].seq, 10);
-        drop(logged);
-        drop(ledger); // the crash: no index, no checkpoint
+        // Another batch may be logged meanwhile, and a checkpoint taken: it covers only what
+        // is indexed, so neither batch escapes the replay.
+        let (receipts, second) = ledger.submit_logged(vec![sale(10)], now).unwrap();
+        assert_eq!(receipts[0].seq, 11);
+        ledger.checkpoint_now().unwrap();
+        drop((logged, second));
+        drop(ledger); // the crash: no index
         let (mut ledger, report) = Ledger::open(&dir, InstanceId([2; 16])).unwrap();
-        assert_eq!(report.replayed, 10);
-        assert_eq!(ledger.store().units_total(), 10);
-        let (receipts, logged) = ledger.submit_logged(vec![sale(10)], now).unwrap();
-        assert_eq!(receipts[0].seq, 11, "no seq handed out twice");
-        assert_eq!(ledger.index(logged).unwrap().len(), 1);
+        assert_eq!(report.replayed, 11);
         assert_eq!(ledger.store().units_total(), 11);
+        let (receipts, logged) = ledger.submit_logged(vec![sale(11)], now).unwrap();
+        assert_eq!(receipts[0].seq, 12, "no seq handed out twice");
+        assert_eq!(ledger.index(logged).unwrap().len(), 1);
+        assert_eq!(ledger.store().units_total(), 12);
         ledger.checkpoint().unwrap();
+    }
+
+    /// Waits (with a deadline) until `logged` is no longer pending; its state.
+    fn wait_synced(ledger: &mut Ledger, logged: &Logged) -> SyncState {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match ledger.sync_state(logged) {
+                SyncState::Pending if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                state => return state,
+            }
+        }
+    }
+
+    fn keyed(i: usize, key: &str) -> Submission {
+        Submission { physkey: Some(key.repeat(32).parse().unwrap()), ..sale(i) }
+    }
+
+    /// With syncs pipelined, a batch for an existing file is handed to the sync thread (a
+    /// ticket, `notify` called when it is done) and is indexed only after; a resubmitted
+    /// application physkey is found while its batch waits; a checkpoint meanwhile covers only
+    /// what is indexed, so a crash before the index loses nothing and reuses no seq.
+    #[test]
+    fn pipelined_syncs_index_after_the_sync_and_checkpoints_cover_only_the_index() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = data_dir(root.path());
+        let now = 1_764_633_600_000;
+        let recorded = |ledger: &Ledger| -> Option<BTreeMap<DatabaseId, DatiPosition>> {
+            meta_decode(ledger.store(), META_CHECKPOINT).unwrap()
+        };
+        let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
+        let (tx, notified) = std::sync::mpsc::channel();
+        ledger
+            .pipeline_syncs(Box::new(move || {
+                let _ = tx.send(());
+            }))
+            .unwrap();
+        // The first batch names a new file: synced whole, at once.
+        let (_, first) = ledger.submit_logged((0..10).map(sale).collect(), now).unwrap();
+        assert_eq!(first.ticket, None);
+        assert_eq!(ledger.sync_state(&first), SyncState::Durable);
+        // The second goes to the sync thread.
+        let (receipts, second) = ledger.submit_logged(vec![sale(10), keyed(11, "K")], now).unwrap();
+        assert_eq!(second.ticket, Some(1));
+        assert_eq!(wait_synced(&mut ledger, &second), SyncState::Durable);
+        notified.recv_timeout(std::time::Duration::from_secs(30)).expect("notified");
+        // Its physkey is found before it is indexed.
+        let (again, third) = ledger.submit_logged(vec![keyed(12, "K"), sale(13)], now).unwrap();
+        assert!(again[0].existing);
+        assert_eq!(again[0].seq, receipts[1].seq);
+        assert_eq!(again[1].seq, 13);
+        // Index the first only, and checkpoint: it covers the first batch, nothing after.
+        let first_end = {
+            let last = ledger.index(first).unwrap().pop().unwrap();
+            assert_eq!(last.seq, 10);
+            ledger.covered[&ledger.own_dbid()]
+        };
+        ledger.checkpoint_now().unwrap();
+        assert_eq!(recorded(&ledger).unwrap()[&ledger.own_dbid()], first_end);
+        assert_eq!(wait_synced(&mut ledger, &third), SyncState::Durable);
+        drop((second, third));
+        drop(ledger); // the crash
+        let (ledger, report) = Ledger::open(&dir, InstanceId([2; 16])).unwrap();
+        assert_eq!(report.replayed, 3, "the two batches not indexed");
+        assert_eq!(ledger.store().units_total(), 13);
+        assert_eq!(ledger.store().next_seq(&ledger.own_dbid()), 14);
+    }
+
+    /// A failed sync on the sync thread fails its batch and every batch after it, and poisons
+    /// the ledger; reopening replays what reached the logs.
+    #[test]
+    fn a_failed_pipelined_sync_fails_it_and_what_follows() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = data_dir(root.path());
+        let now = 1_764_633_600_000;
+        let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
+        let failing: SyncRunner = |_| {
+            let source = std::io::Error::other("injected");
+            Err(DatiError::Io { op: "fdatasync", path: "log".into(), source })
+        };
+        ledger.pipeline_syncs_with(Box::new(|| ()), failing).unwrap();
+        let (_, first) = ledger.submit_logged((0..3).map(sale).collect(), now).unwrap();
+        let first = ledger.index(first).unwrap();
+        assert_eq!(first.len(), 3, "the first batch names its file: synced whole");
+        let (_, second) = ledger.submit_logged(vec![sale(3)], now).unwrap();
+        let (_, third) = ledger.submit_logged(vec![sale(4)], now).unwrap();
+        assert!(
+            matches!(wait_synced(&mut ledger, &second), SyncState::Failed(r) if r.contains("injected"))
+        );
+        assert!(matches!(ledger.sync_state(&third), SyncState::Failed(_)));
+        assert!(matches!(ledger.submit_logged(vec![sale(5)], now), Err(LedgerError::Poisoned)));
+        drop((second, third));
+        drop(ledger);
+        let (ledger, report) = Ledger::open(&dir, InstanceId([2; 16])).unwrap();
+        assert_eq!(report.replayed, 2);
+        assert_eq!(ledger.store().next_seq(&ledger.own_dbid()), 6);
     }
 
     /// Units already held and repeats within a batch are skipped, whether the batch is in
@@ -955,7 +1282,6 @@ mod tests {
         let (_, logged) = ledger.submit_logged((0..5).map(sale).collect(), now).unwrap();
         // As if the index write failed: poisoned, the batch only in the logs.
         ledger.poisoned = true;
-        ledger.unindexed = false;
         drop(logged);
         assert!(matches!(ledger.checkpoint(), Err(LedgerError::Poisoned)));
         assert!(matches!(ledger.checkpoint_now(), Err(LedgerError::Poisoned)));

@@ -514,3 +514,30 @@ fn pipelined_submits_behind_a_refused_one_are_not_stored() {
     assert_eq!(status(&dirs[0])["units_total"], 11, "{}", node.log_text());
     node.stop();
 }
+
+/// A connection's replies keep its order: a status request pipelined behind thousands of
+/// submits (several group commits, whose log syncs run while the next is written) is answered
+/// after the last receipt.
+#[test]
+fn a_request_behind_pipelined_submits_is_answered_after_their_receipts() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = member_dirs(root.path(), &["a"]);
+    let node = Running::start(&dirs[0], free_port());
+    let stream = UnixStream::connect(socket(&dirs[0])).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut lines = BufReader::new(stream).lines();
+    let submits = 6000;
+    let mut request: String =
+        (0..submits).map(|i| format!("{{\"op\":\"submit\",\"body\":{{\"i\":{i}}}}}\n")).collect();
+    request.push_str("{\"op\":\"status\"}\n");
+    let write = std::thread::spawn(move || writer.write_all(request.as_bytes()).unwrap());
+    for i in 0..submits {
+        let line: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(line["seq"].as_u64(), Some(i + 1), "receipt {i}: {line}");
+    }
+    let last: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(last["status"]["units_total"], submits, "{last}");
+    write.join().unwrap();
+    node.stop();
+}

@@ -135,6 +135,10 @@ pub struct Control {
     clients: HashMap<ClientId, Client>,
     /// Who submitted, in order: each `Accepted`/`Refused` answers the front.
     submits: VecDeque<ClientId>,
+    /// Per connection, its submits not answered yet. With log syncs pipelined an answer comes
+    /// after later events, so another request of that connection waits for it (the replies of
+    /// one connection stay in order).
+    unanswered: HashMap<ClientId, usize>,
     /// Who acknowledged, in order: each `Acknowledged`/`AcknowledgeFailed` answers the front.
     acks: VecDeque<ClientId>,
     /// An event taken off the queue that could not join the last burst; handled first.
@@ -182,6 +186,7 @@ impl Control {
                     events,
                     clients: HashMap::new(),
                     submits: VecDeque::new(),
+                    unanswered: HashMap::new(),
                     acks: VecDeque::new(),
                     held: None,
                     deliveries: Deliveries::new(cursor),
@@ -213,6 +218,10 @@ impl Control {
         let mut taken = 0;
         while let Some(event) = next.take() {
             taken += 1;
+            if self.must_wait(&event) {
+                self.held = Some(event);
+                break;
+            }
             if let Some(event) = self.join(node, &mut burst, event) {
                 let in_burst = match &event {
                     ControlEvent::Request { client, .. } | ControlEvent::Bad { client, .. } => {
@@ -239,7 +248,9 @@ impl Control {
             next = self.events.try_recv().ok();
         }
         if !burst.submits.is_empty() {
-            self.submits.extend(burst.submitters);
+            for client in burst.submitters {
+                self.expect_answer(client);
+            }
             node.handle(now, Input::SubmitBatch(burst.submits));
         }
         if !burst.acks.is_empty() {
@@ -303,7 +314,7 @@ impl Control {
                             self.reply(client, protocol::error_line(NOT_SUBMITTED));
                             return;
                         }
-                        self.submits.push_back(client);
+                        self.expect_answer(client);
                         node.handle(now, Input::Submit(sub));
                     }
                     Request::Subscribe { .. } if c.writer.is_none() => {}
@@ -353,14 +364,14 @@ impl Control {
     pub fn handle_output(&mut self, out: Output) -> Option<Output> {
         match out {
             Output::Accepted(receipt) => {
-                if let Some(client) = self.submits.pop_front() {
+                if let Some(client) = self.answered() {
                     self.queue(client, Outgoing::Receipt(receipt));
                 }
                 None
             }
             Output::Refused { reason } => {
                 warn!(%reason, "submission refused");
-                if let Some(client) = self.submits.pop_front() {
+                if let Some(client) = self.answered() {
                     // Later submits of a refused connection in the same batch get the answer
                     // they would have got had they come one at a time.
                     let already = self
@@ -449,6 +460,40 @@ impl Control {
                 false
             }
         }
+    }
+
+    /// Whether the held event, if any, can be handled now (see [`Control::must_wait`]); the
+    /// driver reads no control event while it cannot.
+    pub fn ready(&self) -> bool {
+        self.held.as_ref().is_none_or(|event| !self.must_wait(event))
+    }
+
+    /// A request (other than a submit, which joins the queue behind its own) of a connection
+    /// whose submits are not all answered waits for the answers.
+    fn must_wait(&self, event: &ControlEvent) -> bool {
+        let client = match event {
+            ControlEvent::Request { request: Request::Submit(_), .. } => return false,
+            ControlEvent::Request { client, .. } | ControlEvent::Bad { client, .. } => client,
+            _ => return false,
+        };
+        self.unanswered.get(client).is_some_and(|n| *n > 0)
+    }
+
+    fn expect_answer(&mut self, client: ClientId) {
+        self.submits.push_back(client);
+        *self.unanswered.entry(client).or_insert(0) += 1;
+    }
+
+    /// The connection the next `Accepted`/`Refused` answers.
+    fn answered(&mut self) -> Option<ClientId> {
+        let client = self.submits.pop_front()?;
+        if let std::collections::hash_map::Entry::Occupied(mut n) = self.unanswered.entry(client) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
+            }
+        }
+        Some(client)
     }
 
     fn drop_client(&mut self, client: ClientId) {

@@ -112,7 +112,7 @@ pub use format::{DatiHeader, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_RECORD_BODY}
 pub use reader::{
     read_from, read_from_located, verify_file, DatiReader, DatiRecord, ReplayReport, VerifyReport,
 };
-pub use writer::{DatiWriter, OpenReport, Repair};
+pub use writer::{DatiWriter, OpenReport, Repair, SyncJob, SyncStart};
 
 /// Default size limit of one file: 64 MiB.
 pub const DEFAULT_SIZE_LIMIT: u64 = 64 << 20;

@@ -344,6 +344,50 @@ impl DatiWriter {
         }
     }
 
+    /// Starts a sync whose fdatasyncs run elsewhere: writes the buffers to the OS and returns
+    /// the fdatasyncs still to do as a [`SyncJob`] for another thread, so the caller can seal and
+    /// write the next batch meanwhile (the fdatasync was half of a submitting node's loop time).
+    /// The records appended so far are durable once the job's `run` returns `Ok`; its result
+    /// must be handed back with [`DatiWriter::sync_failed`] when it is an error. A sync that must
+    /// name a new file or finish a rotated one runs here, whole (`Done`): that happens once a
+    /// file, and naming must follow the header's fdatasync.
+    pub fn start_sync(&mut self) -> Result<SyncStart, DatiError> {
+        self.check_failed()?;
+        let whole = !self.closing.is_empty()
+            || self.current.values().any(|f| f.unsynced && f.temp.is_some());
+        if whole {
+            return self.sync().map(|()| SyncStart::Done);
+        }
+        let mut files = Vec::new();
+        for file in self.current.values_mut().filter(|f| f.unsynced) {
+            let dup = file.write_out().and_then(|()| {
+                let path = file.current_path().to_path_buf();
+                let handle = file.handle()?.try_clone().map_err(DatiError::io("dup", &path))?;
+                Ok(SyncFile { handle, path })
+            });
+            match dup {
+                Ok(f) => files.push(f),
+                Err(e) => {
+                    self.failed = Some(file.current_path().to_path_buf());
+                    return Err(e);
+                }
+            }
+            file.unsynced = false;
+        }
+        self.close_idle_handles();
+        Ok(if files.is_empty() { SyncStart::Done } else { SyncStart::Job(SyncJob { files }) })
+    }
+
+    /// A [`SyncJob`] failed: the writer refuses all work until reopened, as after a failed
+    /// `sync` (the kernel may have dropped the pages; see the module doc).
+    pub fn sync_failed(&mut self, error: &DatiError) {
+        let path = match error {
+            DatiError::Io { path, .. } => path.clone(),
+            _ => self.dir.clone(),
+        };
+        self.failed.get_or_insert(path);
+    }
+
     /// The end of each origin's log after the last sync (what a checkpoint records).
     pub fn positions(&self) -> BTreeMap<DatabaseId, DatiPosition> {
         self.synced.clone()
@@ -374,8 +418,11 @@ impl DatiWriter {
             file.write_out()?;
             file.handle()?;
         }
-        let pending: Vec<&LogFile> =
-            self.closing.iter().chain(self.current.values()).filter(|f| f.unsynced).collect();
+        let pending: Vec<(Option<&File>, &Path)> =
+            (self.closing.iter().chain(self.current.values()))
+                .filter(|f| f.unsynced)
+                .map(|f| (f.handle.as_ref(), f.current_path()))
+                .collect();
         fdatasync_all(&pending)?;
         let mut named = false;
         let mut touched = Vec::new();
@@ -420,6 +467,37 @@ impl DatiWriter {
                 file.buf = Vec::new();
             }
         }
+    }
+}
+
+/// How [`DatiWriter::start_sync`] went.
+#[derive(Debug)]
+pub enum SyncStart {
+    /// Everything appended is durable already (nothing to sync, or a whole sync ran).
+    Done,
+    /// The fdatasyncs to run before the records appended are durable.
+    Job(SyncJob),
+}
+
+/// The fdatasyncs of one started sync, over duplicates of the files' handles: they may run on
+/// any thread, while the writer goes on appending (a later sync covers what comes after).
+#[derive(Debug)]
+pub struct SyncJob {
+    files: Vec<SyncFile>,
+}
+
+#[derive(Debug)]
+struct SyncFile {
+    handle: File,
+    path: PathBuf,
+}
+
+impl SyncJob {
+    /// Runs the fdatasyncs (concurrently when there are several files).
+    pub fn run(&self) -> Result<(), DatiError> {
+        let files: Vec<(Option<&File>, &Path)> =
+            self.files.iter().map(|f| (Some(&f.handle), f.path.as_path())).collect();
+        fdatasync_all(&files)
     }
 }
 
@@ -546,11 +624,11 @@ impl LogFile {
     }
 }
 
-/// fdatasyncs `files`, at most [`PARALLEL_SYNCS`] at a time: concurrent flushes of several files
-/// cost little more than one.
-fn fdatasync_all(files: &[&LogFile]) -> Result<(), DatiError> {
-    let sync = |file: &LogFile| match &file.handle {
-        Some(handle) => handle.sync_data().map_err(DatiError::io("fdatasync", file.current_path())),
+/// fdatasyncs `files` (a handle, or none for a file not open, and its path), at most
+/// [`PARALLEL_SYNCS`] at a time: concurrent flushes of several files cost little more than one.
+fn fdatasync_all(files: &[(Option<&File>, &Path)]) -> Result<(), DatiError> {
+    let sync = |(handle, path): &(Option<&File>, &Path)| match handle {
+        Some(handle) => handle.sync_data().map_err(DatiError::io("fdatasync", path)),
         None => Ok(()),
     };
     if let [file] = files {
@@ -559,10 +637,10 @@ fn fdatasync_all(files: &[&LogFile]) -> Result<(), DatiError> {
     for group in files.chunks(PARALLEL_SYNCS) {
         std::thread::scope(|scope| {
             let running: Vec<_> = group.iter().map(|f| (f, scope.spawn(|| sync(f)))).collect();
-            for (file, thread) in running {
+            for ((_, path), thread) in running {
                 thread.join().unwrap_or_else(|_| {
                     let source = std::io::Error::other("fdatasync thread panicked");
-                    Err(DatiError::Io { op: "fdatasync", path: file.current_path().into(), source })
+                    Err(DatiError::Io { op: "fdatasync", path: path.to_path_buf(), source })
                 })?;
             }
             Ok::<_, DatiError>(())

@@ -58,6 +58,9 @@ const RELAY_EVENTS: usize = 1024;
 
 /// Events taken from the queue in one turn of the loop before the outputs are drained.
 const BURST: usize = 256;
+/// Group commits of local submits that may wait for their log sync at once: one syncing while
+/// the next is sealed and written (double buffering). No control event is read beyond it.
+const SUBMITS_SYNCING: usize = 2;
 
 /// The longest a QUIC attempt may take before TCP is tried (a LAN handshake takes a
 /// millisecond, an intercontinental one a few hundred).
@@ -272,6 +275,11 @@ pub async fn run<S: Store>(
     };
     drop(relay_tx);
 
+    // Local submits' fdatasyncs run on the ledger's sync thread; each one ended wakes the loop.
+    let synced = Arc::new(tokio::sync::Notify::new());
+    let notify = synced.clone();
+    node.pipeline_log_syncs(Box::new(move || notify.notify_one()))?;
+
     let mut links = Links {
         transports: transports.clone(),
         open: HashMap::new(),
@@ -282,15 +290,7 @@ pub async fn run<S: Store>(
     tokio::pin!(shutdown);
     node.handle_timeout(wall_time());
     loop {
-        while let Some(out) = node.poll_output() {
-            let out = match control.as_mut() {
-                Some(control) => control.handle_output(out),
-                None => Some(out),
-            };
-            if let Some(out) = out {
-                execute(out, &senders, &mut links).await;
-            }
-        }
+        drain_outputs(&mut node, &mut control, &senders, &mut links).await;
         while let Some(out) = node.poll_relay_output() {
             to_relay(out, &relays);
         }
@@ -301,9 +301,12 @@ pub async fn run<S: Store>(
             .poll_timeout()
             .map(|at| Duration::from_micros(at.0.saturating_sub(wall_time().0)))
             .unwrap_or(Duration::from_secs(3600));
+        let control_ready =
+            node.submits_syncing() < SUBMITS_SYNCING && control.as_ref().is_none_or(Control::ready);
         tokio::select! {
             biased;
             () = &mut shutdown => break,
+            () = synced.notified() => node.handle(wall_time(), Input::LogsSynced),
             event = rx.recv() => {
                 let Some(event) = event else { break };
                 feed_burst(&mut node, event, &mut rx, &mut links);
@@ -311,7 +314,7 @@ pub async fn run<S: Store>(
             Some(event) = relay_rx.recv(), if !relays.is_empty() => {
                 feed_relay(&mut node, event, &relays);
             }
-            Some(event) = recv_control(&mut control) => {
+            Some(event) = recv_control(&mut control), if control_ready => {
                 if let Some(control) = control.as_mut() {
                     control.handle_burst(&mut node, wall_time(), event);
                 }
@@ -327,6 +330,13 @@ pub async fn run<S: Store>(
                 }
             }
         }
+    }
+    // Submits still syncing are answered (their clients may still be there) before the
+    // ledger closes.
+    while node.submits_syncing() > 0 {
+        synced.notified().await;
+        node.handle(wall_time(), Input::LogsSynced);
+        drain_outputs(&mut node, &mut control, &senders, &mut links).await;
     }
     // Closing the writers ends the links; the peers see them go down.
     links.open.clear();
@@ -669,6 +679,24 @@ fn feed<S: Store>(node: &mut Node<S>, event: Event, links: &mut Links) {
         }
         Event::PadMaterial { peer, material } => {
             node.handle(now, Input::PadMaterial { peer, material })
+        }
+    }
+}
+
+/// Carries out the core's outputs: the control socket's to it, the rest here.
+async fn drain_outputs<S: Store>(
+    node: &mut Node<S>,
+    control: &mut Option<Control>,
+    senders: &[Arc<UdpSocket>],
+    links: &mut Links,
+) {
+    while let Some(out) = node.poll_output() {
+        let out = match control.as_mut() {
+            Some(control) => control.handle_output(out),
+            None => Some(out),
+        };
+        if let Some(out) = out {
+            execute(out, senders, links).await;
         }
     }
 }

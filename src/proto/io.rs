@@ -210,8 +210,12 @@ pub enum Input<'a> {
     /// all, answered by one [`Output::Accepted`] per submission, in order. If the store refuses
     /// the batch, or any submission is invalid (over the payload limit), each submission is
     /// answered [`Output::Refused`] and nothing of the batch is stored. An empty batch is
-    /// answered by nothing.
+    /// answered by nothing. With log syncs pipelined (`Node::pipeline_log_syncs`) the answers
+    /// come once the sync is done, after an [`Input::LogsSynced`], in submission order.
     SubmitBatch(Vec<Submission>),
+    /// A log sync started by a submit ended (pipelined syncs): durable batches are answered
+    /// and sent on.
+    LogsSynced,
     /// The local application has durably applied the delivered unit `(origin, seq)`. The
     /// cursor moves in memory; it is durable with the node's next checkpoint (at least once per
     /// anti-entropy round, and at a clean stop). Not answered: see

@@ -35,7 +35,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::crypto::{KeySchedule, NonceSequence, Purpose};
 use crate::id::{DatabaseId, DeviceId, Environment, InstanceId, RmSystem};
-use crate::ledger::{Ledger, Submission};
+use crate::ledger::{Ledger, Logged, Receipt, Submission, SyncState};
 use crate::proto::io::{
     DatagramDest, Input, LinkId, LinkKind, Output, Protocol, ReceivedDatagram, RelayOutput, Time,
 };
@@ -323,6 +323,22 @@ pub struct Node<S: Store> {
     /// Peers a pad was asked of the driver for, and when (one request at a time; asked again
     /// after a minute if the material never came).
     pad_requested: BTreeMap<DatabaseId, Time>,
+    /// Submits not answered yet, oldest first: group commits whose log sync runs on the
+    /// ledger's sync thread, whose receipts and units leave only once durable
+    /// ([`Node::pipeline_log_syncs`]), and refusals behind them (answers keep submission order).
+    submits_syncing: VecDeque<Unanswered>,
+}
+
+/// Submits waiting for their answers.
+enum Unanswered {
+    /// A group commit waiting for its log sync.
+    Syncing {
+        /// One per submission.
+        receipts: Vec<Receipt>,
+        logged: Logged,
+    },
+    /// Submits refused at once, behind a group commit still syncing.
+    Refused { count: usize, reason: String },
 }
 
 mod padding;
@@ -406,6 +422,7 @@ impl<S: Store> Node<S> {
             push_skipped: BTreeSet::new(),
             push_have_at: None,
             push_have_last: Time(0),
+            submits_syncing: VecDeque::new(),
         };
         if node.cfg.role == Role::MainServer {
             let origins: Vec<DatabaseId> =
@@ -423,6 +440,27 @@ impl<S: Store> Node<S> {
     /// The ledger (store reads).
     pub fn ledger(&self) -> &Ledger<S> {
         &self.ledger
+    }
+
+    /// Runs the fdatasyncs of local submits on the ledger's own thread (`notify` is called from
+    /// it when one ends; the driver then feeds [`Input::LogsSynced`]): the node seals and writes
+    /// the next group commit while the last one's sync runs, instead of waiting for it. Nothing
+    /// of a batch (receipts, multicast, links) leaves before it is durable. A node with no daily
+    /// logs (the simulator's) is unchanged.
+    pub fn pipeline_log_syncs(&mut self, notify: Box<dyn Fn() + Send>) -> std::io::Result<()> {
+        self.ledger.pipeline_syncs(notify)
+    }
+
+    /// Group commits written and waiting for their log sync (the driver takes no more submits
+    /// while two wait).
+    pub fn submits_syncing(&self) -> usize {
+        self.submits_syncing.len()
+    }
+
+    /// The ledger, to change (tests).
+    #[cfg(test)]
+    pub(crate) fn ledger_mut(&mut self) -> &mut Ledger<S> {
+        &mut self.ledger
     }
 
     /// Takes the ledger back (the simulator crashes a node this way).
@@ -1516,12 +1554,60 @@ impl<S: Store> Node<S> {
                 self.stats.store_errors += 1;
                 self.stats.submits_refused += count as u64;
                 let reason = e.to_string();
-                for _ in 0..count {
-                    self.out.push_back(Output::Refused { reason: reason.clone() });
+                if self.submits_syncing.is_empty() {
+                    self.refuse(count, &reason);
+                } else {
+                    self.submits_syncing.push_back(Unanswered::Refused { count, reason });
                 }
                 return;
             }
         };
+        self.submits_syncing.push_back(Unanswered::Syncing { receipts, logged });
+        self.release_submits();
+    }
+
+    fn refuse(&mut self, count: usize, reason: &str) {
+        let refused = (0..count).map(|_| Output::Refused { reason: reason.to_string() });
+        self.out.extend(refused);
+    }
+
+    /// Hands on the group commits that are durable, oldest first, stopping at one whose sync
+    /// still runs; a failed sync refuses its batch and every batch after it (not known durable).
+    fn release_submits(&mut self) {
+        while let Some(front) = self.submits_syncing.front() {
+            let state = match front {
+                Unanswered::Syncing { logged, .. } => self.ledger.sync_state(logged),
+                Unanswered::Refused { .. } => SyncState::Durable,
+            };
+            match state {
+                SyncState::Pending => return,
+                SyncState::Durable => match self.submits_syncing.pop_front() {
+                    Some(Unanswered::Syncing { receipts, logged }) => {
+                        self.commit_durable(receipts, logged)
+                    }
+                    Some(Unanswered::Refused { count, reason }) => self.refuse(count, &reason),
+                    None => return,
+                },
+                SyncState::Failed(failure) => {
+                    let failure = format!("the log sync failed: {failure}");
+                    for waiting in std::mem::take(&mut self.submits_syncing) {
+                        match waiting {
+                            Unanswered::Syncing { receipts, .. } => {
+                                self.stats.store_errors += 1;
+                                self.stats.submits_refused += receipts.len() as u64;
+                                self.refuse(receipts.len(), &failure);
+                            }
+                            Unanswered::Refused { count, reason } => self.refuse(count, &reason),
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A durable group commit: indexed, sent on, and answered.
+    fn commit_durable(&mut self, receipts: Vec<Receipt>, logged: Logged) {
         let new_units = match self.ledger.index(logged) {
             Ok(units) => units,
             Err(_) => {
@@ -1904,7 +1990,10 @@ impl<S: Store> Protocol for Node<S> {
                 all.iter().any(|d| peek_tag(&d.bytes).is_none_or(|t| t.is_discovery()))
             }
             Input::Frame { link, .. } => self.links.get(link).is_none_or(|l| l.peer.is_none()),
-            Input::Submit(_) | Input::Acknowledge { .. } | Input::LinkRejected { .. } => false,
+            Input::Submit(_)
+            | Input::Acknowledge { .. }
+            | Input::LinkRejected { .. }
+            | Input::LogsSynced => false,
             // Decided by what the payload brought (below).
             Input::RelayPayload { .. } => false,
             _ => true,
@@ -1934,6 +2023,7 @@ impl<S: Store> Protocol for Node<S> {
             Input::ConnectFailed { to } => self.connect_failed(to, DownReason::ConnectFailed),
             Input::Submit(sub) => self.submit(vec![sub]),
             Input::SubmitBatch(subs) => self.submit(subs),
+            Input::LogsSynced => self.release_submits(),
             Input::Acknowledge { origin, seq } => {
                 let app = self.cfg.app.clone();
                 if self.ledger.acknowledge(&app, &origin, seq).is_err() {

@@ -11,13 +11,9 @@
 //!
 //! `receive` is the only collected function, so the sender's work and the setup are left out.
 
-use rand::SeedableRng;
-
-use crate::datadir::{DataDir, SystemSecrets};
-use crate::id::{Environment, InstanceId};
-use crate::ledger::{Ledger, Submission};
+use crate::ledger::Submission;
 use crate::proto::io::{DatagramDest, Input, Output, Protocol, ReceivedDatagram, Time};
-use crate::proto::node::{Node, NodeConfig};
+use crate::proto::node::Node;
 use crate::proto::peers::Role;
 use crate::proto::tests::Harness;
 use crate::store::{SledStore, Store};
@@ -81,24 +77,7 @@ fn recv_profile() {
     let datagrams = datagrams(&mut h);
     let now = h.now;
     let root = tempfile::tempdir().unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-    let secrets =
-        SystemSecrets::generate(&mut rng, Some("1,2,3,4".parse().unwrap()), Environment::live());
-    let dir = DataDir::init(root.path(), &secrets, &mut rng).unwrap();
-    let (ledger, _) = Ledger::open(&dir, InstanceId([7; 16])).unwrap();
-    // The same system and environment as the harness's nodes, so their datagrams open.
-    let mut cfg = NodeConfig::new(
-        "1,2,3,4".parse().unwrap(),
-        "live".parse().unwrap(),
-        crate::proto::tests::keys(),
-        Role::Lane,
-        crate::id::DeviceId([7; 16]),
-        InstanceId([7; 16]),
-        "239.192.6.83:7083".parse().unwrap(),
-        "239.192.6.20:7083".parse().unwrap(),
-    );
-    cfg.rng_seed = 7;
-    let mut node = Node::new(cfg, ledger);
+    let mut node = crate::proto::tests::node_on_disk(root.path());
     let count = datagrams.len();
     let delivered = receive(&mut node, now, datagrams);
     assert_eq!(delivered, UNITS, "every unit delivered once");

@@ -805,3 +805,130 @@ fn a_sensitive_part_never_travels_in_a_datagram() {
     assert!(!h.nodes[1].ledger().store().contains(&origin, 2));
     assert_eq!(h.nodes[1].stats().pads.sensitive_in_clear_refused, 1);
 }
+
+/// A lane node over a real ledger (DATI logs and the sled store) in `dir`, of the harness's
+/// system and environment (so the harness's datagrams open).
+pub(crate) fn node_on_disk(dir: &std::path::Path) -> Node<crate::store::SledStore> {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let secrets = crate::datadir::SystemSecrets::generate(
+        &mut rng,
+        Some("1,2,3,4".parse().unwrap()),
+        "live".parse().unwrap(),
+    );
+    let dir = crate::datadir::DataDir::init(dir, &secrets, &mut rng).unwrap();
+    let (ledger, _) = Ledger::open(&dir, InstanceId([7; 16])).unwrap();
+    let mut cfg = NodeConfig::new(
+        "1,2,3,4".parse().unwrap(),
+        "live".parse().unwrap(),
+        keys(),
+        Role::Lane,
+        DeviceId([7; 16]),
+        InstanceId([7; 16]),
+        "239.192.6.83:7083".parse().unwrap(),
+        "239.192.6.20:7083".parse().unwrap(),
+    );
+    cfg.rng_seed = 7;
+    Node::new(cfg, ledger)
+}
+
+fn sales(range: std::ops::Range<usize>) -> Vec<Submission> {
+    range
+        .map(|i| Submission {
+            kind: UnitKind::Tubt,
+            urgency: Urgency::Normal,
+            scopes: FileScopes::NONE,
+            physkey: None,
+            payload: format!("sale {i}").into_bytes(),
+            sensitive: Vec::new(),
+        })
+        .collect()
+}
+
+/// The answers to submits among the outputs of `node` until now, in order: the seq of each
+/// receipt, `None` for a refusal.
+fn answers<S: Store>(node: &mut Node<S>) -> Vec<Option<u64>> {
+    let mut answers = Vec::new();
+    while let Some(out) = node.poll_output() {
+        match out {
+            Output::Accepted(r) => answers.push(Some(r.seq)),
+            Output::Refused { .. } => answers.push(None),
+            _ => {}
+        }
+    }
+    answers
+}
+
+/// Feeds `LogsSynced` as the sync thread signals, until nothing waits (with a deadline).
+fn until_synced<S: Store>(node: &mut Node<S>, signals: &std::sync::mpsc::Receiver<()>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while node.submits_syncing() > 0 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        signals.recv_timeout(left).expect("the sync thread signals within 30 s");
+        node.handle(Time::from_millis(1_764_633_600_000), Input::LogsSynced);
+    }
+}
+
+/// With log syncs pipelined, a group commit is answered (and indexed) only after its sync
+/// ended and the driver said so; two batches may wait at once, and they and a submit refused
+/// at once behind them are answered in submission order.
+#[test]
+fn pipelined_submits_are_answered_only_once_durable_in_order() {
+    // The sync thread's jobs wait for this gate: the test decides when the disk is done.
+    static GATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let gated = |job: &crate::dati::SyncJob| {
+        while !GATE.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        job.run()
+    };
+    let root = tempfile::tempdir().unwrap();
+    let mut node = node_on_disk(root.path());
+    let (tx, signals) = std::sync::mpsc::channel();
+    let notify = Box::new(move || {
+        let _ = tx.send(());
+    });
+    node.ledger_mut().pipeline_syncs_with(notify, gated).unwrap();
+    let now = Time::from_millis(1_764_633_600_000);
+    // The first batch names the origin's log file: synced whole, answered at once.
+    node.handle(now, Input::SubmitBatch(sales(0..3)));
+    assert_eq!(answers(&mut node), [Some(1), Some(2), Some(3)]);
+    node.handle(now, Input::SubmitBatch(sales(3..5)));
+    node.handle(now, Input::SubmitBatch(sales(5..6)));
+    let mut oversized = sales(6..7);
+    oversized[0].payload = vec![0; node.ledger().payload_limit() + 1];
+    node.handle(now, Input::SubmitBatch(oversized));
+    assert_eq!(node.submits_syncing(), 3);
+    node.handle(now, Input::LogsSynced);
+    assert_eq!(answers(&mut node), [], "nothing answered before its sync ends");
+    assert_eq!(node.ledger().store().units_total(), 3, "nor indexed");
+    GATE.store(true, std::sync::atomic::Ordering::SeqCst);
+    until_synced(&mut node, &signals);
+    assert_eq!(answers(&mut node), [Some(4), Some(5), Some(6), None], "in submission order");
+    assert_eq!(node.ledger().store().units_total(), 6);
+}
+
+/// A failed log sync refuses its group commit and every one after it.
+#[test]
+fn a_failed_log_sync_refuses_its_batch_and_the_later_ones() {
+    let root = tempfile::tempdir().unwrap();
+    let mut node = node_on_disk(root.path());
+    let (tx, signals) = std::sync::mpsc::channel();
+    let failing = |_: &crate::dati::SyncJob| {
+        let source = std::io::Error::other("injected");
+        Err(crate::dati::DatiError::Io { op: "fdatasync", path: "log".into(), source })
+    };
+    let notify = Box::new(move || {
+        let _ = tx.send(());
+    });
+    node.ledger_mut().pipeline_syncs_with(notify, failing).unwrap();
+    let now = Time::from_millis(1_764_633_600_000);
+    node.handle(now, Input::SubmitBatch(sales(0..3)));
+    assert_eq!(answers(&mut node), [Some(1), Some(2), Some(3)]);
+    node.handle(now, Input::SubmitBatch(sales(3..5)));
+    node.handle(now, Input::SubmitBatch(sales(5..6)));
+    until_synced(&mut node, &signals);
+    assert_eq!(answers(&mut node), [None, None, None]);
+    assert_eq!(node.stats().submits_refused, 3);
+    assert_eq!(node.ledger().store().units_total(), 3);
+}
