@@ -8,8 +8,12 @@
 //! 3. insert the batch into the store in one atomic store batch;
 //! 4. acknowledge.
 //!
+//! A node pipelines step 2 for its local submits ([`Ledger::pipeline_syncs`]): the fdatasync
+//! runs on a thread of its own while the next batch is numbered and appended, and steps 3-4
+//! wait until [`Ledger::sync_state`] says the batch is durable, batches in order.
+//!
 //! The store is flushed only on a checkpoint schedule; after each flush the log positions it
-//! covers are recorded in the store's meta. Opening replays every log record after the last
+//! covers (the end of what is indexed, not the logs' end) are recorded in the store's meta. Opening replays every log record after the last
 //! recorded checkpoint, so units the store lost in a crash come back, and (because step 2 comes
 //! before step 3) the store never holds a unit the logs lack. Sequence numbers are never reused:
 //! the next own seq is one past the highest held after replay, and nothing leaves the node

@@ -462,7 +462,7 @@ impl Control {
         }
     }
 
-    /// Whether the held event, if any, can be handled now (see [`Control::must_wait`]); the
+    /// Whether the held event, if any, can be handled now (see `Control::must_wait`); the
     /// driver reads no control event while it cannot.
     pub fn ready(&self) -> bool {
         self.held.as_ref().is_none_or(|event| !self.must_wait(event))
