@@ -1064,7 +1064,7 @@ fn meta_decode<S: Store, T: for<'de> Deserialize<'de>>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::datadir::SystemSecrets;
     use crate::id::Environment;
@@ -1080,7 +1080,8 @@ mod tests {
         DataDir::init(path, &secrets, &mut rng).unwrap()
     }
 
-    fn sale(i: usize) -> Submission {
+    /// A small TUBT submission with a generated physkey.
+    pub(crate) fn sale(i: usize) -> Submission {
         Submission {
             kind: UnitKind::Tubt,
             urgency: Urgency::Normal,
@@ -1118,6 +1119,12 @@ mod tests {
         assert_eq!(ledger.index(logged).unwrap().len(), 1);
         assert_eq!(ledger.store().units_total(), 12);
         ledger.checkpoint().unwrap();
+    }
+
+    /// A disk whose fdatasync fails (for `Ledger::pipeline_syncs_with`).
+    pub(crate) fn failing_sync(_: &SyncJob) -> Result<(), DatiError> {
+        let source = std::io::Error::other("injected");
+        Err(DatiError::Io { op: "fdatasync", path: "log".into(), source })
     }
 
     /// Waits (with a deadline) until `logged` is no longer pending; its state.
@@ -1195,11 +1202,7 @@ mod tests {
         let dir = data_dir(root.path());
         let now = 1_764_633_600_000;
         let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
-        let failing: SyncRunner = |_| {
-            let source = std::io::Error::other("injected");
-            Err(DatiError::Io { op: "fdatasync", path: "log".into(), source })
-        };
-        ledger.pipeline_syncs_with(Box::new(|| ()), failing).unwrap();
+        ledger.pipeline_syncs_with(Box::new(|| ()), failing_sync).unwrap();
         let (_, first) = ledger.submit_logged((0..3).map(sale).collect(), now).unwrap();
         let first = ledger.index(first).unwrap();
         assert_eq!(first.len(), 3, "the first batch names its file: synced whole");

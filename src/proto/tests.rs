@@ -833,16 +833,7 @@ pub(crate) fn node_on_disk(dir: &std::path::Path) -> Node<crate::store::SledStor
 }
 
 fn sales(range: std::ops::Range<usize>) -> Vec<Submission> {
-    range
-        .map(|i| Submission {
-            kind: UnitKind::Tubt,
-            urgency: Urgency::Normal,
-            scopes: FileScopes::NONE,
-            physkey: None,
-            payload: format!("sale {i}").into_bytes(),
-            sensitive: Vec::new(),
-        })
-        .collect()
+    range.map(crate::ledger::tests::sale).collect()
 }
 
 /// The answers to submits among the outputs of `node` until now, in order: the seq of each
@@ -914,10 +905,7 @@ fn a_failed_log_sync_refuses_its_batch_and_the_later_ones() {
     let root = tempfile::tempdir().unwrap();
     let mut node = node_on_disk(root.path());
     let (tx, signals) = std::sync::mpsc::channel();
-    let failing = |_: &crate::dati::SyncJob| {
-        let source = std::io::Error::other("injected");
-        Err(crate::dati::DatiError::Io { op: "fdatasync", path: "log".into(), source })
-    };
+    let failing = crate::ledger::tests::failing_sync;
     let notify = Box::new(move || {
         let _ = tx.send(());
     });
