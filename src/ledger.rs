@@ -115,8 +115,8 @@ pub struct Receipt {
     pub existing: bool,
 }
 
-/// A batch durable in the daily logs and not yet in the store's index (see
-/// [`Ledger::submit_logged`]).
+/// A batch in the daily logs (durable once [`Ledger::sync_state`] says so) and not yet in the
+/// store's index (see [`Ledger::submit_logged`]).
 #[derive(Debug)]
 #[must_use = "a logged batch must be indexed with Ledger::index"]
 pub struct Logged {
@@ -192,6 +192,9 @@ pub struct Ledger<S: Store = SledStore> {
     /// in the store, and a checkpoint past it would skip its replay after a crash and hand its
     /// seqs out again.
     covered: BTreeMap<DatabaseId, DatiPosition>,
+    /// Per own batch logged and not yet indexed, oldest first: its first seq and where its
+    /// first record starts. A checkpoint never records the own log past that start.
+    own_syncing: std::collections::VecDeque<(u64, DatiPosition)>,
     /// The application physkeys of logged batches not yet indexed (the index cannot find them
     /// yet), so a resubmission meanwhile is still answered as existing.
     pending_keys: std::collections::HashMap<Physkey, (DatabaseId, u64)>,
@@ -200,6 +203,15 @@ pub struct Ledger<S: Store = SledStore> {
 }
 
 type SyncRunner = fn(&SyncJob) -> Result<(), DatiError>;
+
+/// Calls its function when dropped (the sync thread's last word, whatever ends it).
+struct NotifyOnExit(Box<dyn Fn() + Send>);
+
+impl Drop for NotifyOnExit {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
 
 /// Log syncs on a thread of their own ([`Ledger::pipeline_syncs`]): a node seals and writes
 /// the next batch while the last one's fdatasync runs. Jobs run one at a time, in order, so
@@ -222,11 +234,15 @@ impl LogSyncer {
         let (jobs, rx) = std::sync::mpsc::channel::<SyncJob>();
         let (tx, done) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new().name("log-sync".into()).spawn(move || {
+            // Also when `run` panics: the core then finds the results channel closed (`tx` is
+            // dropped before the guard) and fails what waits, instead of waiting for ever.
+            let notify = NotifyOnExit(notify);
+            let tx = tx;
             for job in rx {
                 if tx.send(run(&job)).is_err() {
                     return;
                 }
-                notify();
+                (notify.0)();
             }
         })?;
         Ok(LogSyncer {
@@ -254,11 +270,17 @@ impl LogSyncer {
         }
     }
 
-    /// Takes the results that are in; returns the errors, for the writer.
-    fn collect(&mut self) -> Vec<DatiError> {
+    /// Takes the results that are in (with `wait`, every result, waiting for the jobs still
+    /// running); returns the errors, for the writer.
+    fn collect(&mut self, wait: bool) -> Vec<DatiError> {
         let mut errors = Vec::new();
         while self.finished < self.issued {
-            match self.done.try_recv() {
+            let next = if wait {
+                self.done.recv().map_err(|_| std::sync::mpsc::TryRecvError::Disconnected)
+            } else {
+                self.done.try_recv()
+            };
+            match next {
                 Ok(result) => {
                     self.finished += 1;
                     if let Err(e) = result {
@@ -324,10 +346,10 @@ enum Step<'a> {
 }
 
 impl CheckpointJob {
-    /// What the store holds of the logs now (`covered`; see `Ledger::covered`).
-    fn of(covered: &BTreeMap<DatabaseId, DatiPosition>, dati: &DatiWriter) -> Self {
+    /// What the store holds of the logs now (see `Ledger::checkpoint_positions`).
+    fn of(positions: &BTreeMap<DatabaseId, DatiPosition>, dati: &DatiWriter) -> Self {
         CheckpointJob {
-            positions: postcard::to_stdvec(covered).expect("encode"),
+            positions: postcard::to_stdvec(positions).expect("encode"),
             nnnn: postcard::to_stdvec(&dati.nnnn_high_water()).expect("encode"),
         }
     }
@@ -417,6 +439,23 @@ impl BodySource for LogBodies {
         let at = RecordLocation { nnnn: at.file, offset: at.offset, len: at.len };
         Ok(self.0.load(origin, at)?)
     }
+}
+
+/// What a checkpoint may record: `covered`, with the own log stopped at the first record of
+/// the oldest own batch still waiting for its sync (records appended after it, indexed already,
+/// are replayed once more; records of it, not indexed, must be).
+fn checkpoint_positions(
+    covered: &BTreeMap<DatabaseId, DatiPosition>,
+    own: DatabaseId,
+    own_syncing: &std::collections::VecDeque<(u64, DatiPosition)>,
+) -> BTreeMap<DatabaseId, DatiPosition> {
+    let mut positions = covered.clone();
+    if let (Some(&(_, start)), Some(at)) = (own_syncing.front(), positions.get_mut(&own)) {
+        if (start.nnnn, start.offset) < (at.nnnn, at.offset) {
+            *at = start;
+        }
+    }
+    positions
 }
 
 fn body_ref(at: RecordLocation) -> BodyRef {
@@ -510,6 +549,7 @@ impl<S: Store> Ledger<S> {
             unindexed: 0,
             covered: BTreeMap::new(),
             pending_keys: std::collections::HashMap::new(),
+            own_syncing: std::collections::VecDeque::new(),
             syncer: None,
         })
     }
@@ -640,7 +680,11 @@ impl<S: Store> Ledger<S> {
         let Prepared { receipts, units, next, keyed } = self.prepare(subs, now_ms)?;
         let logged = self.log(units, &[], now_ms, true)?;
         self.next_own_seq = next;
-        if logged.refs.is_some() {
+        if let (Some(first), Some(at)) =
+            (logged.units.first(), logged.refs.as_ref().and_then(|r| r.first()))
+        {
+            self.own_syncing
+                .push_back((first.seq, DatiPosition { nnnn: at.file, offset: at.offset }));
             for (key, i) in keyed {
                 if let Some(unit) = logged.units.get(i) {
                     self.pending_keys.insert(key, (unit.origin, unit.seq));
@@ -673,19 +717,28 @@ impl<S: Store> Ledger<S> {
     /// logged after it are `Failed`.
     pub fn sync_state(&mut self, logged: &Logged) -> SyncState {
         let Some(ticket) = logged.ticket else { return SyncState::Durable };
-        let Some(syncer) = self.syncer.as_mut() else {
+        if self.syncer.is_none() {
             return SyncState::Failed("no log sync thread".into());
-        };
-        let errors = syncer.collect();
-        if !errors.is_empty() {
-            self.poisoned = true;
-            if let Some(dati) = self.dati.as_mut() {
-                for e in &errors {
-                    dati.sync_failed(e);
-                }
+        }
+        self.collect_syncs(false);
+        self.syncer.as_ref().map_or(SyncState::Pending, |s| s.state(ticket))
+    }
+
+    /// Takes the sync thread's results (with `wait`, all of them); a failure poisons the
+    /// ledger and fails the writer. Returns whether every sync so far succeeded.
+    fn collect_syncs(&mut self, wait: bool) -> bool {
+        let Some(syncer) = self.syncer.as_mut() else { return true };
+        let errors = syncer.collect(wait);
+        if let Some(dati) = self.dati.as_mut() {
+            for e in &errors {
+                dati.sync_failed(e);
             }
         }
-        syncer.state(ticket)
+        let ok = syncer.failed.is_none();
+        if !ok {
+            self.poisoned = true;
+        }
+        ok
     }
 
     /// Step 3: puts a durable logged batch into the store's index (and checkpoints on
@@ -698,9 +751,16 @@ impl<S: Store> Ledger<S> {
             return Ok(units);
         };
         self.unindexed = self.unindexed.saturating_sub(1);
+        if let (Some(first), Some(&(seq, _))) = (units.first(), self.own_syncing.front()) {
+            if first.origin == self.own && first.seq == seq {
+                self.own_syncing.pop_front();
+            }
+        }
         if !self.pending_keys.is_empty() {
-            for unit in &units {
-                self.pending_keys.remove(&unit.physkey);
+            for unit in units.iter().filter(|u| u.origin == self.own) {
+                if self.pending_keys.get(&unit.physkey) == Some(&(unit.origin, unit.seq)) {
+                    self.pending_keys.remove(&unit.physkey);
+                }
             }
         }
         let located: Vec<(TransferUnit, BodyRef)> = units.into_iter().zip(refs).collect();
@@ -755,8 +815,7 @@ impl<S: Store> Ledger<S> {
             self.write_without_logs(&units)?;
             return Ok(Logged { units, refs: None, now_ms, ticket: None });
         };
-        let syncer = self.syncer.as_mut().filter(|_| pipelined);
-        let result = (|| {
+        let appended = (|| {
             let mut refs = Vec::with_capacity(units.len());
             for (i, unit) in units.iter().enumerate() {
                 let at = match plains.get(i).copied().flatten() {
@@ -765,21 +824,9 @@ impl<S: Store> Ledger<S> {
                 };
                 refs.push(body_ref(at));
             }
-            let ticket = match syncer {
-                None => dati.sync().map(|()| None)?,
-                Some(syncer) => match dati.start_sync()? {
-                    SyncStart::Done => None,
-                    SyncStart::Job(job) => match syncer.send(job) {
-                        Ok(ticket) => Some(ticket),
-                        // The thread is gone (a panic): sync here.
-                        Err(job) => {
-                            job.run().map(|()| None).inspect_err(|e| dati.sync_failed(e))?
-                        }
-                    },
-                },
-            };
-            Ok::<_, LedgerError>((refs, ticket))
+            Ok::<_, LedgerError>(refs)
         })();
+        let result = appended.and_then(|refs| Ok((refs, self.sync_logs(pipelined)?)));
         match result {
             Ok((refs, ticket)) => {
                 self.unindexed += 1;
@@ -791,6 +838,32 @@ impl<S: Store> Ledger<S> {
                 self.poisoned = true;
                 Err(e)
             }
+        }
+    }
+
+    /// Makes what was appended durable: here, or (`pipelined`, with a sync thread) by a job on
+    /// the sync thread, whose ticket is returned.
+    fn sync_logs(&mut self, pipelined: bool) -> Result<Option<u64>, LedgerError> {
+        let Some(dati) = self.dati.as_mut() else { return Ok(None) };
+        if !pipelined || self.syncer.is_none() {
+            dati.sync()?;
+            return Ok(None);
+        }
+        // A new or rotated file is synced whole, only once every job started before it is
+        // done and succeeded (see `DatiWriter::needs_whole_sync`).
+        if dati.needs_whole_sync() && !self.collect_syncs(true) {
+            return Err(LedgerError::Poisoned);
+        }
+        let (Some(dati), Some(syncer)) = (self.dati.as_mut(), self.syncer.as_mut()) else {
+            return Ok(None);
+        };
+        match dati.start_sync()? {
+            SyncStart::Done => Ok(None),
+            SyncStart::Job(job) => match syncer.send(job) {
+                Ok(ticket) => Ok(Some(ticket)),
+                // The thread is gone (only a panic ends it): what it had is not known durable.
+                Err(_) => Err(LedgerError::Poisoned),
+            },
         }
     }
 
@@ -898,10 +971,11 @@ impl<S: Store> Ledger<S> {
             return Err(LedgerError::Poisoned);
         }
         // While own batches wait for their sync (pipelined), units of our own origin from
-        // elsewhere (a peer holding a restored directory's units) wait too: appended behind
-        // them and indexed first, they would let a checkpoint cover records not yet indexed.
-        // Anti-entropy offers them again.
-        let defer_own = self.unindexed > 0;
+        // elsewhere (a peer holding a restored directory's units) with seqs from the oldest
+        // waiting batch on wait too (they would collide with seqs being written); anti-entropy
+        // offers them again. Those below are taken (the checkpoint stops short of the waiting
+        // batches whatever is appended after them).
+        let defer_own_from = self.own_syncing.front().map(|&(seq, _)| seq);
         // A batch in strictly increasing (origin, seq) order, as a burst of one sender's
         // datagrams is, repeats no unit; only another order needs the set (a set insert per unit
         // was ~6 % of a receiving node's instructions).
@@ -910,7 +984,7 @@ impl<S: Store> Ledger<S> {
         let mut fresh = Vec::with_capacity(units.len());
         let mut plains = Vec::with_capacity(if encoded.is_empty() { 0 } else { units.len() });
         for (i, unit) in units.into_iter().enumerate() {
-            if (defer_own && unit.origin == self.own)
+            if (unit.origin == self.own && defer_own_from.is_some_and(|from| unit.seq >= from))
                 || self.store.contains(&unit.origin, unit.seq)
                 || !(ordered || seen.insert((unit.origin, unit.seq)))
             {
@@ -934,6 +1008,8 @@ impl<S: Store> Ledger<S> {
         units: Vec<TransferUnit>,
         now_ms: u64,
     ) -> Result<Vec<TransferUnit>, LedgerError> {
+        // Indexed at once, these own units would move `covered` past batches still syncing.
+        debug_assert_eq!(self.unindexed, 0, "submit_batch while submit_logged batches wait");
         let logged = self.log(units, &[], now_ms, false)?;
         self.index(logged)
     }
@@ -977,7 +1053,8 @@ impl<S: Store> Ledger<S> {
         if background.in_flight {
             return Ok(());
         }
-        let job = CheckpointJob::of(&self.covered, dati);
+        let positions = checkpoint_positions(&self.covered, self.own, &self.own_syncing);
+        let job = CheckpointJob::of(&positions, dati);
         match background.jobs.as_ref().map(|jobs| jobs.try_send(job)) {
             Some(Ok(())) => {
                 background.in_flight = true;
@@ -1014,10 +1091,11 @@ impl<S: Store> Ledger<S> {
             return Ok(());
         };
         let store = &mut self.store;
-        CheckpointJob::of(&self.covered, dati).record(|step| match step {
-            Step::Flush => store.flush(),
-            Step::Put(name, value) => store.meta_put(name, value),
-        })?;
+        CheckpointJob::of(&checkpoint_positions(&self.covered, self.own, &self.own_syncing), dati)
+            .record(|step| match step {
+                Step::Flush => store.flush(),
+                Step::Put(name, value) => store.meta_put(name, value),
+            })?;
         Ok(())
     }
 
@@ -1218,6 +1296,107 @@ pub(crate) mod tests {
         let (ledger, report) = Ledger::open(&dir, InstanceId([2; 16])).unwrap();
         assert_eq!(report.replayed, 2);
         assert_eq!(ledger.store().next_seq(&ledger.own_dbid()), 6);
+    }
+
+    /// A pipelined batch that rotates the own log into a new file waits for the syncs started
+    /// before it, and is refused if one failed: a newer file is never named while an older
+    /// job may still fail (a crash would keep later seqs and lose earlier ones). With a disk
+    /// that works, the rotating batch is durable once logged and the earlier one is too.
+    #[test]
+    fn a_rotating_batch_waits_for_the_syncs_before_it() {
+        for failing in [true, false] {
+            let root = tempfile::tempdir().unwrap();
+            let mut dir = data_dir(root.path());
+            dir.config.dati.file_size_limit = 4096;
+            let now = 1_764_633_600_000;
+            let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
+            let run = if failing { failing_sync } else { SyncJob::run };
+            ledger.pipeline_syncs_with(Box::new(|| ()), run).unwrap();
+            let (_, first) = ledger.submit_logged((0..3).map(sale).collect(), now).unwrap();
+            ledger.index(first).unwrap();
+            let (_, second) = ledger.submit_logged(vec![sale(3)], now).unwrap();
+            assert_eq!(second.ticket, Some(1));
+            let third = ledger.submit_logged((4..104).map(sale).collect(), now);
+            let own = ledger.own_dbid();
+            let named = || {
+                let files = dati::list_files(&dir.dati_path()).unwrap();
+                files.iter().filter(|f| f.origin == own).count()
+            };
+            if failing {
+                assert!(matches!(third, Err(LedgerError::Poisoned)), "{third:?}");
+                assert!(matches!(ledger.sync_state(&second), SyncState::Failed(_)));
+                assert_eq!(named(), 1, "the new file is not named");
+                drop((second, ledger));
+                let (ledger, report) = Ledger::open(&dir, InstanceId([2; 16])).unwrap();
+                assert_eq!(report.replayed, 1, "what reached the first file");
+                assert_eq!(ledger.store().next_seq(&own), 5, "no gap: the third never was");
+            } else {
+                let (_, third) = third.unwrap();
+                assert_eq!(third.ticket, None, "synced whole, after the job before it");
+                assert_eq!(ledger.sync_state(&second), SyncState::Durable);
+                assert!(named() >= 2);
+                ledger.index(second).unwrap();
+                ledger.index(third).unwrap();
+                assert_eq!(ledger.store().next_seq(&own), 105);
+            }
+        }
+    }
+
+    /// A sync thread that dies (a panic) still signals, and what waited on it is failed rather
+    /// than left waiting for ever.
+    #[test]
+    fn a_sync_thread_that_dies_fails_what_waits() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = data_dir(root.path());
+        let now = 1_764_633_600_000;
+        let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
+        let (tx, notified) = std::sync::mpsc::channel();
+        let notify = Box::new(move || {
+            let _ = tx.send(());
+        });
+        ledger.pipeline_syncs_with(notify, |_| panic!("injected panic in a sync job")).unwrap();
+        let (_, first) = ledger.submit_logged((0..3).map(sale).collect(), now).unwrap();
+        ledger.index(first).unwrap();
+        let (_, second) = ledger.submit_logged(vec![sale(3)], now).unwrap();
+        notified.recv_timeout(std::time::Duration::from_secs(30)).expect("signalled");
+        let state = ledger.sync_state(&second);
+        assert!(matches!(&state, SyncState::Failed(r) if r.contains("stopped")), "{state:?}");
+        assert!(matches!(ledger.submit_logged(vec![sale(4)], now), Err(LedgerError::Poisoned)));
+    }
+
+    /// While an own batch waits for its sync, units of the own origin from elsewhere with seqs
+    /// from that batch on are not taken (they would collide with seqs being written), and a
+    /// checkpoint stops the own log short of the waiting batch.
+    #[test]
+    fn own_units_from_elsewhere_wait_behind_a_syncing_batch() {
+        static GATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let gated: SyncRunner = |job| {
+            while !GATE.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            job.run()
+        };
+        let root = tempfile::tempdir().unwrap();
+        let dir = data_dir(root.path());
+        let now = 1_764_633_600_000;
+        let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
+        ledger.pipeline_syncs_with(Box::new(|| ()), gated).unwrap();
+        let (_, first) = ledger.submit_logged((0..3).map(sale).collect(), now).unwrap();
+        ledger.index(first).unwrap();
+        let own = ledger.own_dbid();
+        let first_end = ledger.covered[&own];
+        let (_, second) = ledger.submit_logged(vec![sale(3), sale(4)], now).unwrap();
+        let mut echo = crate::unit::tests::sample_unit(4, b"elsewhere");
+        echo.origin = own;
+        assert_eq!(ledger.accept_batch(vec![echo], now).unwrap(), []);
+        ledger.checkpoint_now().unwrap();
+        let recorded: BTreeMap<DatabaseId, DatiPosition> =
+            meta_decode(ledger.store(), META_CHECKPOINT).unwrap().unwrap();
+        assert_eq!(recorded[&own], first_end);
+        GATE.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(wait_synced(&mut ledger, &second), SyncState::Durable);
+        assert_eq!(ledger.index(second).unwrap().len(), 2);
+        assert!(ledger.own_syncing.is_empty());
     }
 
     /// Units already held and repeats within a batch are skipped, whether the batch is in

@@ -126,6 +126,10 @@ struct Client {
     /// A submit of this connection was refused: later ones are not submitted, so nothing after
     /// a refused unit is stored (the connection keeps the application's order).
     refusing: bool,
+    /// A submit of this connection went to the core alone (one the ledger is expected to
+    /// refuse) and is not answered yet: its next submits wait for the answer, which may set
+    /// `refusing` (answers can come late while log syncs are pipelined).
+    alone_unanswered: bool,
 }
 
 /// The control socket's state in the driver loop.
@@ -211,7 +215,8 @@ impl Control {
     /// Acts on `first` and on every event already queued (at most [`MAX_BATCH`]): submits go to
     /// the core as one batch, acknowledgements as another; other events are handled as they
     /// come, unless their connection has a request in the burst (then the burst ends and the
-    /// event is handled first next turn, keeping the connection's replies in order).
+    /// event is handled first next turn, keeping the connection's replies in order). A request
+    /// of a connection whose submits are not all answered is held too (`must_wait`).
     pub fn handle_burst<S: Store>(&mut self, node: &mut Node<S>, now: Time, first: ControlEvent) {
         let mut burst = Burst::default();
         let mut next = Some(first);
@@ -300,7 +305,8 @@ impl Control {
     pub fn handle_event<S: Store>(&mut self, node: &mut Node<S>, now: Time, event: ControlEvent) {
         match event {
             ControlEvent::Connected { client, writer } => {
-                self.clients.insert(client, Client { writer: Some(writer), refusing: false });
+                let c = Client { writer: Some(writer), refusing: false, alone_unanswered: false };
+                self.clients.insert(client, c);
             }
             ControlEvent::Closed { client } => self.drop_client(client),
             ControlEvent::Bad { client, message } => {
@@ -315,6 +321,9 @@ impl Control {
                             return;
                         }
                         self.expect_answer(client);
+                        if let Some(c) = self.clients.get_mut(&client) {
+                            c.alone_unanswered = true;
+                        }
                         node.handle(now, Input::Submit(sub));
                     }
                     Request::Subscribe { .. } if c.writer.is_none() => {}
@@ -471,12 +480,15 @@ impl Control {
     /// A request (other than a submit, which joins the queue behind its own) of a connection
     /// whose submits are not all answered waits for the answers.
     fn must_wait(&self, event: &ControlEvent) -> bool {
-        let client = match event {
-            ControlEvent::Request { request: Request::Submit(_), .. } => return false,
-            ControlEvent::Request { client, .. } | ControlEvent::Bad { client, .. } => client,
+        let (client, submit) = match event {
+            ControlEvent::Request { client, request } => {
+                (client, matches!(request, Request::Submit(_)))
+            }
+            ControlEvent::Bad { client, .. } => (client, false),
             _ => return false,
         };
-        self.unanswered.get(client).is_some_and(|n| *n > 0)
+        let alone = self.clients.get(client).is_some_and(|c| c.alone_unanswered);
+        (!submit || alone) && self.unanswered.get(client).is_some_and(|n| *n > 0)
     }
 
     fn expect_answer(&mut self, client: ClientId) {
@@ -491,6 +503,9 @@ impl Control {
             *n.get_mut() -= 1;
             if *n.get() == 0 {
                 n.remove();
+                if let Some(c) = self.clients.get_mut(&client) {
+                    c.alone_unanswered = false;
+                }
             }
         }
         Some(client)

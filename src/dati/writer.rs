@@ -123,7 +123,8 @@ pub struct DatiWriter {
     allocated: BTreeMap<DatabaseId, u32>,
     /// Highest NNNN per origin among the floor and the named files.
     high_water: BTreeMap<DatabaseId, u32>,
-    /// End of each origin's log after the last sync.
+    /// End of each origin's log after the last whole sync (at open: the logs' end). Jobs of
+    /// [`DatiWriter::start_sync`] do not move it.
     synced: BTreeMap<DatabaseId, DatiPosition>,
     appends: u64,
     failed: Option<PathBuf>,
@@ -353,9 +354,7 @@ impl DatiWriter {
     /// file, and naming must follow the header's fdatasync.
     pub fn start_sync(&mut self) -> Result<SyncStart, DatiError> {
         self.check_failed()?;
-        let whole = !self.closing.is_empty()
-            || self.current.values().any(|f| f.unsynced && f.temp.is_some());
-        if whole {
+        if self.needs_whole_sync() {
             return self.sync().map(|()| SyncStart::Done);
         }
         let mut files = Vec::new();
@@ -378,6 +377,14 @@ impl DatiWriter {
         Ok(if files.is_empty() { SyncStart::Done } else { SyncStart::Job(SyncJob { files }) })
     }
 
+    /// Whether the next sync must run whole: a new file waits for its name, or a rotated one
+    /// for its last fdatasync. The caller waits for every [`SyncJob`] it started before (a
+    /// newer file must never be named, nor a rotated one synced a second time, while an older
+    /// job may still fail: a crash could then keep later records and lose earlier ones).
+    pub fn needs_whole_sync(&self) -> bool {
+        !self.closing.is_empty() || self.current.values().any(|f| f.unsynced && f.temp.is_some())
+    }
+
     /// A [`SyncJob`] failed: the writer refuses all work until reopened, as after a failed
     /// `sync` (the kernel may have dropped the pages; see the module doc).
     pub fn sync_failed(&mut self, error: &DatiError) {
@@ -388,7 +395,7 @@ impl DatiWriter {
         self.failed.get_or_insert(path);
     }
 
-    /// The end of each origin's log after the last sync (what a checkpoint records).
+    /// The end of each origin's log after the last whole sync (at open: what the logs hold).
     pub fn positions(&self) -> BTreeMap<DatabaseId, DatiPosition> {
         self.synced.clone()
     }
@@ -473,7 +480,8 @@ impl DatiWriter {
 /// How [`DatiWriter::start_sync`] went.
 #[derive(Debug)]
 pub enum SyncStart {
-    /// Everything appended is durable already (nothing to sync, or a whole sync ran).
+    /// What was appended since the last sync is durable (nothing to sync, or a whole sync
+    /// ran); jobs started before may still be running.
     Done,
     /// The fdatasyncs to run before the records appended are durable.
     Job(SyncJob),

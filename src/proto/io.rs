@@ -211,7 +211,9 @@ pub enum Input<'a> {
     /// the batch, or any submission is invalid (over the payload limit), each submission is
     /// answered [`Output::Refused`] and nothing of the batch is stored. An empty batch is
     /// answered by nothing. With log syncs pipelined (`Node::pipeline_log_syncs`) the answers
-    /// come once the sync is done, after an [`Input::LogsSynced`], in submission order.
+    /// come once the sync is done, after an [`Input::LogsSynced`], in submission order; a
+    /// failed sync refuses its batch and the later ones, which are then not known durable (a
+    /// reopen replays whatever reached the disk).
     SubmitBatch(Vec<Submission>),
     /// A log sync started by a submit ended (pipelined syncs): durable batches are answered
     /// and sent on.
