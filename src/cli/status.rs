@@ -235,11 +235,12 @@ fn print_running(n: &serde_json::Value) {
     print_pads(&peers);
     let q = &n["queues"];
     println!(
-        "queues    outputs {}, links {}, connecting {}, wants in flight {}",
+        "queues    outputs {}, links {}, connecting {}, wants in flight {}, submits syncing {}",
         text(&q["outputs"]),
         text(&q["links"]),
         text(&q["connecting"]),
-        text(&q["wants_in_flight"])
+        text(&q["wants_in_flight"]),
+        text(&q["submits_syncing"])
     );
     if let Some(rejects) = n["counters"]["rejects"].as_object() {
         let nonzero: Vec<String> = rejects

@@ -564,6 +564,7 @@ impl<S: Store> Node<S> {
                 links: self.links.len(),
                 connecting: self.connecting.len(),
                 wants_in_flight: self.links.values().filter(|l| l.sync.want.is_some()).count(),
+                submits_syncing: self.submits_syncing.len(),
             },
             counters: NodeStats {
                 checkpoint_failures: self.stats.checkpoint_failures

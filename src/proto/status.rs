@@ -144,6 +144,10 @@ pub struct Queues {
     pub connecting: usize,
     /// `Want` requests in flight.
     pub wants_in_flight: usize,
+    /// Group commits of local submits written and waiting for their log sync, with refusals
+    /// queued behind them (the driver stops taking submits at two; a number that stays up
+    /// means the disk does not finish its fdatasyncs).
+    pub submits_syncing: usize,
 }
 
 impl PeerStatus {

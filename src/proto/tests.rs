@@ -890,6 +890,7 @@ fn pipelined_submits_are_answered_only_once_durable_in_order() {
     oversized[0].payload = vec![0; node.ledger().payload_limit() + 1];
     node.handle(now, Input::SubmitBatch(oversized));
     assert_eq!(node.submits_syncing(), 3);
+    assert_eq!(node.status().queues.submits_syncing, 3, "status shows what waits for the disk");
     node.handle(now, Input::LogsSynced);
     assert_eq!(answers(&mut node), [], "nothing answered before its sync ends");
     assert_eq!(node.ledger().store().units_total(), 3, "nor indexed");
