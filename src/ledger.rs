@@ -13,8 +13,8 @@
 //! wait until [`Ledger::sync_state`] says the batch is durable, batches in order.
 //!
 //! The store is flushed only on a checkpoint schedule; after each flush the log positions it
-//! covers (the end of what is indexed, not the logs' end) are recorded in the store's meta. Opening replays every log record after the last
-//! recorded checkpoint, so units the store lost in a crash come back, and (because step 2 comes
+//! covers (the end of what is indexed, not the logs' end) are recorded in the store's meta.
+//! Opening replays every log record after the last recorded checkpoint, so units the store lost in a crash come back, and (because step 2 comes
 //! before step 3) the store never holds a unit the logs lack. Sequence numbers are never reused:
 //! the next own seq is one past the highest held after replay, and nothing leaves the node
 //! before step 2 (a seq allocated by a batch that crashed before its sync was never
@@ -185,8 +185,6 @@ pub struct Ledger<S: Store = SledStore> {
     /// Checkpoints that failed after a write (the write itself stood).
     checkpoint_failures: u64,
     poisoned: bool,
-    /// Batches logged and not yet indexed ([`Ledger::submit_logged`]).
-    unindexed: usize,
     /// Per origin, the end of the last record indexed: what a checkpoint may record. Not the
     /// logs' own end: with syncs pipelined a batch can be in the logs (even durable) and not yet
     /// in the store, and a checkpoint past it would skip its replay after a crash and hand its
@@ -255,19 +253,14 @@ impl LogSyncer {
         })
     }
 
-    /// Queues `job`; its ticket, or the job back when the thread is gone.
-    fn send(&mut self, job: SyncJob) -> Result<u64, SyncJob> {
-        let Some(jobs) = self.jobs.as_ref() else { return Err(job) };
-        match jobs.send(job) {
-            Ok(()) => {
-                self.issued += 1;
-                Ok(self.issued)
-            }
-            Err(std::sync::mpsc::SendError(job)) => {
-                self.jobs = None;
-                Err(job)
-            }
+    /// Queues `job`; its ticket, or `None` when the thread is gone.
+    fn send(&mut self, job: SyncJob) -> Option<u64> {
+        if self.jobs.as_ref()?.send(job).is_err() {
+            self.jobs = None;
+            return None;
         }
+        self.issued += 1;
+        Some(self.issued)
     }
 
     /// Takes the results that are in (with `wait`, every result, waiting for the jobs still
@@ -546,7 +539,6 @@ impl<S: Store> Ledger<S> {
             background: None,
             checkpoint_failures: 0,
             poisoned: false,
-            unindexed: 0,
             covered: BTreeMap::new(),
             pending_keys: std::collections::HashMap::new(),
             own_syncing: std::collections::VecDeque::new(),
@@ -750,7 +742,6 @@ impl<S: Store> Ledger<S> {
             // Without logs the store itself wrote the batch.
             return Ok(units);
         };
-        self.unindexed = self.unindexed.saturating_sub(1);
         if let (Some(first), Some(&(seq, _))) = (units.first(), self.own_syncing.front()) {
             if first.origin == self.own && first.seq == seq {
                 self.own_syncing.pop_front();
@@ -828,10 +819,7 @@ impl<S: Store> Ledger<S> {
         })();
         let result = appended.and_then(|refs| Ok((refs, self.sync_logs(pipelined)?)));
         match result {
-            Ok((refs, ticket)) => {
-                self.unindexed += 1;
-                Ok(Logged { units, refs: Some(refs), now_ms, ticket })
-            }
+            Ok((refs, ticket)) => Ok(Logged { units, refs: Some(refs), now_ms, ticket }),
             Err(e) => {
                 // Part of the batch may be in the logs; a retry with the same seqs would write
                 // different units under them. Refuse until reopened (which replays the logs).
@@ -859,11 +847,8 @@ impl<S: Store> Ledger<S> {
         };
         match dati.start_sync()? {
             SyncStart::Done => Ok(None),
-            SyncStart::Job(job) => match syncer.send(job) {
-                Ok(ticket) => Ok(Some(ticket)),
-                // The thread is gone (only a panic ends it): what it had is not known durable.
-                Err(_) => Err(LedgerError::Poisoned),
-            },
+            // Without the thread (only a panic ends it), what it had is not known durable.
+            SyncStart::Job(job) => syncer.send(job).map(Some).ok_or(LedgerError::Poisoned),
         }
     }
 
@@ -1009,7 +994,7 @@ impl<S: Store> Ledger<S> {
         now_ms: u64,
     ) -> Result<Vec<TransferUnit>, LedgerError> {
         // Indexed at once, these own units would move `covered` past batches still syncing.
-        debug_assert_eq!(self.unindexed, 0, "submit_batch while submit_logged batches wait");
+        debug_assert!(self.own_syncing.is_empty(), "submit_batch while submit_logged batches wait");
         let logged = self.log(units, &[], now_ms, false)?;
         self.index(logged)
     }
