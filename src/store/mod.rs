@@ -39,7 +39,7 @@
 //!   for when that unit is held, even if an application supplied the same key earlier.
 //! - Counts come from the version vector, never from a scan.
 //!
-//! # Sled layout (one tree, so one `sled::Batch` covers everything)
+//! # Sled layout (one tree)
 //!
 //! - `u` origin(15) first_seq(8 BE): a run of entries for contiguous seqs (at most 7 KiB, and
 //!   64 entries, or 256 if all are located; `sled_store.rs` says why): count (u32 BE), then per
@@ -50,6 +50,8 @@
 //! - `p` physkey(32): origin(15) seq(8 BE), for application physkeys only.
 //! - `c` len(app)(1) app origin(15): delivered seq (8 BE); every seq up to it is delivered.
 //! - `m` name: meta bytes.
+//! - `j`: while a batch is being written, what it writes and what those keys held before
+//!   (`intent.rs`: how a batch is made crash-atomic without `sled::Batch`).
 //!
 //! # Not here
 //!
@@ -59,6 +61,7 @@
 //! for it.
 
 mod body;
+mod intent;
 mod memory;
 mod plan;
 mod sled_store;
@@ -230,6 +233,9 @@ pub enum StoreError {
     /// An earlier batch failed to apply; reopen the store (the ledger then replays its log).
     #[error("an earlier store write failed; the store must be reopened")]
     Poisoned,
+    /// A test failpoint stopped a batch part way, as a crash would.
+    #[error("batch interrupted part way (test failpoint)")]
+    Interrupted,
     /// An application name for a delivery cursor over [`MAX_APP_NAME`] bytes.
     #[error("application name of {len} bytes is over the limit of {MAX_APP_NAME} bytes")]
     AppNameTooLong {
@@ -326,6 +332,10 @@ pub enum Corruption {
     /// A physkey index entry or cursor value that does not decode.
     #[error("index entry does not decode")]
     Index,
+    /// The record of an unfinished batch, left by a crash, does not decode: the batch cannot be
+    /// undone. `meshnode rebuild` rebuilds the store from the daily logs.
+    #[error("the record of an unfinished batch does not decode (run `meshnode rebuild`)")]
+    Intent,
 }
 
 /// A raw store key, shown in errors by what it names (the layout is in the module doc).
@@ -363,6 +373,7 @@ impl fmt::Display for StoreKey {
                     return write!(f, "meta {t:?}");
                 }
             }
+            Some((b'j', [])) => return write!(f, "intent of an unfinished batch"),
             Some((b'c', rest)) => {
                 if let Some(t) = rest.split_first().and_then(|(&n, r)| r.get(..usize::from(n))) {
                     return write!(f, "cursor of {:?}", String::from_utf8_lossy(t));

@@ -1,9 +1,9 @@
 //! The production store: one sled tree, keys by prefix (layout in the module doc of
 //! `crate::store`).
 //!
-//! Each insert batch is one `sled::Batch` holding the unit runs, the version vector entries of
-//! the origins it adds to, new physkey index entries and the caller's meta writes, so a crash
-//! keeps all of it or none. Entries of one origin with contiguous seqs are stored as one value
+//! Each insert batch writes the unit runs, the version vector entries of the origins it adds to,
+//! new physkey index entries and the caller's meta writes after an intent record, so a crash
+//! keeps all of it or none (`intent.rs`; open undoes a batch left half written). Entries of one origin with contiguous seqs are stored as one value
 //! (a run, at most [`RUN_MAX_BYTES`] and [`RUN_MAX_INLINE`] or [`RUN_MAX_LOCATED`] entries)
 //! because sled costs several µs per key. The version vector is loaded whole at open, so
 //! duplicates and `contains` never read sled.
@@ -21,9 +21,9 @@
 //! archived away still answers counts, `contains`, cursors and application physkeys, but reads
 //! of those units fail with [`StoreError::Body`] until the files are back.
 //!
-//! If applying a batch fails, sled may hold part of it in memory (a crash would drop it, as the
-//! batch is unsealed); this store then refuses further batches until it is reopened, so that no
-//! run can be written over a stale half-written one.
+//! If applying a batch fails, sled may hold part of it in memory; this store then refuses
+//! further batches until it is reopened (which undoes the half-written batch), so that no run
+//! can be written over a stale half-written one.
 //!
 //! This store does not fsync on insert (see [`Store::flush`]) and does not compact runs later: a
 //! unit stays in the run it arrived in.
@@ -35,6 +35,7 @@ use std::sync::Arc;
 
 use sled::IVec;
 
+use super::intent::{self, Write};
 use super::plan::{self, BatchUnit, OriginTags};
 use super::{
     BodyRef, BodySource, Checkpointer, Corruption, InsertOutcome, MetaWrite, OriginRange, Store,
@@ -78,8 +79,11 @@ pub struct SledStore {
     tags: OriginTags,
     /// Where located entries are read from; `None` makes reading one an error.
     bodies: Option<Arc<dyn BodySource>>,
-    /// An earlier `apply_batch` failed: refuse batches until reopened.
+    /// An earlier batch failed part way: refuse batches until reopened.
     poisoned: bool,
+    /// Test failpoint: the next batch stops after this many writes, as a crash would.
+    #[cfg(test)]
+    pub(crate) interrupt_after: Option<usize>,
 }
 
 impl SledStore {
@@ -115,6 +119,9 @@ impl SledStore {
             .flush_every_ms(Some(500))
             .mode(sled::Mode::HighThroughput)
             .open()?;
+        if intent::rollback(&db)? {
+            tracing::info!(path = %path.display(), "undid a store batch a crash left half written");
+        }
         let mut vector = VersionVector::new();
         for item in db.scan_prefix([VECTOR]) {
             let (key, value) = item?;
@@ -126,7 +133,15 @@ impl SledStore {
             vector.replace(origin, Some(range));
         }
         let tags = OriginTags::from_vector(&vector);
-        Ok(SledStore { db, vector, tags, bodies, poisoned: false })
+        Ok(SledStore {
+            db,
+            vector,
+            tags,
+            bodies,
+            poisoned: false,
+            #[cfg(test)]
+            interrupt_after: None,
+        })
     }
 
     /// Bytes sled uses on disk, for status output.
@@ -194,7 +209,7 @@ impl SledStore {
         if plan.accepted.is_empty() && meta.is_empty() {
             return Ok(plan.outcomes);
         }
-        let mut batch = sled::Batch::default();
+        let mut batch: Vec<Write> = Vec::new();
         let mut accepted: Vec<&U> = plan.accepted.iter().filter_map(|&i| units.get(i)).collect();
         accepted.sort_unstable_by_key(|u| (u.unit().origin, u.unit().seq));
         let mut run: Option<RunBuilder> = None;
@@ -217,24 +232,40 @@ impl SledStore {
         if let Some(done) = run {
             done.finish(&mut batch);
         }
-        for (origin, range) in &plan.touched {
-            batch.insert(&vector_key(origin)[..], range.encode());
-        }
         for (physkey, (origin, seq)) in &plan.index {
-            let mut value = [0u8; INDEX_VALUE_LEN];
-            value[..DatabaseId::LEN].copy_from_slice(origin.as_bytes());
-            value[DatabaseId::LEN..].copy_from_slice(&seq.to_be_bytes());
-            batch.insert(&physkey_key(physkey)[..], &value[..]);
+            let mut value = Vec::with_capacity(INDEX_VALUE_LEN);
+            value.extend_from_slice(origin.as_bytes());
+            value.extend_from_slice(&seq.to_be_bytes());
+            batch.push((physkey_key(physkey).to_vec(), Some(value)));
         }
         for (name, value) in meta {
-            match value {
-                Some(value) => batch.insert(meta_key(name), value.as_slice()),
-                None => batch.remove(meta_key(name)),
-            }
+            batch.push((meta_key(name), value.clone()));
         }
-        if let Err(e) = self.db.apply_batch(batch) {
+        for (origin, range) in &plan.touched {
+            batch.push((vector_key(origin).to_vec(), Some(range.encode())));
+        }
+        // What each key held: runs and physkey entries are new keys (a run starts at a seq not
+        // held, and the plan indexes only physkeys it did not find); vector entries are in
+        // memory; meta values are read.
+        let vector = &self.vector;
+        let db = &self.db;
+        let before = |key: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
+            match key.split_first() {
+                Some((&UNIT | &PHYSKEY, _)) => Ok(None),
+                Some((&VECTOR, origin)) => Ok(DatabaseId::from_bytes(origin)
+                    .ok()
+                    .and_then(|origin| vector.get(&origin))
+                    .map(OriginRange::encode)),
+                _ => Ok(db.get(key)?.map(|v| v.to_vec())),
+            }
+        };
+        #[cfg(test)]
+        let interrupt = self.interrupt_after.take();
+        #[cfg(not(test))]
+        let interrupt = None;
+        if let Err(e) = intent::apply(&self.db, batch, before, interrupt) {
             self.poisoned = true;
-            return Err(e.into());
+            return Err(e);
         }
         for (origin, range) in plan.touched {
             self.tags.add(origin);
@@ -490,9 +521,9 @@ impl RunBuilder {
         self.next_seq = self.next_seq.and_then(|s| s.checked_add(1));
     }
 
-    fn finish(self, batch: &mut sled::Batch) {
+    fn finish(self, batch: &mut Vec<Write>) {
         let (key, value) = self.into_value();
-        batch.insert(&key[..], value);
+        batch.push((key.to_vec(), Some(value)));
     }
 
     fn into_value(mut self) -> ([u8; UNIT_KEY_LEN], Vec<u8>) {

@@ -399,6 +399,90 @@ fn corrupt_index_cursor_and_vector_are_errors() {
     assert!(matches!(err, StoreError::Corrupt { why: Corruption::Key, .. }), "{err}");
 }
 
+/// Everything a reader sees of a store: units, physkeys, meta, run keys.
+fn snapshot(store: &SledStore, names: &[&str], keys: &[Physkey]) -> String {
+    let mut units = Vec::new();
+    store
+        .for_each_unit(&mut |u| {
+            units.push((u.origin, u.seq));
+            true
+        })
+        .unwrap();
+    let metas: Vec<_> = names.iter().map(|n| store.meta_get(n).unwrap()).collect();
+    let found: Vec<_> = keys.iter().map(|k| store.find_physkey(k).unwrap()).collect();
+    format!("{:?}\n{units:?}\n{metas:?}\n{found:?}\n{:?}", store.version_vector(), run_keys(store))
+}
+
+/// A crash can cut a batch after any of its writes: whatever was written, open undoes it, and
+/// the batch can then be inserted whole (as the ledger's replay does).
+#[test]
+fn a_batch_cut_short_by_a_crash_is_undone_at_open() {
+    let first = [unit(0, 1), unit(0, 2), unit(0, 5), app_unit(1, 1, app_key(1))];
+    // More of origins 0 and 1 (a gap filled, a new run), a new origin, a physkey already
+    // indexed and a new one, a meta value replaced and a new one.
+    let second = [
+        unit(0, 3),
+        unit(0, 9),
+        app_unit(1, 2, app_key(1)),
+        app_unit(1, 3, app_key(2)),
+        unit(2, 1),
+    ];
+    let meta_first = [("kept".to_string(), Some(b"a".to_vec()))];
+    let meta_second =
+        [("kept".to_string(), Some(b"b".to_vec())), ("new".to_string(), Some(b"c".to_vec()))];
+    let names = ["kept", "new"];
+    let keys = [app_key(1), app_key(2)];
+
+    let expected = |batches: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir);
+        store.insert_batch(&first, &meta_first).unwrap();
+        if batches == 2 {
+            store.insert_batch(&second, &meta_second).unwrap();
+        }
+        snapshot(&store, &names, &keys)
+    };
+    let (after_first, after_both) = (expected(1), expected(2));
+    assert_ne!(after_first, after_both);
+
+    let mut cut = 0;
+    loop {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir);
+        store.insert_batch(&first, &meta_first).unwrap();
+        store.interrupt_after = Some(cut);
+        match store.insert_batch(&second, &meta_second) {
+            Ok(_) => break,
+            Err(StoreError::Interrupted) => {}
+            Err(e) => panic!("cut after {cut} writes: {e}"),
+        }
+        assert!(matches!(store.insert_batch(&second, &[]), Err(StoreError::Poisoned)));
+        // Dropping sled writes what it holds, the cut batch's first writes and its intent
+        // included: the disk as a crash right there leaves it.
+        drop(store);
+        let mut store = open(&dir);
+        assert_eq!(snapshot(&store, &names, &keys), after_first, "cut after {cut} writes");
+        store.insert_batch(&second, &meta_second).unwrap();
+        assert_eq!(snapshot(&store, &names, &keys), after_both, "cut after {cut} writes");
+        cut += 1;
+    }
+    // The batch writes 4 runs (0: 3, 0: 9, 1: 2-3, 2: 1), 1 physkey, 2 meta values and 3
+    // vector entries.
+    assert_eq!(cut, 10);
+}
+
+#[test]
+fn an_unreadable_intent_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.db.insert(super::intent::INTENT_KEY, &[0xff, 0xff, 0xff][..]).unwrap();
+    drop(store);
+    wait_unlocked(dir.path());
+    let err = SledStore::open(dir.path(), 8 << 20).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { why: Corruption::Intent, .. }), "{err}");
+    assert!(err.to_string().contains("meshnode rebuild"), "{err}");
+}
+
 #[test]
 fn store_keys_describe_themselves() {
     let text = |key: Vec<u8>| StoreKey(key).to_string();
@@ -409,6 +493,7 @@ fn store_keys_describe_themselves() {
         text(physkey_key(&app_key(2)).to_vec()),
         format!("physkey index \"{}\"", app_key(2))
     );
+    assert_eq!(text(super::intent::INTENT_KEY.to_vec()), "intent of an unfinished batch");
     assert_eq!(text(vec![b'u', 1, 2]), "key 750102");
     assert_eq!(text(vec![]), "key ");
 }

@@ -1,0 +1,102 @@
+//! Crash-atomic insert batches for the sled store, without `sled::Batch`.
+//!
+//! sled 0.34 makes a `Batch` atomic by rolling its log buffer before and after the batch: each
+//! `apply_batch` writes two log buffers to disk and waits for them (`sync_file_range`) on sled's
+//! IO threads. With the ledger indexing one group commit per received datagram or submit, that
+//! was two device writes per unit per node at a steady 1,000 units/s, and on a virtual disk
+//! those writes queued the daily logs' `fdatasync`s behind them: the propagation p99 of
+//! `scripts/bench lan` went from ~2.5 ms to ~14 ms with them (docs/PERFORMANCE.md, session 9).
+//!
+//! So the store makes a batch atomic itself, as a tiny undo log:
+//!
+//! 1. the **intent** (key `j`) is written first: every key the batch will write, with the value
+//!    it had before (`None` for a key the batch creates);
+//! 2. the batch's writes follow, as single-key inserts;
+//! 3. the intent is removed.
+//!
+//! This relies on what sled does guarantee: single-key writes are atomic, and recovery after a
+//! crash stops at the first log message that did not reach the disk, so it keeps a *prefix* of
+//! the writes in the order they were made. An intent found at open therefore names a batch
+//! that may be partly there, and [`rollback`] puts back every value it lists. A removed intent
+//! means the whole batch is there. Either way, a batch is all there or not at all, which is the
+//! [`super::Store`] contract; the ledger replays what is missing from its logs.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Corruption, StoreError, StoreKey};
+
+/// The key of the intent record. No other key of the layout starts with `j`.
+pub(super) const INTENT_KEY: &[u8] = b"j";
+
+/// What one batch writes, with what each key held before.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub(super) struct Intent {
+    /// `(key, previous value)`, in the order the batch writes them.
+    pub before: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Intent {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("postcard into Vec")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt {
+            key: StoreKey(INTENT_KEY.to_vec()),
+            why: Corruption::Intent,
+        })
+    }
+}
+
+/// One write of a batch: a key and its new value (`None` removes it).
+pub(super) type Write = (Vec<u8>, Option<Vec<u8>>);
+
+/// Applies `writes` to `db` so that a crash keeps all of them or none (see the module doc).
+/// `before` gives the value each key holds now; it is called once per write, before any write.
+///
+/// `interrupt` is a failpoint for tests: stop after that many writes and return
+/// [`StoreError::Interrupted`], leaving the intent, as a crash there would.
+pub(super) fn apply(
+    db: &sled::Db,
+    writes: Vec<Write>,
+    mut before: impl FnMut(&[u8]) -> Result<Option<Vec<u8>>, StoreError>,
+    interrupt: Option<usize>,
+) -> Result<(), StoreError> {
+    let intent = Intent {
+        before: writes
+            .iter()
+            .map(|(key, _)| Ok((key.clone(), before(key)?)))
+            .collect::<Result<_, StoreError>>()?,
+    };
+    db.insert(INTENT_KEY, intent.encode())?;
+    for (done, (key, value)) in writes.into_iter().enumerate() {
+        if interrupt == Some(done) {
+            return Err(StoreError::Interrupted);
+        }
+        match value {
+            Some(value) => db.insert(key, value)?,
+            None => db.remove(key)?,
+        };
+    }
+    db.remove(INTENT_KEY)?;
+    Ok(())
+}
+
+/// Undoes the batch an intent left at open names, if any, and makes the undo durable. Returns
+/// whether there was one.
+pub(super) fn rollback(db: &sled::Db) -> Result<bool, StoreError> {
+    let Some(bytes) = db.get(INTENT_KEY)? else {
+        return Ok(false);
+    };
+    let intent = Intent::decode(&bytes)?;
+    // Every previous value was read before the first write, so the order does not matter.
+    for (key, value) in intent.before.into_iter().rev() {
+        match value {
+            Some(value) => db.insert(key, value)?,
+            None => db.remove(key)?,
+        };
+    }
+    db.remove(INTENT_KEY)?;
+    db.flush()?;
+    Ok(true)
+}
