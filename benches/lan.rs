@@ -17,7 +17,10 @@
 //!   - wire bytes per delivered unit copy: the bytes the three nodes' cores emitted (datagrams
 //!     and link frames, from the status counters) during the throughput phase, per unit per
 //!     receiving node, against the unit's payload + header;
-//!   - RSS (VmRSS) of each node idle after start and after the run.
+//!   - RSS (VmRSS) of each node idle after start and after the run;
+//!   - the disk's own `fdatasync` latency in the data directory, before the nodes start: three
+//!     writers at the offered rate, and two syncs in sequence (a unit's path holds two: the
+//!     origin's log, then the receiver's), so the latency reads against what the disk allows.
 //!
 //!   Targets: throughput >= 25% of the ceiling; p99 <= 5 ms; bytes per copy <= 1.3x payload +
 //!   header; idle RSS <= 32 MiB.
@@ -387,6 +390,50 @@ fn datagram_ceiling(size: usize) -> anyhow::Result<f64> {
     Ok(n as f64 / secs)
 }
 
+/// The disk's own sync latency where the nodes keep their data, under the latency phase's
+/// load: three writers (one per node), each appending `record` bytes and `fdatasync`ing
+/// `rate` times a second for 2 s, as a node does per group commit. Returns every sync's time
+/// and, pairing the writers' i-th syncs, the time of two syncs in sequence (a unit's path has
+/// two: the origin's log and the receiver's): both in ms, sorted. The latency figure reads
+/// against these, as throughput reads against the datagram ceiling.
+fn disk_syncs(dir: &Path, record: usize, rate: u64) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let n = 2 * rate.max(1) as usize;
+    let every = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let probe = tempfile::Builder::new().prefix("bench-disk-").tempdir_in(dir)?;
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let path = probe.path().join(format!("w{w}"));
+            std::thread::spawn(move || -> std::io::Result<Vec<f64>> {
+                let mut file = std::fs::File::create(path)?;
+                let buf = vec![0x5au8; record];
+                let mut lat = Vec::with_capacity(n);
+                let start = Instant::now();
+                for i in 0..n {
+                    if let Some(wait) =
+                        (start + every * i as u32).checked_duration_since(Instant::now())
+                    {
+                        std::thread::sleep(wait);
+                    }
+                    let t = Instant::now();
+                    file.write_all(&buf)?;
+                    file.sync_data()?;
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                Ok(lat)
+            })
+        })
+        .collect();
+    let mut per_writer = Vec::new();
+    for w in writers {
+        per_writer.push(w.join().map_err(|_| anyhow::anyhow!("disk probe panicked"))??);
+    }
+    let mut two: Vec<f64> = per_writer[0].iter().zip(&per_writer[1]).map(|(a, b)| a + b).collect();
+    let mut one: Vec<f64> = per_writer.into_iter().flatten().collect();
+    one.sort_by(f64::total_cmp);
+    two.sort_by(f64::total_cmp);
+    Ok((one, two))
+}
+
 /// Bytes the node's core emitted so far: datagrams and link frames.
 fn bytes_sent(status: &Value) -> u64 {
     let c = &status["counters"];
@@ -517,6 +564,8 @@ fn lan(o: &Opts) -> anyhow::Result<Vec<String>> {
         unit.encode().len() - o.payload
     };
 
+    std::fs::create_dir_all(&o.dir)?;
+    let (one_sync, two_syncs) = disk_syncs(&o.dir, o.payload + header + 64, o.rate)?;
     let mut mesh = Mesh::init(o, 3)?;
     mesh.run(free_port()?)?;
     let mut clients: Vec<Client> =
@@ -627,6 +676,14 @@ fn lan(o: &Opts) -> anyhow::Result<Vec<String>> {
         "all_held_everywhere_secs": secs,
         "latency": {"offered_per_sec": o.rate, "units": lat.len(), "p50_ms": p50, "p99_ms": p99, "max_ms": max},
         "receipt_latency_node1": {"p50_ms": percentile(&accepted, 0.5), "p99_ms": percentile(&accepted, 0.99)},
+        "disk_sync": {
+            "writers": 3,
+            "per_sec_each": o.rate,
+            "p50_ms": percentile(&one_sync, 0.5),
+            "p99_ms": percentile(&one_sync, 0.99),
+            "two_in_sequence_p50_ms": percentile(&two_syncs, 0.5),
+            "two_in_sequence_p99_ms": percentile(&two_syncs, 0.99),
+        },
         "udp_rcvbuf_drops_during_throughput": udp_drops,
         "wants_sent_total": wants,
         "wire_bytes_per_copy": per_copy,
@@ -658,6 +715,15 @@ fn lan(o: &Opts) -> anyhow::Result<Vec<String>> {
             "  receipt at node 1       p50 {:.2} ms, p99 {:.2} ms (submit -> receipt, same units)",
             percentile(&accepted, 0.5),
             percentile(&accepted, 0.99)
+        );
+        println!(
+            "  disk sync alone         p50 {:.2} ms, p99 {:.2} ms (3 writers, {}/s each, in {}); two in sequence p50 {:.2} ms, p99 {:.2} ms",
+            percentile(&one_sync, 0.5),
+            percentile(&one_sync, 0.99),
+            o.rate,
+            o.dir.display(),
+            percentile(&two_syncs, 0.5),
+            percentile(&two_syncs, 0.99)
         );
         println!(
             "  wire bytes per copy     {per_copy:.0} = {:.2}x payload + header (target <= 1.3x)",

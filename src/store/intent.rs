@@ -1,11 +1,12 @@
 //! Crash-atomic insert batches for the sled store, without `sled::Batch`.
 //!
-//! sled 0.34 makes a `Batch` atomic by rolling its log buffer before and after the batch: each
-//! `apply_batch` writes two log buffers to disk and waits for them (`sync_file_range`) on sled's
-//! IO threads. With the ledger indexing one group commit per received datagram or submit, that
-//! was two device writes per unit per node at a steady 1,000 units/s, and on a virtual disk
-//! those writes queued the daily logs' `fdatasync`s behind them: the propagation p99 of
-//! `scripts/bench lan` went from ~2.5 ms to ~14 ms with them (docs/PERFORMANCE.md, session 9).
+//! sled 0.34 makes a `Batch` atomic with a batch manifest (`pin_log`): it rolls its log buffer
+//! twice while reserving the manifest, so each `apply_batch` hands two log buffers to sled's IO
+//! threads, each a `pwrite` and a `sync_file_range` wait. With the ledger indexing one group
+//! commit per received datagram or submit, that was two device writes per unit per node at a
+//! steady 1,000 units/s, and on a virtual disk those writes queued the daily logs'
+//! `fdatasync`s behind them: the propagation p99 of `scripts/bench lan` went from ~2.5 ms to
+//! ~14 ms with them (docs/PERFORMANCE.md, session 9).
 //!
 //! So the store makes a batch atomic itself, as a tiny undo log:
 //!
@@ -20,6 +21,12 @@
 //! that may be partly there, and [`rollback`] puts back every value it lists. A removed intent
 //! means the whole batch is there. Either way, a batch is all there or not at all, which is the
 //! [`super::Store`] contract; the ledger replays what is missing from its logs.
+//!
+//! A batch whose intent would pass [`MAX_INTENT_BYTES`] (thousands of application physkeys,
+//! as in a replay) goes through `sled::Batch` instead: its two buffer rolls cost little spread
+//! over that many units, and sled writes a value over 128 KiB as a separate blob file, which
+//! it does not sync, so a large intent could be lost in a power cut while part of its batch
+//! survives.
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +34,13 @@ use super::{Corruption, StoreError, StoreKey};
 
 /// The key of the intent record. No other key of the layout starts with `j`.
 pub(super) const INTENT_KEY: &[u8] = b"j";
+
+/// The largest intent written; a larger batch uses `sled::Batch` (see the module doc).
+pub(super) const MAX_INTENT_BYTES: usize = 64 << 10;
+
+/// The key prefixes a batch writes (runs, physkey index, meta, version vector); an intent
+/// naming another key is corrupt.
+const BATCH_PREFIXES: &[u8] = b"upmv";
 
 /// What one batch writes, with what each key held before.
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -41,10 +55,17 @@ impl Intent {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt {
-            key: StoreKey(INTENT_KEY.to_vec()),
-            why: Corruption::Intent,
-        })
+        let corrupt =
+            || StoreError::Corrupt { key: StoreKey(INTENT_KEY.to_vec()), why: Corruption::Intent };
+        let (intent, rest) = postcard::take_from_bytes::<Intent>(bytes).map_err(|_| corrupt())?;
+        let keys_ok = intent
+            .before
+            .iter()
+            .all(|(key, _)| key.first().is_some_and(|p| BATCH_PREFIXES.contains(p)));
+        if !rest.is_empty() || !keys_ok {
+            return Err(corrupt());
+        }
+        Ok(intent)
     }
 }
 
@@ -54,8 +75,8 @@ pub(super) type Write = (Vec<u8>, Option<Vec<u8>>);
 /// Applies `writes` to `db` so that a crash keeps all of them or none (see the module doc).
 /// `before` gives the value each key holds now; it is called once per write, before any write.
 ///
-/// `interrupt` is a failpoint for tests: stop after that many writes and return
-/// [`StoreError::Interrupted`], leaving the intent, as a crash there would.
+/// `interrupt` is a failpoint for tests: stop after that many writes (up to all of them, the
+/// intent still there) and return [`StoreError::Interrupted`], as a crash there would.
 pub(super) fn apply(
     db: &sled::Db,
     writes: Vec<Write>,
@@ -68,7 +89,20 @@ pub(super) fn apply(
             .map(|(key, _)| Ok((key.clone(), before(key)?)))
             .collect::<Result<_, StoreError>>()?,
     };
-    db.insert(INTENT_KEY, intent.encode())?;
+    let encoded = intent.encode();
+    if encoded.len() > MAX_INTENT_BYTES {
+        let mut batch = sled::Batch::default();
+        for (key, value) in writes {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        db.apply_batch(batch)?;
+        return Ok(());
+    }
+    db.insert(INTENT_KEY, encoded)?;
+    let count = writes.len();
     for (done, (key, value)) in writes.into_iter().enumerate() {
         if interrupt == Some(done) {
             return Err(StoreError::Interrupted);
@@ -77,6 +111,9 @@ pub(super) fn apply(
             Some(value) => db.insert(key, value)?,
             None => db.remove(key)?,
         };
+    }
+    if interrupt == Some(count) {
+        return Err(StoreError::Interrupted);
     }
     db.remove(INTENT_KEY)?;
     Ok(())

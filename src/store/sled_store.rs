@@ -1,9 +1,10 @@
 //! The production store: one sled tree, keys by prefix (layout in the module doc of
 //! `crate::store`).
 //!
-//! Each insert batch writes the unit runs, the version vector entries of the origins it adds to,
-//! new physkey index entries and the caller's meta writes after an intent record, so a crash
-//! keeps all of it or none (`intent.rs`; open undoes a batch left half written). Entries of one origin with contiguous seqs are stored as one value
+//! Each insert batch writes the unit runs, the version vector entries of the origins it adds
+//! to, new physkey index entries and the caller's meta writes after an intent record, so a
+//! crash keeps all of it or none (`intent.rs`; open undoes a batch left half written). Entries
+//! of one origin with contiguous seqs are stored as one value
 //! (a run, at most [`RUN_MAX_BYTES`] and [`RUN_MAX_INLINE`] or [`RUN_MAX_LOCATED`] entries)
 //! because sled costs several µs per key. The version vector is loaded whole at open, so
 //! duplicates and `contains` never read sled.
@@ -371,6 +372,11 @@ impl Store for SledStore {
     }
 
     fn meta_put(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        // A half-written batch may have written this name too; its undo at the next open
+        // would put the old value back over this one.
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
         self.db.insert(meta_key(name), value)?;
         Ok(())
     }
@@ -390,6 +396,9 @@ impl Store for SledStore {
     }
 
     fn set_cursor(&mut self, app: &str, origin: &DatabaseId, seq: u64) -> Result<(), StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
         let mut key = cursor_prefix(app)?;
         key.extend_from_slice(origin.as_bytes());
         self.db.insert(key, &seq.to_be_bytes()[..])?;

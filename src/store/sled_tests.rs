@@ -427,10 +427,14 @@ fn a_batch_cut_short_by_a_crash_is_undone_at_open() {
         app_unit(1, 3, app_key(2)),
         unit(2, 1),
     ];
-    let meta_first = [("kept".to_string(), Some(b"a".to_vec()))];
-    let meta_second =
-        [("kept".to_string(), Some(b"b".to_vec())), ("new".to_string(), Some(b"c".to_vec()))];
-    let names = ["kept", "new"];
+    let meta_first =
+        [("kept".to_string(), Some(b"a".to_vec())), ("gone".to_string(), Some(b"g".to_vec()))];
+    let meta_second = [
+        ("kept".to_string(), Some(b"b".to_vec())),
+        ("new".to_string(), Some(b"c".to_vec())),
+        ("gone".to_string(), None),
+    ];
+    let names = ["kept", "new", "gone"];
     let keys = [app_key(1), app_key(2)];
 
     let expected = |batches: usize| {
@@ -466,9 +470,27 @@ fn a_batch_cut_short_by_a_crash_is_undone_at_open() {
         assert_eq!(snapshot(&store, &names, &keys), after_both, "cut after {cut} writes");
         cut += 1;
     }
-    // The batch writes 4 runs (0: 3, 0: 9, 1: 2-3, 2: 1), 1 physkey, 2 meta values and 3
-    // vector entries.
-    assert_eq!(cut, 10);
+    // The batch writes 4 runs (0: 3, 0: 9, 1: 2-3, 2: 1), 1 physkey, 3 meta values and 3
+    // vector entries; cut 11 is after all of them, the intent not yet removed.
+    assert_eq!(cut, 12);
+}
+
+/// A batch whose intent would be too large (thousands of application physkeys) is written as
+/// a `sled::Batch`, with the same outcome and no intent left behind.
+#[test]
+fn a_batch_too_large_for_an_intent_goes_through_sled_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    let units: Vec<TransferUnit> =
+        (1..=3000u64).map(|seq| app_unit(0, seq, app_key(seq))).collect();
+    let intent_bytes = units.len() * (1 + Physkey::LEN + 2);
+    assert!(intent_bytes > super::intent::MAX_INTENT_BYTES);
+    store.insert_batch(&units, &[]).unwrap();
+    assert!(store.db.get(super::intent::INTENT_KEY).unwrap().is_none());
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(store.units_total(), 3000);
+    assert_eq!(store.find_physkey(&app_key(1234)).unwrap(), Some((origin(0), 1234)));
 }
 
 #[test]
@@ -481,6 +503,16 @@ fn an_unreadable_intent_is_a_clear_error() {
     let err = SledStore::open(dir.path(), 8 << 20).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { why: Corruption::Intent, .. }), "{err}");
     assert!(err.to_string().contains("meshnode rebuild"), "{err}");
+
+    // A well-formed intent naming a key a batch never writes is corrupt too.
+    wait_unlocked(dir.path());
+    let db = sled::open(dir.path()).unwrap();
+    let bad = super::intent::Intent { before: vec![(b"cx".to_vec(), None)] };
+    db.insert(super::intent::INTENT_KEY, bad.encode()).unwrap();
+    drop(db);
+    wait_unlocked(dir.path());
+    let err = SledStore::open(dir.path(), 8 << 20).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { why: Corruption::Intent, .. }), "{err}");
 }
 
 #[test]
