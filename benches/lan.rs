@@ -9,7 +9,7 @@
 //!   - latency: units submitted at node 1 at an offered load (`--rate`, default 1,000/s;
 //!     `--latency-units`, default 3,000) until node 2's control socket subscriber reads them
 //!     (it acknowledges every `--ack-every` units, default 50, as a batching application
-//!     would): p50/p99;
+//!     would): p50/p99 (`--dump FILE` writes each unit's times as CSV);
 //!   - throughput: `--units` (default 10,000) units of `--payload` (default 256) bytes
 //!     pipelined into node 1's control socket, until the other two nodes hold all of them
 //!     (their status asked every millisecond; until session 5 all three were asked every
@@ -60,6 +60,8 @@ struct Opts {
     bin: PathBuf,
     dir: PathBuf,
     checkpoint_ms: Option<u64>,
+    /// Where to write each latency unit's times (`--dump`), for finding where a tail comes from.
+    dump: Option<PathBuf>,
 }
 
 fn opts() -> anyhow::Result<Opts> {
@@ -74,6 +76,7 @@ fn opts() -> anyhow::Result<Opts> {
         bin: PathBuf::from(env!("CARGO_BIN_EXE_meshnode")),
         dir: PathBuf::from("target"),
         checkpoint_ms: None,
+        dump: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -89,6 +92,7 @@ fn opts() -> anyhow::Result<Opts> {
             "--bin" => o.bin = value()?.into(),
             "--dir" => o.dir = value()?.into(),
             "--checkpoint-ms" => o.checkpoint_ms = Some(value()?.parse()?),
+            "--dump" => o.dump = Some(value()?.into()),
             // cargo bench passes --bench to every bench target.
             "--bench" => {}
             other => bail!("unknown argument {other:?}; see benches/lan.rs"),
@@ -473,7 +477,7 @@ fn latency(mesh: &Mesh, o: &Opts) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; n]));
     let got = Arc::new(AtomicU64::new(0));
     let (sent_r, got_r) = (sent.clone(), got.clone());
-    let reader = std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+    let reader = std::thread::spawn(move || -> anyhow::Result<Vec<(usize, f64)>> {
         let mut lat = Vec::with_capacity(n);
         let mut line = String::new();
         let mut unacked = 0;
@@ -493,7 +497,7 @@ fn latency(mesh: &Mesh, o: &Opts) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
             let id: usize = payload.get(..12).and_then(|s| s.parse().ok()).context("payload id")?;
             let sent_at = sent_r.lock().unwrap().get(id).copied().flatten();
             if let Some(sent_at) = sent_at {
-                lat.push(at.duration_since(sent_at).as_secs_f64() * 1e3);
+                lat.push((id, at.duration_since(sent_at).as_secs_f64() * 1e3));
             }
             got_r.fetch_add(1, Ordering::Relaxed);
             unacked += 1;
@@ -507,7 +511,7 @@ fn latency(mesh: &Mesh, o: &Opts) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     });
     let Client { mut writer, reader: mut replies } = Client::connect(&mesh.dirs[0])?;
     let sent_c = sent.clone();
-    let receipts = std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+    let receipts = std::thread::spawn(move || -> anyhow::Result<Vec<(usize, f64)>> {
         let mut line = String::new();
         let mut lat = Vec::with_capacity(n);
         for i in 0..n {
@@ -516,7 +520,7 @@ fn latency(mesh: &Mesh, o: &Opts) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
                 bail!("a submit at node 1 failed: {}", line.trim());
             }
             if let Some(at) = sent_c.lock().unwrap()[i] {
-                lat.push(at.elapsed().as_secs_f64() * 1e3);
+                lat.push((i, at.elapsed().as_secs_f64() * 1e3));
             }
         }
         Ok(lat)
@@ -532,9 +536,7 @@ fn latency(mesh: &Mesh, o: &Opts) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
         sent.lock().unwrap()[i] = Some(Instant::now());
         writeln!(writer, "{line}")?;
     }
-    let mut accepted =
-        receipts.join().map_err(|_| anyhow::anyhow!("receipt reader panicked"))??;
-    accepted.sort_by(f64::total_cmp);
+    let accepted = receipts.join().map_err(|_| anyhow::anyhow!("receipt reader panicked"))??;
     let deadline = Instant::now() + DEADLINE;
     while got.load(Ordering::Relaxed) < n as u64 {
         if Instant::now() > deadline {
@@ -542,9 +544,46 @@ fn latency(mesh: &Mesh, o: &Opts) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let mut lat = reader.join().map_err(|_| anyhow::anyhow!("subscriber panicked"))??;
-    lat.sort_by(f64::total_cmp);
-    Ok((lat, accepted))
+    let lat = reader.join().map_err(|_| anyhow::anyhow!("subscriber panicked"))??;
+    if let Some(path) = &o.dump {
+        dump_latencies(path, &sent.lock().unwrap(), start, &accepted, &lat)?;
+    }
+    let sorted = |v: Vec<(usize, f64)>| {
+        let mut v: Vec<f64> = v.into_iter().map(|(_, ms)| ms).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    Ok((sorted(lat), sorted(accepted)))
+}
+
+/// `--dump`: one CSV line per latency unit, in submit order: its id, when it was submitted
+/// (ms from the first), its receipt at node 1 and its delivery at node 2 (ms after submit). A
+/// tail shows here as runs of consecutive slow units, and receipt against delivery says which
+/// node held them.
+fn dump_latencies(
+    path: &Path,
+    sent: &[Option<Instant>],
+    start: Instant,
+    receipts: &[(usize, f64)],
+    delivered: &[(usize, f64)],
+) -> anyhow::Result<()> {
+    let mut rows: Vec<[Option<f64>; 3]> = vec![[None; 3]; sent.len()];
+    for (i, at) in sent.iter().enumerate() {
+        rows[i][0] = at.map(|at| at.duration_since(start).as_secs_f64() * 1e3);
+    }
+    for (column, values) in [(1, receipts), (2, delivered)] {
+        for &(i, ms) in values {
+            if let Some(row) = rows.get_mut(i) {
+                row[column] = Some(ms);
+            }
+        }
+    }
+    let cell = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
+    let mut out = String::from("id,submitted_ms,receipt_ms,delivered_ms\n");
+    for (i, [at, receipt, delivered]) in rows.into_iter().enumerate() {
+        out.push_str(&format!("{i},{},{},{}\n", cell(at), cell(receipt), cell(delivered)));
+    }
+    std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn lan(o: &Opts) -> anyhow::Result<Vec<String>> {

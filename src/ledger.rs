@@ -999,8 +999,9 @@ impl<S: Store> Ledger<S> {
         self.index(logged)
     }
 
-    /// Without logs the store's batch is atomic: a refused batch (disk full) wrote nothing and
-    /// may simply be retried. A failed flush leaves durability unknown, so that poisons.
+    /// Without logs the store's batch is atomic: a refused batch (disk full) is not in the store
+    /// (the sled store refuses further batches until it is reopened, which undoes a batch cut
+    /// part way). A failed flush leaves durability unknown, so that poisons.
     fn write_without_logs(
         &mut self,
         units: &[TransferUnit],
