@@ -119,8 +119,8 @@ pub(super) fn apply(
     Ok(())
 }
 
-/// Undoes the batch an intent left at open names, if any, and makes the undo durable. Returns
-/// whether there was one.
+/// Undoes the batch an intent left at open names, if any; returns whether there was one. The
+/// caller makes the undo durable (a crash before that undoes it again at the next open).
 pub(super) fn rollback(db: &sled::Db) -> Result<bool, StoreError> {
     let Some(bytes) = db.get(INTENT_KEY)? else {
         return Ok(false);
@@ -134,6 +134,5 @@ pub(super) fn rollback(db: &sled::Db) -> Result<bool, StoreError> {
         };
     }
     db.remove(INTENT_KEY)?;
-    db.flush()?;
     Ok(true)
 }
