@@ -27,9 +27,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-mod acks;
-pub use acks::{AckBatch, AckOutcome};
-
 use crate::datadir::DataDir;
 use crate::dati::{
     self, DatiBodies, DatiConfig, DatiError, DatiPosition, DatiWriter, RecordLocation, SyncJob,
@@ -201,10 +198,6 @@ pub struct Ledger<S: Store = SledStore> {
     pending_keys: std::collections::HashMap<Physkey, (DatabaseId, u64)>,
     /// Where log syncs run when pipelined.
     syncer: Option<LogSyncer>,
-    /// Where durable acknowledgements are flushed when pipelined.
-    ack_flushes: Option<acks::AckFlushes>,
-    /// Acknowledgement batches answered inline (no flush thread), not yet taken.
-    acks_answered: Vec<AckOutcome>,
 }
 
 type SyncRunner = fn(&SyncJob) -> Result<(), DatiError>;
@@ -550,8 +543,6 @@ impl<S: Store> Ledger<S> {
             pending_keys: std::collections::HashMap::new(),
             own_syncing: std::collections::VecDeque::new(),
             syncer: None,
-            ack_flushes: None,
-            acks_answered: Vec::new(),
         })
     }
 
@@ -593,47 +584,6 @@ impl<S: Store> Ledger<S> {
         if acks.is_empty() {
             return Ok(());
         }
-        self.move_cursors(app, acks)?;
-        self.store.flush()?;
-        Ok(())
-    }
-
-    /// Records acknowledgements as [`Ledger::acknowledge_durably`] does, without waiting for
-    /// the flush when flushes are pipelined ([`Ledger::pipeline_syncs`]): the batch comes back
-    /// from [`Ledger::take_acknowledged`] once a flush on the flush thread made it durable.
-    /// Otherwise it is flushed here, and comes back at the next take. Batches come back in the
-    /// order they came, failed or not.
-    pub fn acknowledge_pipelined(&mut self, app: &str, acks: AckBatch) {
-        if acks.is_empty() {
-            return;
-        }
-        let moved = self.move_cursors(app, &acks);
-        match (moved, self.ack_flushes.as_mut()) {
-            (Ok(()), Some(flushes)) => flushes.flush(acks),
-            (Err(e), Some(flushes)) => flushes.refuse(acks, e.to_string()),
-            (moved, None) => {
-                let flushed = moved.and_then(|()| Ok(self.store.flush()?));
-                self.acks_answered.push((acks, flushed.map_err(|e| e.to_string())));
-            }
-        }
-    }
-
-    /// The acknowledgement batches answered since the last call, in the order they came.
-    pub fn take_acknowledged(&mut self) -> Vec<AckOutcome> {
-        let mut answered = std::mem::take(&mut self.acks_answered);
-        if let Some(flushes) = self.ack_flushes.as_mut() {
-            answered.extend(flushes.take());
-        }
-        answered
-    }
-
-    /// Acknowledgement batches waiting for their flush.
-    pub fn acks_flushing(&self) -> usize {
-        self.ack_flushes.as_ref().map_or(0, acks::AckFlushes::waiting)
-    }
-
-    /// Moves the cursor of `app` for each acknowledgement (never back); not flushed.
-    fn move_cursors(&mut self, app: &str, acks: &[(DatabaseId, u64)]) -> Result<(), LedgerError> {
         let mut cursor = self.store.cursor(app)?;
         for (origin, seq) in acks {
             let at = cursor.entry(*origin).or_insert(0);
@@ -642,6 +592,7 @@ impl<S: Store> Ledger<S> {
                 self.store.set_cursor(app, origin, *seq)?;
             }
         }
+        self.store.flush()?;
         Ok(())
     }
 
@@ -735,32 +686,21 @@ impl<S: Store> Ledger<S> {
         Ok((receipts, logged))
     }
 
-    /// Runs the fdatasyncs of [`Ledger::submit_logged`] on a thread of their own, and the
-    /// store flushes of [`Ledger::acknowledge_pipelined`] on another, calling `notify` after
-    /// each (from that thread): the caller then asks [`Ledger::sync_state`] and
-    /// [`Ledger::take_acknowledged`]. Without daily logs this changes nothing.
-    pub fn pipeline_syncs(&mut self, notify: Arc<dyn Fn() + Send + Sync>) -> std::io::Result<()> {
-        let flusher = self.store.checkpointer();
-        self.pipeline_syncs_with(notify, SyncJob::run, flusher)
+    /// Runs the fdatasyncs of [`Ledger::submit_logged`] on a thread of their own, calling
+    /// `notify` after each (from that thread): the caller then asks [`Ledger::sync_state`].
+    /// Without daily logs this changes nothing.
+    pub fn pipeline_syncs(&mut self, notify: Box<dyn Fn() + Send>) -> std::io::Result<()> {
+        self.pipeline_syncs_with(notify, SyncJob::run)
     }
 
-    /// [`Ledger::pipeline_syncs`] with another way to run the log syncs and to flush the store
-    /// (tests: a failing or gated disk).
+    /// [`Ledger::pipeline_syncs`] with another way to run the jobs (tests: a failing disk).
     pub(crate) fn pipeline_syncs_with(
         &mut self,
-        notify: Arc<dyn Fn() + Send + Sync>,
+        notify: Box<dyn Fn() + Send>,
         run: SyncRunner,
-        flusher: Option<Box<dyn Checkpointer>>,
     ) -> std::io::Result<()> {
-        if self.dati.is_none() {
-            return Ok(());
-        }
-        if self.syncer.is_none() {
-            let notify = notify.clone();
-            self.syncer = Some(LogSyncer::start(Box::new(move || notify()), run)?);
-        }
-        if let (None, Some(flusher)) = (&self.ack_flushes, flusher) {
-            self.ack_flushes = Some(acks::AckFlushes::start(notify, flusher)?);
+        if self.dati.is_some() && self.syncer.is_none() {
+            self.syncer = Some(LogSyncer::start(notify, run)?);
         }
         Ok(())
     }
@@ -1283,7 +1223,7 @@ pub(crate) mod tests {
         let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
         let (tx, notified) = std::sync::mpsc::channel();
         ledger
-            .pipeline_syncs(Arc::new(move || {
+            .pipeline_syncs(Box::new(move || {
                 let _ = tx.send(());
             }))
             .unwrap();
@@ -1326,7 +1266,7 @@ pub(crate) mod tests {
         let dir = data_dir(root.path());
         let now = 1_764_633_600_000;
         let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
-        ledger.pipeline_syncs_with(Arc::new(|| ()), failing_sync, None).unwrap();
+        ledger.pipeline_syncs_with(Box::new(|| ()), failing_sync).unwrap();
         let (_, first) = ledger.submit_logged((0..3).map(sale).collect(), now).unwrap();
         let first = ledger.index(first).unwrap();
         assert_eq!(first.len(), 3, "the first batch names its file: synced whole");
@@ -1357,7 +1297,7 @@ pub(crate) mod tests {
             let now = 1_764_633_600_000;
             let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
             let run = if failing { failing_sync } else { SyncJob::run };
-            ledger.pipeline_syncs_with(Arc::new(|| ()), run, None).unwrap();
+            ledger.pipeline_syncs_with(Box::new(|| ()), run).unwrap();
             let (_, first) = ledger.submit_logged((0..3).map(sale).collect(), now).unwrap();
             ledger.index(first).unwrap();
             let (_, second) = ledger.submit_logged(vec![sale(3)], now).unwrap();
@@ -1397,12 +1337,10 @@ pub(crate) mod tests {
         let now = 1_764_633_600_000;
         let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
         let (tx, notified) = std::sync::mpsc::channel();
-        let notify = Arc::new(move || {
+        let notify = Box::new(move || {
             let _ = tx.send(());
         });
-        ledger
-            .pipeline_syncs_with(notify, |_| panic!("injected panic in a sync job"), None)
-            .unwrap();
+        ledger.pipeline_syncs_with(notify, |_| panic!("injected panic in a sync job")).unwrap();
         let (_, first) = ledger.submit_logged((0..3).map(sale).collect(), now).unwrap();
         ledger.index(first).unwrap();
         let (_, second) = ledger.submit_logged(vec![sale(3)], now).unwrap();
@@ -1428,7 +1366,7 @@ pub(crate) mod tests {
         let dir = data_dir(root.path());
         let now = 1_764_633_600_000;
         let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
-        ledger.pipeline_syncs_with(Arc::new(|| ()), gated, None).unwrap();
+        ledger.pipeline_syncs_with(Box::new(|| ()), gated).unwrap();
         let (_, first) = ledger.submit_logged((0..3).map(sale).collect(), now).unwrap();
         ledger.index(first).unwrap();
         let own = ledger.own_dbid();

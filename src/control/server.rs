@@ -9,10 +9,9 @@
 //! Batching ([`Control::handle_burst`]): each loop turn takes the event that woke it and every
 //! event already queued (across connections, without waiting for more, at most [`MAX_BATCH`]
 //! events), and feeds the submits as one `Input::SubmitBatch` (one disk sync) and the
-//! acknowledgements as one `Input::AcknowledgeBatch` (one store flush, on the ledger's flush
-//! thread: answered later, batches in order). Each connection's replies keep its request order:
-//! a request that would be answered out of order (a connection that mixes submits and acks in
-//! one burst, or asks for status behind its own unanswered submits or acknowledgements) ends
+//! acknowledgements as one `Input::AcknowledgeBatch` (one store flush). Each connection's
+//! replies keep its request order: a request that would be answered out of order (a connection
+//! that mixes submits and acks in one burst, or asks for status behind its own submits) ends
 //! the burst and is handled first on the next turn.
 //!
 //! This module makes no protocol decisions of the core's and does not authenticate clients:
@@ -146,10 +145,6 @@ pub struct Control {
     unanswered: HashMap<ClientId, usize>,
     /// Who acknowledged, in order: each `Acknowledged`/`AcknowledgeFailed` answers the front.
     acks: VecDeque<ClientId>,
-    /// Per connection, its acknowledgements not answered yet (the answer waits for a store
-    /// flush on the ledger's thread): another request of that connection, other than an
-    /// acknowledgement, waits for them.
-    unacked: HashMap<ClientId, usize>,
     /// An event taken off the queue that could not join the last burst; handled first.
     held: Option<ControlEvent>,
     deliveries: Deliveries,
@@ -197,7 +192,6 @@ impl Control {
                     submits: VecDeque::new(),
                     unanswered: HashMap::new(),
                     acks: VecDeque::new(),
-                    unacked: HashMap::new(),
                     held: None,
                     deliveries: Deliveries::new(cursor),
                 }
@@ -265,9 +259,7 @@ impl Control {
             node.handle(now, Input::SubmitBatch(burst.submits));
         }
         if !burst.acks.is_empty() {
-            for client in burst.ackers {
-                self.expect_ack(client);
-            }
+            self.acks.extend(burst.ackers);
             node.handle(now, Input::AcknowledgeBatch(burst.acks));
         }
     }
@@ -352,7 +344,7 @@ impl Control {
                         match self.deliveries.acknowledge(origin, seq) {
                             Ok(_) => {
                                 // Answered once the cursor is durable (`Output::Acknowledged`).
-                                self.expect_ack(client);
+                                self.acks.push_back(client);
                                 node.handle(now, Input::AcknowledgeBatch(vec![(origin, seq)]));
                             }
                             Err(e) => self.reply(client, protocol::error_line(&e.to_string())),
@@ -405,14 +397,14 @@ impl Control {
                 None
             }
             Output::Acknowledged { origin, seq } => {
-                if let Some(client) = self.acked() {
+                if let Some(client) = self.acks.pop_front() {
                     self.reply(client, protocol::acked_line(&origin, seq));
                 }
                 None
             }
             Output::AcknowledgeFailed { origin, seq, reason } => {
                 warn!(%origin, seq, %reason, "acknowledgement not durable");
-                if let Some(client) = self.acked() {
+                if let Some(client) = self.acks.pop_front() {
                     let message = format!(
                         "acknowledgement of {origin} up to {seq} is not durable: {reason}; acknowledge again"
                     );
@@ -486,39 +478,17 @@ impl Control {
     }
 
     /// A request (other than a submit, which joins the queue behind its own) of a connection
-    /// whose submits are not all answered waits for the answers; so does a request (other
-    /// than an acknowledgement) of a connection whose acknowledgements are not all answered.
+    /// whose submits are not all answered waits for the answers.
     fn must_wait(&self, event: &ControlEvent) -> bool {
-        let (client, submit, ack) = match event {
-            ControlEvent::Request { client, request } => (
-                client,
-                matches!(request, Request::Submit(_)),
-                matches!(request, Request::Ack { .. }),
-            ),
-            ControlEvent::Bad { client, .. } => (client, false, false),
+        let (client, submit) = match event {
+            ControlEvent::Request { client, request } => {
+                (client, matches!(request, Request::Submit(_)))
+            }
+            ControlEvent::Bad { client, .. } => (client, false),
             _ => return false,
         };
         let alone = self.clients.get(client).is_some_and(|c| c.alone_unanswered);
-        let submits_wait = self.unanswered.get(client).is_some_and(|n| *n > 0);
-        let acks_wait = self.unacked.get(client).is_some_and(|n| *n > 0);
-        ((!submit || alone) && submits_wait) || (!ack && acks_wait)
-    }
-
-    fn expect_ack(&mut self, client: ClientId) {
-        self.acks.push_back(client);
-        *self.unacked.entry(client).or_insert(0) += 1;
-    }
-
-    /// The connection the next `Acknowledged`/`AcknowledgeFailed` answers.
-    fn acked(&mut self) -> Option<ClientId> {
-        let client = self.acks.pop_front()?;
-        if let std::collections::hash_map::Entry::Occupied(mut n) = self.unacked.entry(client) {
-            *n.get_mut() -= 1;
-            if *n.get() == 0 {
-                n.remove();
-            }
-        }
-        Some(client)
+        (!submit || alone) && self.unanswered.get(client).is_some_and(|n| *n > 0)
     }
 
     fn expect_answer(&mut self, client: ClientId) {

@@ -61,9 +61,6 @@ const BURST: usize = 256;
 /// Group commits of local submits that may wait for their log sync at once: one syncing while
 /// the next is sealed and written (double buffering). No control event is read beyond it.
 const SUBMITS_SYNCING: usize = 2;
-/// Acknowledgement batches that may wait for their store flush at once (they share the next
-/// flush, so this only bounds the memory a client acknowledging faster than the disk takes).
-const ACKS_FLUSHING: usize = 1024;
 
 /// The longest a QUIC attempt may take before TCP is tried (a LAN handshake takes a
 /// millisecond, an intercontinental one a few hundred).
@@ -278,11 +275,10 @@ pub async fn run<S: Store>(
     };
     drop(relay_tx);
 
-    // Local submits' fdatasyncs, and the store flushes of durable acknowledgements, run on the
-    // ledger's threads; each one ended wakes the loop.
+    // Local submits' fdatasyncs run on the ledger's sync thread; each one ended wakes the loop.
     let synced = Arc::new(tokio::sync::Notify::new());
     let notify = synced.clone();
-    node.pipeline_log_syncs(Arc::new(move || notify.notify_one()))?;
+    node.pipeline_log_syncs(Box::new(move || notify.notify_one()))?;
 
     let mut links = Links {
         transports: transports.clone(),
@@ -305,9 +301,8 @@ pub async fn run<S: Store>(
             .poll_timeout()
             .map(|at| Duration::from_micros(at.0.saturating_sub(wall_time().0)))
             .unwrap_or(Duration::from_secs(3600));
-        let control_ready = node.submits_syncing() < SUBMITS_SYNCING
-            && node.acks_flushing() < ACKS_FLUSHING
-            && control.as_ref().is_none_or(Control::ready);
+        let control_ready =
+            node.submits_syncing() < SUBMITS_SYNCING && control.as_ref().is_none_or(Control::ready);
         tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -336,9 +331,9 @@ pub async fn run<S: Store>(
             }
         }
     }
-    // Submits still syncing and acknowledgements still flushing are answered (their clients
-    // may still be there) before the ledger closes.
-    while node.submits_syncing() > 0 || node.acks_flushing() > 0 {
+    // Submits still syncing are answered (their clients may still be there) before the
+    // ledger closes.
+    while node.submits_syncing() > 0 {
         synced.notified().await;
         node.handle(wall_time(), Input::LogsSynced);
         drain_outputs(&mut node, &mut control, &senders, &mut links).await;

@@ -215,9 +215,8 @@ pub enum Input<'a> {
     /// failed sync refuses its batch and the later ones, which are then not known durable (a
     /// reopen replays whatever reached the disk).
     SubmitBatch(Vec<Submission>),
-    /// A log sync started by a submit, or a store flush started by an acknowledgement, ended
-    /// (pipelined syncs): durable batches are answered and sent on, durable acknowledgements
-    /// answered.
+    /// A log sync started by a submit ended (pipelined syncs): durable batches are answered
+    /// and sent on.
     LogsSynced,
     /// The local application has durably applied the delivered unit `(origin, seq)`. The
     /// cursor moves in memory; it is durable with the node's next checkpoint (at least once per
@@ -233,10 +232,7 @@ pub enum Input<'a> {
     /// `seq`. The cursor moves (never back: an old acknowledgement is harmless) and is made
     /// durable with one store flush for the batch, then each entry is answered, in order, by
     /// [`Output::Acknowledged`] (from then on a crash does not deliver those units again) or,
-    /// if the flush failed, [`Output::AcknowledgeFailed`]. With syncs pipelined
-    /// (`Node::pipeline_log_syncs`) the flush runs on the ledger's flush thread (batches that
-    /// come meanwhile share the next flush) and the answers come after an
-    /// [`Input::LogsSynced`], batches in the order they came.
+    /// if the flush failed, [`Output::AcknowledgeFailed`].
     AcknowledgeBatch(Vec<(crate::id::DatabaseId, u64)>),
     /// Pad material made for an [`Output::GeneratePad`].
     PadMaterial {

@@ -442,23 +442,13 @@ impl<S: Store> Node<S> {
         &self.ledger
     }
 
-    /// Runs the fdatasyncs of local submits, and the store flushes of durable
-    /// acknowledgements, on the ledger's own threads (`notify` is called from them when one
-    /// ends; the driver then feeds [`Input::LogsSynced`]): the node seals and writes the next
-    /// group commit while the last one's sync runs, and goes on with its peers while a flush
-    /// makes an application's acknowledgements durable. Nothing of a batch (receipts,
-    /// multicast, links) leaves before it is durable, and no acknowledgement is answered before
-    /// its cursor is. A node with no daily logs (the simulator's) is unchanged.
-    pub fn pipeline_log_syncs(
-        &mut self,
-        notify: std::sync::Arc<dyn Fn() + Send + Sync>,
-    ) -> std::io::Result<()> {
+    /// Runs the fdatasyncs of local submits on the ledger's own thread (`notify` is called from
+    /// it when one ends; the driver then feeds [`Input::LogsSynced`]): the node seals and writes
+    /// the next group commit while the last one's sync runs, instead of waiting for it. Nothing
+    /// of a batch (receipts, multicast, links) leaves before it is durable. A node with no daily
+    /// logs (the simulator's) is unchanged.
+    pub fn pipeline_log_syncs(&mut self, notify: Box<dyn Fn() + Send>) -> std::io::Result<()> {
         self.ledger.pipeline_syncs(notify)
-    }
-
-    /// Acknowledgement batches waiting for the store flush that makes them durable.
-    pub fn acks_flushing(&self) -> usize {
-        self.ledger.acks_flushing()
     }
 
     /// Group commits written and waiting for their log sync (the driver takes no more submits
@@ -1637,22 +1627,22 @@ impl<S: Store> Node<S> {
         self.held_changed(&origins);
     }
 
-    /// Answers the acknowledgement batches whose cursor is durable (or failed to be), one
-    /// answer per entry, in the order the batches came.
-    fn release_acks(&mut self) {
-        for (acks, result) in self.ledger.take_acknowledged() {
-            match result {
-                Ok(()) => {
-                    for (origin, seq) in acks {
-                        self.out.push_back(Output::Acknowledged { origin, seq });
-                    }
+    /// Moves the cursor for each acknowledgement and makes it durable with one flush; one
+    /// answer per entry, in order.
+    fn acknowledge_durably(&mut self, acks: Vec<(DatabaseId, u64)>) {
+        let app = self.cfg.app.clone();
+        match self.ledger.acknowledge_durably(&app, &acks) {
+            Ok(()) => {
+                for (origin, seq) in acks {
+                    self.out.push_back(Output::Acknowledged { origin, seq });
                 }
-                Err(reason) => {
-                    self.stats.store_errors += 1;
-                    for (origin, seq) in acks {
-                        let reason = reason.clone();
-                        self.out.push_back(Output::AcknowledgeFailed { origin, seq, reason });
-                    }
+            }
+            Err(e) => {
+                self.stats.store_errors += 1;
+                let reason = e.to_string();
+                for (origin, seq) in acks {
+                    let reason = reason.clone();
+                    self.out.push_back(Output::AcknowledgeFailed { origin, seq, reason });
                 }
             }
         }
@@ -2034,10 +2024,7 @@ impl<S: Store> Protocol for Node<S> {
             Input::ConnectFailed { to } => self.connect_failed(to, DownReason::ConnectFailed),
             Input::Submit(sub) => self.submit(vec![sub]),
             Input::SubmitBatch(subs) => self.submit(subs),
-            Input::LogsSynced => {
-                self.release_submits();
-                self.release_acks();
-            }
+            Input::LogsSynced => self.release_submits(),
             Input::Acknowledge { origin, seq } => {
                 let app = self.cfg.app.clone();
                 if self.ledger.acknowledge(&app, &origin, seq).is_err() {
@@ -2046,9 +2033,7 @@ impl<S: Store> Protocol for Node<S> {
                 return;
             }
             Input::AcknowledgeBatch(acks) => {
-                let app = self.cfg.app.clone();
-                self.ledger.acknowledge_pipelined(&app, acks);
-                self.release_acks();
+                self.acknowledge_durably(acks);
                 return;
             }
             Input::RelayUp { relay, observed } => {

@@ -876,10 +876,10 @@ fn pipelined_submits_are_answered_only_once_durable_in_order() {
     let root = tempfile::tempdir().unwrap();
     let mut node = node_on_disk(root.path());
     let (tx, signals) = std::sync::mpsc::channel();
-    let notify = std::sync::Arc::new(move || {
+    let notify = Box::new(move || {
         let _ = tx.send(());
     });
-    node.ledger_mut().pipeline_syncs_with(notify, gated, None).unwrap();
+    node.ledger_mut().pipeline_syncs_with(notify, gated).unwrap();
     let now = Time::from_millis(1_764_633_600_000);
     // The first batch names the origin's log file: synced whole, answered at once.
     node.handle(now, Input::SubmitBatch(sales(0..3)));
@@ -907,10 +907,10 @@ fn a_failed_log_sync_refuses_its_batch_and_the_later_ones() {
     let mut node = node_on_disk(root.path());
     let (tx, signals) = std::sync::mpsc::channel();
     let failing = crate::ledger::tests::failing_sync;
-    let notify = std::sync::Arc::new(move || {
+    let notify = Box::new(move || {
         let _ = tx.send(());
     });
-    node.ledger_mut().pipeline_syncs_with(notify, failing, None).unwrap();
+    node.ledger_mut().pipeline_syncs_with(notify, failing).unwrap();
     let now = Time::from_millis(1_764_633_600_000);
     node.handle(now, Input::SubmitBatch(sales(0..3)));
     assert_eq!(answers(&mut node), [Some(1), Some(2), Some(3)]);
@@ -920,96 +920,4 @@ fn a_failed_log_sync_refuses_its_batch_and_the_later_ones() {
     assert_eq!(answers(&mut node), [None, None, None]);
     assert_eq!(node.stats().submits_refused, 3);
     assert_eq!(node.ledger().store().units_total(), 3);
-}
-
-/// A store flush for durable acknowledgements that waits for a gate, counts its flushes, and
-/// fails when told to (for `Ledger::pipeline_syncs_with`).
-struct GatedFlush {
-    inner: Box<dyn crate::store::Checkpointer>,
-    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    flushes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    fail: bool,
-}
-
-impl crate::store::Checkpointer for GatedFlush {
-    fn meta_put(&self, name: &str, value: &[u8]) -> Result<(), crate::store::StoreError> {
-        self.inner.meta_put(name, value)
-    }
-
-    fn flush(&self) -> Result<(), crate::store::StoreError> {
-        while !self.open.load(std::sync::atomic::Ordering::SeqCst) {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        self.flushes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if self.fail {
-            return Err(crate::store::StoreError::Io(std::io::Error::other("injected")));
-        }
-        self.inner.flush()
-    }
-}
-
-/// The acknowledgement answers among the outputs of `node` until now, in order: `(origin,
-/// seq, durable)`.
-fn ack_answers<S: Store>(node: &mut Node<S>) -> Vec<(DatabaseId, u64, bool)> {
-    let mut answers = Vec::new();
-    while let Some(out) = node.poll_output() {
-        match out {
-            Output::Acknowledged { origin, seq } => answers.push((origin, seq, true)),
-            Output::AcknowledgeFailed { origin, seq, .. } => answers.push((origin, seq, false)),
-            _ => {}
-        }
-    }
-    answers
-}
-
-/// Feeds `LogsSynced` as the flush thread signals, until no acknowledgement waits.
-fn until_flushed<S: Store>(node: &mut Node<S>, signals: &std::sync::mpsc::Receiver<()>) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while node.acks_flushing() > 0 {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        signals.recv_timeout(left).expect("the flush thread signals within 30 s");
-        node.handle(Time::from_millis(1_764_633_600_000), Input::LogsSynced);
-    }
-}
-
-/// With flushes pipelined, an acknowledgement batch is answered only after a flush on the
-/// flush thread ended (the node's loop goes on meanwhile), batches in the order they came;
-/// batches that came during one flush share the next; and a failed flush answers its batches
-/// as not durable, counted as store errors.
-#[test]
-fn pipelined_acknowledgements_are_answered_once_flushed_in_order() {
-    for fail in [false, true] {
-        let root = tempfile::tempdir().unwrap();
-        let mut node = node_on_disk(root.path());
-        let inner = node.ledger().store().checkpointer().expect("sled flushes from a thread");
-        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flushes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let flusher = GatedFlush { inner, open: open.clone(), flushes: flushes.clone(), fail };
-        let (tx, signals) = std::sync::mpsc::channel();
-        let notify = std::sync::Arc::new(move || {
-            let _ = tx.send(());
-        });
-        let run = crate::dati::SyncJob::run;
-        node.ledger_mut().pipeline_syncs_with(notify, run, Some(Box::new(flusher))).unwrap();
-        let now = Time::from_millis(1_764_633_600_000);
-        let a = DatabaseId::from_bytes(b"ORIGINAAAAAAAAA").unwrap();
-        let b = DatabaseId::from_bytes(b"ORIGINBBBBBBBBB").unwrap();
-        node.handle(now, Input::AcknowledgeBatch(vec![(a, 3), (b, 1)]));
-        node.handle(now, Input::AcknowledgeBatch(vec![(a, 2)]));
-        node.handle(now, Input::AcknowledgeBatch(vec![(b, 7)]));
-        node.handle(now, Input::AcknowledgeBatch(Vec::new()));
-        assert_eq!(node.acks_flushing(), 3);
-        node.handle(now, Input::LogsSynced);
-        assert_eq!(ack_answers(&mut node), [], "nothing answered before its flush ends");
-        open.store(true, std::sync::atomic::Ordering::SeqCst);
-        until_flushed(&mut node, &signals);
-        let durable = !fail;
-        let expected = [(a, 3, durable), (b, 1, durable), (a, 2, durable), (b, 7, durable)];
-        assert_eq!(ack_answers(&mut node), expected, "one answer per entry, in order");
-        let flushed = flushes.load(std::sync::atomic::Ordering::SeqCst);
-        assert!((1..3).contains(&flushed), "batches share flushes: {flushed} for 3");
-        assert_eq!(node.stats().store_errors, if fail { 3 } else { 0 });
-        let cursor = node.ledger().store().cursor("app").unwrap();
-        assert_eq!((cursor.get(&a), cursor.get(&b)), (Some(&3), Some(&7)), "never moved back");
-    }
 }
