@@ -541,3 +541,53 @@ fn a_request_behind_pipelined_submits_is_answered_after_their_receipts() {
     write.join().unwrap();
     node.stop();
 }
+
+/// A connection's replies keep its order: a status request pipelined behind hundreds of
+/// acknowledgements (batched into store flushes, each answered once its cursor is durable)
+/// comes after the last of their answers, and after a restart the cursor covers them all.
+#[test]
+fn a_request_behind_pipelined_acknowledgements_is_answered_after_them() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = member_dirs(root.path(), &["a", "b"]);
+    let (a, b) = (&dirs[0], &dirs[1]);
+    let port = free_port();
+    let node_a = Running::start(a, port);
+    let node_b = Running::start(b, port);
+    let units = 300;
+    submit_jsonl(a, &sale_lines(0, units, 10));
+    let origin = dbid(a);
+
+    let stream = UnixStream::connect(socket(b)).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut lines = BufReader::new(stream).lines();
+    let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    writer.write_all(b"{\"op\":\"subscribe\"}\n").unwrap();
+    assert!(next()["subscribed"].is_object());
+    for seq in 1..=units as u64 {
+        let line = next();
+        assert_eq!((line["origin"].as_str(), line["seq"].as_u64()), (Some(&*origin), Some(seq)));
+    }
+    let mut request: String = (1..=units)
+        .map(|seq| format!("{{\"op\":\"ack\",\"origin\":\"{origin}\",\"seq\":{seq}}}\n"))
+        .collect();
+    request.push_str("{\"op\":\"status\"}\n");
+    writer.write_all(request.as_bytes()).unwrap();
+    for seq in 1..=units as u64 {
+        let line = next();
+        assert_eq!(line["acked"]["seq"].as_u64(), Some(seq), "answer {seq}: {line}");
+        assert_eq!(line["acked"]["origin"], origin.as_str(), "{line}");
+    }
+    let last = next();
+    assert_eq!(last["status"]["units_total"], units, "{last}");
+    drop(writer);
+    // Durable: after a restart the next subscriber starts past every acknowledged unit.
+    node_b.stop();
+    let node_b = Running::start(b, port);
+    submit_jsonl(a, &sale_lines(units, units + 1, 10));
+    let sub = Subscriber::start(b, &[]);
+    assert_eq!(seqs(&sub.take(1)), [units as u64 + 1]);
+    sub.stop();
+    node_a.stop();
+    node_b.stop();
+}
