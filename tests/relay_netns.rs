@@ -422,9 +422,33 @@ fn process_memory(pid: u32) -> Vec<u8> {
     out
 }
 
-/// Captures every frame on every interface of `node` (AF_PACKET) until the returned stop
-/// function is called, which returns the frames' bytes.
-fn capture(lab: &Lab, node: &str) -> impl FnOnce() -> Vec<u8> {
+/// A capture of every frame on every interface of a namespace's node (AF_PACKET), running on
+/// a thread until [`Capture::stop`]; dropped (a test that panics), it stops the thread and
+/// closes its socket too, so the namespace can be removed.
+struct Capture {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reader: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Capture {
+    /// Stops the capture; the frames' bytes.
+    fn stop(mut self) -> Vec<u8> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.reader.take().map(|r| r.join().unwrap()).unwrap_or_default()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+/// Starts capturing every frame on every interface of `node`.
+fn capture(lab: &Lab, node: &str) -> Capture {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let fd = lab
@@ -460,10 +484,7 @@ fn capture(lab: &Lab, node: &str) -> impl FnOnce() -> Vec<u8> {
         unsafe { libc::close(fd) };
         all
     });
-    move || {
-        stop.store(true, Ordering::Relaxed);
-        reader.join().unwrap()
-    }
+    Capture { stop, reader: Some(reader) }
 }
 
 /// The relay never sees a unit's content: a marker submitted at store 1 arrives at store 2
@@ -474,7 +495,7 @@ fn capture(lab: &Lab, node: &str) -> impl FnOnce() -> Vec<u8> {
 fn marker_never_reaches_the_relay() {
     let Some(net) = Internet::build("rmarker") else { return };
     let deadline = Instant::now() + BUDGET;
-    let stop_capture = capture(&net.lab, "relay");
+    let capture = capture(&net.lab, "relay");
     let stores = Stores::start(&net, "1,2,3,5", &RELAY_ONLY, &[]);
     let (dirs, relay_dir) = (&stores.dirs, &stores.relay_dir);
     let marker = format!("MARKER-{}-a7c1e5", std::process::id());
@@ -482,7 +503,7 @@ fn marker_never_reaches_the_relay() {
     bodies.insert(17, format!("{{\"password\":\"{marker}\"}}"));
     submit_bodies(&dirs[0], &bodies);
     wait_for("the units at server2", deadline, &stores.all(), || units(&dirs[1]) == 41);
-    let frames = stop_capture();
+    let frames = capture.stop();
     let memory = process_memory(stores.relay.id());
 
     // Positive controls: the marker is at the receiver, the capture holds the relay traffic
@@ -726,7 +747,7 @@ fn a_sensitive_part_crosses_the_relay_under_a_pad() {
     wait_for("the relay link both ways", deadline, &stores.all(), || {
         relay_up(0, 1) && relay_up(1, 0)
     });
-    let stop_capture = capture(&net.lab, "relay");
+    let capture = capture(&net.lab, "relay");
     let marker = format!("SECRET-{}-4be9d0", std::process::id());
     let secret_file = dirs[0].join("secret.txt");
     std::fs::write(&secret_file, &marker).unwrap();
@@ -738,7 +759,7 @@ fn a_sensitive_part_crosses_the_relay_under_a_pad() {
     std::fs::remove_file(&secret_file).unwrap();
     submit(&dirs[0], 5, "after-the-secret");
     wait_for("the units at server2", deadline, &stores.all(), || units(&dirs[1]) == 6);
-    let frames = stop_capture();
+    let frames = capture.stop();
     let memory = process_memory(stores.relay.id());
 
     let delivered = subscribed(&dirs[1], 6);

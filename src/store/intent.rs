@@ -127,7 +127,7 @@ pub(super) fn rollback(db: &sled::Db) -> Result<bool, StoreError> {
     };
     let intent = Intent::decode(&bytes)?;
     // Every previous value was read before the first write, so the order does not matter.
-    for (key, value) in intent.before.into_iter().rev() {
+    for (key, value) in intent.before {
         match value {
             Some(value) => db.insert(key, value)?,
             None => db.remove(key)?,
