@@ -596,6 +596,11 @@ impl<S: Store> Ledger<S> {
         Ok(())
     }
 
+    /// How long the daily logs' fdatasyncs took since open; `None` without logs.
+    pub fn disk_syncs(&self) -> Option<dati::DiskSyncs> {
+        self.dati.as_ref().map(DatiWriter::sync_times)
+    }
+
     /// This node's dbid.
     pub fn own_dbid(&self) -> DatabaseId {
         self.own
@@ -1236,6 +1241,8 @@ pub(crate) mod tests {
         assert_eq!(second.ticket, Some(1));
         assert_eq!(wait_synced(&mut ledger, &second), SyncState::Durable);
         notified.recv_timeout(std::time::Duration::from_secs(30)).expect("notified");
+        // Both syncs were timed: the whole one here and the job on the sync thread.
+        assert_eq!(ledger.disk_syncs().map(|d| d.log_syncs), Some(2));
         // Its physkey is found before it is indexed.
         let (again, third) = ledger.submit_logged(vec![keyed(12, "K"), sale(13)], now).unwrap();
         assert!(again[0].existing);

@@ -54,9 +54,17 @@ fn three_nodes_on_loopback_find_each_other_and_converge() {
     let table = ok(&["--status", "--data-dir", s(&dirs[0])]);
     assert!(table.contains("peers     2 known, 2 up"), "{table}");
     assert!(table.contains("links on 127.0.0.1:"), "{table}");
+    // And how its disk's log syncs go: every unit here waited for one (each node synced the
+    // units it received, at least once).
+    assert!(table.contains(" log syncs, ") && table.contains(" over 100 ms; slowest "), "{table}");
     let node = &status(&dirs[0])["node"];
     assert!(node["discovery_group"].as_str().is_some_and(|g| g.starts_with("239.192.6.83:")));
     assert!(node["uptime_secs"].as_u64().is_some());
+    for d in &dirs {
+        let disk = &status(d)["node"]["disk"];
+        assert!(disk["log_syncs"].as_u64().is_some_and(|n| n >= 1), "{disk}");
+        assert!(disk["slowest_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{disk}");
+    }
     for node in nodes {
         node.stop();
     }

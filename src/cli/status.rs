@@ -242,6 +242,17 @@ fn print_running(n: &serde_json::Value) {
         text(&q["wants_in_flight"]),
         text(&q["submits_syncing"])
     );
+    if let Some(disk) = n["disk"].as_object() {
+        let count = |k: &str| disk.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let slowest = disk.get("slowest_ms").and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+        // A device that stalls holds up every unit (each waits for a log sync here).
+        println!(
+            "disk      {} log syncs, {} over 10 ms, {} over 100 ms; slowest {slowest:.1} ms",
+            count("log_syncs"),
+            count("over_10ms"),
+            count("over_100ms")
+        );
+    }
     if let Some(rejects) = n["counters"]["rejects"].as_object() {
         let nonzero: Vec<String> = rejects
             .iter()

@@ -89,6 +89,7 @@
 mod bodies;
 mod format;
 mod reader;
+mod sync_times;
 mod writer;
 
 #[cfg(test)]
@@ -112,6 +113,7 @@ pub use format::{DatiHeader, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_RECORD_BODY}
 pub use reader::{
     read_from, read_from_located, verify_file, DatiReader, DatiRecord, ReplayReport, VerifyReport,
 };
+pub use sync_times::{DiskSyncs, SyncTimes};
 pub use writer::{DatiWriter, OpenReport, Repair, SyncJob, SyncStart};
 
 /// Default size limit of one file: 64 MiB.

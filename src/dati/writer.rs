@@ -128,6 +128,8 @@ pub struct DatiWriter {
     synced: BTreeMap<DatabaseId, DatiPosition>,
     appends: u64,
     failed: Option<PathBuf>,
+    /// How long fdatasyncs take, here and in the jobs handed out.
+    times: std::sync::Arc<crate::dati::SyncTimes>,
 }
 
 impl std::fmt::Debug for DatiWriter {
@@ -222,6 +224,7 @@ impl DatiWriter {
             synced,
             appends: 0,
             failed: None,
+            times: Default::default(),
         };
         Ok((writer, report))
     }
@@ -374,7 +377,11 @@ impl DatiWriter {
             file.unsynced = false;
         }
         self.close_idle_handles();
-        Ok(if files.is_empty() { SyncStart::Done } else { SyncStart::Job(SyncJob { files }) })
+        Ok(if files.is_empty() {
+            SyncStart::Done
+        } else {
+            SyncStart::Job(SyncJob { files, times: self.times.clone() })
+        })
     }
 
     /// Whether the next sync must run whole: a new file waits for its name, or a rotated one
@@ -393,6 +400,11 @@ impl DatiWriter {
             _ => self.dir.clone(),
         };
         self.failed.get_or_insert(path);
+    }
+
+    /// How long the fdatasyncs took since open (here and in the jobs handed out).
+    pub fn sync_times(&self) -> crate::dati::DiskSyncs {
+        self.times.snapshot()
     }
 
     /// The end of each origin's log after the last whole sync (at open: what the logs hold).
@@ -430,7 +442,9 @@ impl DatiWriter {
                 .filter(|f| f.unsynced)
                 .map(|f| (f.handle.as_ref(), f.current_path()))
                 .collect();
+        let started = std::time::Instant::now();
         fdatasync_all(&pending)?;
+        self.times.record(started.elapsed());
         let mut named = false;
         let mut touched = Vec::new();
         for file in self.closing.iter_mut().filter(|f| f.unsynced) {
@@ -492,6 +506,7 @@ pub enum SyncStart {
 #[derive(Debug)]
 pub struct SyncJob {
     files: Vec<SyncFile>,
+    times: std::sync::Arc<crate::dati::SyncTimes>,
 }
 
 #[derive(Debug)]
@@ -505,7 +520,10 @@ impl SyncJob {
     pub fn run(&self) -> Result<(), DatiError> {
         let files: Vec<(Option<&File>, &Path)> =
             self.files.iter().map(|f| (Some(&f.handle), f.path.as_path())).collect();
-        fdatasync_all(&files)
+        let started = std::time::Instant::now();
+        fdatasync_all(&files)?;
+        self.times.record(started.elapsed());
+        Ok(())
     }
 }
 

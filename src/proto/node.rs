@@ -557,6 +557,7 @@ impl<S: Store> Node<S> {
             env_group: self.cfg.env_group.to_string(),
             uptime_secs: now.as_secs().saturating_sub(self.started_at.as_secs()),
             units_total: self.ledger.store().units_total(),
+            disk: self.ledger.disk_syncs(),
             unsafe_backlog: self.unsafe_backlog(),
             peers,
             queues: Queues {

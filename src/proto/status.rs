@@ -28,6 +28,9 @@ pub struct NodeStatus {
     pub uptime_secs: u64,
     /// Units held (all origins).
     pub units_total: u64,
+    /// How long the daily logs' fdatasyncs took since start (each unit waits for one at its
+    /// origin and one here); absent without daily logs (the simulator).
+    pub disk: Option<crate::dati::DiskSyncs>,
     /// Own units no main server is known to hold yet (seed 001: not yet "safe").
     pub unsafe_backlog: u64,
     /// Peers, by dbid.
