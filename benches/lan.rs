@@ -768,6 +768,8 @@ fn lan(o: &Opts) -> anyhow::Result<Vec<String>> {
     std::thread::sleep(Duration::from_millis(500));
     let rss_after = mesh.rss();
     let counters: Vec<Value> = statuses.iter().map(|s| s["counters"].clone()).collect();
+    // Each node's own log syncs over the whole run (its `--status` disk figures).
+    let node_disk: Vec<Value> = statuses.iter().map(|s| s["disk"].clone()).collect();
     drop(clients);
     drop(mesh);
 
@@ -843,6 +845,7 @@ fn lan(o: &Opts) -> anyhow::Result<Vec<String>> {
             "units_clear_of_stalls": clear.len(),
             "latency_p99_clear_of_stalls_ms": percentile(&clear, 0.99),
         },
+        "node_log_syncs": node_disk,
         "udp_rcvbuf_drops_during_throughput": udp_drops,
         "wants_sent_total": wants,
         "wire_bytes_per_copy": per_copy,
@@ -894,6 +897,16 @@ fn lan(o: &Opts) -> anyhow::Result<Vec<String>> {
             clear.len(),
             percentile(&clear, 0.99)
         );
+        for (i, d) in node_disk.iter().enumerate() {
+            println!(
+                "  node {} log syncs        {} in the run, {} over 10 ms, {} over 100 ms; slowest {:.1} ms",
+                i + 1,
+                d["log_syncs"],
+                d["over_10ms"],
+                d["over_100ms"],
+                d["slowest_ms"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
         println!(
             "  wire bytes per copy     {per_copy:.0} = {:.2}x payload + header (target <= 1.3x)",
             per_copy / unit_bytes
