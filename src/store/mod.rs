@@ -75,6 +75,7 @@ use std::fmt;
 pub use body::{BodyError, BodyRef, BodySource};
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
+pub(crate) use sled_store::SLED_DATA_FILE;
 pub use vector::{OriginRange, VectorError, VersionVector};
 
 use crate::id::{DatabaseId, Physkey};

@@ -447,8 +447,9 @@ impl Checkpointer for SledCheckpointer {
     }
 }
 
-/// The file sled 0.34 keeps its log and pages in, inside the store directory.
-const SLED_DATA_FILE: &str = "db";
+/// The file sled 0.34 keeps its log and pages in, inside the store directory (the relay's store
+/// syncs it too: `crate::relay::store`).
+pub(crate) const SLED_DATA_FILE: &str = "db";
 
 /// `Db::flush` and then an fsync of sled's data file. sled 0.34's flush writes its buffers with
 /// `sync_file_range`, which waits for the writes but neither flushes the disk's write cache nor
