@@ -616,17 +616,22 @@ impl DiskWatch {
     }
 }
 
-/// The device's stalls seen by the watch, as time spans: a stall may have begun up to one
-/// watch interval before the sync that saw it.
+/// The device's stalls seen by the watch, as time spans: a stall may have begun as early as
+/// the end of the watch's previous sync (the watch thread itself can be late on a busy
+/// machine).
 fn stalls(syncs: &[(Instant, f64)]) -> Vec<(Instant, Instant)> {
-    syncs
-        .iter()
-        .filter(|(_, ms)| *ms > DISK_STALL_MS)
-        .map(|&(at, ms)| {
-            let begin = at.checked_sub(DISK_WATCH_EVERY).unwrap_or(at);
-            (begin, at + Duration::from_secs_f64(ms / 1e3))
-        })
-        .collect()
+    let mut spans = Vec::new();
+    let mut previous_end: Option<Instant> = None;
+    for &(at, ms) in syncs {
+        let end = at + Duration::from_secs_f64(ms / 1e3);
+        if ms > DISK_STALL_MS {
+            let begin =
+                previous_end.unwrap_or_else(|| at.checked_sub(DISK_WATCH_EVERY).unwrap_or(at));
+            spans.push((begin.min(at), end));
+        }
+        previous_end = Some(end);
+    }
+    spans
 }
 
 /// The latencies (sorted) of the units whose path, submit to delivery, crossed none of
@@ -897,7 +902,7 @@ fn lan(o: &Opts) -> anyhow::Result<Vec<String>> {
             clear.len(),
             percentile(&clear, 0.99)
         );
-        for (i, d) in node_disk.iter().enumerate() {
+        for (i, d) in node_disk.iter().enumerate().filter(|(_, d)| d.is_object()) {
             println!(
                 "  node {} log syncs        {} in the run, {} over 10 ms, {} over 100 ms; slowest {:.1} ms",
                 i + 1,

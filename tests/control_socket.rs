@@ -544,7 +544,9 @@ fn a_request_behind_pipelined_submits_is_answered_after_their_receipts() {
 
 /// A connection's replies keep its order: a status request pipelined behind hundreds of
 /// acknowledgements (batched into store flushes, each answered once its cursor is durable)
-/// comes after the last of their answers, and after a restart the cursor covers them all.
+/// comes after the last of their answers, and after a restart the cursor covers them all. The
+/// answers come on the loop today; this guards the order should they ever come later (a flush
+/// off the loop was tried in session 10, and this test caught the missing gate).
 #[test]
 fn a_request_behind_pipelined_acknowledgements_is_answered_after_them() {
     let root = tempfile::tempdir().unwrap();

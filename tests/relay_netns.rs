@@ -459,14 +459,17 @@ fn capture(lab: &Lab, node: &str) -> Capture {
                 i32::from((libc::ETH_P_ALL as u16).to_be()),
             );
             assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            // The timeout lets the reader see its stop flag: without it `recv` could block for
+            // ever, and the guard's drop with it.
             let timeout = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
-            libc::setsockopt(
+            let rc = libc::setsockopt(
                 fd,
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
                 (&timeout as *const libc::timeval).cast(),
                 std::mem::size_of::<libc::timeval>() as libc::socklen_t,
             );
+            assert_eq!(rc, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
             fd
         })
         .unwrap();

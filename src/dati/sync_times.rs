@@ -14,7 +14,7 @@ pub struct SyncTimes {
     syncs: AtomicU64,
     over_10ms: AtomicU64,
     over_100ms: AtomicU64,
-    slowest_us: AtomicU64,
+    slowest_ns: AtomicU64,
 }
 
 /// What [`SyncTimes`] counted since the logs were opened.
@@ -40,8 +40,8 @@ impl SyncTimes {
         if took > Duration::from_millis(100) {
             self.over_100ms.fetch_add(1, Ordering::Relaxed);
         }
-        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        self.slowest_us.fetch_max(us, Ordering::Relaxed);
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.slowest_ns.fetch_max(ns, Ordering::Relaxed);
     }
 
     /// The counts so far.
@@ -50,7 +50,7 @@ impl SyncTimes {
             log_syncs: self.syncs.load(Ordering::Relaxed),
             over_10ms: self.over_10ms.load(Ordering::Relaxed),
             over_100ms: self.over_100ms.load(Ordering::Relaxed),
-            slowest_ms: self.slowest_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            slowest_ms: self.slowest_ns.load(Ordering::Relaxed) as f64 / 1e6,
         }
     }
 }

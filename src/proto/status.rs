@@ -29,7 +29,7 @@ pub struct NodeStatus {
     /// Units held (all origins).
     pub units_total: u64,
     /// How long the daily logs' fdatasyncs took since start (each unit waits for one at its
-    /// origin and one here); absent without daily logs (the simulator).
+    /// origin and one here); `null` without daily logs (the simulator).
     pub disk: Option<crate::dati::DiskSyncs>,
     /// Own units no main server is known to hold yet (seed 001: not yet "safe").
     pub unsafe_backlog: u64,

@@ -21,11 +21,14 @@
 //! restart without reading bodies.) Usage lives in memory: one small map entry per payload.
 //!
 //! Nothing is durable before [`RelayStore::flush`]; the server flushes before it answers
-//! `Posted`. A flush is sled's flush plus an fsync of sled's data file: sled 0.34's own flush
-//! only waits for `sync_file_range`, which neither flushes the disk's write cache nor syncs the
-//! file's size (sled issue #1077), so a power cut could lose payloads already answered
-//! `Posted`. Payloads are at most 16 KiB, well under the size sled writes as separate blob
-//! files (which it never syncs). This module decides nothing: quotas, TTL limits and delivery are `super::core`'s.
+//! `Posted`. A flush is sled's flush, then an fsync of sled's data file and of every blob file
+//! not yet synced (and of their directory). sled 0.34's own flush only waits for
+//! `sync_file_range`, which neither flushes the disk's write cache nor syncs the file's size
+//! (sled issue #1077), and it never syncs a blob file: it writes any record over a quarter of
+//! its segment (128 KiB) as one, and a leaf of a mailbox's adjacent 16 KiB payloads grows past
+//! that. Without both, a power cut could lose payloads already answered `Posted`.
+//!
+//! This module decides nothing: quotas, TTL limits and delivery are `super::core`'s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -337,6 +340,11 @@ pub struct SledRelayStore {
     db: sled::Db,
     /// sled's data file, fsynced by each flush (see the module doc).
     data_file: std::fs::File,
+    /// sled's blob directory, and the length each blob file had when it was fsynced (sled
+    /// writes a blob file once and never changes it; a file caught part-written is synced
+    /// again once its length moved).
+    blobs: std::path::PathBuf,
+    synced_blobs: std::collections::HashMap<std::ffi::OsString, u64>,
     usage: UsageIndex,
     next_expiry: BTreeSet<(u64, u64)>,
 }
@@ -355,11 +363,43 @@ impl SledRelayStore {
             usage.add(scope, id, posted, len, (flags & BROADCAST != 0).then_some(mailbox));
             next_expiry.insert((expires, id));
         }
-        Ok(SledRelayStore { db, data_file, usage, next_expiry })
+        let blobs = path.join("blobs");
+        let synced_blobs = std::collections::HashMap::new();
+        let mut store = SledRelayStore { db, data_file, blobs, synced_blobs, usage, next_expiry };
+        // Blobs left by an earlier run may never have been synced.
+        store.sync_blobs()?;
+        Ok(store)
     }
 }
 
 impl SledRelayStore {
+    /// Fsyncs every blob file sled wrote since the last call, then their directory; forgets
+    /// files sled removed.
+    fn sync_blobs(&mut self) -> std::io::Result<()> {
+        let entries = match std::fs::read_dir(&self.blobs) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut present = std::collections::HashMap::new();
+        let mut synced_any = false;
+        for entry in entries {
+            let entry = entry?;
+            let len = entry.metadata()?.len();
+            let name = entry.file_name();
+            if self.synced_blobs.get(&name) != Some(&len) {
+                std::fs::File::open(entry.path())?.sync_all()?;
+                synced_any = true;
+            }
+            present.insert(name, len);
+        }
+        if synced_any {
+            std::fs::File::open(&self.blobs)?.sync_all()?;
+        }
+        self.synced_blobs = present;
+        Ok(())
+    }
+
     /// Bytes sled uses on disk, if it can tell.
     pub fn size_on_disk(&self) -> Option<u64> {
         self.db.size_on_disk().ok()
@@ -520,6 +560,7 @@ impl RelayStore for SledRelayStore {
     fn flush(&mut self) -> Result<(), RelayStoreError> {
         self.db.flush()?;
         self.data_file.sync_all()?;
+        self.sync_blobs()?;
         Ok(())
     }
 }
@@ -596,6 +637,31 @@ mod tests {
             .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
             .unwrap();
         assert_eq!(biggest.path(), path);
+    }
+
+    /// A mailbox's adjacent payloads of the largest size make sled write blob files (records
+    /// over 128 KiB), which sled never syncs: each flush fsyncs them, and a reopened store
+    /// has them all.
+    #[test]
+    fn a_flush_syncs_the_blob_files_sled_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SledRelayStore::open(dir.path()).unwrap();
+        let payload = vec![9u8; crate::wire::relay::MAX_RELAY_PAYLOAD];
+        for i in 0..64 {
+            store.insert(A, M, 1_000 + i, 90_000, false, &payload).unwrap();
+            store.flush().unwrap();
+        }
+        let on_disk: std::collections::HashMap<std::ffi::OsString, u64> =
+            std::fs::read_dir(dir.path().join("blobs"))
+                .unwrap()
+                .map(|e| e.unwrap())
+                .map(|e| (e.file_name(), e.metadata().unwrap().len()))
+                .collect();
+        assert!(!on_disk.is_empty(), "this load makes sled write blob files");
+        assert_eq!(store.synced_blobs, on_disk, "every blob file synced as it is now");
+        drop(store);
+        let store = SledRelayStore::open(dir.path()).unwrap();
+        assert_eq!(store.pending(A, M, None, 100).unwrap().len(), 64);
     }
 
     #[test]
