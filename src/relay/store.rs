@@ -21,12 +21,10 @@
 //! restart without reading bodies.) Usage lives in memory: one small map entry per payload.
 //!
 //! Nothing is durable before [`RelayStore::flush`]; the server flushes before it answers
-//! `Posted`. A flush is sled's flush, then an fsync of sled's data file and of every blob file
-//! not yet synced (and of their directory). sled 0.34's own flush only waits for
-//! `sync_file_range`, which neither flushes the disk's write cache nor syncs the file's size
-//! (sled issue #1077), and it never syncs a blob file: it writes any record over a quarter of
-//! its segment (128 KiB) as one, and a leaf of a mailbox's adjacent 16 KiB payloads grows past
-//! that. Without both, a power cut could lose payloads already answered `Posted`.
+//! `Posted`. A flush is sled's flush, then an fsync of the files sled's flush leaves unsynced
+//! ([`crate::store::SledFiles`]): its data file, and the blob files it writes for records over
+//! 128 KiB, which a leaf of a mailbox's adjacent 16 KiB payloads reaches. Without them a power
+//! cut could lose payloads already answered `Posted`.
 //!
 //! This module decides nothing: quotas, TTL limits and delivery are `super::core`'s.
 
@@ -338,13 +336,8 @@ const BROADCAST: u8 = 1;
 #[derive(Debug)]
 pub struct SledRelayStore {
     db: sled::Db,
-    /// sled's data file, fsynced by each flush (see the module doc).
-    data_file: std::fs::File,
-    /// sled's blob directory, and the length each blob file had when it was fsynced (sled
-    /// writes a blob file once and never changes it; a file caught part-written is synced
-    /// again once its length moved).
-    blobs: std::path::PathBuf,
-    synced_blobs: std::collections::HashMap<std::ffi::OsString, u64>,
+    /// sled's files its flush leaves unsynced, synced by each flush (see the module doc).
+    files: crate::store::SledFiles,
     usage: UsageIndex,
     next_expiry: BTreeSet<(u64, u64)>,
 }
@@ -353,7 +346,9 @@ impl SledRelayStore {
     /// Opens (or creates) the store in `path` and rebuilds usage from the expiry index.
     pub fn open(path: &Path) -> Result<SledRelayStore, RelayStoreError> {
         let db = sled::Config::new().path(path).cache_capacity(RELAY_CACHE_CAPACITY).open()?;
-        let data_file = std::fs::File::open(path.join(crate::store::SLED_DATA_FILE))?;
+        let files = crate::store::SledFiles::open(path)?;
+        // Blobs an earlier run left may never have been synced.
+        files.sync()?;
         let mut usage = UsageIndex::default();
         let mut next_expiry = BTreeSet::new();
         for entry in db.scan_prefix([EXPIRY]) {
@@ -363,43 +358,11 @@ impl SledRelayStore {
             usage.add(scope, id, posted, len, (flags & BROADCAST != 0).then_some(mailbox));
             next_expiry.insert((expires, id));
         }
-        let blobs = path.join("blobs");
-        let synced_blobs = std::collections::HashMap::new();
-        let mut store = SledRelayStore { db, data_file, blobs, synced_blobs, usage, next_expiry };
-        // Blobs left by an earlier run may never have been synced.
-        store.sync_blobs()?;
-        Ok(store)
+        Ok(SledRelayStore { db, files, usage, next_expiry })
     }
 }
 
 impl SledRelayStore {
-    /// Fsyncs every blob file sled wrote since the last call, then their directory; forgets
-    /// files sled removed.
-    fn sync_blobs(&mut self) -> std::io::Result<()> {
-        let entries = match std::fs::read_dir(&self.blobs) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let mut present = std::collections::HashMap::new();
-        let mut synced_any = false;
-        for entry in entries {
-            let entry = entry?;
-            let len = entry.metadata()?.len();
-            let name = entry.file_name();
-            if self.synced_blobs.get(&name) != Some(&len) {
-                std::fs::File::open(entry.path())?.sync_all()?;
-                synced_any = true;
-            }
-            present.insert(name, len);
-        }
-        if synced_any {
-            std::fs::File::open(&self.blobs)?.sync_all()?;
-        }
-        self.synced_blobs = present;
-        Ok(())
-    }
-
     /// Bytes sled uses on disk, if it can tell.
     pub fn size_on_disk(&self) -> Option<u64> {
         self.db.size_on_disk().ok()
@@ -559,8 +522,7 @@ impl RelayStore for SledRelayStore {
 
     fn flush(&mut self) -> Result<(), RelayStoreError> {
         self.db.flush()?;
-        self.data_file.sync_all()?;
-        self.sync_blobs()?;
+        self.files.sync()?;
         Ok(())
     }
 }
@@ -626,7 +588,7 @@ mod tests {
         let mut store = SledRelayStore::open(dir.path()).unwrap();
         store.insert(A, M, 1_000, 9_000, false, &[7; 16 << 10]).unwrap();
         store.flush().unwrap();
-        let synced = store.data_file.metadata().unwrap();
+        let synced = store.files.data_file().metadata().unwrap();
         let path = dir.path().join(crate::store::SLED_DATA_FILE);
         let on_disk = std::fs::metadata(&path).unwrap();
         assert_eq!((synced.dev(), synced.ino()), (on_disk.dev(), on_disk.ino()));
@@ -658,7 +620,7 @@ mod tests {
                 .map(|e| (e.file_name(), e.metadata().unwrap().len()))
                 .collect();
         assert!(!on_disk.is_empty(), "this load makes sled write blob files");
-        assert_eq!(store.synced_blobs, on_disk, "every blob file synced as it is now");
+        assert_eq!(store.files.synced_blobs(), on_disk, "every blob file synced as it is now");
         drop(store);
         let store = SledRelayStore::open(dir.path()).unwrap();
         assert_eq!(store.pending(A, M, None, 100).unwrap().len(), 64);

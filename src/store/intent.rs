@@ -24,9 +24,10 @@
 //!
 //! A batch whose intent would pass [`MAX_INTENT_BYTES`] (thousands of application physkeys,
 //! as in a replay) goes through `sled::Batch` instead: its two buffer rolls cost little spread
-//! over that many units, and sled writes a value over 128 KiB as a separate blob file, which
-//! it does not sync, so a large intent could be lost in a power cut while part of its batch
-//! survives.
+//! over that many units, and sled writes a value over 128 KiB as a separate blob file, which a
+//! flush does not wait for before later writes land (the store's flush now fsyncs blob files
+//! too, [`super::SledFiles`], but only a flush: a crash between writes could still keep part
+//! of a batch whose intent sat in an unwritten blob).
 
 use serde::{Deserialize, Serialize};
 

@@ -64,6 +64,7 @@ mod body;
 mod intent;
 mod memory;
 mod plan;
+mod sled_files;
 mod sled_store;
 #[cfg(test)]
 mod suite;
@@ -74,8 +75,10 @@ use std::fmt;
 
 pub use body::{BodyError, BodyRef, BodySource};
 pub use memory::MemoryStore;
+pub(crate) use sled_files::SledFiles;
+#[cfg(test)]
+pub(crate) use sled_files::SLED_DATA_FILE;
 pub use sled_store::SledStore;
-pub(crate) use sled_store::SLED_DATA_FILE;
 pub use vector::{OriginRange, VectorError, VersionVector};
 
 use crate::id::{DatabaseId, Physkey};

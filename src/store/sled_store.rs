@@ -39,8 +39,8 @@ use sled::IVec;
 use super::intent::{self, Write};
 use super::plan::{self, BatchUnit, OriginTags};
 use super::{
-    BodyRef, BodySource, Checkpointer, Corruption, InsertOutcome, MetaWrite, OriginRange, Store,
-    StoreError, StoreKey, VersionVector, MAX_APP_NAME,
+    BodyRef, BodySource, Checkpointer, Corruption, InsertOutcome, MetaWrite, OriginRange,
+    SledFiles, Store, StoreError, StoreKey, VersionVector, MAX_APP_NAME,
 };
 use crate::id::{DatabaseId, Physkey};
 use crate::unit::TransferUnit;
@@ -82,8 +82,8 @@ pub struct SledStore {
     bodies: Option<Arc<dyn BodySource>>,
     /// An earlier batch failed part way: refuse batches until reopened.
     poisoned: bool,
-    /// sled's data file, to fsync after a flush (see [`flush_durably`]).
-    data_file: Arc<std::fs::File>,
+    /// sled's files its flush leaves unsynced (see [`flush_durably`]).
+    files: Arc<SledFiles>,
     /// Test failpoint: the next batch stops after this many writes, as a crash would.
     #[cfg(test)]
     pub(crate) interrupt_after: Option<usize>,
@@ -122,9 +122,11 @@ impl SledStore {
             .flush_every_ms(Some(500))
             .mode(sled::Mode::HighThroughput)
             .open()?;
-        let data_file = Arc::new(std::fs::File::open(path.join(SLED_DATA_FILE))?);
+        let files = Arc::new(SledFiles::open(path)?);
+        // Blobs an earlier run left may never have been synced.
+        files.sync()?;
         if intent::rollback(&db)? {
-            flush_durably(&db, &data_file)?;
+            flush_durably(&db, &files)?;
             tracing::info!(path = %path.display(), "undid a store batch a crash left half written");
         }
         let mut vector = VersionVector::new();
@@ -144,7 +146,7 @@ impl SledStore {
             tags,
             bodies,
             poisoned: false,
-            data_file,
+            files,
             #[cfg(test)]
             interrupt_after: None,
         })
@@ -425,16 +427,16 @@ impl Store for SledStore {
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
-        flush_durably(&self.db, &self.data_file)
+        flush_durably(&self.db, &self.files)
     }
 
     fn checkpointer(&self) -> Option<Box<dyn Checkpointer>> {
-        Some(Box::new(SledCheckpointer(self.db.clone(), self.data_file.clone())))
+        Some(Box::new(SledCheckpointer(self.db.clone(), self.files.clone())))
     }
 }
 
 /// sled is safe to flush and write from several threads: a clone of the handle is enough.
-struct SledCheckpointer(sled::Db, Arc<std::fs::File>);
+struct SledCheckpointer(sled::Db, Arc<SledFiles>);
 
 impl Checkpointer for SledCheckpointer {
     fn meta_put(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
@@ -447,20 +449,13 @@ impl Checkpointer for SledCheckpointer {
     }
 }
 
-/// The file sled 0.34 keeps its log and pages in, inside the store directory (the relay's store
-/// syncs it too: `crate::relay::store`).
-pub(crate) const SLED_DATA_FILE: &str = "db";
-
-/// `Db::flush` and then an fsync of sled's data file. sled 0.34's flush writes its buffers with
-/// `sync_file_range`, which waits for the writes but neither flushes the disk's write cache nor
-/// syncs the file's size (sled issue #1077; its own flusher thread calls `sync_all` only every
-/// 500 ms). A checkpoint records log positions right after a flush and trusts the index below
-/// them: without the fsync a power cut could keep the record and lose index pages before it,
-/// and the replay would skip units the index lacks. An fsync of another handle on the same
-/// file syncs the same inode.
-fn flush_durably(db: &sled::Db, data_file: &std::fs::File) -> Result<(), StoreError> {
+/// `Db::flush` and then an fsync of the files sled's flush leaves unsynced ([`SledFiles`]). A
+/// checkpoint records log positions right after a flush and trusts the index below them:
+/// without the fsync a power cut could keep the record and lose index pages before it, and the
+/// replay would skip units the index lacks.
+fn flush_durably(db: &sled::Db, files: &SledFiles) -> Result<(), StoreError> {
     db.flush()?;
-    data_file.sync_all()?;
+    files.sync()?;
     Ok(())
 }
 

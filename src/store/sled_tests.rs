@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::store::suite::{app_key, app_unit, origin, unit, wait_unlocked, MemoryBodies};
-use crate::store::{BodyError, Corruption, DEFAULT_CACHE_CAPACITY};
+use crate::store::{BodyError, Corruption, DEFAULT_CACHE_CAPACITY, SLED_DATA_FILE};
 use crate::unit::{FileScopes, UnitKind, Urgency};
 
 fn open(dir: &tempfile::TempDir) -> SledStore {
@@ -502,7 +502,7 @@ fn a_flush_syncs_the_file_sled_writes_to() {
     let mut store = open(&dir);
     store.insert_batch(&[unit(0, 1)], &[]).unwrap();
     store.flush().unwrap();
-    let synced = store.data_file.metadata().unwrap();
+    let synced = store.files.data_file().metadata().unwrap();
     let on_disk = std::fs::metadata(dir.path().join(SLED_DATA_FILE)).unwrap();
     assert_eq!((synced.dev(), synced.ino()), (on_disk.dev(), on_disk.ino()));
     // The biggest file in the directory: where the units went.
