@@ -22,7 +22,7 @@
 //!
 //! Nothing is durable before [`RelayStore::flush`]; the server flushes before it answers
 //! `Posted`. A flush is sled's flush, then an fsync of the files sled's flush leaves unsynced
-//! ([`crate::store::SledFiles`]): its data file, and the blob files it writes for records over
+//! (`crate::store::SledFiles`): its data file, and the blob files it writes for records over
 //! 128 KiB, which a leaf of a mailbox's adjacent 16 KiB payloads reaches. Without them a power
 //! cut could lose payloads already answered `Posted`.
 //!

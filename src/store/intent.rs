@@ -24,10 +24,10 @@
 //!
 //! A batch whose intent would pass [`MAX_INTENT_BYTES`] (thousands of application physkeys,
 //! as in a replay) goes through `sled::Batch` instead: its two buffer rolls cost little spread
-//! over that many units, and sled writes a value over 128 KiB as a separate blob file, which a
-//! flush does not wait for before later writes land (the store's flush now fsyncs blob files
-//! too, [`super::SledFiles`], but only a flush: a crash between writes could still keep part
-//! of a batch whose intent sat in an unwritten blob).
+//! over that many units, and sled writes a value over 128 KiB as a separate blob file, which
+//! sled itself never syncs (the store's flush does, [`super::SledFiles`], but a power cut
+//! between flushes could keep the log record of a large intent and lose its blob while part
+//! of its batch survives).
 
 use serde::{Deserialize, Serialize};
 
