@@ -52,12 +52,26 @@ impl SledFiles {
         let mut present = HashMap::new();
         let mut new_blob = false;
         for entry in entries {
-            let entry = entry?;
-            let len = entry.metadata()?.len();
+            // sled removes blob files on its own threads (`gc_blobs`): one gone since the
+            // directory was read needs no sync.
+            let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            let len = match entry.metadata() {
+                Ok(meta) => meta.len(),
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e),
+            };
             let name = entry.file_name();
             if synced.get(&name) != Some(&len) {
-                File::open(entry.path())?.sync_all()?;
-                new_blob = true;
+                match File::open(entry.path()).and_then(|f| f.sync_all()) {
+                    Ok(()) => new_blob = true,
+                    Err(e) if gone(&e) => continue,
+                    Err(e) => return Err(e),
+                }
             }
             present.insert(name, len);
         }
