@@ -76,8 +76,6 @@ use std::fmt;
 pub use body::{BodyError, BodyRef, BodySource};
 pub use memory::MemoryStore;
 pub(crate) use sled_files::SledFiles;
-#[cfg(test)]
-pub(crate) use sled_files::SLED_DATA_FILE;
 pub use sled_store::SledStore;
 pub use vector::{OriginRange, VectorError, VersionVector};
 

@@ -82,15 +82,28 @@ impl SledFiles {
         Ok(())
     }
 
-    /// The data file (tests: that it is the file sled writes).
-    #[cfg(test)]
-    pub(crate) fn data_file(&self) -> &File {
-        &self.data
-    }
-
     /// The blob files synced, with their lengths then (tests).
     #[cfg(test)]
     pub(crate) fn synced_blobs(&self) -> HashMap<OsString, u64> {
         self.synced_blobs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Asserts that the data file synced is the file sled writes in `dir`, and the biggest
+    /// file there, where the data went (tests: a sled upgrade moving its data elsewhere would
+    /// break the sync).
+    #[cfg(test)]
+    pub(crate) fn assert_syncs_the_data_sled_writes(&self, dir: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let synced = self.data.metadata().unwrap();
+        let path = dir.join(SLED_DATA_FILE);
+        let on_disk = std::fs::metadata(&path).unwrap();
+        assert_eq!((synced.dev(), synced.ino()), (on_disk.dev(), on_disk.ino()));
+        let biggest = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.metadata().is_ok_and(|m| m.is_file()))
+            .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .unwrap();
+        assert_eq!(biggest.path(), path);
     }
 }

@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::store::suite::{app_key, app_unit, origin, unit, wait_unlocked, MemoryBodies};
-use crate::store::{BodyError, Corruption, DEFAULT_CACHE_CAPACITY, SLED_DATA_FILE};
+use crate::store::{BodyError, Corruption, DEFAULT_CACHE_CAPACITY};
 use crate::unit::{FileScopes, UnitKind, Urgency};
 
 fn open(dir: &tempfile::TempDir) -> SledStore {
@@ -497,22 +497,11 @@ fn a_batch_too_large_for_an_intent_goes_through_sled_batch() {
 /// that file, which a sled upgrade moving its data elsewhere would break.
 #[test]
 fn a_flush_syncs_the_file_sled_writes_to() {
-    use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(&dir);
     store.insert_batch(&[unit(0, 1)], &[]).unwrap();
     store.flush().unwrap();
-    let synced = store.files.data_file().metadata().unwrap();
-    let on_disk = std::fs::metadata(dir.path().join(SLED_DATA_FILE)).unwrap();
-    assert_eq!((synced.dev(), synced.ino()), (on_disk.dev(), on_disk.ino()));
-    // The biggest file in the directory: where the units went.
-    let biggest = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.metadata().is_ok_and(|m| m.is_file()))
-        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
-        .unwrap();
-    assert_eq!(biggest.file_name(), SLED_DATA_FILE);
+    store.files.assert_syncs_the_data_sled_writes(dir.path());
 }
 
 #[test]
