@@ -1,5 +1,5 @@
 //! The node factory the CLI runs: the real protocol core (`meshnode::proto::Node`), built by
-//! [`CoreFactory`](crate::CoreFactory). The toy protocol (`crate::toy`) remains for the
+//! [`CoreFactory`]. The toy protocol (`crate::toy`) remains for the
 //! engine's own tests, which need deliberately buggy protocols.
 
 use crate::CoreFactory;

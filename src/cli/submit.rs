@@ -62,7 +62,7 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "jsonl")]
     sensitive_file: Option<PathBuf>,
     /// Submit one unit per line of this file ('-' for stdin):
-    /// {"kind":"TUBT","urgent":false,"body":<any JSON>}
+    /// {"kind":"TUBT","urgent":false,"body":{"any":"JSON value"}}
     #[arg(long, value_name = "FILE", conflicts_with_all = ["physkey", "urgent", "background", "scopes"])]
     jsonl: Option<PathBuf>,
 }

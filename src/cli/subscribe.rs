@@ -144,7 +144,7 @@ fn session(
     }
 }
 
-/// What became of a line handed to [`print`].
+/// What became of a line handed to [`print()`].
 enum Printed {
     /// Written whole: acknowledge it.
     Whole,

@@ -13,7 +13,7 @@ pub const MAGIC: [u8; 8] = *b"MESHDATI";
 /// The format version this build writes.
 ///
 /// Version 2 chains records by the BLAKE3 hash of each record's fixed fields and AEAD tag
-/// ([`chain_hash`]); version 1 hashed the whole body. The tag already commits to the ciphertext
+/// (`chain_hash`); version 1 hashed the whole body. The tag already commits to the ciphertext
 /// under the log key, so the chain binds the same records in the same order, and hashing ~90
 /// bytes instead of the whole body took a fifth of a receiving node's CPU off (see
 /// docs/PERFORMANCE.md). Files keep the version they were created with: a version 1 file is

@@ -304,7 +304,7 @@ impl PadBook {
     }
 
     /// A part of a pad `peer` offers us. One offer per peer at a time (a new one replaces an
-    /// unfinished one), from at most [`MAX_INCOMING`] peers at once.
+    /// unfinished one), from at most `MAX_INCOMING` peers at once.
     pub fn on_offer(
         &mut self,
         peer: DatabaseId,

@@ -71,7 +71,7 @@ impl RelayPath {
 
     /// `relay` refused a post: it is not used for a while (30 s doubling to 10 min) and what
     /// is unacknowledged is sent again. The backoff starts again at 30 s once a post through
-    /// the relay went unrefused for [`POST_TAKEN_MS`] (see [`RelayPath::post`]).
+    /// the relay went unrefused for [`POST_TAKEN_MS`] (see `RelayPath::post`).
     pub fn post_refused<R: Rng>(
         &mut self,
         now: Time,
@@ -152,7 +152,7 @@ impl RelayPath {
 
     /// Seals `plain` for `mailbox` once and posts it through each of `relays` with `ttl_secs`:
     /// the one way a payload leaves. A payload never fails to seal for size (see
-    /// [`mixer::compose`]); a failure (a nonce counter run out) is counted and logged.
+    /// [`compose`](crate::proto::relaypath::mixer::compose)); a failure (a nonce counter run out) is counted and logged.
     ///
     /// Backoff: when an earlier post through a relay that was backed off has gone unrefused
     /// for [`POST_TAKEN_MS`], that post was taken, and the relay's backoff starts over.

@@ -1,0 +1,155 @@
+//! Received units: taken into the ledger, then forwarded (eager push) on the environment group
+//! and on the links of peers beyond the LAN.
+
+use std::collections::BTreeSet;
+
+use crate::id::DatabaseId;
+use crate::proto::io::{DatagramDest, LinkId, Output};
+use crate::proto::message::{decode_units, Message};
+use crate::proto::peers::Role;
+use crate::store::Store;
+use crate::unit::TransferUnit;
+use crate::wire::Tag;
+
+use super::{batches, Node, Source, PUSH_HAVE_MS};
+
+impl<S: Store> Node<S> {
+    /// Takes received units; returns how many were new (0 also when the store refused them).
+    /// With `in_clear`, the units came in a datagram or a relay link's `Units`, where a
+    /// sensitive part never travels: units that carry one are refused (forged, or a broken
+    /// peer), so the one-time pad's MAC cannot be bypassed.
+    pub(super) fn on_units(
+        &mut self,
+        source: Source,
+        encoded: &[Vec<u8>],
+        in_clear: bool,
+    ) -> usize {
+        let mut units = match decode_units(encoded, self.ledger.payload_limit()) {
+            Ok(units) => units,
+            Err(_) => {
+                self.stats.units_invalid += encoded.len() as u64;
+                return 0;
+            }
+        };
+        if in_clear {
+            let before = units.len();
+            units.retain(|u| u.sensitive.is_empty());
+            let refused = (before - units.len()) as u64;
+            if refused > 0 {
+                self.stats.pads.sensitive_in_clear_refused += refused;
+                self.stats.units_invalid += refused;
+            }
+        }
+        self.stats.units_received += units.len() as u64;
+        let now_ms = self.now.as_millis();
+        let mut new_units = match self.ledger.accept_received(units, encoded, now_ms) {
+            Ok(fresh) => fresh,
+            Err(_) => {
+                // Refused (disk full): what a peer reports holding is asked for again once the
+                // store takes writes.
+                self.stats.store_errors += 1;
+                return 0;
+            }
+        };
+        self.stats.units_new += new_units.len() as u64;
+        // Per-origin seq order, which forwarding keeps and delivery looks units up by.
+        new_units.sort_unstable_by_key(|u| (u.origin, u.seq));
+        let origins: BTreeSet<DatabaseId> = new_units.iter().map(|u| u.origin).collect();
+        self.held_changed(&origins);
+        self.forward(source, &new_units);
+        let count = new_units.len();
+        self.deliver_ready(origins, new_units);
+        count
+    }
+
+    pub(super) fn held_changed(&mut self, origins: &BTreeSet<DatabaseId>) {
+        for origin in origins {
+            self.changes.touch(*origin);
+        }
+        if self.cfg.role == Role::MainServer {
+            self.raise_own_safe(origins.iter().copied());
+        }
+    }
+
+    pub(super) fn forward(&mut self, source: Source, units: &[TransferUnit]) {
+        if units.is_empty() {
+            return;
+        }
+        let from_lan = match source {
+            Source::Local => false,
+            Source::Multicast => true,
+            Source::Link(link) => self
+                .links
+                .get(&link)
+                .and_then(|l| l.peer)
+                .and_then(|d| self.peers.get(&d))
+                .is_some_and(|p| p.lan),
+        };
+        let has_lan = self.peers.values().any(|p| p.lan);
+        // Units too large for a datagram go to LAN peers over their links. Usually there are
+        // none, and nothing is copied: this runs for every unit a node takes in.
+        let max = self.cfg.multicast_bytes;
+        // A sensitive part never goes into a datagram sealed with a key derived from the system
+        // key: it goes over links (forward secret), like a unit too large for a datagram.
+        let fits = |u: &TransferUnit| u.payload.len() + 200 <= max && u.sensitive.is_empty();
+        let large: Vec<TransferUnit> = units.iter().filter(|u| !fits(u)).cloned().collect();
+        if !from_lan && has_lan {
+            if large.is_empty() {
+                self.multicast(units);
+            } else {
+                let small: Vec<TransferUnit> = units.iter().filter(|u| fits(u)).cloned().collect();
+                self.multicast(&small);
+            }
+        }
+        let source_link = match source {
+            Source::Link(link) => Some(link),
+            _ => None,
+        };
+        let mut skipped = Vec::new();
+        let targets: Vec<(LinkId, Vec<TransferUnit>)> = self
+            .peers
+            .values()
+            .filter(|p| p.linked())
+            .filter_map(|p| p.link.map(|l| (l, p)))
+            .filter(|(l, _)| Some(*l) != source_link)
+            // What came by multicast reached the LAN peers too.
+            .filter(|(_, p)| !(p.lan && from_lan))
+            // A relay session near its bounds gets no eager push: a `Have` soon tells the peer
+            // to pull it (`push_skipped`).
+            .filter(|(l, _)| {
+                let push = !l.is_relay() || self.relay.can_push(*l);
+                if !push {
+                    skipped.push(*l);
+                }
+                push
+            })
+            .map(|(l, p)| {
+                let pool = if p.lan { &large } else { units };
+                let lacking =
+                    pool.iter().filter(|u| !p.vector.contains(&u.origin, u.seq)).cloned().collect();
+                (l, lacking)
+            })
+            .collect();
+        for (link, lacking) in targets {
+            if !lacking.is_empty() {
+                self.send_units(link, Tag::Tubt, &lacking, false);
+            }
+        }
+        if !skipped.is_empty() {
+            self.push_skipped.extend(skipped);
+            let due = self.push_have_last.plus_millis(PUSH_HAVE_MS).max(self.now);
+            self.push_have_at.get_or_insert(due);
+        }
+    }
+
+    fn multicast(&mut self, units: &[TransferUnit]) {
+        let to = DatagramDest::Group(self.cfg.env_group);
+        for batch in batches(units, self.cfg.multicast_bytes) {
+            let message = Message::units(batch, false).encode();
+            if let Ok(bytes) = self.lan_seal.seal(Tag::Tubt, self.now.as_secs(), &message) {
+                self.stats.datagram_bytes_sent += bytes.len() as u64;
+                self.out.push_back(Output::Datagram { to, bytes });
+            }
+        }
+    }
+}
