@@ -9,7 +9,7 @@
 //!
 //! - two NATed stores converge through the relay: with head office up, then stopped, units of
 //!   each lane reach the other store's lane over LAN, relay and LAN; the store servers show
-//!   each other as `relay` peers;
+//!   each other as `relay` peers, and one shows the other down as soon as it stops cleanly;
 //! - the relay never sees a unit's content (its files, a capture of its interface, its memory);
 //! - outsiders (another system, a pretender of an admitted RmSystem) are refused and counted;
 //! - a relay killed mid-transfer and restarted, with a second relay down: nothing lost, nothing
@@ -40,6 +40,9 @@ const HEAD_OFFICE: Ipv4Addr = Ipv4Addr::new(10, 77, 70, 2);
 const LOG: &str = "meshnode=info,meshnode::net::relay_task=debug,meshnode::net::driver=debug";
 /// How long one test may wait for its nodes in all.
 const BUDGET: Duration = Duration::from_secs(90);
+/// How soon a peer must show a relay peer's clean stop (its session's `Fin`); without the
+/// `Fin` the link goes quiet and the peer turns suspect after three relay keepalives (180 s).
+const CLEAN_STOP_SEEN: Duration = Duration::from_secs(20);
 /// Short relay delays (the template's `[relay_path]` lines changed), so the test is not slowed
 /// by the mixing delays of production.
 const FAST_RELAY_PATH: [(&str, &str); 3] = [
@@ -231,7 +234,15 @@ fn two_nated_stores_converge_through_the_relay() {
     // The lanes never met anyone of the other store.
     let lane2 = status(&dirs[3]);
     assert!(peer(&lane2, &ids[0]).is_none() && peer(&lane2, &ids[1]).is_none(), "{lane2:#}");
-    for n in &nodes[..4] {
+
+    // server2 stops cleanly: its relay session ends with a `Fin`, so server1 shows it down at
+    // once. Silence alone would take three relay keepalives (3 minutes) to make it suspect.
+    stop(&nodes[2]);
+    let soon = Instant::now() + CLEAN_STOP_SEEN;
+    wait_for("server1 to see server2's clean stop", soon.min(deadline), &all, || {
+        link_at(0, 2).is_some_and(|(state, _)| state == "down")
+    });
+    for n in [&nodes[0], &nodes[1], &nodes[3]] {
         stop(n);
     }
 }

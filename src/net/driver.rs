@@ -255,7 +255,7 @@ pub async fn run<S: Store>(
     };
 
     let (relay_tx, mut relay_rx) = mpsc::channel::<RelayEvent>(RELAY_EVENTS);
-    let relays: Vec<RelayHandle> = match &cfg.relay_membership {
+    let mut relays: Vec<RelayHandle> = match &cfg.relay_membership {
         Some(membership) => cfg
             .relays
             .iter()
@@ -338,9 +338,24 @@ pub async fn run<S: Store>(
         node.handle(wall_time(), Input::LogsSynced);
         drain_outputs(&mut node, &mut control, &senders, &mut links).await;
     }
+    // The relay sessions end with a `Fin` (their peers see the link down now, not after
+    // minutes of silence); the relay tasks send it and wait for the relay to confirm it.
+    node.handle(wall_time(), Input::Stopping);
+    while let Some(out) = node.poll_relay_output() {
+        to_relay(out, &relays);
+    }
+    for relay in &mut relays {
+        relay.finish();
+    }
+    let finished = async {
+        for relay in &mut relays {
+            relay.finished().await;
+        }
+    };
+    let _ = tokio::time::timeout(crate::net::relay_task::FINISH_WITHIN, finished).await;
+    drop(relays);
     // Closing the writers ends the links; the peers see them go down.
     links.open.clear();
-    drop(relays);
     if let Some(quic) = &transports.quic {
         quic.close();
     }

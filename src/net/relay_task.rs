@@ -18,6 +18,9 @@
 //! - `Taken` is sent only after the core handled the payload (the loop calls
 //!   [`RelayHandle::taken`] after `handle` returns); a crash in between only causes a
 //!   redelivery, which the session drops as a duplicate.
+//! - A clean stop ([`RelayHandle::finish`]): the posts already queued (the relay sessions'
+//!   `Fin`s) are sent and the task waits, at most [`FINISH_WITHIN`], for the relay to confirm
+//!   them before it closes the connection, so the peers hear of the stop at once.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -50,6 +53,8 @@ const POSTED_WITHIN: Duration = Duration::from_secs(10);
 const STABLE: Duration = Duration::from_secs(30);
 /// Most delivery ids acknowledged in one `Taken` frame.
 const TAKEN_BATCH: usize = 256;
+/// Longest wait at a clean stop for the relay to confirm the last posts.
+pub const FINISH_WITHIN: Duration = Duration::from_secs(2);
 
 /// One configured relay: where it listens and its public key (pinned).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +119,8 @@ struct Outgoing {
 /// The loop's handle on one relay task; dropping it ends the task and its connection.
 #[derive(Debug)]
 pub struct RelayHandle {
-    posts: mpsc::Sender<Outgoing>,
+    /// `None` once [`RelayHandle::finish`] closed it.
+    posts: Option<mpsc::Sender<Outgoing>>,
     /// Ids of handled deliveries. Unbounded but small: one id per delivery the loop took from
     /// the bounded event channel, drained at every turn of the task; apart from the posts, so
     /// a backlog of posts never drops one (a lost `Taken` leaves the payload at the relay,
@@ -133,7 +139,19 @@ impl Drop for RelayHandle {
 impl RelayHandle {
     /// Queues a post; `false` when it was dropped (queue full or the task ended).
     pub fn post(&self, mailbox: Mailbox, ttl_secs: u32, broadcast: bool, bytes: Vec<u8>) -> bool {
-        self.posts.try_send(Outgoing { mailbox, ttl_secs, broadcast, bytes }).is_ok()
+        let post = Outgoing { mailbox, ttl_secs, broadcast, bytes };
+        self.posts.as_ref().is_some_and(|p| p.try_send(post).is_ok())
+    }
+
+    /// A clean stop: no more posts; the task sends those queued, waits for the relay to
+    /// confirm them (at most [`FINISH_WITHIN`]) and ends. Await [`RelayHandle::finished`].
+    pub fn finish(&mut self) {
+        self.posts = None;
+    }
+
+    /// Resolves when the task has ended.
+    pub async fn finished(&mut self) {
+        let _ = (&mut self.task).await;
     }
 
     /// Replaces the subscribed mailboxes (sent now if connected, and on every reconnect).
@@ -173,7 +191,7 @@ pub fn spawn_relay(
         subs,
     };
     let task = tokio::spawn(task.run().instrument(span));
-    RelayHandle { posts, taken, subscription, task }
+    RelayHandle { posts: Some(posts), taken, subscription, task }
 }
 
 struct RelayTask {
@@ -321,7 +339,7 @@ impl RelayTask {
                 }
                 post = self.posts.recv() => {
                     let Some(Outgoing { mailbox, ttl_secs, broadcast, bytes }) = post else {
-                        client.close();
+                        finish(&mut client, unconfirmed).await;
                         return Ended::Stop;
                     };
                     seq = seq.wrapping_add(1);
@@ -405,6 +423,29 @@ impl RelayTask {
     async fn tell(&self, event: RelayEvent) {
         let _ = self.events.send(event).await;
     }
+}
+
+/// The loop is stopping and every queued post is sent: waits, at most [`FINISH_WITHIN`], for
+/// the relay to confirm them (the last are the relay sessions' `Fin`s, which tell the peers at
+/// once that this node stopped; without them a peer sees the link go quiet and calls it down
+/// only after several relay keepalives, minutes), then closes the connection. Deliveries that
+/// come meanwhile are not taken: the relay keeps them for the next start.
+async fn finish(client: &mut RelayClient, mut unconfirmed: VecDeque<(u32, Instant)>) {
+    let give_up = Instant::now() + FINISH_WITHIN;
+    while !unconfirmed.is_empty() {
+        match tokio::time::timeout_at(give_up, client.recv()).await {
+            Ok(Ok(Some(RelayFrame::Posted { seqs }))) => {
+                unconfirmed.retain(|(s, _)| !seqs.contains(s));
+            }
+            Ok(Ok(Some(RelayFrame::PostRefused { seq, .. }))) => {
+                unconfirmed.retain(|(s, _)| *s != seq);
+            }
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None) | Err(_)) | Err(_) => break,
+        }
+    }
+    debug!(unconfirmed = unconfirmed.len(), "relay connection closed at stop");
+    client.close();
 }
 
 /// Sleeps until `at`, or for ever when there is nothing to wait for.

@@ -234,6 +234,10 @@ pub enum Input<'a> {
     /// [`Output::Acknowledged`] (from then on a crash does not deliver those units again) or,
     /// if the flush failed, [`Output::AcknowledgeFailed`].
     AcknowledgeBatch(Vec<(crate::id::DatabaseId, u64)>),
+    /// The driver stops cleanly after this input (its last): every relay session ends with a
+    /// `Fin`, posted at once, so the peers see those links go down now instead of after
+    /// several relay keepalives of silence. The driver closes its own links itself.
+    Stopping,
     /// Pad material made for an [`Output::GeneratePad`].
     PadMaterial {
         /// The peer it is for.

@@ -660,7 +660,8 @@ impl<S: Store> Protocol for Node<S> {
             Input::Submit(_)
             | Input::Acknowledge { .. }
             | Input::LinkRejected { .. }
-            | Input::LogsSynced => false,
+            | Input::LogsSynced
+            | Input::Stopping => false,
             // Decided by what the payload brought (below).
             Input::RelayPayload { .. } => false,
             _ => true,
@@ -727,6 +728,11 @@ impl<S: Store> Protocol for Node<S> {
             Input::PadMaterial { peer, mut material } => {
                 self.on_pad_material(peer, &material);
                 zeroize::Zeroize::zeroize(&mut material);
+            }
+            Input::Stopping => {
+                // Nothing is connected or asked for after this.
+                self.close_relay_links();
+                return;
             }
         }
         peers_may_change |= self.relay_events();

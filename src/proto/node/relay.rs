@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use crate::id::DatabaseId;
-use crate::proto::io::{LinkKind, Time};
+use crate::proto::io::{LinkId, LinkKind, Time};
 use crate::proto::message::Message;
 use crate::proto::peers::Role;
 use crate::proto::relaypath::PathEvent;
@@ -41,6 +41,14 @@ impl<S: Store> Node<S> {
             }
         }
         peers_may_change
+    }
+
+    /// Ends every relay session with a `Fin` (a clean stop).
+    pub(super) fn close_relay_links(&mut self) {
+        let links: Vec<LinkId> = self.links.keys().filter(|l| l.is_relay()).copied().collect();
+        for link in links {
+            self.relay.close(self.now, &mut self.rng, link);
+        }
     }
 
     /// The peers that should get a relay session (design §2.6): members heard by presence or
