@@ -77,7 +77,8 @@ pub(super) type Write = (Vec<u8>, Option<Vec<u8>>);
 /// `before` gives the value each key holds now; it is called once per write, before any write.
 ///
 /// `interrupt` is a failpoint for tests: stop after that many writes (up to all of them, the
-/// intent still there) and return [`StoreError::Interrupted`], as a crash there would.
+/// intent still there) and return `StoreError::Interrupted`, as a crash there would. Other
+/// builds pass `None` and compile the failpoint out.
 pub(super) fn apply(
     db: &sled::Db,
     writes: Vec<Write>,
@@ -105,18 +106,29 @@ pub(super) fn apply(
     db.insert(INTENT_KEY, encoded)?;
     let count = writes.len();
     for (done, (key, value)) in writes.into_iter().enumerate() {
-        if interrupt == Some(done) {
-            return Err(StoreError::Interrupted);
-        }
+        failpoint(interrupt, done)?;
         match value {
             Some(value) => db.insert(key, value)?,
             None => db.remove(key)?,
         };
     }
-    if interrupt == Some(count) {
-        return Err(StoreError::Interrupted);
-    }
+    failpoint(interrupt, count)?;
     db.remove(INTENT_KEY)?;
+    Ok(())
+}
+
+/// The test failpoint of [`apply`]: an error, as a crash would leave, once `done` writes are in.
+#[cfg(test)]
+fn failpoint(interrupt: Option<usize>, done: usize) -> Result<(), StoreError> {
+    match interrupt {
+        Some(at) if at == done => Err(StoreError::Interrupted),
+        _ => Ok(()),
+    }
+}
+
+/// Outside tests there is no failpoint.
+#[cfg(not(test))]
+fn failpoint(_interrupt: Option<usize>, _done: usize) -> Result<(), StoreError> {
     Ok(())
 }
 

@@ -235,7 +235,8 @@ pub enum StoreError {
     /// An earlier batch failed to apply; reopen the store (the ledger then replays its log).
     #[error("an earlier store write failed; the store must be reopened")]
     Poisoned,
-    /// A test failpoint stopped a batch part way, as a crash would.
+    /// A test failpoint stopped a batch part way, as a crash would (test builds only).
+    #[cfg(test)]
     #[error("batch interrupted part way (test failpoint)")]
     Interrupted,
     /// An application name for a delivery cursor over [`MAX_APP_NAME`] bytes.
