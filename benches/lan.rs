@@ -904,9 +904,11 @@ fn lan(o: &Opts) -> anyhow::Result<Vec<String>> {
         );
         for (i, d) in node_disk.iter().enumerate().filter(|(_, d)| d.is_object()) {
             println!(
-                "  node {} log syncs        {} in the run, {} over 10 ms, {} over 100 ms; slowest {:.1} ms",
+                "  node {} log syncs        {} in the run, p50 {:.2} ms, p99 {:.2} ms, {} over 10 ms, {} over 100 ms; slowest {:.1} ms",
                 i + 1,
                 d["log_syncs"],
+                d["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                d["p99_ms"].as_f64().unwrap_or(f64::NAN),
                 d["over_10ms"],
                 d["over_100ms"],
                 d["slowest_ms"].as_f64().unwrap_or(f64::NAN)

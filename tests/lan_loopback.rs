@@ -56,7 +56,10 @@ fn three_nodes_on_loopback_find_each_other_and_converge() {
     assert!(table.contains("links on 127.0.0.1:"), "{table}");
     // And how its disk's log syncs go: every unit here waited for one (each node synced the
     // units it received, at least once).
-    assert!(table.contains(" log syncs, ") && table.contains(" over 100 ms; slowest "), "{table}");
+    assert!(
+        table.contains(" log syncs, p50 ") && table.contains(" over 100 ms; slowest "),
+        "{table}"
+    );
     let node = &status(&dirs[0])["node"];
     assert!(node["discovery_group"].as_str().is_some_and(|g| g.starts_with("239.192.6.83:")));
     assert!(node["uptime_secs"].as_u64().is_some());
@@ -64,6 +67,8 @@ fn three_nodes_on_loopback_find_each_other_and_converge() {
         let disk = &status(d)["node"]["disk"];
         assert!(disk["log_syncs"].as_u64().is_some_and(|n| n >= 1), "{disk}");
         assert!(disk["slowest_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{disk}");
+        let (p50, p99) = (disk["p50_ms"].as_f64().unwrap(), disk["p99_ms"].as_f64().unwrap());
+        assert!(0.0 < p50 && p50 <= p99, "{disk}");
     }
     for node in nodes {
         node.stop();

@@ -244,13 +244,17 @@ fn print_running(n: &serde_json::Value) {
     );
     if let Some(disk) = n["disk"].as_object() {
         let count = |k: &str| disk.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
-        let slowest = disk.get("slowest_ms").and_then(serde_json::Value::as_f64).unwrap_or(0.0);
-        // A device that stalls holds up every unit (each waits for a log sync here).
+        let ms = |k: &str| disk.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+        // A device that stalls holds up every unit (each waits for a log sync here); one that
+        // is merely slow shows in the percentiles (a unit's path holds two syncs).
         println!(
-            "disk      {} log syncs, {} over 10 ms, {} over 100 ms; slowest {slowest:.1} ms",
+            "disk      {} log syncs, p50 {:.2} ms, p99 {:.2} ms, {} over 10 ms, {} over 100 ms; slowest {:.1} ms",
             count("log_syncs"),
+            ms("p50_ms"),
+            ms("p99_ms"),
             count("over_10ms"),
-            count("over_100ms")
+            count("over_100ms"),
+            ms("slowest_ms")
         );
     }
     if let Some(rejects) = n["counters"]["rejects"].as_object() {
