@@ -19,8 +19,9 @@
 //!     receiving node, against the unit's payload + header;
 //!   - RSS (VmRSS) of each node idle after start and after the run;
 //!   - the disk's own `fdatasync` latency in the data directory, before the nodes start: three
-//!     writers at the offered rate, and two syncs in sequence (a unit's path holds two: the
-//!     origin's log, then the receiver's), so the latency reads against what the disk allows;
+//!     writers at the offered rate, and two syncs in sequence, so the latency reads against
+//!     what the disk allows (a unit's path holds one sync, its origin's log, plus part of the
+//!     group commit it joins; until session 12 it held the receiver's too);
 //!   - the disk during the latency phase (a sync every 10 ms beside the nodes' data): the
 //!     device's own stalls (a sync over 5 ms), and the latency p99 of the units whose path
 //!     crossed none. Reported, never used to excuse: the target is judged on every unit.
@@ -400,8 +401,10 @@ fn datagram_ceiling(size: usize) -> anyhow::Result<f64> {
 /// The disk's own sync latency where the nodes keep their data, under the latency phase's
 /// load: three writers (one per node), each appending `record` bytes and `fdatasync`ing
 /// `rate` times a second for 2 s, as a node does per group commit. Returns every sync's time
-/// and, pairing the writers' i-th syncs, the time of two syncs in sequence (a unit's path has
-/// two: the origin's log and the receiver's): both in ms, sorted. The latency figure reads
+/// and, pairing the writers' i-th syncs, the time of two syncs in sequence (a unit's path had
+/// two, the origin's log and the receiver's, until receivers delivered before their own sync;
+/// a unit joining a group commit still waits for part of one): both in ms, sorted. The latency
+/// figure reads
 /// against these, as throughput reads against the datagram ceiling.
 fn disk_syncs(dir: &Path, record: usize, rate: u64) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let n = 2 * rate.max(1) as usize;

@@ -10,7 +10,10 @@
 //!
 //! A node pipelines step 2 for its local submits ([`Ledger::pipeline_syncs`]): the fdatasync
 //! runs on a thread of its own while the next batch is numbered and appended, and steps 3-4
-//! wait until [`Ledger::sync_state`] says the batch is durable, batches in order.
+//! wait until [`Ledger::sync_state`] says the batch is durable, batches in order. Units received
+//! from peers go the same way ([`Ledger::receive_logged`]); the node may hand those to the
+//! application and pass them on before its own sync, because their origin made them durable
+//! before sending them (a crash here loses only this copy, which peers hand back).
 //!
 //! The store is flushed only on a checkpoint schedule; after each flush the log positions it
 //! covers (the end of what is indexed, not the logs' end) are recorded in the store's meta.
@@ -35,6 +38,7 @@ use crate::dati::{
 use crate::id::{DatabaseId, InstanceId, Physkey, PhyskeyClock};
 use crate::store::{
     BodyError, BodyRef, BodySource, Checkpointer, InsertOutcome, SledStore, Store, StoreError,
+    VersionVector,
 };
 use crate::unit::{FileScopes, TransferUnit, UnitError, UnitKind, Urgency};
 
@@ -120,7 +124,11 @@ pub struct Receipt {
 #[derive(Debug)]
 #[must_use = "a logged batch must be indexed with Ledger::index"]
 pub struct Logged {
+    /// Own units in seq order; received units in (origin, seq) order.
     units: Vec<TransferUnit>,
+    /// How many of [`Ledger`]'s `receiving` batches this is ([`Ledger::receive_logged`]: one;
+    /// more once joined with [`Logged::join`]); 0 for own units.
+    received: usize,
     /// Where each unit's record is; `None` when there are no logs (the store wrote them).
     refs: Option<Vec<BodyRef>>,
     now_ms: u64,
@@ -142,10 +150,46 @@ pub enum SyncState {
 }
 
 impl Logged {
-    /// The new units, in seq order.
+    /// The new units, in seq order (received ones: by origin, then seq).
     pub fn units(&self) -> &[TransferUnit] {
         &self.units
     }
+
+    /// Appends `next`, logged after this batch, so both are indexed in one store batch (a
+    /// receiver that takes many small bursts while the disk syncs indexes them together). Only
+    /// for received batches (or batches without logs), both durable, indexed next:
+    /// `Ledger::index` takes them as one.
+    pub fn join(&mut self, next: Logged) {
+        self.units.extend(next.units);
+        match (&mut self.refs, next.refs) {
+            (Some(refs), Some(more)) => refs.extend(more),
+            (refs, more) => debug_assert!(refs.is_none() && more.is_none()),
+        }
+        self.now_ms = self.now_ms.max(next.now_ms);
+        self.ticket = self.ticket.max(next.ticket);
+        self.received += next.received;
+    }
+
+    /// The unit `seq` of `origin`, if this batch has it.
+    pub fn unit(&self, origin: &DatabaseId, seq: u64) -> Option<&TransferUnit> {
+        let found = if self.received == 1 {
+            self.units.binary_search_by(|u| (&u.origin, u.seq).cmp(&(origin, seq))).ok()
+        } else {
+            self.units.iter().position(|u| u.origin == *origin && u.seq == seq)
+        };
+        found.and_then(|i| self.units.get(i))
+    }
+}
+
+/// A batch of received units in the logs and not yet in the store's index
+/// ([`Ledger::receive_logged`]).
+#[derive(Debug)]
+struct Receiving {
+    /// Per origin, where the batch's first record starts: a checkpoint stops there (records of
+    /// the batch, not indexed, must be replayed after a crash).
+    starts: BTreeMap<DatabaseId, DatiPosition>,
+    /// The batch's units, so a copy arriving meanwhile is not logged a second time.
+    units: Vec<(DatabaseId, u64)>,
 }
 
 /// A numbered batch, not yet written (`Ledger::prepare`).
@@ -193,6 +237,10 @@ pub struct Ledger<S: Store = SledStore> {
     /// Per own batch logged and not yet indexed, oldest first: its first seq and where its
     /// first record starts. A checkpoint never records the own log past that start.
     own_syncing: std::collections::VecDeque<(u64, DatiPosition)>,
+    /// Received batches logged and not yet indexed, oldest first.
+    receiving: std::collections::VecDeque<Receiving>,
+    /// The units of `receiving`.
+    receiving_units: VersionVector,
     /// The application physkeys of logged batches not yet indexed (the index cannot find them
     /// yet), so a resubmission meanwhile is still answered as existing.
     pending_keys: std::collections::HashMap<Physkey, (DatabaseId, u64)>,
@@ -435,17 +483,23 @@ impl BodySource for LogBodies {
 }
 
 /// What a checkpoint may record: `covered`, with the own log stopped at the first record of
-/// the oldest own batch still waiting for its sync (records appended after it, indexed already,
-/// are replayed once more; records of it, not indexed, must be).
+/// the oldest own batch still waiting for its sync, and each origin's log at the first record
+/// of a received batch not yet indexed (records appended after it, indexed already, are
+/// replayed once more; records of it, not indexed, must be).
 fn checkpoint_positions(
     covered: &BTreeMap<DatabaseId, DatiPosition>,
     own: DatabaseId,
     own_syncing: &std::collections::VecDeque<(u64, DatiPosition)>,
+    receiving: &std::collections::VecDeque<Receiving>,
 ) -> BTreeMap<DatabaseId, DatiPosition> {
     let mut positions = covered.clone();
-    if let (Some(&(_, start)), Some(at)) = (own_syncing.front(), positions.get_mut(&own)) {
-        if (start.nnnn, start.offset) < (at.nnnn, at.offset) {
-            *at = start;
+    let own_start = own_syncing.front().map(|&(_, start)| (own, start));
+    let received_starts = receiving.iter().flat_map(|r| r.starts.iter().map(|(o, p)| (*o, *p)));
+    for (origin, start) in own_start.into_iter().chain(received_starts) {
+        if let Some(at) = positions.get_mut(&origin) {
+            if (start.nnnn, start.offset) < (at.nnnn, at.offset) {
+                *at = start;
+            }
         }
     }
     positions
@@ -542,6 +596,8 @@ impl<S: Store> Ledger<S> {
             covered: BTreeMap::new(),
             pending_keys: std::collections::HashMap::new(),
             own_syncing: std::collections::VecDeque::new(),
+            receiving: std::collections::VecDeque::new(),
+            receiving_units: VersionVector::new(),
             syncer: None,
         })
     }
@@ -742,12 +798,24 @@ impl<S: Store> Ledger<S> {
     /// schedule); returns its units. A failure here poisons the ledger (no more writes until
     /// reopened), but the batch stays durable: the logs have it, and reopening replays it.
     pub fn index(&mut self, logged: Logged) -> Result<Vec<TransferUnit>, LedgerError> {
-        let Logged { units, refs, now_ms, ticket: _ } = logged;
+        let Logged { units, received, refs, now_ms, ticket: _ } = logged;
         let Some(refs) = refs else {
             // Without logs the store itself wrote the batch.
             return Ok(units);
         };
-        if let (Some(first), Some(&(seq, _))) = (units.first(), self.own_syncing.front()) {
+        if received > 0 {
+            let taken = received.min(self.receiving.len());
+            self.receiving.drain(..taken);
+            self.receiving_units = VersionVector::new();
+            for batch in &self.receiving {
+                for &(origin, seq) in &batch.units {
+                    self.receiving_units.insert(origin, seq);
+                }
+            }
+        }
+        if let (false, Some(first), Some(&(seq, _))) =
+            (received > 0, units.first(), self.own_syncing.front())
+        {
             if first.origin == self.own && first.seq == seq {
                 self.own_syncing.pop_front();
             }
@@ -805,11 +873,11 @@ impl<S: Store> Ledger<S> {
         pipelined: bool,
     ) -> Result<Logged, LedgerError> {
         if units.is_empty() {
-            return Ok(Logged { units, refs: None, now_ms, ticket: None });
+            return Ok(Logged { units, received: 0, refs: None, now_ms, ticket: None });
         }
         let Some(dati) = self.dati.as_mut() else {
             self.write_without_logs(&units)?;
-            return Ok(Logged { units, refs: None, now_ms, ticket: None });
+            return Ok(Logged { units, received: 0, refs: None, now_ms, ticket: None });
         };
         let appended = (|| {
             let mut refs = Vec::with_capacity(units.len());
@@ -824,7 +892,9 @@ impl<S: Store> Ledger<S> {
         })();
         let result = appended.and_then(|refs| Ok((refs, self.sync_logs(pipelined)?)));
         match result {
-            Ok((refs, ticket)) => Ok(Logged { units, refs: Some(refs), now_ms, ticket }),
+            Ok((refs, ticket)) => {
+                Ok(Logged { units, received: 0, refs: Some(refs), now_ms, ticket })
+            }
             Err(e) => {
                 // Part of the batch may be in the logs; a retry with the same seqs would write
                 // different units under them. Refuse until reopened (which replays the logs).
@@ -957,6 +1027,83 @@ impl<S: Store> Ledger<S> {
         encoded: &[Vec<u8>],
         now_ms: u64,
     ) -> Result<Vec<TransferUnit>, LedgerError> {
+        let (fresh, plains) = self.fresh(units, encoded)?;
+        let logged = self.log(fresh, &plains, now_ms, false)?;
+        let fresh = self.index(logged)?;
+        self.next_own_seq = self.next_own_seq.max(self.store.next_seq(&self.own));
+        Ok(fresh)
+    }
+
+    /// Steps 1 and 2 of [`Ledger::accept_received`]: the new units are in the daily logs, not
+    /// yet in the store's index; the caller hands the batch to [`Ledger::index`] once
+    /// [`Ledger::sync_state`] says it is durable, in the order batches were logged (own and
+    /// received alike). Meanwhile a copy that arrives again is not new, the units are in
+    /// [`Ledger::receiving`], and a checkpoint stops short of them. The caller may use the
+    /// units at once (deliver them, send them on): their origin made them durable before
+    /// sending them, so a crash before this node's sync loses only this copy, and peers hand it
+    /// back after the restart (this node's vector never claimed it).
+    pub fn receive_logged(
+        &mut self,
+        units: Vec<TransferUnit>,
+        encoded: &[Vec<u8>],
+        now_ms: u64,
+    ) -> Result<Logged, LedgerError> {
+        let encoded = if encoded.len() == units.len() { encoded } else { &[] };
+        let (fresh, plains) = self.fresh(units, encoded)?;
+        // (origin, seq) order: per-origin runs in each log, and `Logged::unit` searches.
+        let mut pairs: Vec<(TransferUnit, Option<&[u8]>)> = if plains.is_empty() {
+            fresh.into_iter().map(|u| (u, None)).collect()
+        } else {
+            fresh.into_iter().zip(plains).collect()
+        };
+        if !pairs.windows(2).all(|w| (w[0].0.origin, w[0].0.seq) < (w[1].0.origin, w[1].0.seq)) {
+            pairs.sort_unstable_by_key(|(u, _)| (u.origin, u.seq));
+        }
+        let (fresh, plains): (Vec<TransferUnit>, Vec<Option<&[u8]>>) = pairs.into_iter().unzip();
+        // A unit of our own origin from elsewhere (a restored directory's, from a peer) takes its
+        // seq now: the next submit must not reuse it while the batch syncs.
+        if let Some(last) = fresh.iter().filter(|u| u.origin == self.own).map(|u| u.seq).max() {
+            self.next_own_seq = self.next_own_seq.max(last.saturating_add(1));
+        }
+        let mut logged = self.log(fresh, &plains, now_ms, true)?;
+        if let Some(refs) = &logged.refs {
+            let mut starts = BTreeMap::new();
+            for (unit, at) in logged.units.iter().zip(refs) {
+                starts
+                    .entry(unit.origin)
+                    .or_insert(DatiPosition { nnnn: at.file, offset: at.offset });
+            }
+            let units: Vec<(DatabaseId, u64)> =
+                logged.units.iter().map(|u| (u.origin, u.seq)).collect();
+            for &(origin, seq) in &units {
+                self.receiving_units.insert(origin, seq);
+            }
+            self.receiving.push_back(Receiving { starts, units });
+            logged.received = 1;
+        }
+        Ok(logged)
+    }
+
+    /// Received units logged and not yet indexed ([`Ledger::receive_logged`]): held, but not
+    /// in the store's vector yet.
+    pub fn receiving(&self) -> &VersionVector {
+        &self.receiving_units
+    }
+
+    /// Waits for every log sync started so far (a node whose received batches pile up while
+    /// the disk is slow: their units wait in memory). Returns whether all succeeded.
+    pub fn wait_for_syncs(&mut self) -> bool {
+        self.collect_syncs(true)
+    }
+
+    /// What of `units` is new: not held, not being received, not our own from a batch still
+    /// syncing, not repeated. `plains[i]`, where given, is the new unit's canonical encoding.
+    #[allow(clippy::type_complexity)]
+    fn fresh<'a>(
+        &self,
+        units: Vec<TransferUnit>,
+        encoded: &'a [Vec<u8>],
+    ) -> Result<(Vec<TransferUnit>, Vec<Option<&'a [u8]>>), LedgerError> {
         if self.poisoned {
             return Err(LedgerError::Poisoned);
         }
@@ -966,6 +1113,7 @@ impl<S: Store> Ledger<S> {
         // offers them again. Those below are taken (the checkpoint stops short of the waiting
         // batches whatever is appended after them).
         let defer_own_from = self.own_syncing.front().map(|&(seq, _)| seq);
+        let receiving = !self.receiving_units.is_empty();
         // A batch in strictly increasing (origin, seq) order, as a burst of one sender's
         // datagrams is, repeats no unit; only another order needs the set (a set insert per unit
         // was ~6 % of a receiving node's instructions).
@@ -976,6 +1124,7 @@ impl<S: Store> Ledger<S> {
         for (i, unit) in units.into_iter().enumerate() {
             if (unit.origin == self.own && defer_own_from.is_some_and(|from| unit.seq >= from))
                 || self.store.contains(&unit.origin, unit.seq)
+                || (receiving && self.receiving_units.contains(&unit.origin, unit.seq))
                 || !(ordered || seen.insert((unit.origin, unit.seq)))
             {
                 continue;
@@ -985,10 +1134,7 @@ impl<S: Store> Ledger<S> {
             }
             fresh.push(unit);
         }
-        let logged = self.log(fresh, &plains, now_ms, false)?;
-        let fresh = self.index(logged)?;
-        self.next_own_seq = self.next_own_seq.max(self.store.next_seq(&self.own));
-        Ok(fresh)
+        Ok((fresh, plains))
     }
 
     /// Logs and stores `units` durably; hands them back, so callers can send them on without
@@ -1044,7 +1190,8 @@ impl<S: Store> Ledger<S> {
         if background.in_flight {
             return Ok(());
         }
-        let positions = checkpoint_positions(&self.covered, self.own, &self.own_syncing);
+        let positions =
+            checkpoint_positions(&self.covered, self.own, &self.own_syncing, &self.receiving);
         let job = CheckpointJob::of(&positions, dati);
         match background.jobs.as_ref().map(|jobs| jobs.try_send(job)) {
             Some(Ok(())) => {
@@ -1082,11 +1229,14 @@ impl<S: Store> Ledger<S> {
             return Ok(());
         };
         let store = &mut self.store;
-        CheckpointJob::of(&checkpoint_positions(&self.covered, self.own, &self.own_syncing), dati)
-            .record(|step| match step {
-                Step::Flush => store.flush(),
-                Step::Put(name, value) => store.meta_put(name, value),
-            })?;
+        CheckpointJob::of(
+            &checkpoint_positions(&self.covered, self.own, &self.own_syncing, &self.receiving),
+            dati,
+        )
+        .record(|step| match step {
+            Step::Flush => store.flush(),
+            Step::Put(name, value) => store.meta_put(name, value),
+        })?;
         Ok(())
     }
 
@@ -1390,6 +1540,69 @@ pub(crate) mod tests {
         assert_eq!(wait_synced(&mut ledger, &second), SyncState::Durable);
         assert_eq!(ledger.index(second).unwrap().len(), 2);
         assert!(ledger.own_syncing.is_empty());
+    }
+
+    /// Received units logged with `receive_logged` wait for their sync before the index, like
+    /// own batches: they are held (`receiving`, and their batch finds them) but not in the
+    /// store's vector, a copy arriving meanwhile is not new, a checkpoint stops short of them
+    /// even when a later batch of the same origin was indexed first, and a crash before their
+    /// index loses nothing (the open replays them).
+    #[test]
+    fn received_units_wait_for_their_sync_and_survive_a_crash_before_the_index() {
+        static GATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let gated: SyncRunner = |job| {
+            while !GATE.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            job.run()
+        };
+        // Opened also when an assertion fails, so the sync thread ends and the test reports.
+        struct Open;
+        impl Drop for Open {
+            fn drop(&mut self) {
+                GATE.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let root = tempfile::tempdir().unwrap();
+        let dir = data_dir(root.path());
+        let now = 1_764_633_600_000;
+        let unit = |seq| crate::unit::tests::sample_unit(seq, b"sale");
+        let origin = unit(1).origin;
+        let seqs = |logged: &Logged| logged.units().iter().map(|u| u.seq).collect::<Vec<_>>();
+        let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
+        ledger.pipeline_syncs_with(Box::new(|| ()), gated).unwrap();
+        let _open = Open; // dropped before the ledger
+                          // The first names the origin's log file: synced whole, durable at once.
+        let first = ledger.receive_logged(vec![unit(1), unit(2)], &[], now).unwrap();
+        assert_eq!(ledger.sync_state(&first), SyncState::Durable);
+        assert_eq!(ledger.index(first).unwrap().len(), 2);
+        let start = ledger.covered[&origin];
+        // Out of order as it arrived, logged by seq, and waiting for the gated sync.
+        let second = ledger.receive_logged(vec![unit(4), unit(3)], &[], now).unwrap();
+        assert_eq!(seqs(&second), [3, 4]);
+        assert_eq!(ledger.sync_state(&second), SyncState::Pending);
+        assert!(ledger.receiving().contains(&origin, 3));
+        assert!(!ledger.store().contains(&origin, 3));
+        assert_eq!(second.unit(&origin, 4).map(|u| u.seq), Some(4));
+        assert!(second.unit(&origin, 5).is_none());
+        let third = ledger.receive_logged(vec![unit(3), unit(5), unit(4)], &[], now).unwrap();
+        assert_eq!(seqs(&third), [5], "what is being received is not new");
+        // A later unit of the origin indexed first (a synchronous accept): the checkpoint still
+        // stops at the first record not indexed.
+        assert_eq!(ledger.accept_batch(vec![unit(6)], now).unwrap().len(), 1);
+        assert!(ledger.covered[&origin].offset > start.offset);
+        ledger.checkpoint_now().unwrap();
+        let recorded: BTreeMap<DatabaseId, DatiPosition> =
+            meta_decode(ledger.store(), META_CHECKPOINT).unwrap().unwrap();
+        assert_eq!(recorded[&origin], start);
+        GATE.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(wait_synced(&mut ledger, &third), SyncState::Durable);
+        drop((second, third));
+        drop(ledger); // the crash: neither indexed
+        let (ledger, report) = Ledger::open(&dir, InstanceId([2; 16])).unwrap();
+        assert_eq!(report.replayed, 3, "3, 4 and 5 come back from the logs");
+        assert_eq!(ledger.store().units_total(), 6);
+        assert!(ledger.receiving().is_empty());
     }
 
     /// Units already held and repeats within a batch are skipped, whether the batch is in

@@ -235,18 +235,20 @@ fn print_running(n: &serde_json::Value) {
     print_pads(&peers);
     let q = &n["queues"];
     println!(
-        "queues    outputs {}, links {}, connecting {}, wants in flight {}, submits syncing {}",
+        "queues    outputs {}, links {}, connecting {}, wants in flight {}, submits syncing {}, received units syncing {}",
         text(&q["outputs"]),
         text(&q["links"]),
         text(&q["connecting"]),
         text(&q["wants_in_flight"]),
-        text(&q["submits_syncing"])
+        text(&q["submits_syncing"]),
+        text(&q["received_syncing"])
     );
     if let Some(disk) = n["disk"].as_object() {
         let count = |k: &str| disk.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
         let ms = |k: &str| disk.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
         // A device that stalls holds up every unit (each waits for a log sync here); one that
-        // is merely slow shows in the percentiles (a unit's path holds two syncs).
+        // is merely slow shows in the percentiles (a unit's path holds one sync at its origin; a
+        // receiver delivers before its own).
         println!(
             "disk      {} log syncs, p50 {:.2} ms, p99 {:.2} ms, {} over 10 ms, {} over 100 ms; slowest {:.1} ms",
             count("log_syncs"),

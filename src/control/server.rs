@@ -37,7 +37,7 @@ use super::ControlError;
 use crate::id::DatabaseId;
 use crate::ledger::{Receipt, Submission};
 use crate::proto::{Input, Node, Output, Protocol, Time};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::unit::TransferUnit;
 
 /// Reply lines queued for one connection before it is judged stuck and closed. Larger than the
@@ -420,10 +420,15 @@ impl Control {
         }
     }
 
-    /// Sends the subscriber what its window allows, reading the units from `store`.
-    pub fn pump<S: Store>(&mut self, store: &S) {
+    /// Sends the subscriber what its window allows, reading the units with `get` (the node's
+    /// [`Node::unit`](crate::proto::Node::unit): the store, or units received and still waiting
+    /// for their log sync, which the node delivers before it).
+    pub fn pump(
+        &mut self,
+        get: impl Fn(&DatabaseId, u64) -> Result<Option<TransferUnit>, StoreError>,
+    ) {
         while let Some((client, origin, seq)) = self.deliveries.poll_send() {
-            match store.get(&origin, seq) {
+            match get(&origin, seq) {
                 Ok(Some(unit)) => {
                     let len = unit.payload.len();
                     if !self.queue(client, Outgoing::Unit(unit)) {

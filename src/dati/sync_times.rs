@@ -22,7 +22,7 @@ pub struct SyncTimes {
     over_100ms: AtomicU64,
     slowest_ns: AtomicU64,
     /// Syncs by duration, log-scale (see [`bucket`]): a stall shows as over 10 ms, a slow
-    /// device that never stalls (a unit's path holds two syncs) in the percentiles.
+    /// device that never stalls (a unit's path holds its origin's sync) in the percentiles.
     histogram: [AtomicU64; BUCKETS],
 }
 

@@ -295,7 +295,7 @@ pub async fn run<S: Store>(
             to_relay(out, &relays);
         }
         if let Some(control) = control.as_mut() {
-            control.pump(node.ledger().store());
+            control.pump(|origin, seq| node.unit(origin, seq));
         }
         let wait = node
             .poll_timeout()
@@ -331,9 +331,9 @@ pub async fn run<S: Store>(
             }
         }
     }
-    // Submits still syncing are answered (their clients may still be there) before the
-    // ledger closes.
-    while node.submits_syncing() > 0 {
+    // Submits still syncing are answered (their clients may still be there), and received
+    // units still syncing are indexed, before the ledger closes.
+    while node.syncing() > 0 {
         synced.notified().await;
         node.handle(wall_time(), Input::LogsSynced);
         drain_outputs(&mut node, &mut control, &senders, &mut links).await;

@@ -325,14 +325,18 @@ pub struct Node<S: Store> {
     /// Peers a pad was asked of the driver for, and when (one request at a time; asked again
     /// after a minute if the material never came).
     pad_requested: BTreeMap<DatabaseId, Time>,
-    /// Submits not answered yet, oldest first: group commits whose log sync runs on the
-    /// ledger's sync thread, whose receipts and units leave only once durable
-    /// ([`Node::pipeline_log_syncs`]), and refusals behind them (answers keep submission order).
+    /// Batches waiting for their log sync, oldest first, indexed in this order: group commits
+    /// whose receipts and units leave only once durable ([`Node::pipeline_log_syncs`]),
+    /// refusals behind them (answers keep submission order), and received units (delivered and
+    /// sent on already; indexed once durable).
     submits_syncing: VecDeque<Unanswered>,
 }
 
-/// Submits waiting for their answers.
+/// Batches waiting for their log sync.
 enum Unanswered {
+    /// Units received from peers, logged ([`Ledger::receive_logged`]); looked up here until
+    /// they are indexed.
+    Received(Logged),
     /// A group commit waiting for its log sync.
     Syncing {
         /// One per submission.
@@ -464,7 +468,32 @@ impl<S: Store> Node<S> {
     /// Group commits written and waiting for their log sync (the driver takes no more submits
     /// while two wait).
     pub fn submits_syncing(&self) -> usize {
+        self.submits_syncing.iter().filter(|u| !matches!(u, Unanswered::Received(_))).count()
+    }
+
+    /// Batches, submitted or received, waiting for their log sync (a stopping driver waits
+    /// for none to be left).
+    pub fn syncing(&self) -> usize {
         self.submits_syncing.len()
+    }
+
+    /// The unit `seq` of `origin` if this node holds it: in the store, or received and still
+    /// waiting for its log sync. What the control socket sends a subscriber.
+    pub fn unit(
+        &self,
+        origin: &DatabaseId,
+        seq: u64,
+    ) -> Result<Option<TransferUnit>, crate::store::StoreError> {
+        if self.ledger.receiving().contains(origin, seq) {
+            for waiting in &self.submits_syncing {
+                if let Unanswered::Received(logged) = waiting {
+                    if let Some(unit) = logged.unit(origin, seq) {
+                        return Ok(Some(unit.clone()));
+                    }
+                }
+            }
+        }
+        self.ledger.store().get(origin, seq)
     }
 
     /// The ledger, to change (tests).
@@ -575,7 +604,8 @@ impl<S: Store> Node<S> {
                 links: self.links.len(),
                 connecting: self.connecting.len(),
                 wants_in_flight: self.links.values().filter(|l| l.sync.want.is_some()).count(),
-                submits_syncing: self.submits_syncing.len(),
+                submits_syncing: self.submits_syncing(),
+                received_syncing: self.ledger.receiving().total(),
             },
             counters: NodeStats {
                 checkpoint_failures: self.stats.checkpoint_failures

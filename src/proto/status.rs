@@ -151,6 +151,9 @@ pub struct Queues {
     /// queued behind them (the driver stops taking submits at two; a number that stays up
     /// means the disk does not finish its fdatasyncs).
     pub submits_syncing: usize,
+    /// Units received from peers, logged and waiting for their log sync (already delivered
+    /// and sent on; a number that stays up means the disk does not finish its fdatasyncs).
+    pub received_syncing: u64,
 }
 
 impl PeerStatus {

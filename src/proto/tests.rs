@@ -853,7 +853,7 @@ fn answers<S: Store>(node: &mut Node<S>) -> Vec<Option<u64>> {
 /// Feeds `LogsSynced` as the sync thread signals, until nothing waits (with a deadline).
 fn until_synced<S: Store>(node: &mut Node<S>, signals: &std::sync::mpsc::Receiver<()>) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while node.submits_syncing() > 0 {
+    while node.syncing() > 0 {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         signals.recv_timeout(left).expect("the sync thread signals within 30 s");
         node.handle(Time::from_millis(1_764_633_600_000), Input::LogsSynced);
@@ -920,4 +920,85 @@ fn a_failed_log_sync_refuses_its_batch_and_the_later_ones() {
     assert_eq!(answers(&mut node), [None, None, None]);
     assert_eq!(node.stats().submits_refused, 3);
     assert_eq!(node.ledger().store().units_total(), 3);
+}
+
+/// Units received from a peer are delivered and held (the control socket reads them through
+/// `Node::unit`) before this node's own log sync ends, and indexed (claimed in its vector) only
+/// once it has: their origin made them durable before sending them. A copy arriving meanwhile
+/// is not taken twice, and the status shows what waits for the disk.
+#[test]
+fn received_units_are_delivered_before_their_log_sync_and_indexed_after() {
+    use crate::proto::io::ReceivedDatagram;
+    static GATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let gated = |job: &crate::dati::SyncJob| {
+        while !GATE.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        job.run()
+    };
+    // Opened also when an assertion fails, so the sync thread ends and the test reports.
+    struct Open;
+    impl Drop for Open {
+        fn drop(&mut self) {
+            GATE.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    // The origin: a node of the same system, whose multicasts are taken by hand.
+    let mut h = Harness::new(&[Role::Lane, Role::Lane], &[true, true], &[]);
+    h.run_until(h.now.plus_millis(3_000));
+    let now = h.now;
+    let mut datagrams = Vec::new();
+    for i in 0..5 {
+        h.nodes[0].handle(now, Input::Submit(sale(format!("sale {i}").as_bytes())));
+        while let Some(out) = h.nodes[0].poll_output() {
+            if let Output::Datagram { to: DatagramDest::Group(_), bytes } = out {
+                datagrams.push(ReceivedDatagram {
+                    from: "10.0.0.1:7000".parse().unwrap(),
+                    to: DatagramDest::Group("239.192.6.20:7083".parse().unwrap()),
+                    bytes,
+                });
+            }
+        }
+    }
+    assert_eq!(datagrams.len(), 5, "one multicast per submit");
+    let origin = h.nodes[0].dbid();
+
+    let root = tempfile::tempdir().unwrap();
+    let mut node = node_on_disk(root.path());
+    let (tx, signals) = std::sync::mpsc::channel();
+    let notify = Box::new(move || {
+        let _ = tx.send(());
+    });
+    node.ledger_mut().pipeline_syncs_with(notify, gated).unwrap();
+    let _open = Open; // dropped before the node
+    let take = |node: &mut Node<_>, d: &ReceivedDatagram| {
+        node.handle(now, Input::Datagram { from: d.from, to: d.to, bytes: &d.bytes });
+    };
+    for d in &datagrams {
+        take(&mut node, d);
+    }
+    let delivered: Vec<u64> = std::iter::from_fn(|| node.poll_output())
+        .filter_map(|o| match o {
+            Output::Deliver(unit) => Some(unit.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, [1, 2, 3, 4, 5], "all delivered, in order, before the disk is done");
+    // The first named the origin's log file (synced whole); the rest wait for the gate.
+    assert_eq!(node.ledger().store().units_total(), 1, "only the first is indexed");
+    assert_eq!(node.status().queues.received_syncing, 4);
+    assert_eq!(node.syncing(), 4);
+    assert_eq!(node.submits_syncing(), 0, "received units do not hold up submits");
+    let held = node.unit(&origin, 5).unwrap().expect("held while its sync runs");
+    assert_eq!(held.payload, b"sale 4");
+    for d in &datagrams {
+        take(&mut node, d);
+    }
+    assert_eq!(node.stats().units_new, 5, "copies arriving meanwhile are not taken again");
+    assert!(std::iter::from_fn(|| node.poll_output()).all(|o| !matches!(o, Output::Deliver(_))));
+    GATE.store(true, std::sync::atomic::Ordering::SeqCst);
+    until_synced(&mut node, &signals);
+    assert_eq!(node.ledger().store().units_total(), 5);
+    assert_eq!(node.status().queues.received_syncing, 0);
+    assert_eq!(node.unit(&origin, 5).unwrap().map(|u| u.payload), Some(b"sale 4".to_vec()));
 }

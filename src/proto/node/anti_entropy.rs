@@ -81,6 +81,10 @@ impl<S: Store> Node<S> {
         if !info.withheld.is_empty() {
             exclude.push(&info.withheld);
         }
+        // Held already, waiting for the log sync before they enter the store's vector.
+        if !self.ledger.receiving().is_empty() {
+            exclude.push(self.ledger.receiving());
+        }
         let limit = self.want_limit(link);
         let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_mul(2);
         let ours = self.ledger.store().version_vector();

@@ -44,7 +44,9 @@ impl<S: Store> Node<S> {
     pub(super) fn release_submits(&mut self) {
         while let Some(front) = self.submits_syncing.front() {
             let state = match front {
-                Unanswered::Syncing { logged, .. } => self.ledger.sync_state(logged),
+                Unanswered::Syncing { logged, .. } | Unanswered::Received(logged) => {
+                    self.ledger.sync_state(logged)
+                }
                 Unanswered::Refused { .. } => SyncState::Durable,
             };
             match state {
@@ -54,6 +56,20 @@ impl<S: Store> Node<S> {
                         self.commit_durable(receipts, logged)
                     }
                     Some(Unanswered::Refused { count, reason }) => self.refuse(count, &reason),
+                    Some(Unanswered::Received(mut logged)) => {
+                        // Every durable received batch behind it goes into the same store batch.
+                        while let Some(Unanswered::Received(next)) = self.submits_syncing.front() {
+                            if self.ledger.sync_state(next) != SyncState::Durable {
+                                break;
+                            }
+                            if let Some(Unanswered::Received(next)) =
+                                self.submits_syncing.pop_front()
+                            {
+                                logged.join(next);
+                            }
+                        }
+                        self.index_received(logged)
+                    }
                     None => return,
                 },
                 SyncState::Failed(failure) => {
@@ -66,6 +82,9 @@ impl<S: Store> Node<S> {
                                 self.refuse(receipts.len(), &failure);
                             }
                             Unanswered::Refused { count, reason } => self.refuse(count, &reason),
+                            // Not known durable here: peers hand them back after the restart
+                            // (this node's vector never claimed them).
+                            Unanswered::Received(_) => self.stats.store_errors += 1,
                         }
                     }
                     return;
@@ -92,6 +111,19 @@ impl<S: Store> Node<S> {
         self.out.extend(receipts.into_iter().map(Output::Accepted));
         let origins: BTreeSet<DatabaseId> = new_units.iter().map(|u| u.origin).collect();
         self.held_changed(&origins);
+    }
+
+    /// A durable batch of received units (delivered and sent on already): indexed, and from
+    /// now on claimed in this node's vector.
+    fn index_received(&mut self, logged: Logged) {
+        match self.ledger.index(logged) {
+            Ok(units) => {
+                let origins: BTreeSet<DatabaseId> = units.iter().map(|u| u.origin).collect();
+                self.held_changed(&origins);
+            }
+            // Durable in the logs: a reopen indexes them (the ledger refuses writes until then).
+            Err(_) => self.stats.store_errors += 1,
+        }
     }
 
     /// Moves the cursor for each acknowledgement and makes it durable with one flush; one
@@ -159,13 +191,10 @@ impl<S: Store> Node<S> {
                 };
                 let unit = match in_hand {
                     Some(unit) => unit,
-                    None if self.ledger.store().contains(&origin, next) => {
-                        match self.ledger.store().get(&origin, next) {
-                            Ok(Some(unit)) => unit,
-                            _ => break,
-                        }
-                    }
-                    None => break,
+                    None => match self.unit(&origin, next) {
+                        Ok(Some(unit)) => unit,
+                        _ => break,
+                    },
                 };
                 self.out.push_back(Output::Deliver(unit));
                 next += 1;

@@ -11,10 +11,14 @@ use crate::store::Store;
 use crate::unit::TransferUnit;
 use crate::wire::Tag;
 
-use super::{batches, Node, Source, PUSH_HAVE_MS};
+use super::{batches, Node, Source, Unanswered, PUSH_HAVE_MS};
+
+/// Received units waiting for their log sync, at most; beyond it the node waits for the disk.
+const RECEIVING_MAX: u64 = 65_536;
 
 impl<S: Store> Node<S> {
-    /// Takes received units; returns how many were new (0 also when the store refused them).
+    /// Takes received units: logs them, sends them on, delivers them, and indexes them once
+    /// durable. Returns how many were new (0 also when the store refused them).
     /// With `in_clear`, the units came in a datagram or a relay link's `Units`, where a
     /// sensitive part never travels: units that carry one are refused (forged, or a broken
     /// peer), so the one-time pad's MAC cannot be bypassed.
@@ -41,9 +45,14 @@ impl<S: Store> Node<S> {
             }
         }
         self.stats.units_received += units.len() as u64;
+        if self.ledger.receiving().total() >= RECEIVING_MAX {
+            // The disk is behind: wait for it rather than keep more units in memory.
+            self.ledger.wait_for_syncs();
+            self.release_submits();
+        }
         let now_ms = self.now.as_millis();
-        let mut new_units = match self.ledger.accept_received(units, encoded, now_ms) {
-            Ok(fresh) => fresh,
+        let logged = match self.ledger.receive_logged(units, encoded, now_ms) {
+            Ok(logged) => logged,
             Err(_) => {
                 // Refused (disk full): what a peer reports holding is asked for again once the
                 // store takes writes.
@@ -51,14 +60,20 @@ impl<S: Store> Node<S> {
                 return 0;
             }
         };
-        self.stats.units_new += new_units.len() as u64;
+        let count = logged.units().len();
+        self.stats.units_new += count as u64;
+        if count == 0 {
+            return 0;
+        }
+        // Sent on and delivered before this node's own log sync: the origin made them durable
+        // before it sent them, so a crash here loses only this copy, which peers hand back
+        // (this node's vector does not claim them until they are indexed, once durable).
         // Per-origin seq order, which forwarding keeps and delivery looks units up by.
-        new_units.sort_unstable_by_key(|u| (u.origin, u.seq));
-        let origins: BTreeSet<DatabaseId> = new_units.iter().map(|u| u.origin).collect();
-        self.held_changed(&origins);
-        self.forward(source, &new_units);
-        let count = new_units.len();
-        self.deliver_ready(origins, new_units);
+        self.forward(source, logged.units());
+        let origins: BTreeSet<DatabaseId> = logged.units().iter().map(|u| u.origin).collect();
+        self.deliver_ready(origins, logged.units().to_vec());
+        self.submits_syncing.push_back(Unanswered::Received(logged));
+        self.release_submits();
         count
     }
 
