@@ -190,6 +190,8 @@ struct Receiving {
     starts: BTreeMap<DatabaseId, DatiPosition>,
     /// The batch's units, so a copy arriving meanwhile is not logged a second time.
     units: Vec<(DatabaseId, u64)>,
+    /// Their payload bytes (the caller keeps the units in memory meanwhile).
+    bytes: u64,
 }
 
 /// A numbered batch, not yet written (`Ledger::prepare`).
@@ -246,6 +248,10 @@ pub struct Ledger<S: Store = SledStore> {
     pending_keys: std::collections::HashMap<Physkey, (DatabaseId, u64)>,
     /// Where log syncs run when pipelined.
     syncer: Option<LogSyncer>,
+    /// Received batches were logged while a sync job was out, and were promised the next job's
+    /// ticket: at most one job of received units is out at a time (a burst per job kept a
+    /// duplicated file handle each, and a stalled disk ran the node out of them).
+    owed: bool,
 }
 
 type SyncRunner = fn(&SyncJob) -> Result<(), DatiError>;
@@ -261,9 +267,11 @@ impl Drop for NotifyOnExit {
 
 /// Log syncs on a thread of their own ([`Ledger::pipeline_syncs`]): a node seals and writes
 /// the next batch while the last one's fdatasync runs. Jobs run one at a time, in order, so
-/// results come back in ticket order.
+/// results come back in ticket order; jobs queued behind a running one run as one (one
+/// fdatasync per file covers them all), and a job of received units may wait for company
+/// ([`Haste::Later`]).
 struct LogSyncer {
-    jobs: Option<std::sync::mpsc::Sender<SyncJob>>,
+    jobs: Option<std::sync::mpsc::Sender<(SyncJob, Haste)>>,
     done: std::sync::mpsc::Receiver<Result<(), DatiError>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// The last ticket handed out.
@@ -274,19 +282,77 @@ struct LogSyncer {
     failed: Option<(u64, String)>,
 }
 
+/// How soon a sync job must run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Haste {
+    /// Someone waits for it: a local submit's receipt (and the unit's first send).
+    Now,
+    /// Only this node's index waits (received units, delivered and sent on already): it may
+    /// wait up to [`RECEIVED_SYNC_GAP`] after the last sync ended, so units arriving meanwhile
+    /// share it and the disk serves fewer syncs (the origins' syncs, which units wait for,
+    /// share the device).
+    Later,
+}
+
+/// How long after the last log sync ended a sync of received units waits for company. With a
+/// sync per received burst, a receiver made as many syncs as the origin (three nodes made ~3,000
+/// a second at 1,000 units/s), and the origin's syncs, which its units wait for, queued behind
+/// theirs in the device: waiting this long cut a receiver's syncs about five-fold and the LAN
+/// latency p99 by a third (docs/PERFORMANCE.md, session 12). It only delays when this node
+/// claims the units in its vector.
+const RECEIVED_SYNC_GAP: std::time::Duration = std::time::Duration::from_millis(5);
+
 impl LogSyncer {
-    /// `run` is [`SyncJob::run`] (tests put a failing one in its place).
-    fn start(notify: Box<dyn Fn() + Send>, run: SyncRunner) -> std::io::Result<Self> {
-        let (jobs, rx) = std::sync::mpsc::channel::<SyncJob>();
+    /// `run` is [`SyncJob::run`] (tests put a failing one in its place); `gap` is
+    /// [`RECEIVED_SYNC_GAP`].
+    fn start(
+        notify: Box<dyn Fn() + Send>,
+        run: SyncRunner,
+        gap: std::time::Duration,
+    ) -> std::io::Result<Self> {
+        let (jobs, rx) = std::sync::mpsc::channel::<(SyncJob, Haste)>();
         let (tx, done) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new().name("log-sync".into()).spawn(move || {
             // Also when `run` panics: the core then finds the results channel closed (`tx` is
             // dropped before the guard) and fails what waits, instead of waiting for ever.
             let notify = NotifyOnExit(notify);
             let tx = tx;
-            for job in rx {
-                if tx.send(run(&job)).is_err() {
+            let mut last_end = std::time::Instant::now();
+            while let Ok((mut job, mut haste)) = rx.recv() {
+                let mut count = 1;
+                let until = last_end + gap;
+                while haste == Haste::Later {
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok((next, next_haste)) if !left.is_zero() => {
+                            job.absorb(next);
+                            count += 1;
+                            haste = next_haste;
+                        }
+                        Ok((next, _)) => {
+                            job.absorb(next);
+                            count += 1;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                // Jobs queued behind the running one run as one.
+                while let Ok((next, _)) = rx.try_recv() {
+                    job.absorb(next);
+                    count += 1;
+                }
+                let result = run(&job);
+                last_end = std::time::Instant::now();
+                // One result per ticket. After a failure the later tickets fail whatever their
+                // result says (`LogSyncer::state`), so theirs is `Ok`.
+                if tx.send(result).is_err() {
                     return;
+                }
+                for _ in 1..count {
+                    if tx.send(Ok(())).is_err() {
+                        return;
+                    }
                 }
                 (notify.0)();
             }
@@ -302,8 +368,8 @@ impl LogSyncer {
     }
 
     /// Queues `job`; its ticket, or `None` when the thread is gone.
-    fn send(&mut self, job: SyncJob) -> Option<u64> {
-        if self.jobs.as_ref()?.send(job).is_err() {
+    fn send(&mut self, job: SyncJob, haste: Haste) -> Option<u64> {
+        if self.jobs.as_ref()?.send((job, haste)).is_err() {
             self.jobs = None;
             return None;
         }
@@ -599,6 +665,7 @@ impl<S: Store> Ledger<S> {
             receiving: std::collections::VecDeque::new(),
             receiving_units: VersionVector::new(),
             syncer: None,
+            owed: false,
         })
     }
 
@@ -639,6 +706,11 @@ impl<S: Store> Ledger<S> {
     ) -> Result<(), LedgerError> {
         if acks.is_empty() {
             return Ok(());
+        }
+        // A unit delivered before its log sync failed is gone until a restart brings it back:
+        // a cursor moved past it now would skip it for good.
+        if self.poisoned {
+            return Err(LedgerError::Poisoned);
         }
         let mut cursor = self.store.cursor(app)?;
         for (origin, seq) in acks {
@@ -731,7 +803,7 @@ impl<S: Store> Ledger<S> {
         now_ms: u64,
     ) -> Result<(Vec<Receipt>, Logged), LedgerError> {
         let Prepared { receipts, units, next, keyed } = self.prepare(subs, now_ms)?;
-        let logged = self.log(units, &[], now_ms, true)?;
+        let logged = self.log(units, &[], now_ms, Some(Haste::Now))?;
         self.next_own_seq = next;
         if let (Some(first), Some(at)) =
             (logged.units.first(), logged.refs.as_ref().and_then(|r| r.first()))
@@ -760,8 +832,18 @@ impl<S: Store> Ledger<S> {
         notify: Box<dyn Fn() + Send>,
         run: SyncRunner,
     ) -> std::io::Result<()> {
+        self.pipeline_syncs_gap(notify, run, RECEIVED_SYNC_GAP)
+    }
+
+    /// [`Ledger::pipeline_syncs_with`], received units' syncs waiting up to `gap`.
+    fn pipeline_syncs_gap(
+        &mut self,
+        notify: Box<dyn Fn() + Send>,
+        run: SyncRunner,
+        gap: std::time::Duration,
+    ) -> std::io::Result<()> {
         if self.dati.is_some() && self.syncer.is_none() {
-            self.syncer = Some(LogSyncer::start(notify, run)?);
+            self.syncer = Some(LogSyncer::start(notify, run, gap)?);
         }
         Ok(())
     }
@@ -790,8 +872,29 @@ impl<S: Store> Ledger<S> {
         let ok = syncer.failed.is_none();
         if !ok {
             self.poisoned = true;
+        } else if self.owed && syncer.issued == syncer.finished {
+            // The job the promised batches wait for.
+            if let Err(e) = self.issue_owed() {
+                tracing::warn!(%e, "a log sync could not start");
+                self.poisoned = true;
+                return false;
+            }
         }
         ok
+    }
+
+    /// Starts the job promised to received batches (an empty one when what they need is
+    /// durable already, so their ticket is handed out).
+    fn issue_owed(&mut self) -> Result<(), LedgerError> {
+        let (Some(dati), Some(syncer)) = (self.dati.as_mut(), self.syncer.as_mut()) else {
+            return Ok(());
+        };
+        self.owed = false;
+        let job = match dati.start_sync()? {
+            SyncStart::Done => SyncJob::nothing(dati),
+            SyncStart::Job(job) => job,
+        };
+        syncer.send(job, Haste::Later).map(|_| ()).ok_or(LedgerError::Poisoned)
     }
 
     /// Step 3: puts a durable logged batch into the store's index (and checkpoints on
@@ -821,7 +924,7 @@ impl<S: Store> Ledger<S> {
             }
         }
         if !self.pending_keys.is_empty() {
-            for unit in units.iter().filter(|u| u.origin == self.own) {
+            for unit in &units {
                 if self.pending_keys.get(&unit.physkey) == Some(&(unit.origin, unit.seq)) {
                     self.pending_keys.remove(&unit.physkey);
                 }
@@ -870,7 +973,7 @@ impl<S: Store> Ledger<S> {
         units: Vec<TransferUnit>,
         plains: &[Option<&[u8]>],
         now_ms: u64,
-        pipelined: bool,
+        pipelined: Option<Haste>,
     ) -> Result<Logged, LedgerError> {
         if units.is_empty() {
             return Ok(Logged { units, received: 0, refs: None, now_ms, ticket: None });
@@ -906,25 +1009,36 @@ impl<S: Store> Ledger<S> {
 
     /// Makes what was appended durable: here, or (`pipelined`, with a sync thread) by a job on
     /// the sync thread, whose ticket is returned.
-    fn sync_logs(&mut self, pipelined: bool) -> Result<Option<u64>, LedgerError> {
+    fn sync_logs(&mut self, pipelined: Option<Haste>) -> Result<Option<u64>, LedgerError> {
         let Some(dati) = self.dati.as_mut() else { return Ok(None) };
-        if !pipelined || self.syncer.is_none() {
+        let (Some(haste), true) = (pipelined, self.syncer.is_some()) else {
             dati.sync()?;
             return Ok(None);
-        }
+        };
         // A new or rotated file is synced whole, only once every job started before it is
         // done and succeeded (see `DatiWriter::needs_whole_sync`).
-        if dati.needs_whole_sync() && !self.collect_syncs(true) {
+        if dati.needs_whole_sync() && !self.wait_for_syncs() {
+            return Err(LedgerError::Poisoned);
+        }
+        if haste == Haste::Later && !self.collect_syncs(false) {
             return Err(LedgerError::Poisoned);
         }
         let (Some(dati), Some(syncer)) = (self.dati.as_mut(), self.syncer.as_mut()) else {
             return Ok(None);
         };
-        match dati.start_sync()? {
-            SyncStart::Done => Ok(None),
-            // Without the thread (only a panic ends it), what it had is not known durable.
-            SyncStart::Job(job) => syncer.send(job).map(Some).ok_or(LedgerError::Poisoned),
+        if haste == Haste::Later && (syncer.issued > syncer.finished || self.owed) {
+            // The next job covers this batch (it was written before that job starts).
+            self.owed = true;
+            return Ok(Some(syncer.issued + 1));
         }
+        let job = match dati.start_sync()? {
+            SyncStart::Done if self.owed => SyncJob::nothing(dati),
+            SyncStart::Done => return Ok(None),
+            SyncStart::Job(job) => job,
+        };
+        self.owed = false;
+        // Without the thread (only a panic ends it), what it had is not known durable.
+        syncer.send(job, haste).map(Some).ok_or(LedgerError::Poisoned)
     }
 
     /// The checkpoint schedule after a durable write.
@@ -1028,7 +1142,7 @@ impl<S: Store> Ledger<S> {
         now_ms: u64,
     ) -> Result<Vec<TransferUnit>, LedgerError> {
         let (fresh, plains) = self.fresh(units, encoded)?;
-        let logged = self.log(fresh, &plains, now_ms, false)?;
+        let logged = self.log(fresh, &plains, now_ms, None)?;
         let fresh = self.index(logged)?;
         self.next_own_seq = self.next_own_seq.max(self.store.next_seq(&self.own));
         Ok(fresh)
@@ -1065,7 +1179,7 @@ impl<S: Store> Ledger<S> {
         if let Some(last) = fresh.iter().filter(|u| u.origin == self.own).map(|u| u.seq).max() {
             self.next_own_seq = self.next_own_seq.max(last.saturating_add(1));
         }
-        let mut logged = self.log(fresh, &plains, now_ms, true)?;
+        let mut logged = self.log(fresh, &plains, now_ms, Some(Haste::Later))?;
         if let Some(refs) = &logged.refs {
             let mut starts = BTreeMap::new();
             for (unit, at) in logged.units.iter().zip(refs) {
@@ -1078,7 +1192,15 @@ impl<S: Store> Ledger<S> {
             for &(origin, seq) in &units {
                 self.receiving_units.insert(origin, seq);
             }
-            self.receiving.push_back(Receiving { starts, units });
+            // An application physkey is found while its unit waits for the sync, so a
+            // resubmission meanwhile (the application saw the unit delivered) is `existing`.
+            for unit in
+                logged.units.iter().filter(|u| !u.physkey.is_generated_for(&u.origin, u.seq))
+            {
+                self.pending_keys.insert(unit.physkey, (unit.origin, unit.seq));
+            }
+            let bytes = logged.units.iter().map(|u| (u.payload.len() + u.sensitive.len()) as u64);
+            self.receiving.push_back(Receiving { starts, units, bytes: bytes.sum() });
             logged.received = 1;
         }
         Ok(logged)
@@ -1090,10 +1212,21 @@ impl<S: Store> Ledger<S> {
         &self.receiving_units
     }
 
+    /// The payload bytes of [`Ledger::receiving`].
+    pub fn receiving_bytes(&self) -> u64 {
+        self.receiving.iter().map(|r| r.bytes).sum()
+    }
+
     /// Waits for every log sync started so far (a node whose received batches pile up while
     /// the disk is slow: their units wait in memory). Returns whether all succeeded.
     pub fn wait_for_syncs(&mut self) -> bool {
-        self.collect_syncs(true)
+        // A promised job starts once the others are done: wait for it too.
+        while self.collect_syncs(true) {
+            if !self.owed {
+                return true;
+            }
+        }
+        false
     }
 
     /// What of `units` is new: not held, not being received, not our own from a batch still
@@ -1146,7 +1279,7 @@ impl<S: Store> Ledger<S> {
     ) -> Result<Vec<TransferUnit>, LedgerError> {
         // Indexed at once, these own units would move `covered` past batches still syncing.
         debug_assert!(self.own_syncing.is_empty(), "submit_batch while submit_logged batches wait");
-        let logged = self.log(units, &[], now_ms, false)?;
+        let logged = self.log(units, &[], now_ms, None)?;
         self.index(logged)
     }
 
@@ -1603,6 +1736,64 @@ pub(crate) mod tests {
         assert_eq!(report.replayed, 3, "3, 4 and 5 come back from the logs");
         assert_eq!(ledger.store().units_total(), 6);
         assert!(ledger.receiving().is_empty());
+    }
+
+    /// On the sync thread, jobs queued behind a running one run as one fdatasync per file, and a
+    /// job of received units waits (here: for as long as the test needs) until a job someone
+    /// waits for comes, then runs with it: one run, both durable.
+    #[test]
+    fn queued_syncs_run_as_one_and_received_units_wait_for_company() {
+        static GATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let counted: SyncRunner = |job| {
+            while !GATE.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            job.run()
+        };
+        let root = tempfile::tempdir().unwrap();
+        let dir = data_dir(root.path());
+        let now = 1_764_633_600_000;
+        let unit = |seq| crate::unit::tests::sample_unit(seq, b"sale");
+        let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
+        let forever = std::time::Duration::from_secs(3600);
+        ledger.pipeline_syncs_gap(Box::new(|| ()), counted, forever).unwrap();
+        struct Open;
+        impl Drop for Open {
+            fn drop(&mut self) {
+                GATE.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let _open = Open; // dropped before the ledger
+                          // New files are synced whole, here: one of each kind first.
+        let (_, first) = ledger.submit_logged(vec![sale(0)], now).unwrap();
+        let received = ledger.receive_logged(vec![unit(1)], &[], now).unwrap();
+        ledger.index(first).unwrap();
+        ledger.index(received).unwrap();
+        // Three submits queue behind the gate: the first runs alone, the other two as one.
+        let batches: Vec<Logged> =
+            (1..4).map(|i| ledger.submit_logged(vec![sale(i)], now).unwrap().1).collect();
+        GATE.store(true, std::sync::atomic::Ordering::SeqCst);
+        for logged in &batches {
+            assert_eq!(wait_synced(&mut ledger, logged), SyncState::Durable);
+        }
+        assert!(RUNS.load(std::sync::atomic::Ordering::SeqCst) <= 2, "queued jobs run as one");
+        for logged in batches {
+            ledger.index(logged).unwrap();
+        }
+        // Received units wait for company (the gap is an hour here)...
+        let runs = RUNS.load(std::sync::atomic::Ordering::SeqCst);
+        let received = ledger.receive_logged(vec![unit(2)], &[], now).unwrap();
+        assert_eq!(ledger.sync_state(&received), SyncState::Pending);
+        // ...which a submit brings: one run makes both durable.
+        let (_, submitted) = ledger.submit_logged(vec![sale(4)], now).unwrap();
+        assert_eq!(wait_synced(&mut ledger, &submitted), SyncState::Durable);
+        assert_eq!(ledger.sync_state(&received), SyncState::Durable);
+        assert_eq!(RUNS.load(std::sync::atomic::Ordering::SeqCst), runs + 1);
+        ledger.index(received).unwrap();
+        ledger.index(submitted).unwrap();
+        assert_eq!(ledger.store().units_total(), 7);
     }
 
     /// Units already held and repeats within a batch are skipped, whether the batch is in

@@ -160,12 +160,20 @@ impl Deliveries {
         }
     }
 
-    /// The store does not hold `(origin, seq)` (a gap below the cursor in a replay): move on.
-    pub fn skip(&mut self, origin: DatabaseId, seq: u64) {
+    /// The node does not hold `(origin, seq)`. Below the cursor (a gap in a replay from the
+    /// start) that is nothing to send: move on, and return true. Above it the unit was handed
+    /// over as held and is gone (its log sync failed, and the node refuses writes until it is
+    /// restarted): skipping it would let an acknowledgement of a later unit pass it for good,
+    /// so nothing more of that origin is sent in this run; returns false.
+    pub fn skip(&mut self, origin: DatabaseId, seq: u64) -> bool {
+        if seq > self.acked_of(&origin) {
+            return false;
+        }
         if let Some(sub) = self.sub.as_mut() {
             sub.next.insert(origin, seq + 1);
             sub.last = Some(origin);
         }
+        true
     }
 
     /// The application acknowledges every unit of `origin` up to `seq`.
@@ -226,6 +234,27 @@ mod tests {
             out.push((o, s));
         }
         out
+    }
+
+    /// A unit the node no longer holds is skipped only below the cursor (a gap in a replay from
+    /// the start); one handed over as held and gone (a failed log sync) is never skipped, so no
+    /// acknowledgement of a later unit can pass it.
+    #[test]
+    fn only_a_gap_below_the_cursor_is_skipped() {
+        let a = origin(0);
+        let mut d = Deliveries::new(BTreeMap::from([(a, 3)]));
+        d.handle_deliver(a, 4);
+        d.handle_deliver(a, 5);
+        d.subscribe(ClientId(1), true).unwrap();
+        assert_eq!(d.poll_send().map(|(_, o, s)| (o, s)), Some((a, 1)), "from the start");
+        assert!(d.skip(a, 1), "below the cursor: a gap");
+        assert_eq!(d.poll_send().map(|(_, o, s)| (o, s)), Some((a, 2)));
+        d.mark_sent(a, 2, 10);
+        d.mark_sent(a, 3, 10);
+        assert_eq!(d.poll_send().map(|(_, o, s)| (o, s)), Some((a, 4)));
+        assert!(!d.skip(a, 4), "handed over as held: not skipped");
+        assert_eq!(d.poll_send().map(|(_, o, s)| (o, s)), Some((a, 4)), "still next");
+        assert!(matches!(d.acknowledge(a, 5), Err(AckError::NotDelivered { .. })));
     }
 
     #[test]

@@ -436,7 +436,13 @@ impl Control {
                     }
                     self.deliveries.mark_sent(origin, seq, len);
                 }
-                Ok(None) => self.deliveries.skip(origin, seq),
+                Ok(None) => {
+                    if !self.deliveries.skip(origin, seq) {
+                        // Each turn until the restart: the failed sync itself was logged.
+                        debug!(%origin, seq, "a unit handed for delivery is gone; restart meshnode");
+                        return;
+                    }
+                }
                 Err(err) => {
                     warn!(%origin, seq, %err, "cannot read a unit for the subscriber");
                     return;

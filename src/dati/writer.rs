@@ -516,8 +516,28 @@ struct SyncFile {
 }
 
 impl SyncJob {
+    /// Takes `later`'s files into this job, one fdatasync per file: jobs queued behind a
+    /// running sync then run as one, which covers everything each was started for (a file's
+    /// fdatasync covers all that was written to it before).
+    pub fn absorb(&mut self, later: SyncJob) {
+        for file in later.files {
+            if !self.files.iter().any(|f| f.path == file.path) {
+                self.files.push(file);
+            }
+        }
+    }
+
+    /// A job with nothing to sync: it only hands out a ticket (for batches promised the next
+    /// job when what they need was synced another way).
+    pub fn nothing(writer: &DatiWriter) -> SyncJob {
+        SyncJob { files: Vec::new(), times: writer.times.clone() }
+    }
+
     /// Runs the fdatasyncs (concurrently when there are several files).
     pub fn run(&self) -> Result<(), DatiError> {
+        if self.files.is_empty() {
+            return Ok(());
+        }
         let files: Vec<(Option<&File>, &Path)> =
             self.files.iter().map(|f| (Some(&f.handle), f.path.as_path())).collect();
         let started = std::time::Instant::now();

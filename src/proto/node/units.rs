@@ -15,6 +15,8 @@ use super::{batches, Node, Source, Unanswered, PUSH_HAVE_MS};
 
 /// Received units waiting for their log sync, at most; beyond it the node waits for the disk.
 const RECEIVING_MAX: u64 = 65_536;
+/// Their payload bytes, at most (units may be large).
+const RECEIVING_MAX_BYTES: u64 = 64 << 20;
 
 impl<S: Store> Node<S> {
     /// Takes received units: logs them, sends them on, delivers them, and indexes them once
@@ -45,7 +47,9 @@ impl<S: Store> Node<S> {
             }
         }
         self.stats.units_received += units.len() as u64;
-        if self.ledger.receiving().total() >= RECEIVING_MAX {
+        if self.ledger.receiving().total() >= RECEIVING_MAX
+            || self.ledger.receiving_bytes() >= RECEIVING_MAX_BYTES
+        {
             // The disk is behind: wait for it rather than keep more units in memory.
             self.ledger.wait_for_syncs();
             self.release_submits();
