@@ -254,7 +254,8 @@ pub struct Ledger<S: Store = SledStore> {
     owed: bool,
 }
 
-type SyncRunner = fn(&SyncJob) -> Result<(), DatiError>;
+/// How the sync thread runs a job: [`SyncJob::run`], or a test's failing or gated disk.
+pub(crate) type SyncRunner = Box<dyn Fn(&SyncJob) -> Result<(), DatiError> + Send>;
 
 /// Calls its function when dropped (the sync thread's last word, whatever ends it).
 struct NotifyOnExit(Box<dyn Fn() + Send>);
@@ -823,7 +824,7 @@ impl<S: Store> Ledger<S> {
     /// `notify` after each (from that thread): the caller then asks [`Ledger::sync_state`].
     /// Without daily logs this changes nothing.
     pub fn pipeline_syncs(&mut self, notify: Box<dyn Fn() + Send>) -> std::io::Result<()> {
-        self.pipeline_syncs_with(notify, SyncJob::run)
+        self.pipeline_syncs_with(notify, Box::new(SyncJob::run))
     }
 
     /// [`Ledger::pipeline_syncs`] with another way to run the jobs (tests: a failing disk).
@@ -1479,6 +1480,46 @@ pub(crate) mod tests {
         Err(DatiError::Io { op: "fdatasync", path: "log".into(), source })
     }
 
+    /// A disk whose syncs wait until the gate opens: at [`Gate::open`], or when it is dropped
+    /// (declared after the ledger or node, it is dropped first, so a failed assertion still
+    /// lets the sync thread end and the test report). Counts the runs.
+    pub(crate) struct Gate {
+        open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        runs: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Gate {
+        /// A shut gate and the runner it holds back.
+        pub(crate) fn shut() -> (Gate, SyncRunner) {
+            let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let (o, r) = (open.clone(), runs.clone());
+            let run: SyncRunner = Box::new(move |job| {
+                while !o.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                job.run()
+            });
+            (Gate { open, runs }, run)
+        }
+
+        pub(crate) fn open(&self) {
+            self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+
+        /// Jobs run so far.
+        pub(crate) fn runs(&self) -> usize {
+            self.runs.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for Gate {
+        fn drop(&mut self) {
+            self.open();
+        }
+    }
+
     /// Waits (with a deadline) until `logged` is no longer pending; its state.
     fn wait_synced(ledger: &mut Ledger, logged: &Logged) -> SyncState {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -1556,7 +1597,7 @@ pub(crate) mod tests {
         let dir = data_dir(root.path());
         let now = 1_764_633_600_000;
         let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
-        ledger.pipeline_syncs_with(Box::new(|| ()), failing_sync).unwrap();
+        ledger.pipeline_syncs_with(Box::new(|| ()), Box::new(failing_sync)).unwrap();
         let (_, first) = ledger.submit_logged((0..3).map(sale).collect(), now).unwrap();
         let first = ledger.index(first).unwrap();
         assert_eq!(first.len(), 3, "the first batch names its file: synced whole");
@@ -1586,7 +1627,8 @@ pub(crate) mod tests {
             dir.config.dati.file_size_limit = 4096;
             let now = 1_764_633_600_000;
             let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
-            let run = if failing { failing_sync } else { SyncJob::run };
+            let run: SyncRunner =
+                if failing { Box::new(failing_sync) } else { Box::new(SyncJob::run) };
             ledger.pipeline_syncs_with(Box::new(|| ()), run).unwrap();
             let (_, first) = ledger.submit_logged((0..3).map(sale).collect(), now).unwrap();
             ledger.index(first).unwrap();
@@ -1630,7 +1672,9 @@ pub(crate) mod tests {
         let notify = Box::new(move || {
             let _ = tx.send(());
         });
-        ledger.pipeline_syncs_with(notify, |_| panic!("injected panic in a sync job")).unwrap();
+        ledger
+            .pipeline_syncs_with(notify, Box::new(|_| panic!("injected panic in a sync job")))
+            .unwrap();
         let (_, first) = ledger.submit_logged((0..3).map(sale).collect(), now).unwrap();
         ledger.index(first).unwrap();
         let (_, second) = ledger.submit_logged(vec![sale(3)], now).unwrap();
@@ -1645,17 +1689,11 @@ pub(crate) mod tests {
     /// checkpoint stops the own log short of the waiting batch.
     #[test]
     fn own_units_from_elsewhere_wait_behind_a_syncing_batch() {
-        static GATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        let gated: SyncRunner = |job| {
-            while !GATE.load(std::sync::atomic::Ordering::SeqCst) {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            job.run()
-        };
         let root = tempfile::tempdir().unwrap();
         let dir = data_dir(root.path());
         let now = 1_764_633_600_000;
         let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
+        let (gate, gated) = Gate::shut();
         ledger.pipeline_syncs_with(Box::new(|| ()), gated).unwrap();
         let (_, first) = ledger.submit_logged((0..3).map(sale).collect(), now).unwrap();
         ledger.index(first).unwrap();
@@ -1669,7 +1707,7 @@ pub(crate) mod tests {
         let recorded: BTreeMap<DatabaseId, DatiPosition> =
             meta_decode(ledger.store(), META_CHECKPOINT).unwrap().unwrap();
         assert_eq!(recorded[&own], first_end);
-        GATE.store(true, std::sync::atomic::Ordering::SeqCst);
+        gate.open();
         assert_eq!(wait_synced(&mut ledger, &second), SyncState::Durable);
         assert_eq!(ledger.index(second).unwrap().len(), 2);
         assert!(ledger.own_syncing.is_empty());
@@ -1682,20 +1720,6 @@ pub(crate) mod tests {
     /// index loses nothing (the open replays them).
     #[test]
     fn received_units_wait_for_their_sync_and_survive_a_crash_before_the_index() {
-        static GATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        let gated: SyncRunner = |job| {
-            while !GATE.load(std::sync::atomic::Ordering::SeqCst) {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            job.run()
-        };
-        // Opened also when an assertion fails, so the sync thread ends and the test reports.
-        struct Open;
-        impl Drop for Open {
-            fn drop(&mut self) {
-                GATE.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
         let root = tempfile::tempdir().unwrap();
         let dir = data_dir(root.path());
         let now = 1_764_633_600_000;
@@ -1703,9 +1727,9 @@ pub(crate) mod tests {
         let origin = unit(1).origin;
         let seqs = |logged: &Logged| logged.units().iter().map(|u| u.seq).collect::<Vec<_>>();
         let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
+        let (gate, gated) = Gate::shut();
         ledger.pipeline_syncs_with(Box::new(|| ()), gated).unwrap();
-        let _open = Open; // dropped before the ledger
-                          // The first names the origin's log file: synced whole, durable at once.
+        // The first names the origin's log file: synced whole, durable at once.
         let first = ledger.receive_logged(vec![unit(1), unit(2)], &[], now).unwrap();
         assert_eq!(ledger.sync_state(&first), SyncState::Durable);
         assert_eq!(ledger.index(first).unwrap().len(), 2);
@@ -1728,7 +1752,7 @@ pub(crate) mod tests {
         let recorded: BTreeMap<DatabaseId, DatiPosition> =
             meta_decode(ledger.store(), META_CHECKPOINT).unwrap().unwrap();
         assert_eq!(recorded[&origin], start);
-        GATE.store(true, std::sync::atomic::Ordering::SeqCst);
+        gate.open();
         assert_eq!(wait_synced(&mut ledger, &third), SyncState::Durable);
         drop((second, third));
         drop(ledger); // the crash: neither indexed
@@ -1743,30 +1767,15 @@ pub(crate) mod tests {
     /// waits for comes, then runs with it: one run, both durable.
     #[test]
     fn queued_syncs_run_as_one_and_received_units_wait_for_company() {
-        static GATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let counted: SyncRunner = |job| {
-            while !GATE.load(std::sync::atomic::Ordering::SeqCst) {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            job.run()
-        };
         let root = tempfile::tempdir().unwrap();
         let dir = data_dir(root.path());
         let now = 1_764_633_600_000;
         let unit = |seq| crate::unit::tests::sample_unit(seq, b"sale");
         let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
         let forever = std::time::Duration::from_secs(3600);
+        let (gate, counted) = Gate::shut();
         ledger.pipeline_syncs_gap(Box::new(|| ()), counted, forever).unwrap();
-        struct Open;
-        impl Drop for Open {
-            fn drop(&mut self) {
-                GATE.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-        let _open = Open; // dropped before the ledger
-                          // New files are synced whole, here: one of each kind first.
+        // New files are synced whole, here: one of each kind first.
         let (_, first) = ledger.submit_logged(vec![sale(0)], now).unwrap();
         let received = ledger.receive_logged(vec![unit(1)], &[], now).unwrap();
         ledger.index(first).unwrap();
@@ -1774,23 +1783,23 @@ pub(crate) mod tests {
         // Three submits queue behind the gate: the first runs alone, the other two as one.
         let batches: Vec<Logged> =
             (1..4).map(|i| ledger.submit_logged(vec![sale(i)], now).unwrap().1).collect();
-        GATE.store(true, std::sync::atomic::Ordering::SeqCst);
+        gate.open();
         for logged in &batches {
             assert_eq!(wait_synced(&mut ledger, logged), SyncState::Durable);
         }
-        assert!(RUNS.load(std::sync::atomic::Ordering::SeqCst) <= 2, "queued jobs run as one");
+        assert!(gate.runs() <= 2, "queued jobs run as one");
         for logged in batches {
             ledger.index(logged).unwrap();
         }
         // Received units wait for company (the gap is an hour here)...
-        let runs = RUNS.load(std::sync::atomic::Ordering::SeqCst);
+        let runs = gate.runs();
         let received = ledger.receive_logged(vec![unit(2)], &[], now).unwrap();
         assert_eq!(ledger.sync_state(&received), SyncState::Pending);
         // ...which a submit brings: one run makes both durable.
         let (_, submitted) = ledger.submit_logged(vec![sale(4)], now).unwrap();
         assert_eq!(wait_synced(&mut ledger, &submitted), SyncState::Durable);
         assert_eq!(ledger.sync_state(&received), SyncState::Durable);
-        assert_eq!(RUNS.load(std::sync::atomic::Ordering::SeqCst), runs + 1);
+        assert_eq!(gate.runs(), runs + 1);
         ledger.index(received).unwrap();
         ledger.index(submitted).unwrap();
         assert_eq!(ledger.store().units_total(), 7);

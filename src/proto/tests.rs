@@ -860,26 +860,29 @@ fn until_synced<S: Store>(node: &mut Node<S>, signals: &std::sync::mpsc::Receive
     }
 }
 
-/// With log syncs pipelined, a group commit is answered (and indexed) only after its sync
-/// ended and the driver said so; two batches may wait at once, and they and a submit refused
-/// at once behind them are answered in submission order.
-#[test]
-fn pipelined_submits_are_answered_only_once_durable_in_order() {
-    // The sync thread's jobs wait for this gate: the test decides when the disk is done.
-    static GATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let gated = |job: &crate::dati::SyncJob| {
-        while !GATE.load(std::sync::atomic::Ordering::SeqCst) {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        job.run()
-    };
-    let root = tempfile::tempdir().unwrap();
-    let mut node = node_on_disk(root.path());
+/// A node on disk whose log syncs wait for the gate (declared after the node, so dropped
+/// first); the receiver gets a signal after each sync job.
+fn gated_node(
+    dir: &std::path::Path,
+) -> (Node<crate::store::SledStore>, crate::ledger::tests::Gate, std::sync::mpsc::Receiver<()>) {
+    let mut node = node_on_disk(dir);
+    let (gate, gated) = crate::ledger::tests::Gate::shut();
     let (tx, signals) = std::sync::mpsc::channel();
     let notify = Box::new(move || {
         let _ = tx.send(());
     });
     node.ledger_mut().pipeline_syncs_with(notify, gated).unwrap();
+    (node, gate, signals)
+}
+
+/// With log syncs pipelined, a group commit is answered (and indexed) only after its sync
+/// ended and the driver said so; two batches may wait at once, and they and a submit refused
+/// at once behind them are answered in submission order.
+#[test]
+fn pipelined_submits_are_answered_only_once_durable_in_order() {
+    // The sync thread's jobs wait for the gate: the test decides when the disk is done.
+    let root = tempfile::tempdir().unwrap();
+    let (mut node, gate, signals) = gated_node(root.path());
     let now = Time::from_millis(1_764_633_600_000);
     // The first batch names the origin's log file: synced whole, answered at once.
     node.handle(now, Input::SubmitBatch(sales(0..3)));
@@ -894,7 +897,7 @@ fn pipelined_submits_are_answered_only_once_durable_in_order() {
     node.handle(now, Input::LogsSynced);
     assert_eq!(answers(&mut node), [], "nothing answered before its sync ends");
     assert_eq!(node.ledger().store().units_total(), 3, "nor indexed");
-    GATE.store(true, std::sync::atomic::Ordering::SeqCst);
+    gate.open();
     until_synced(&mut node, &signals);
     assert_eq!(answers(&mut node), [Some(4), Some(5), Some(6), None], "in submission order");
     assert_eq!(node.ledger().store().units_total(), 6);
@@ -906,7 +909,7 @@ fn a_failed_log_sync_refuses_its_batch_and_the_later_ones() {
     let root = tempfile::tempdir().unwrap();
     let mut node = node_on_disk(root.path());
     let (tx, signals) = std::sync::mpsc::channel();
-    let failing = crate::ledger::tests::failing_sync;
+    let failing = Box::new(crate::ledger::tests::failing_sync);
     let notify = Box::new(move || {
         let _ = tx.send(());
     });
@@ -929,20 +932,6 @@ fn a_failed_log_sync_refuses_its_batch_and_the_later_ones() {
 #[test]
 fn received_units_are_delivered_before_their_log_sync_and_indexed_after() {
     use crate::proto::io::ReceivedDatagram;
-    static GATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let gated = |job: &crate::dati::SyncJob| {
-        while !GATE.load(std::sync::atomic::Ordering::SeqCst) {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        job.run()
-    };
-    // Opened also when an assertion fails, so the sync thread ends and the test reports.
-    struct Open;
-    impl Drop for Open {
-        fn drop(&mut self) {
-            GATE.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
     // The origin: a node of the same system, whose multicasts are taken by hand.
     let mut h = Harness::new(&[Role::Lane, Role::Lane], &[true, true], &[]);
     h.run_until(h.now.plus_millis(3_000));
@@ -964,13 +953,7 @@ fn received_units_are_delivered_before_their_log_sync_and_indexed_after() {
     let origin = h.nodes[0].dbid();
 
     let root = tempfile::tempdir().unwrap();
-    let mut node = node_on_disk(root.path());
-    let (tx, signals) = std::sync::mpsc::channel();
-    let notify = Box::new(move || {
-        let _ = tx.send(());
-    });
-    node.ledger_mut().pipeline_syncs_with(notify, gated).unwrap();
-    let _open = Open; // dropped before the node
+    let (mut node, gate, signals) = gated_node(root.path());
     let take = |node: &mut Node<_>, d: &ReceivedDatagram| {
         node.handle(now, Input::Datagram { from: d.from, to: d.to, bytes: &d.bytes });
     };
@@ -996,7 +979,7 @@ fn received_units_are_delivered_before_their_log_sync_and_indexed_after() {
     }
     assert_eq!(node.stats().units_new, 5, "copies arriving meanwhile are not taken again");
     assert!(std::iter::from_fn(|| node.poll_output()).all(|o| !matches!(o, Output::Deliver(_))));
-    GATE.store(true, std::sync::atomic::Ordering::SeqCst);
+    gate.open();
     until_synced(&mut node, &signals);
     assert_eq!(node.ledger().store().units_total(), 5);
     assert_eq!(node.status().queues.received_syncing, 0);
