@@ -170,14 +170,11 @@ impl Logged {
         self.received += next.received;
     }
 
-    /// The unit `seq` of `origin`, if this batch has it.
+    /// The unit `seq` of `origin`, if this batch has it (not for a joined batch, whose units
+    /// need not be in order).
     pub fn unit(&self, origin: &DatabaseId, seq: u64) -> Option<&TransferUnit> {
-        let found = if self.received == 1 {
-            self.units.binary_search_by(|u| (&u.origin, u.seq).cmp(&(origin, seq))).ok()
-        } else {
-            self.units.iter().position(|u| u.origin == *origin && u.seq == seq)
-        };
-        found.and_then(|i| self.units.get(i))
+        let found = self.units.binary_search_by(|u| (&u.origin, u.seq).cmp(&(origin, seq)));
+        found.ok().and_then(|i| self.units.get(i))
     }
 }
 
@@ -324,19 +321,13 @@ impl LogSyncer {
                 let until = last_end + gap;
                 while haste == Haste::Later {
                     let left = until.saturating_duration_since(std::time::Instant::now());
-                    match rx.recv_timeout(left) {
-                        Ok((next, next_haste)) if !left.is_zero() => {
-                            job.absorb(next);
-                            count += 1;
-                            haste = next_haste;
-                        }
-                        Ok((next, _)) => {
-                            job.absorb(next);
-                            count += 1;
-                            break;
-                        }
-                        Err(_) => break,
+                    if left.is_zero() {
+                        break;
                     }
+                    let Ok((next, next_haste)) = rx.recv_timeout(left) else { break };
+                    job.absorb(next);
+                    count += 1;
+                    haste = next_haste;
                 }
                 // Jobs queued behind the running one run as one.
                 while let Ok((next, _)) = rx.try_recv() {

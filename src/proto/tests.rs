@@ -609,6 +609,22 @@ fn a_peer_with_two_links_keeps_the_better_kind_on_both_ends() {
     assert!(rtt > 0.0 && rtt < 10.0, "rtt {rtt} ms over a 0.5 ms simulated link");
 }
 
+/// The environment-group multicasts among `node`'s outputs until now, as another node on the
+/// LAN receives them.
+fn group_datagrams(node: &mut Node<MemoryStore>) -> Vec<crate::proto::io::ReceivedDatagram> {
+    let mut datagrams = Vec::new();
+    while let Some(out) = node.poll_output() {
+        if let Output::Datagram { to: DatagramDest::Group(_), bytes } = out {
+            datagrams.push(crate::proto::io::ReceivedDatagram {
+                from: "10.0.0.1:7000".parse().unwrap(),
+                to: DatagramDest::Group("239.192.6.20:7083".parse().unwrap()),
+                bytes,
+            });
+        }
+    }
+    datagrams
+}
+
 #[test]
 fn a_burst_of_multicast_datagrams_is_taken_in_one_batch_like_one_by_one() {
     use crate::proto::io::ReceivedDatagram;
@@ -626,15 +642,7 @@ fn a_burst_of_multicast_datagrams_is_taken_in_one_batch_like_one_by_one() {
             sensitive: Vec::new(),
         };
         h.nodes[0].handle(now, Input::Submit(sub));
-        while let Some(out) = h.nodes[0].poll_output() {
-            if let Output::Datagram { to: DatagramDest::Group(_), bytes } = out {
-                datagrams.push(ReceivedDatagram {
-                    from: "10.0.0.1:7000".parse().unwrap(),
-                    to: DatagramDest::Group("239.192.6.20:7083".parse().unwrap()),
-                    bytes,
-                });
-            }
-        }
+        datagrams.extend(group_datagrams(&mut h.nodes[0]));
     }
     assert!(datagrams.len() >= 40, "one multicast per submit at least");
     // Node 1 takes them one by one, node 2 as one burst (with a junk datagram in it).
@@ -939,15 +947,7 @@ fn received_units_are_delivered_before_their_log_sync_and_indexed_after() {
     let mut datagrams = Vec::new();
     for i in 0..5 {
         h.nodes[0].handle(now, Input::Submit(sale(format!("sale {i}").as_bytes())));
-        while let Some(out) = h.nodes[0].poll_output() {
-            if let Output::Datagram { to: DatagramDest::Group(_), bytes } = out {
-                datagrams.push(ReceivedDatagram {
-                    from: "10.0.0.1:7000".parse().unwrap(),
-                    to: DatagramDest::Group("239.192.6.20:7083".parse().unwrap()),
-                    bytes,
-                });
-            }
-        }
+        datagrams.extend(group_datagrams(&mut h.nodes[0]));
     }
     assert_eq!(datagrams.len(), 5, "one multicast per submit");
     let origin = h.nodes[0].dbid();
