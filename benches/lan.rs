@@ -247,6 +247,11 @@ impl Mesh {
     fn rss(&self) -> Vec<u64> {
         self.children.iter().map(|c| vm_rss(c.id())).collect()
     }
+
+    /// CPU time each node has used so far (user + system).
+    fn cpu(&self) -> Vec<Duration> {
+        self.children.iter().map(|c| cpu_time(c.id())).collect()
+    }
 }
 
 fn socket(dir: &Path) -> PathBuf {
@@ -262,6 +267,17 @@ fn vm_rss(pid: u32) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(0, |kib| kib * 1024)
+}
+
+/// User + system CPU time of `pid`, all its threads (zero if unreadable): fields 14 and 15 of
+/// `/proc/PID/stat`, in clock ticks (100 per second on Linux).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; the fields after it are plain.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 =
+        after_name.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum();
+    Duration::from_millis(ticks * 10)
 }
 
 /// A control socket connection: lines out, lines in.
@@ -748,6 +764,7 @@ fn lan(o: &Opts) -> anyhow::Result<Vec<String>> {
         (0..o.units as u64).map(|i| submit_line(base + i, o.payload)).collect();
     let want = base + o.units as u64;
     let drops_before = udp_rcvbuf_errors();
+    let cpu_before = mesh.cpu();
     let start = Instant::now();
     let pipe = std::thread::spawn(move || pipeline(submitter, lines));
     let mut accepted_secs = None;
@@ -763,6 +780,17 @@ fn lan(o: &Opts) -> anyhow::Result<Vec<String>> {
         Ok(held.iter().all(|s| s["units_total"].as_u64() == Some(want)))
     })?;
     let secs = start.elapsed().as_secs_f64();
+    // CPU per unit, each node: what the throughput costs, apart from how the machine shares out
+    // its cores (at a 10 ms tick, about +-1 us per unit over 10,000 units).
+    let cpu_us_per_unit: Vec<f64> = mesh
+        .cpu()
+        .iter()
+        .zip(&cpu_before)
+        .map(|(after, before)| {
+            let us = after.saturating_sub(*before).as_secs_f64() * 1e6 / o.units as f64;
+            (us * 10.0).round() / 10.0
+        })
+        .collect();
     let statuses: Vec<Value> =
         clients.iter_mut().map(Client::status).collect::<anyhow::Result<_>>()?;
     let udp_drops = udp_rcvbuf_errors().saturating_sub(drops_before);
@@ -833,6 +861,7 @@ fn lan(o: &Opts) -> anyhow::Result<Vec<String>> {
         "throughput_of_ceiling": throughput / ceiling,
         "all_accepted_at_node1_secs": accepted_secs,
         "all_held_everywhere_secs": secs,
+        "throughput_cpu_us_per_unit": cpu_us_per_unit,
         "latency": {"offered_per_sec": o.rate, "units": lat.len(), "p50_ms": p50, "p99_ms": p99, "max_ms": max},
         "receipt_latency_node1": {"p50_ms": percentile(&accepted, 0.5), "p99_ms": percentile(&accepted, 0.99)},
         "disk_sync": {
@@ -876,6 +905,7 @@ fn lan(o: &Opts) -> anyhow::Result<Vec<String>> {
             "  throughput              {throughput:.0} units/s ({:.1}% of the ceiling; target >= 25%); all accepted at node 1 after {accepted_secs:.2} s, held everywhere after {secs:.2} s",
             100.0 * throughput / ceiling
         );
+        println!("  CPU per unit (us)       {cpu_us_per_unit:?} (nodes 1-3, during the throughput phase)");
         println!(
             "  latency at {}/s         p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms over {} units (target p99 <= 5 ms)",
             o.rate,
