@@ -227,7 +227,9 @@ pub struct Ledger<S: Store = SledStore> {
     background: Option<BackgroundCheckpoints>,
     /// Checkpoints that failed after a write (the write itself stood).
     checkpoint_failures: u64,
-    poisoned: bool,
+    /// Why the ledger refuses all writes: a write, sync or index failed part way, so what is
+    /// durable is not known here. Only a reopen (which replays what reached the disk) clears it.
+    failure: Option<String>,
     /// Per origin, the end of the last record indexed: what a checkpoint may record. Not the
     /// logs' own end: with syncs pipelined a batch can be in the logs (even durable) and not yet
     /// in the store, and a checkpoint past it would skip its replay after a crash and hand its
@@ -650,7 +652,7 @@ impl<S: Store> Ledger<S> {
             last_checkpoint_ms: None,
             background: None,
             checkpoint_failures: 0,
-            poisoned: false,
+            failure: None,
             covered: BTreeMap::new(),
             pending_keys: std::collections::HashMap::new(),
             own_syncing: std::collections::VecDeque::new(),
@@ -665,6 +667,21 @@ impl<S: Store> Ledger<S> {
     /// replay at the next open).
     pub fn checkpoint_failures(&self) -> u64 {
         self.checkpoint_failures
+    }
+
+    /// Why this ledger refuses all writes, if it does: the first failure that left what is
+    /// durable unknown. The node stops on it and `meshnode run` reopens the data directory.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    /// Refuses every write from now on, keeping the first cause for the operator.
+    fn poison(&mut self, cause: impl std::fmt::Display) {
+        if self.failure.is_none() {
+            let cause = cause.to_string();
+            tracing::error!(%cause, "the store failed; it accepts nothing until reopened");
+            self.failure = Some(cause);
+        }
     }
 
     /// The store, for reads.
@@ -701,7 +718,7 @@ impl<S: Store> Ledger<S> {
         }
         // A unit delivered before its log sync failed is gone until a restart brings it back:
         // a cursor moved past it now would skip it for good.
-        if self.poisoned {
+        if self.failure.is_some() {
             return Err(LedgerError::Poisoned);
         }
         let mut cursor = self.store.cursor(app)?;
@@ -861,14 +878,14 @@ impl<S: Store> Ledger<S> {
                 dati.sync_failed(e);
             }
         }
-        let ok = syncer.failed.is_none();
-        if !ok {
-            self.poisoned = true;
+        let failed = syncer.failed.as_ref().map(|(_, why)| why.clone());
+        let ok = failed.is_none();
+        if let Some(why) = failed {
+            self.poison(format_args!("a daily log sync failed: {why}"));
         } else if self.owed && syncer.issued == syncer.finished {
             // The job the promised batches wait for.
             if let Err(e) = self.issue_owed() {
-                tracing::warn!(%e, "a log sync could not start");
-                self.poisoned = true;
+                self.poison(format_args!("a daily log sync could not start: {e}"));
                 return false;
             }
         }
@@ -924,7 +941,7 @@ impl<S: Store> Ledger<S> {
         }
         let located: Vec<(TransferUnit, BodyRef)> = units.into_iter().zip(refs).collect();
         if let Err(e) = self.store.insert_located(&located, &[]) {
-            self.poisoned = true;
+            self.poison(format_args!("indexing units in the store failed: {e}"));
             return Err(e.into());
         }
         self.cover(&located);
@@ -993,7 +1010,7 @@ impl<S: Store> Ledger<S> {
             Err(e) => {
                 // Part of the batch may be in the logs; a retry with the same seqs would write
                 // different units under them. Refuse until reopened (which replays the logs).
-                self.poisoned = true;
+                self.poison(format_args!("writing the daily logs failed: {e}"));
                 Err(e)
             }
         }
@@ -1046,7 +1063,7 @@ impl<S: Store> Ledger<S> {
 
     /// Validates, deduplicates and numbers a batch. Writes nothing.
     fn prepare(&mut self, subs: Vec<Submission>, now_ms: u64) -> Result<Prepared, LedgerError> {
-        if self.poisoned {
+        if self.failure.is_some() {
             return Err(LedgerError::Poisoned);
         }
         for sub in &subs {
@@ -1229,7 +1246,7 @@ impl<S: Store> Ledger<S> {
         units: Vec<TransferUnit>,
         encoded: &'a [Vec<u8>],
     ) -> Result<(Vec<TransferUnit>, Vec<Option<&'a [u8]>>), LedgerError> {
-        if self.poisoned {
+        if self.failure.is_some() {
             return Err(LedgerError::Poisoned);
         }
         // While own batches wait for their sync (pipelined), units of our own origin from
@@ -1284,7 +1301,7 @@ impl<S: Store> Ledger<S> {
     ) -> Result<Vec<InsertOutcome>, LedgerError> {
         let outcomes = self.store.insert_batch(units, &[])?;
         if let Err(e) = self.store.flush() {
-            self.poisoned = true;
+            self.poison(format_args!("flushing the store failed: {e}"));
             return Err(e.into());
         }
         Ok(outcomes)
@@ -1336,7 +1353,7 @@ impl<S: Store> Ledger<S> {
     /// sync). Not once a write failed part way (poisoned): the store may lack units the logs
     /// have, and only a replay at the next open puts them back.
     fn may_checkpoint(&self) -> Result<(), LedgerError> {
-        if self.poisoned {
+        if self.failure.is_some() {
             Err(LedgerError::Poisoned)
         } else {
             Ok(())
@@ -1367,7 +1384,7 @@ impl<S: Store> Ledger<S> {
 
     /// Checkpoints and closes; the next open replays nothing.
     pub fn close(mut self) -> Result<(), LedgerError> {
-        if self.poisoned {
+        if self.failure.is_some() {
             return Err(LedgerError::Poisoned);
         }
         self.checkpoint_now()
@@ -1590,6 +1607,7 @@ pub(crate) mod tests {
         let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
         ledger.pipeline_syncs_with(Box::new(|| ()), Box::new(failing_sync)).unwrap();
         let (_, first) = ledger.submit_logged((0..3).map(sale).collect(), now).unwrap();
+        assert_eq!(ledger.failure(), None);
         let first = ledger.index(first).unwrap();
         assert_eq!(first.len(), 3, "the first batch names its file: synced whole");
         let (_, second) = ledger.submit_logged(vec![sale(3)], now).unwrap();
@@ -1599,6 +1617,9 @@ pub(crate) mod tests {
         );
         assert!(matches!(ledger.sync_state(&third), SyncState::Failed(_)));
         assert!(matches!(ledger.submit_logged(vec![sale(5)], now), Err(LedgerError::Poisoned)));
+        // The operator is told why (the node stops on it, and `meshnode run` reopens).
+        let failure = ledger.failure().expect("a failed ledger says why");
+        assert!(failure.starts_with("a daily log sync failed") && failure.contains("injected"));
         drop((second, third));
         drop(ledger);
         let (ledger, report) = Ledger::open(&dir, InstanceId([2; 16])).unwrap();
@@ -1864,7 +1885,7 @@ pub(crate) mod tests {
         let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
         let (_, logged) = ledger.submit_logged((0..5).map(sale).collect(), now).unwrap();
         // As if the index write failed: poisoned, the batch only in the logs.
-        ledger.poisoned = true;
+        ledger.poison("test");
         drop(logged);
         assert!(matches!(ledger.checkpoint(), Err(LedgerError::Poisoned)));
         assert!(matches!(ledger.checkpoint_now(), Err(LedgerError::Poisoned)));

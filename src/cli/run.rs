@@ -3,8 +3,9 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -48,7 +49,89 @@ fn parse_role(s: &str) -> Result<Role, String> {
     }
 }
 
+/// Runs the node until SIGINT/SIGTERM. When its store fails (a write, sync or index that
+/// leaves what is durable unknown: a full or failing disk), the node stops, and this reopens
+/// the data directory after a pause (1 s, doubling to a minute while it keeps failing), which
+/// replays what reached the disk, so a node recovers once the disk does, without an operator.
+/// The failure is kept in `run/store-failure.json` for `--status`.
 pub(super) fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
+    let stop = Stop::listen()?;
+    let mut failure: Option<StoreFailure> = None;
+    let mut consecutive = 0u32;
+    loop {
+        let started = Instant::now();
+        let mut on_started = || {
+            if let Some(f) = failure.as_mut() {
+                f.next_attempt_unix_ms = None;
+                f.write(dir);
+                eprintln!("meshnode reopened its data directory after the store failure");
+            }
+        };
+        let cause = match run_once(dir, &args, &stop, &mut on_started) {
+            Ok(Ended::Stopped) => return Ok(()),
+            Ok(Ended::StoreFailed(cause)) => cause,
+            // The first start reports its error as before; a restart that cannot open the data
+            // directory yet (the disk still failing) tries again later.
+            Err(e) if failure.is_none() => return Err(e),
+            Err(e) => format!("{e:#}"),
+        };
+        if started.elapsed() >= STEADY_RUN {
+            consecutive = 0;
+        }
+        consecutive += 1;
+        let pause = RESTART_PAUSE_FIRST
+            .saturating_mul(1 << (consecutive - 1).min(6))
+            .min(RESTART_PAUSE_MAX);
+        let restarts = failure.as_ref().map_or(0, |f| f.restarts) + 1;
+        let record = StoreFailure::new(cause, restarts, pause);
+        record.write(dir);
+        eprintln!(
+            "meshnode: the store failed: {}\n  the node stopped; it reopens {} in {} s (replaying its daily logs: nothing acknowledged is lost). If this repeats, check that disk: free space, `dmesg`.",
+            record.cause,
+            dir.display(),
+            pause.as_secs()
+        );
+        failure = Some(record);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .context("cannot start the async runtime")?;
+        let stopped = runtime.block_on(async {
+            tokio::select! {
+                () = stop.requested() => true,
+                () = tokio::time::sleep(pause) => false,
+            }
+        });
+        if stopped {
+            eprintln!("meshnode stopped (its store had failed; the next start reopens it)");
+            return Ok(());
+        }
+    }
+}
+
+/// How the node's run ended.
+enum Ended {
+    /// SIGINT or SIGTERM: a clean stop.
+    Stopped,
+    /// The store failed; why.
+    StoreFailed(String),
+}
+
+/// The first pause before reopening a failed store; it doubles while the store keeps failing.
+const RESTART_PAUSE_FIRST: Duration = Duration::from_secs(1);
+/// The longest pause before reopening a failed store.
+const RESTART_PAUSE_MAX: Duration = Duration::from_secs(60);
+/// A run this long resets the pause to [`RESTART_PAUSE_FIRST`].
+const STEADY_RUN: Duration = Duration::from_secs(60);
+
+/// One start of the node: open the data directory, run until stopped or until the store
+/// fails, close. `on_started` runs once the node is about to run.
+fn run_once(
+    dir: &Path,
+    args: &RunArgs,
+    stop: &Arc<Stop>,
+    on_started: &mut dyn FnMut(),
+) -> anyhow::Result<Ended> {
     let mut rng = rand::rngs::OsRng;
     let instance = InstanceId::random(&mut rng);
     let (datadir, ledger) = open_waiting(dir, instance)?;
@@ -137,12 +220,124 @@ pub(super) fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let node =
-        runtime.block_on(async { driver::run(node, driver_cfg, shutdown_signal()).await })?;
+    on_started();
+    let node = runtime.block_on(async { driver::run(node, driver_cfg, stop.requested()).await })?;
+    if let Some(cause) = node.store_failure() {
+        let cause = cause.to_string();
+        // A failed ledger cannot checkpoint; the next open replays its logs instead.
+        drop(node);
+        drop(runtime);
+        drop(datadir);
+        return Ok(Ended::StoreFailed(cause));
+    }
     node.into_ledger().close().context("cannot close the store cleanly")?;
     drop(datadir);
     eprintln!("meshnode stopped");
-    Ok(())
+    Ok(Ended::Stopped)
+}
+
+/// SIGINT and SIGTERM, heard for the whole process, across the node's restarts (each start
+/// has a runtime of its own, dropped with everything it ran).
+struct Stop {
+    requested: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Stop {
+    /// Installs the handlers (before returning, so that no signal is missed) and waits for
+    /// them on a thread of their own.
+    fn listen() -> anyhow::Result<Arc<Stop>> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let stop = Arc::new(Stop { requested: AtomicBool::new(false), notify: Default::default() });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .context("cannot start the signal handler")?;
+        let handlers = runtime
+            .block_on(async { (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) });
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            // Without signal handlers the node runs until killed; kill -9 loses nothing
+            // acknowledged.
+            return Ok(stop);
+        };
+        let heard = stop.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                });
+                heard.requested.store(true, Ordering::SeqCst);
+                heard.notify.notify_waiters();
+            })
+            .context("cannot start the signal handler")?;
+        Ok(stop)
+    }
+
+    /// Completes once a stop was asked for (at once if it was already).
+    async fn requested(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.requested.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// The last store failure of this data directory (`run/store-failure.json`), for `--status`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct StoreFailure {
+    /// What failed, as the store reported it.
+    pub cause: String,
+    /// When (Unix ms).
+    pub at_unix_ms: u64,
+    /// How many times this `meshnode run` reopened the data directory after a failure.
+    pub restarts: u32,
+    /// When the next reopen is due (Unix ms); `null` once the node runs again.
+    pub next_attempt_unix_ms: Option<u64>,
+    /// The `meshnode run` process.
+    pub pid: u32,
+}
+
+/// Where [`StoreFailure`] is kept, inside the data directory.
+pub(crate) const STORE_FAILURE_FILE: &str = "run/store-failure.json";
+
+impl StoreFailure {
+    fn new(cause: String, restarts: u32, pause: Duration) -> StoreFailure {
+        let now = super::now_ms();
+        StoreFailure {
+            cause,
+            at_unix_ms: now,
+            restarts,
+            next_attempt_unix_ms: Some(now + pause.as_millis() as u64),
+            pid: std::process::id(),
+        }
+    }
+
+    /// Best effort: a full disk may refuse it too (the next attempt writes it again).
+    fn write(&self, dir: &Path) {
+        let path = dir.join(STORE_FAILURE_FILE);
+        let tmp = path.with_extension("json.tmp");
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| serde_json::to_vec(self).map_err(std::io::Error::other))
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), %e, "cannot record the store failure");
+        }
+    }
+
+    /// The record in `dir`, if any and readable.
+    pub(crate) fn read(dir: &Path) -> Option<StoreFailure> {
+        serde_json::from_slice(&std::fs::read(dir.join(STORE_FAILURE_FILE)).ok()?).ok()
+    }
 }
 
 /// Binds the TCP listener and the UDP socket of QUIC links on one address, so the announced

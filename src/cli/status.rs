@@ -1,6 +1,9 @@
 //! `meshnode --status`: what this node is and holds, for an operator (table) or a script
 //! (`--json`). Works whether or not another process holds the data directory; a running node
 //! is asked for a fresh snapshot on its control socket (falling back to `run/status.json`).
+//! A store failure of the last day (`run/store-failure.json`, see `meshnode run`) is shown
+//! whether or not the node runs; a store that cannot be opened is shown, then fails the
+//! command.
 
 use std::path::Path;
 use std::time::Duration;
@@ -30,6 +33,7 @@ pub(super) fn run(dir: &Path, as_json: bool) -> anyhow::Result<()> {
         "key_epoch": key_epoch,
         "dati_files": dati_files,
     });
+    let mut unreadable = None;
     match DirLock::holder(dir) {
         Some(pid) => describe_busy(&mut status, dir, &pid)?,
         None => match super::open_ledger(dir) {
@@ -43,17 +47,40 @@ pub(super) fn run(dir: &Path, as_json: bool) -> anyhow::Result<()> {
                     let pid = pid.clone();
                     describe_busy(&mut status, dir, &pid)?
                 }
-                _ => return Err(e),
+                // Still show what the files say (and a store failure being recovered from),
+                // then fail with the reason.
+                _ => {
+                    if let Ok(identity) = read_identity(dir) {
+                        status["dbid"] = json!(identity.dbid.as_str());
+                    }
+                    status["store_error"] = json!(format!("{e:#}"));
+                    unreadable = Some(e);
+                }
             },
         },
+    }
+    // A store failure in the last day, recovered or not (see `meshnode run`).
+    if let Some(failure) = super::run::StoreFailure::read(dir) {
+        let ago_ms = super::now_ms().saturating_sub(failure.at_unix_ms);
+        if ago_ms < FAILURE_SHOWN_FOR.as_millis() as u64 {
+            let mut shown = serde_json::to_value(&failure)?;
+            shown["ago_secs"] = json!(ago_ms / 1000);
+            status["last_store_failure"] = shown;
+        }
     }
     if as_json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
         print_table(&status);
     }
-    Ok(())
+    match unreadable {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
+
+/// How long `--status` shows a store failure after it happened.
+const FAILURE_SHOWN_FOR: Duration = Duration::from_secs(24 * 3600);
 
 /// What the files tell while another process (a submit, or the node) has the store open, and
 /// the running node's own snapshot when it answers.
@@ -114,6 +141,12 @@ fn print_table(s: &serde_json::Value) {
         Some(pid) => println!("node      not running; data directory busy (pid {})", text(pid)),
         None => println!("node      not running"),
     }
+    if let Some(f) = s["last_store_failure"].as_object() {
+        print_store_failure(f, s["running"] == true);
+    }
+    if let Some(e) = s["store_error"].as_str() {
+        println!("STORE     cannot open: {e}");
+    }
     println!("key epoch {}", text(&s["key_epoch"]));
     println!("units     {}", text(&s["units_total"]));
     if let Some(origins) = s["units_by_origin"].as_object() {
@@ -128,6 +161,38 @@ fn print_table(s: &serde_json::Value) {
     println!("daily logs {}", files.len());
     for f in files {
         println!("  {}  {} bytes", text(&f["name"]), text(&f["size"]));
+    }
+}
+
+/// A store failure of the last day: still waiting to reopen (the node is down), or recovered.
+fn print_store_failure(f: &serde_json::Map<String, serde_json::Value>, running: bool) {
+    let cause = f.get("cause").and_then(|v| v.as_str()).unwrap_or("-");
+    let ago = f.get("ago_secs").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let restarts = f.get("restarts").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let next = f.get("next_attempt_unix_ms").and_then(serde_json::Value::as_u64);
+    match next {
+        Some(at) if !running => {
+            let in_secs = at.saturating_sub(super::now_ms()).div_ceil(1000);
+            let pid = f.get("pid").and_then(serde_json::Value::as_u64).unwrap_or(0);
+            println!(
+                "STORE     FAILED {} ago: {cause}\n          `meshnode run` (pid {pid}) reopens the data directory in {in_secs} s, replaying its daily logs (nothing acknowledged is lost); if this repeats, check the disk: free space, `dmesg`",
+                duration_text(ago)
+            );
+        }
+        _ => println!(
+            "store     failed {} ago and was reopened ({restarts} restart{}): {cause}",
+            duration_text(ago),
+            if restarts == 1 { "" } else { "s" }
+        ),
+    }
+}
+
+/// `secs` for a person: 42 s, 7 min, 5 h.
+fn duration_text(secs: u64) -> String {
+    match secs {
+        0..=119 => format!("{secs} s"),
+        120..=7199 => format!("{} min", secs / 60),
+        _ => format!("{} h", secs / 3600),
     }
 }
 
@@ -180,6 +245,9 @@ fn print_running(n: &serde_json::Value) {
         text(&n["discovery_group"]),
         text(&n["env_group"])
     );
+    if let Some(cause) = n["store_failure"].as_str() {
+        println!("STORE     FAILED: {cause}; the node is stopping to reopen its data directory");
+    }
     let unsafe_backlog = n["unsafe_backlog"].as_u64().unwrap_or(0);
     if unsafe_backlog == 0 {
         println!("safe      every own unit is held by a main server");

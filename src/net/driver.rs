@@ -179,6 +179,9 @@ pub fn wall_time() -> Time {
     Time(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64))
 }
 
+/// How long a node whose store failed waits for the log syncs still running before it stops.
+const FAILED_SYNCS_WITHIN: Duration = Duration::from_secs(10);
+
 /// Runs `node` until `shutdown` completes, then returns it (for a clean close of its ledger).
 pub async fn run<S: Store>(
     mut node: Node<S>,
@@ -294,6 +297,12 @@ pub async fn run<S: Store>(
         while let Some(out) = node.poll_relay_output() {
             to_relay(out, &relays);
         }
+        if let Some(cause) = node.store_failure() {
+            // Nothing more can be stored: stop (the refusals above are out), and let the caller
+            // reopen the data directory, which replays what reached the disk.
+            tracing::error!(%cause, "the store failed: stopping the node");
+            break;
+        }
         if let Some(control) = control.as_mut() {
             control.pump(|origin, seq| node.unit(origin, seq));
         }
@@ -333,10 +342,19 @@ pub async fn run<S: Store>(
     }
     // Submits still syncing are answered (their clients may still be there), and received
     // units still syncing are indexed, before the ledger closes.
-    while node.syncing() > 0 {
-        synced.notified().await;
-        node.handle(wall_time(), Input::LogsSynced);
-        drain_outputs(&mut node, &mut control, &senders, &mut links).await;
+    let failed = node.store_failure().is_some();
+    let syncs_done = async {
+        while node.syncing() > 0 {
+            synced.notified().await;
+            node.handle(wall_time(), Input::LogsSynced);
+            drain_outputs(&mut node, &mut control, &senders, &mut links).await;
+        }
+    };
+    if !failed {
+        syncs_done.await;
+    } else if tokio::time::timeout(FAILED_SYNCS_WITHIN, syncs_done).await.is_err() {
+        // A disk that failed may also hang: what is still syncing is not known durable anyway.
+        tracing::warn!("log syncs still running {FAILED_SYNCS_WITHIN:?} after the store failed");
     }
     // The relay sessions end with a `Fin` (their peers see the link down now, not after
     // minutes of silence); the relay tasks send it and wait for the relay to confirm it.

@@ -502,6 +502,12 @@ impl<S: Store> Node<S> {
         &mut self.ledger
     }
 
+    /// Why the store refuses all writes, if it does (see [`Ledger::failure`]): the driver
+    /// stops the node on it.
+    pub fn store_failure(&self) -> Option<&str> {
+        self.ledger.failure()
+    }
+
     /// Takes the ledger back (the simulator crashes a node this way).
     pub fn into_ledger(self) -> Ledger<S> {
         self.ledger
@@ -598,6 +604,7 @@ impl<S: Store> Node<S> {
             units_total: self.ledger.store().units_total(),
             disk: self.ledger.disk_syncs(),
             unsafe_backlog: self.unsafe_backlog(),
+            store_failure: self.store_failure().map(str::to_string),
             peers,
             queues: Queues {
                 outputs: self.out.len(),

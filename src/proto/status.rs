@@ -29,10 +29,14 @@ pub struct NodeStatus {
     /// Units held (all origins).
     pub units_total: u64,
     /// How long the daily logs' fdatasyncs took since start (each unit waits for one at its
-    /// origin and one here); `null` without daily logs (the simulator).
+    /// origin before it leaves; a receiver delivers before its own); `null` without daily logs
+    /// (the simulator).
     pub disk: Option<crate::dati::DiskSyncs>,
     /// Own units no main server is known to hold yet (seed 001: not yet "safe").
     pub unsafe_backlog: u64,
+    /// Why the store refuses all writes, if it does (a failed write, sync or index); the node
+    /// stops on it and `meshnode run` reopens the data directory.
+    pub store_failure: Option<String>,
     /// Peers, by dbid.
     pub peers: Vec<PeerStatus>,
     /// Queue lengths.
