@@ -675,13 +675,20 @@ impl<S: Store> Ledger<S> {
         self.failure.as_deref()
     }
 
-    /// Refuses every write from now on, keeping the first cause for the operator.
-    fn poison(&mut self, cause: impl std::fmt::Display) {
-        if self.failure.is_none() {
-            let cause = cause.to_string();
-            tracing::error!(%cause, "the store failed; it accepts nothing until reopened");
-            self.failure = Some(cause);
+    /// Refuses every write from now on, keeping the first cause for the operator. Batches
+    /// promised the next sync job (`owed`) fail with it: nothing issues that job any more, and
+    /// a node stopping on the failure waits until every batch is answered.
+    pub(crate) fn poison(&mut self, cause: impl std::fmt::Display) {
+        if self.failure.is_some() {
+            return;
         }
+        let cause = cause.to_string();
+        tracing::error!(%cause, "the store failed; it accepts nothing until reopened");
+        if let Some(syncer) = self.syncer.as_mut() {
+            syncer.failed.get_or_insert((syncer.issued + 1, cause.clone()));
+        }
+        self.owed = false;
+        self.failure = Some(cause);
     }
 
     /// The store, for reads.
@@ -1815,6 +1822,36 @@ pub(crate) mod tests {
         ledger.index(received).unwrap();
         ledger.index(submitted).unwrap();
         assert_eq!(ledger.store().units_total(), 7);
+    }
+
+    /// A failure while a received batch waits for the next job (its ticket promised, not
+    /// issued) fails that batch: nothing would issue the job any more. Jobs already out finish.
+    #[test]
+    fn a_failure_fails_the_batches_promised_the_next_sync() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = data_dir(root.path());
+        let now = 1_764_633_600_000;
+        let unit = |seq| crate::unit::tests::sample_unit(seq, b"sale");
+        let (mut ledger, _) = Ledger::open(&dir, InstanceId([1; 16])).unwrap();
+        let (gate, counted) = Gate::shut();
+        ledger.pipeline_syncs_gap(Box::new(|| ()), counted, std::time::Duration::ZERO).unwrap();
+        // New files are synced whole, here.
+        let (_, first) = ledger.submit_logged(vec![sale(0)], now).unwrap();
+        let received = ledger.receive_logged(vec![unit(1)], &[], now).unwrap();
+        ledger.index(first).unwrap();
+        ledger.index(received).unwrap();
+        // One received job out (held at the gate); the next batch is promised the job after it.
+        let out = ledger.receive_logged(vec![unit(2)], &[], now).unwrap();
+        let promised = ledger.receive_logged(vec![unit(3)], &[], now).unwrap();
+        assert_eq!(promised.ticket, out.ticket.map(|t| t + 1));
+        ledger.poison("the disk failed");
+        assert!(
+            matches!(ledger.sync_state(&promised), SyncState::Failed(r) if r == "the disk failed")
+        );
+        gate.open();
+        assert_eq!(wait_synced(&mut ledger, &out), SyncState::Durable, "out before the failure");
+        assert!(matches!(ledger.sync_state(&promised), SyncState::Failed(_)));
+        assert_eq!(ledger.failure(), Some("the disk failed"));
     }
 
     /// Units already held and repeats within a batch are skipped, whether the batch is in

@@ -85,8 +85,11 @@ fn fill(dir: &Path) -> PathBuf {
 #[test]
 fn a_full_disk_stops_the_node_which_reopens_its_store_once_there_is_room() {
     let root = tempfile::tempdir().unwrap();
-    let Some(disk) = Tmpfs::mount(&root.path().join("disk"), "16m") else { return };
-    let d = init(&disk.at, "lane", &["--env", "test"]);
+    // The data directory is the whole tmpfs; the node's log (`lane.log`, beside it) is not
+    // on it, so the test reads every line the node wrote.
+    let Some(disk) = Tmpfs::mount(&root.path().join("lane"), "16m") else { return };
+    let d = disk.at.clone();
+    ok(&["init", "--data-dir", s(&d), "--env", "test"]);
     let node = Running::start(&d, free_port());
 
     let payload = "s".repeat(20_000);
@@ -98,7 +101,7 @@ fn a_full_disk_stops_the_node_which_reopens_its_store_once_there_is_room() {
 
     // Another program fills the disk: the next submits are refused, naming the cause, and the
     // node stops to reopen its store.
-    let filler = fill(&disk.at);
+    let filler = fill(&d);
     let mut refused = None;
     for _ in 0..100 {
         match submit(&d, &payload) {

@@ -89,8 +89,13 @@ pub fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MESHNODE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("meshnode=warn"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // A log on a full disk must not end the process (it reports such writes with
+        // `eprintln!`, which panics): the node recovers from a full disk (`meshnode run`).
+        .log_internal_errors(false)
+        .try_init();
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

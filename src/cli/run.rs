@@ -49,6 +49,15 @@ fn parse_role(s: &str) -> Result<Role, String> {
     }
 }
 
+/// A line for the operator on stderr. Not `eprintln!`, which panics when the write fails: the
+/// log may be on the disk that just filled up.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Runs the node until SIGINT/SIGTERM. When its store fails (a write, sync or index that
 /// leaves what is durable unknown: a full or failing disk), the node stops, and this reopens
 /// the data directory after a pause (1 s, doubling to a minute while it keeps failing), which
@@ -61,19 +70,39 @@ pub(super) fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
     loop {
         let started = Instant::now();
         let mut on_started = || {
-            if let Some(f) = failure.as_mut() {
+            // A record left by an earlier process (killed, or stopped while it waited) is no
+            // longer waiting for anything either.
+            let record = failure.clone().or_else(|| StoreFailure::read(dir));
+            if let Some(mut f) = record.filter(|f| f.next_attempt_unix_ms.is_some()) {
                 f.next_attempt_unix_ms = None;
                 f.write(dir);
-                eprintln!("meshnode reopened its data directory after the store failure");
+            }
+            if failure.is_some() {
+                say!("meshnode reopened its data directory after the store failure");
             }
         };
-        let cause = match run_once(dir, &args, &stop, &mut on_started) {
-            Ok(Ended::Stopped) => return Ok(()),
-            Ok(Ended::StoreFailed(cause)) => cause,
-            // The first start reports its error as before; a restart that cannot open the data
-            // directory yet (the disk still failing) tries again later.
-            Err(e) if failure.is_none() => return Err(e),
-            Err(e) => format!("{e:#}"),
+        let ended = run_once(dir, &args, &stop, &mut on_started);
+        if stop.is_requested() {
+            // Stopping: whatever the run ended with is the process's result.
+            return match ended? {
+                Ended::Stopped => Ok(()),
+                Ended::StoreFailed(cause) => bail!("the store failed while stopping: {cause}"),
+            };
+        }
+        let record = match (ended, failure.take()) {
+            (Ok(Ended::Stopped), _) => return Ok(()),
+            (Ok(Ended::StoreFailed(cause)), previous) => {
+                StoreFailure::new(cause, previous.map_or(0, |f| f.restarts))
+            }
+            // The first start reports its error as before.
+            (Err(e), None) => return Err(e),
+            // A restart that cannot open the data directory yet (the disk still failing, or a
+            // lock not released yet) tries again later; the failure it recovers from stays the
+            // one shown.
+            (Err(e), Some(mut previous)) => {
+                previous.last_error = Some(format!("{e:#}"));
+                previous
+            }
         };
         if started.elapsed() >= STEADY_RUN {
             consecutive = 0;
@@ -82,15 +111,21 @@ pub(super) fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
         let pause = RESTART_PAUSE_FIRST
             .saturating_mul(1 << (consecutive - 1).min(6))
             .min(RESTART_PAUSE_MAX);
-        let restarts = failure.as_ref().map_or(0, |f| f.restarts) + 1;
-        let record = StoreFailure::new(cause, restarts, pause);
+        let record = record.next_attempt_in(pause);
         record.write(dir);
-        eprintln!(
-            "meshnode: the store failed: {}\n  the node stopped; it reopens {} in {} s (replaying its daily logs: nothing acknowledged is lost). If this repeats, check that disk: free space, `dmesg`.",
-            record.cause,
-            dir.display(),
-            pause.as_secs()
-        );
+        match &record.last_error {
+            None => say!(
+                "meshnode: the store failed: {}\n  the node stopped; it reopens {} in {} s (replaying its daily logs: nothing acknowledged is lost). If this repeats, check that disk: free space, `dmesg`.",
+                record.cause,
+                dir.display(),
+                pause.as_secs()
+            ),
+            Some(e) => say!(
+                "meshnode: cannot reopen {} yet: {e}\n  trying again in {} s",
+                dir.display(),
+                pause.as_secs()
+            ),
+        }
         failure = Some(record);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -103,7 +138,11 @@ pub(super) fn run(dir: &Path, args: RunArgs) -> anyhow::Result<()> {
             }
         });
         if stopped {
-            eprintln!("meshnode stopped (its store had failed; the next start reopens it)");
+            if let Some(mut f) = failure {
+                f.next_attempt_unix_ms = None;
+                f.write(dir);
+            }
+            say!("meshnode stopped (its store had failed; the next start reopens it)");
             return Ok(());
         }
     }
@@ -121,6 +160,8 @@ enum Ended {
 const RESTART_PAUSE_FIRST: Duration = Duration::from_secs(1);
 /// The longest pause before reopening a failed store.
 const RESTART_PAUSE_MAX: Duration = Duration::from_secs(60);
+/// How long a failed store may take to close before the next start goes ahead without it.
+const FAILED_CLOSE_WITHIN: Duration = Duration::from_secs(10);
 /// A run this long resets the pause to [`RESTART_PAUSE_FIRST`].
 const STEADY_RUN: Duration = Duration::from_secs(60);
 
@@ -205,7 +246,7 @@ fn run_once(
         relay_membership,
     };
     tracing::info!(dbid = %node.dbid(), ?interfaces, ?advertise, %discovery_group, %env_group, "node starting");
-    eprintln!(
+    say!(
         "meshnode {} running: links on {}, discovery on {:?} ({discovery_group}, {env_group})",
         node.dbid(),
         advertise.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
@@ -224,15 +265,26 @@ fn run_once(
     let node = runtime.block_on(async { driver::run(node, driver_cfg, stop.requested()).await })?;
     if let Some(cause) = node.store_failure() {
         let cause = cause.to_string();
-        // A failed ledger cannot checkpoint; the next open replays its logs instead.
-        drop(node);
+        // Sockets and tasks first, so that peers see the node go now. A failed ledger cannot
+        // checkpoint (the next open replays its logs instead), and closing it joins its sync
+        // thread, which a disk that hangs holds forever: wait a while, then leave it.
         drop(runtime);
+        let (closed, ledger_closed) = std::sync::mpsc::channel();
+        let closing = std::thread::Builder::new().name("close-failed".into()).spawn(move || {
+            drop(node);
+            let _ = closed.send(());
+        });
+        if closing.is_ok() && ledger_closed.recv_timeout(FAILED_CLOSE_WITHIN).is_err() {
+            tracing::warn!(
+                "the failed store did not close within {FAILED_CLOSE_WITHIN:?}; reopening anyway"
+            );
+        }
         drop(datadir);
         return Ok(Ended::StoreFailed(cause));
     }
     node.into_ledger().close().context("cannot close the store cleanly")?;
     drop(datadir);
-    eprintln!("meshnode stopped");
+    say!("meshnode stopped");
     Ok(Ended::Stopped)
 }
 
@@ -265,16 +317,28 @@ impl Stop {
             .name("signals".into())
             .spawn(move || {
                 runtime.block_on(async {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
+                    loop {
+                        tokio::select! {
+                            _ = term.recv() => {}
+                            _ = int.recv() => {}
+                        }
+                        if heard.requested.swap(true, Ordering::SeqCst) {
+                            // A second signal: something hangs (a disk that does not answer
+                            // a sync). Exit now; like kill -9, this loses nothing acknowledged.
+                            say!("meshnode: a second stop signal: exiting without waiting");
+                            std::process::exit(1);
+                        }
+                        heard.notify.notify_waiters();
                     }
                 });
-                heard.requested.store(true, Ordering::SeqCst);
-                heard.notify.notify_waiters();
             })
             .context("cannot start the signal handler")?;
         Ok(stop)
+    }
+
+    /// Whether a stop was asked for.
+    fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
     }
 
     /// Completes once a stop was asked for (at once if it was already).
@@ -296,10 +360,14 @@ pub(crate) struct StoreFailure {
     pub cause: String,
     /// When (Unix ms).
     pub at_unix_ms: u64,
-    /// How many times this `meshnode run` reopened the data directory after a failure.
+    /// How many times this `meshnode run` reopened (or tried to reopen) the data directory
+    /// after a failure.
     pub restarts: u32,
-    /// When the next reopen is due (Unix ms); `null` once the node runs again.
+    /// When the next reopen is due (Unix ms); `null` once the node runs again (or stopped).
     pub next_attempt_unix_ms: Option<u64>,
+    /// Why the last reopen failed, if it did (the disk still failing, a lock still held).
+    #[serde(default)]
+    pub last_error: Option<String>,
     /// The `meshnode run` process.
     pub pid: u32,
 }
@@ -308,15 +376,23 @@ pub(crate) struct StoreFailure {
 pub(crate) const STORE_FAILURE_FILE: &str = "run/store-failure.json";
 
 impl StoreFailure {
-    fn new(cause: String, restarts: u32, pause: Duration) -> StoreFailure {
-        let now = super::now_ms();
+    /// A new failure, after `restarts` reopens for earlier ones.
+    fn new(cause: String, restarts: u32) -> StoreFailure {
         StoreFailure {
             cause,
-            at_unix_ms: now,
+            at_unix_ms: super::now_ms(),
             restarts,
-            next_attempt_unix_ms: Some(now + pause.as_millis() as u64),
+            next_attempt_unix_ms: None,
+            last_error: None,
             pid: std::process::id(),
         }
+    }
+
+    /// The record while `meshnode run` waits `pause` before its next reopen.
+    fn next_attempt_in(mut self, pause: Duration) -> StoreFailure {
+        self.restarts += 1;
+        self.next_attempt_unix_ms = Some(super::now_ms() + pause.as_millis() as u64);
+        self
     }
 
     /// Best effort: a full disk may refuse it too (the next attempt writes it again).

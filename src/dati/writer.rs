@@ -146,7 +146,9 @@ impl DatiWriter {
     /// Opens the logs in `cfg.dir` (creating it), removes leftover `.tmp` files, and scans the
     /// newest file of each origin: a torn tail is cut off; damage followed by good records, or a
     /// bad header, is left in place and that origin's next unit starts a new file. Both are in the
-    /// report. A file whose key check fails stops the open with [`DatiError::WrongKey`].
+    /// report. A file whose key check fails stops the open with [`DatiError::WrongKey`]. Each
+    /// origin's newest file is fdatasynced: what an earlier run wrote and never synced (it
+    /// failed, or was killed) is durable before anyone counts it as held.
     ///
     /// `nnnn_floor` holds NNNN high-water marks kept elsewhere (files may have been archived
     /// away): an origin's next file is numbered `max(floor, highest file found) + 1`.
@@ -179,10 +181,14 @@ impl DatiWriter {
         }
         let mut current = BTreeMap::new();
         let mut synced = BTreeMap::new();
+        // Records a failed run wrote but never synced may sit in the page cache: make them
+        // durable before they count as held (a cut tail is synced by the cut).
+        let mut unsynced = Vec::new();
         for (origin, info) in newest {
             let end = match inspect_tail(&info, &keys)? {
                 Tail::Good { header, end, prev_hash } => {
                     current.insert(origin, LogFile::existing(header, &info.path, end, prev_hash));
+                    unsynced.push(info.path.clone());
                     end
                 }
                 Tail::Torn { header, end, prev_hash, cause } => {
@@ -205,6 +211,16 @@ impl DatiWriter {
                 }
             };
             synced.insert(origin, DatiPosition { nnnn: info.nnnn, offset: end });
+        }
+        // A few at a time: a head office logs hundreds of origins.
+        for group in unsynced.chunks(PARALLEL_SYNCS) {
+            let handles: Vec<File> = group
+                .iter()
+                .map(|path| File::open(path).map_err(DatiError::io("open", path)))
+                .collect::<Result<_, _>>()?;
+            let files: Vec<(Option<&File>, &Path)> =
+                handles.iter().zip(group).map(|(h, p)| (Some(h), p.as_path())).collect();
+            fdatasync_all(&files)?;
         }
         if dir_changed {
             sync_dir(&dir)?;
