@@ -290,7 +290,7 @@ enum Haste {
     /// Only this node's index waits (received units, delivered and sent on already): it may
     /// wait up to [`RECEIVED_SYNC_GAP`] after the last sync ended, so units arriving meanwhile
     /// share it and the disk serves fewer syncs (the origins' syncs, which units wait for,
-    /// share the device).
+    /// share the device); not when it is large ([`RECEIVED_SYNC_ALONE_BYTES`]).
     Later,
 }
 
@@ -301,6 +301,12 @@ enum Haste {
 /// latency p99 by a third (docs/PERFORMANCE.md, session 12). It only delays when this node
 /// claims the units in its vector.
 const RECEIVED_SYNC_GAP: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// A job of received units this large syncs at once: it has company enough (a burst from a
+/// peer), and waiting [`RECEIVED_SYNC_GAP`] would only hold back the index, and with it the
+/// vector peers see, at the end of the burst. About a hundred units of 256 bytes; at 1,000
+/// units/s a job holds a few, and waits.
+const RECEIVED_SYNC_ALONE_BYTES: u64 = 32 << 10;
 
 impl LogSyncer {
     /// `run` is [`SyncJob::run`] (tests put a failing one in its place); `gap` is
@@ -321,7 +327,7 @@ impl LogSyncer {
             while let Ok((mut job, mut haste)) = rx.recv() {
                 let mut count = 1;
                 let until = last_end + gap;
-                while haste == Haste::Later {
+                while haste == Haste::Later && job.bytes() < RECEIVED_SYNC_ALONE_BYTES {
                     let left = until.saturating_duration_since(std::time::Instant::now());
                     if left.is_zero() {
                         break;
@@ -1822,6 +1828,14 @@ pub(crate) mod tests {
         ledger.index(received).unwrap();
         ledger.index(submitted).unwrap();
         assert_eq!(ledger.store().units_total(), 7);
+        // A large job has company enough: it syncs at once, within the hour-long gap.
+        let runs = gate.runs();
+        let big = crate::unit::tests::sample_unit(3, &[b'b'; RECEIVED_SYNC_ALONE_BYTES as usize]);
+        let received = ledger.receive_logged(vec![big], &[], now).unwrap();
+        assert_eq!(wait_synced(&mut ledger, &received), SyncState::Durable);
+        assert_eq!(gate.runs(), runs + 1);
+        ledger.index(received).unwrap();
+        assert_eq!(ledger.store().units_total(), 8);
     }
 
     /// A failure while a received batch waits for the next job (its ticket promised, not

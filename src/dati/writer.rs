@@ -127,6 +127,8 @@ pub struct DatiWriter {
     /// [`DatiWriter::start_sync`] do not move it.
     synced: BTreeMap<DatabaseId, DatiPosition>,
     appends: u64,
+    /// Record bytes appended since the last sync job or whole sync started.
+    unsynced_bytes: u64,
     failed: Option<PathBuf>,
     /// How long fdatasyncs take, here and in the jobs handed out.
     times: std::sync::Arc<crate::dati::SyncTimes>,
@@ -239,6 +241,7 @@ impl DatiWriter {
             high_water,
             synced,
             appends: 0,
+            unsynced_bytes: 0,
             failed: None,
             times: Default::default(),
         };
@@ -331,6 +334,7 @@ impl DatiWriter {
         file.prev_hash = hash;
         file.unsynced = true;
         self.appends += 1;
+        self.unsynced_bytes = self.unsynced_bytes.saturating_add(record_len);
         file.last_used = self.appends;
         if file.buf.len() >= FLUSH_AT {
             if let Err(e) = file.write_out() {
@@ -393,10 +397,11 @@ impl DatiWriter {
             file.unsynced = false;
         }
         self.close_idle_handles();
+        let bytes = std::mem::take(&mut self.unsynced_bytes);
         Ok(if files.is_empty() {
             SyncStart::Done
         } else {
-            SyncStart::Job(SyncJob { files, times: self.times.clone() })
+            SyncStart::Job(SyncJob { files, bytes, times: self.times.clone() })
         })
     }
 
@@ -447,6 +452,7 @@ impl DatiWriter {
     }
 
     fn sync_files(&mut self) -> Result<(), DatiError> {
+        self.unsynced_bytes = 0;
         // Hand every buffer to the OS first, so that the fdatasyncs can overlap.
         let pending = self.closing.iter_mut().chain(self.current.values_mut());
         for file in pending.filter(|f| f.unsynced) {
@@ -522,6 +528,8 @@ pub enum SyncStart {
 #[derive(Debug)]
 pub struct SyncJob {
     files: Vec<SyncFile>,
+    /// Record bytes it makes durable (written since the job before).
+    bytes: u64,
     times: std::sync::Arc<crate::dati::SyncTimes>,
 }
 
@@ -536,6 +544,7 @@ impl SyncJob {
     /// running sync then run as one, which covers everything each was started for (a file's
     /// fdatasync covers all that was written to it before).
     pub fn absorb(&mut self, later: SyncJob) {
+        self.bytes = self.bytes.saturating_add(later.bytes);
         for file in later.files {
             if !self.files.iter().any(|f| f.path == file.path) {
                 self.files.push(file);
@@ -546,7 +555,12 @@ impl SyncJob {
     /// A job with nothing to sync: it only hands out a ticket (for batches promised the next
     /// job when what they need was synced another way).
     pub fn nothing(writer: &DatiWriter) -> SyncJob {
-        SyncJob { files: Vec::new(), times: writer.times.clone() }
+        SyncJob { files: Vec::new(), bytes: 0, times: writer.times.clone() }
+    }
+
+    /// Record bytes it makes durable: a large job is worth its sync at once.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Runs the fdatasyncs (concurrently when there are several files).
