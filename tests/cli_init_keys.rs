@@ -180,3 +180,25 @@ fn a_copied_data_directory_allocates_a_new_dbid_and_says_so() {
     let moved: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_ne!(moved["dbid"], before);
 }
+
+/// A reader that goes away (`meshnode --status | head -1`) ends the command quietly with
+/// success, as for any Unix tool; a full stdout is an error that says so. Neither panics.
+#[test]
+fn status_into_a_closed_pipe_or_a_full_device_ends_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = init(tmp.path(), "a", &[]);
+    let mut child = cmd(&["--status", "--data-dir", s(&d)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before the first line
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
+    let full = std::fs::File::create("/dev/full").unwrap();
+    let out = cmd(&["--status", "--data-dir", s(&d)]).stdout(full).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("cannot write to stdout") && !err.contains("panicked"), "{err}");
+}

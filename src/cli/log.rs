@@ -69,9 +69,9 @@ fn verify(dir: &Path, file: Option<&Path>) -> anyhow::Result<()> {
         let report = dati::verify_file(path, &keys)?;
         records += report.records;
         bytes += report.bytes;
-        println!("ok {} ({} records, {} bytes)", path.display(), report.records, report.bytes);
+        outln!("ok {} ({} records, {} bytes)", path.display(), report.records, report.bytes);
     }
-    println!("verified {} files, {records} records, {bytes} bytes: no damage found", files.len());
+    outln!("verified {} files, {records} records, {bytes} bytes: no damage found", files.len());
     Ok(())
 }
 
@@ -131,7 +131,7 @@ fn import(dir: &Path, files: &[PathBuf]) -> anyhow::Result<()> {
         }
     }
     ledger.close()?;
-    println!(
+    outln!(
         "imported {} files: {seen} units read, {new} new, {} already held",
         files.len(),
         seen - new as u64

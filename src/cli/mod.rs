@@ -3,6 +3,30 @@
 //! Errors are `anyhow` here (and only here): each carries the context an operator needs, is
 //! printed as `error: ...` on stderr, and exits with status 1 (2 for argument errors, by clap).
 
+/// A line on stdout for a command whose work is done (status tables, reports). A reader that
+/// went away (`meshnode --status | head`) ends the command quietly, as for any Unix tool, where
+/// `println!` would panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::cli::stdout_failed(e);
+        }
+    }};
+}
+
+/// For `outln!`: a closed pipe ends the command with success, another error with a message.
+pub(crate) fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    let _ = std::io::Write::write_fmt(
+        &mut std::io::stderr(),
+        format_args!("error: cannot write to stdout: {e}\n"),
+    );
+    std::process::exit(1);
+}
+
 mod demo;
 mod init;
 mod key;

@@ -121,7 +121,7 @@ fn admin(dir: &Path, command: RelayCommand) -> anyhow::Result<()> {
             });
             file.check(&path)?;
             file.write(&path)?;
-            println!(
+            outln!(
                 "admitted {system} ({env}) at the relay in {}; a running relay picks it up within a second",
                 dir.display()
             );
@@ -136,7 +136,7 @@ fn admin(dir: &Path, command: RelayCommand) -> anyhow::Result<()> {
                 );
             }
             file.write(&path)?;
-            println!("revoked {system} ({env}) at the relay in {}", dir.display());
+            outln!("revoked {system} ({env}) at the relay in {}", dir.display());
         }
     }
     Ok(())
@@ -211,7 +211,7 @@ fn status(dir: &Path, as_json: bool) -> anyhow::Result<()> {
         }
     };
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        outln!("{}", serde_json::to_string_pretty(&status)?);
     } else {
         print_table(&status);
     }
@@ -226,7 +226,7 @@ fn print_table(s: &serde_json::Value) {
     };
     let mib = |v: &serde_json::Value| format!("{:.1} MiB", v.as_f64().unwrap_or(0.0) / 1048576.0);
     if s["running"] == true {
-        println!(
+        outln!(
             "relay {}  key {}  up {} s  pid {}  store {} on disk",
             text(&s["listen"]),
             text(&s["key"]),
@@ -235,7 +235,7 @@ fn print_table(s: &serde_json::Value) {
             mib(&s["store_bytes_on_disk"])
         );
     } else {
-        println!(
+        outln!(
             "relay not running  key {}  store {} on disk",
             text(&s["key"]),
             mib(&s["store_bytes_on_disk"])
@@ -248,7 +248,7 @@ fn print_table(s: &serde_json::Value) {
         let oldest = usage["oldest_posted_ms"]
             .as_u64()
             .map_or("-".to_string(), |ms| format!("{} s", now.saturating_sub(ms) / 1000));
-        println!(
+        outln!(
             "{} {}{}: {} connected, {} payloads, {} of {}, oldest {}, posted {}, delivered {}, taken {}, expired {}, quota refusals {}, rate limited posts {}, bad proof {}",
             text(&sys["rmsystem"]),
             text(&sys["env"]),
@@ -271,5 +271,5 @@ fn print_table(s: &serde_json::Value) {
         .as_object()
         .map(|m| m.iter().map(|(k, v)| format!("{} {}", k.replace('_', " "), text(v))).collect())
         .unwrap_or_default();
-    println!("refused: {}", if refused.is_empty() { "-".into() } else { refused.join(", ") });
+    outln!("refused: {}", if refused.is_empty() { "-".into() } else { refused.join(", ") });
 }

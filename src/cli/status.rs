@@ -69,7 +69,7 @@ pub(super) fn run(dir: &Path, as_json: bool) -> anyhow::Result<()> {
         }
     }
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        outln!("{}", serde_json::to_string_pretty(&status)?);
     } else {
         print_table(&status);
     }
@@ -134,33 +134,33 @@ fn print_table(s: &serde_json::Value) {
         serde_json::Value::Null => "-".into(),
         other => other.to_string(),
     };
-    println!("system    {} ({})", text(&s["rmsystem"]), text(&s["env"]));
-    println!("dbid      {}   device {}", text(&s["dbid"]), text(&s["device_id"]));
+    outln!("system    {} ({})", text(&s["rmsystem"]), text(&s["env"]));
+    outln!("dbid      {}   device {}", text(&s["dbid"]), text(&s["device_id"]));
     match s.get("busy_pid") {
-        Some(pid) if s["running"] == true => println!("node      running (pid {})", text(pid)),
-        Some(pid) => println!("node      not running; data directory busy (pid {})", text(pid)),
-        None => println!("node      not running"),
+        Some(pid) if s["running"] == true => outln!("node      running (pid {})", text(pid)),
+        Some(pid) => outln!("node      not running; data directory busy (pid {})", text(pid)),
+        None => outln!("node      not running"),
     }
     if let Some(f) = s["last_store_failure"].as_object() {
         print_store_failure(f, s["running"] == true);
     }
     if let Some(e) = s["store_error"].as_str() {
-        println!("STORE     cannot open: {e}");
+        outln!("STORE     cannot open: {e}");
     }
-    println!("key epoch {}", text(&s["key_epoch"]));
-    println!("units     {}", text(&s["units_total"]));
+    outln!("key epoch {}", text(&s["key_epoch"]));
+    outln!("units     {}", text(&s["units_total"]));
     if let Some(origins) = s["units_by_origin"].as_object() {
         for (origin, n) in origins {
-            println!("  {origin}  {n}");
+            outln!("  {origin}  {n}");
         }
     }
     if s["node"].is_object() {
         print_running(&s["node"]);
     }
     let files = s["dati_files"].as_array().cloned().unwrap_or_default();
-    println!("daily logs {}", files.len());
+    outln!("daily logs {}", files.len());
     for f in files {
-        println!("  {}  {} bytes", text(&f["name"]), text(&f["size"]));
+        outln!("  {}  {} bytes", text(&f["name"]), text(&f["size"]));
     }
 }
 
@@ -174,12 +174,12 @@ fn print_store_failure(f: &serde_json::Map<String, serde_json::Value>, running: 
         Some(at) if !running => {
             let in_secs = at.saturating_sub(super::now_ms()).div_ceil(1000);
             let pid = f.get("pid").and_then(serde_json::Value::as_u64).unwrap_or(0);
-            println!(
+            outln!(
                 "STORE     FAILED {} ago: {cause}\n          `meshnode run` (pid {pid}) reopens the data directory in {in_secs} s, replaying its daily logs (nothing acknowledged is lost); if this repeats, check the disk: free space, `dmesg`",
                 duration_text(ago)
             );
         }
-        _ => println!(
+        _ => outln!(
             "store     failed {} ago and was reopened ({restarts} restart{}): {cause}",
             duration_text(ago),
             if restarts == 1 { "" } else { "s" }
@@ -206,7 +206,7 @@ fn print_pads(peers: &[serde_json::Value]) {
             continue;
         }
         let offered = if pads["out_offered"] == true { " (a new pad offered)" } else { "" };
-        println!(
+        outln!(
             "pads      {}: out {} KiB left{offered}, in {} KiB",
             p["dbid"].as_str().unwrap_or("-"),
             kib(&pads["out_left"]),
@@ -214,14 +214,14 @@ fn print_pads(peers: &[serde_json::Value]) {
         );
         let from_us = pads["withheld_from_us"].as_u64().unwrap_or(0);
         if from_us > 0 {
-            println!(
+            outln!(
                 "WAITING   {from_us} sensitive units of {} wait for a pad or a direct link (later units of their origins wait behind them)",
                 p["dbid"].as_str().unwrap_or("-"),
             );
         }
         let by_us = pads["withheld_by_us"].as_u64().unwrap_or(0);
         if by_us > 0 {
-            println!(
+            outln!(
                 "WAITING   {by_us} sensitive units withheld from {} over the relay: no pad left (a direct link hands a new one over)",
                 p["dbid"].as_str().unwrap_or("-"),
             );
@@ -237,7 +237,7 @@ fn print_running(n: &serde_json::Value) {
     };
     let listen: Vec<String> =
         n["listen"].as_array().map(|a| a.iter().map(&text).collect()).unwrap_or_default();
-    println!(
+    outln!(
         "running   {} s as {}; links on {}; discovery {} / units {}",
         text(&n["uptime_secs"]),
         text(&n["role"]),
@@ -246,21 +246,28 @@ fn print_running(n: &serde_json::Value) {
         text(&n["env_group"])
     );
     if let Some(cause) = n["store_failure"].as_str() {
-        println!("STORE     FAILED: {cause}; the node is stopping to reopen its data directory");
+        outln!("STORE     FAILED: {cause}; the node is stopping to reopen its data directory");
     }
     let unsafe_backlog = n["unsafe_backlog"].as_u64().unwrap_or(0);
     if unsafe_backlog == 0 {
-        println!("safe      every own unit is held by a main server");
+        outln!("safe      every own unit is held by a main server");
     } else {
-        println!("UNSAFE    {unsafe_backlog} own units no main server holds yet");
+        outln!("UNSAFE    {unsafe_backlog} own units no main server holds yet");
     }
     let peers = n["peers"].as_array().cloned().unwrap_or_default();
     let up = peers.iter().filter(|p| p["state"] == "up").count();
-    println!("peers     {} known, {} up", peers.len(), up);
+    outln!("peers     {} known, {} up", peers.len(), up);
     if !peers.is_empty() {
-        println!(
+        outln!(
             "  {:<16} {:<13} {:<24} {:<14} {:>8} {:>9} {:>8} {:>8}  address",
-            "dbid", "role", "state", "link", "rtt", "seen ago", "we lack", "it lacks"
+            "dbid",
+            "role",
+            "state",
+            "link",
+            "rtt",
+            "seen ago",
+            "we lack",
+            "it lacks"
         );
     }
     for p in &peers {
@@ -270,7 +277,7 @@ fn print_running(n: &serde_json::Value) {
         };
         let addr = p["addrs"].as_array().and_then(|a| a.first()).map(&text).unwrap_or_default();
         let rtt = p["rtt_ms"].as_f64().map_or("-".to_string(), |ms| format!("{ms:.1}ms"));
-        println!(
+        outln!(
             "  {:<16} {:<13} {:<24} {:<14} {:>8} {:>8}s {:>8} {:>8}  {}",
             text(&p["dbid"]),
             text(&p["role"]),
@@ -289,7 +296,7 @@ fn print_running(n: &serde_json::Value) {
             Some(reason) => format!("refused ({reason})"),
             None => text(&r["state"]),
         };
-        println!(
+        outln!(
             "relay r{index}  {state}; observed {}; posted {}, delivered {}, post refusals {}",
             text(&r["observed"]),
             text(&r["posted"]),
@@ -298,11 +305,11 @@ fn print_running(n: &serde_json::Value) {
         );
     }
     if let Some(warning) = n["relay_warning"].as_str() {
-        println!("WARNING   {warning}");
+        outln!("WARNING   {warning}");
     }
     print_pads(&peers);
     let q = &n["queues"];
-    println!(
+    outln!(
         "queues    outputs {}, links {}, connecting {}, wants in flight {}, submits syncing {}, received units syncing {}",
         text(&q["outputs"]),
         text(&q["links"]),
@@ -317,7 +324,7 @@ fn print_running(n: &serde_json::Value) {
         // A device that stalls holds up every unit (each waits for a log sync here); one that
         // is merely slow shows in the percentiles (a unit's path holds one sync at its origin; a
         // receiver delivers before its own).
-        println!(
+        outln!(
             "disk      {} log syncs, p50 {:.2} ms, p99 {:.2} ms, {} over 10 ms, {} over 100 ms; slowest {:.1} ms",
             count("log_syncs"),
             ms("p50_ms"),
@@ -334,7 +341,7 @@ fn print_running(n: &serde_json::Value) {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         if !nonzero.is_empty() {
-            println!("refused   {}", nonzero.join(", "));
+            outln!("refused   {}", nonzero.join(", "));
         }
     }
 }
