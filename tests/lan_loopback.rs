@@ -57,7 +57,9 @@ fn three_nodes_on_loopback_find_each_other_and_converge() {
     // And how its disk's log syncs go: every unit here waited for one (each node synced the
     // units it received, at least once).
     assert!(
-        table.contains(" log syncs, p50 ") && table.contains(" over 100 ms; slowest "),
+        table.contains("disk      last 5-10 min: ")
+            && table.contains("since start: ")
+            && table.contains(" over 100 ms; slowest "),
         "{table}"
     );
     let node = &status(&dirs[0])["node"];
@@ -69,6 +71,10 @@ fn three_nodes_on_loopback_find_each_other_and_converge() {
         assert!(disk["slowest_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{disk}");
         let (p50, p99) = (disk["p50_ms"].as_f64().unwrap(), disk["p99_ms"].as_f64().unwrap());
         assert!(0.0 < p50 && p50 <= p99, "{disk}");
+        // The syncs of this short run are recent too.
+        let recent = disk["recent"]["log_syncs"].as_u64().unwrap();
+        assert!(recent >= 1 && recent <= disk["log_syncs"].as_u64().unwrap(), "{disk}");
+        assert!(disk["recent"]["p99_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{disk}");
     }
     for node in nodes {
         node.stop();

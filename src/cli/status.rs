@@ -324,8 +324,22 @@ fn print_running(n: &serde_json::Value) {
         // A device that stalls holds up every unit (each waits for a log sync here); one that
         // is merely slow shows in the percentiles (a unit's path holds one sync at its origin; a
         // receiver delivers before its own).
+        let recent = disk.get("recent").and_then(serde_json::Value::as_object);
+        let recent_ms = |k: &str| {
+            recent.and_then(|r| r.get(k)).and_then(serde_json::Value::as_f64).unwrap_or(0.0)
+        };
         outln!(
-            "disk      {} log syncs, p50 {:.2} ms, p99 {:.2} ms, {} over 10 ms, {} over 100 ms; slowest {:.1} ms",
+            "disk      last 5-10 min: {} log syncs, p50 {:.2} ms, p99 {:.2} ms; slowest {:.1} ms",
+            recent
+                .and_then(|r| r.get("log_syncs"))
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+            recent_ms("p50_ms"),
+            recent_ms("p99_ms"),
+            recent_ms("slowest_ms")
+        );
+        outln!(
+            "          since start: {} log syncs, p50 {:.2} ms, p99 {:.2} ms, {} over 10 ms, {} over 100 ms; slowest {:.1} ms",
             count("log_syncs"),
             ms("p50_ms"),
             ms("p99_ms"),

@@ -113,7 +113,7 @@ pub use format::{DatiHeader, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_RECORD_BODY}
 pub use reader::{
     read_from, read_from_located, verify_file, DatiReader, DatiRecord, ReplayReport, VerifyReport,
 };
-pub use sync_times::{DiskSyncs, SyncTimes};
+pub use sync_times::{DiskSyncs, RecentSyncs, SyncTimes};
 pub use writer::{DatiWriter, OpenReport, Repair, SyncJob, SyncStart};
 
 /// Default size limit of one file: 64 MiB.
