@@ -245,9 +245,6 @@ fn print_running(n: &serde_json::Value) {
         text(&n["discovery_group"]),
         text(&n["env_group"])
     );
-    if let Some(cause) = n["store_failure"].as_str() {
-        outln!("STORE     FAILED: {cause}; the node is stopping to reopen its data directory");
-    }
     let unsafe_backlog = n["unsafe_backlog"].as_u64().unwrap_or(0);
     if unsafe_backlog == 0 {
         outln!("safe      every own unit is held by a main server");

@@ -1,7 +1,7 @@
 //! How long the logs' fdatasyncs take, counted where they run (the node's loop, or the log sync
-//! thread). Every unit's path holds one at its origin and one at each receiver, so a slow or
-//! stalling device shows here first; `--status` puts it in front of the operator (on a virtual
-//! machine's disk, stalls of 10-240 ms were measured: docs/PERFORMANCE.md).
+//! thread). Every unit's path holds one at its origin (a receiver delivers before its own), so a
+//! slow or stalling device shows here first; `--status` puts it in front of the operator (on a
+//! virtual machine's disk, stalls of 10-240 ms were measured: docs/PERFORMANCE.md).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;

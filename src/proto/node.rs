@@ -604,7 +604,6 @@ impl<S: Store> Node<S> {
             units_total: self.ledger.store().units_total(),
             disk: self.ledger.disk_syncs(),
             unsafe_backlog: self.unsafe_backlog(),
-            store_failure: self.store_failure().map(str::to_string),
             peers,
             queues: Queues {
                 outputs: self.out.len(),

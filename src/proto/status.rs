@@ -34,9 +34,6 @@ pub struct NodeStatus {
     pub disk: Option<crate::dati::DiskSyncs>,
     /// Own units no main server is known to hold yet (seed 001: not yet "safe").
     pub unsafe_backlog: u64,
-    /// Why the store refuses all writes, if it does (a failed write, sync or index); the node
-    /// stops on it and `meshnode run` reopens the data directory.
-    pub store_failure: Option<String>,
     /// Peers, by dbid.
     pub peers: Vec<PeerStatus>,
     /// Queue lengths.
