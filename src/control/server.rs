@@ -610,7 +610,12 @@ async fn read_requests(
                 return;
             }
             Ok(LineRead::Line) => {
-                let text = String::from_utf8_lossy(&line);
+                // Checked first: the lossy conversion walks a valid line byte by byte (5 % of a
+                // node's CPU under a stream of submits), `from_utf8` a word at a time.
+                let text = match std::str::from_utf8(&line) {
+                    Ok(text) => std::borrow::Cow::Borrowed(text),
+                    Err(_) => String::from_utf8_lossy(&line),
+                };
                 if text.trim().is_empty() {
                     continue;
                 }
