@@ -13,8 +13,11 @@
 //! A copied or restored directory must not keep writing as the same dbid: the original (or the
 //! copy's own past) may already have used the sequence numbers the copy would use next. So the
 //! identity records the device id at allocation (the seed's "Piid") and the install marker's
-//! inode; when either no longer matches, a new dbid is allocated and the reason logged. This
-//! module does not open the store or the logs (see `crate::ledger`).
+//! inode; when either no longer matches, a new dbid is allocated and the reason logged. A
+//! directory put back in place (a VM snapshot reverted, a block-level restore) keeps its inodes
+//! and so its dbid: that case is caught when a peer shows own units beyond this directory's
+//! head (`crate::proto::node::own_origin`). This module does not open the store or the logs (see
+//! `crate::ledger`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};

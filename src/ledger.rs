@@ -251,7 +251,12 @@ pub struct Ledger<S: Store = SledStore> {
     /// ticket: at most one job of received units is out at a time (a burst per job kept a
     /// duplicated file handle each, and a stalled disk ran the node out of them).
     owed: bool,
+    /// [`Ledger::confirmed_own`].
+    own_confirmed: u64,
 }
+
+/// Store meta entry: [`Ledger::confirmed_own`], 8 bytes little-endian.
+const OWN_CONFIRMED: &str = "own_confirmed";
 
 /// How the sync thread runs a job: [`SyncJob::run`], or a test's failing or gated disk.
 pub(crate) type SyncRunner = Box<dyn Fn(&SyncJob) -> Result<(), DatiError> + Send>;
@@ -641,6 +646,10 @@ impl<S: Store> Ledger<S> {
         payload_limit: usize,
     ) -> Result<Self, LedgerError> {
         let next_own_seq = store.next_seq(&own);
+        let own_confirmed = match store.meta_get(OWN_CONFIRMED)? {
+            Some(bytes) => bytes.try_into().map_or(0, u64::from_le_bytes),
+            None => 0,
+        };
         let floor = match next_own_seq.checked_sub(1).filter(|s| *s > 0) {
             Some(last) => store.get(&own, last)?.map(|u| {
                 u.physkey.generated_parts().map_or(u.created_ms, |p| p.time_ms.max(u.created_ms))
@@ -666,6 +675,7 @@ impl<S: Store> Ledger<S> {
             receiving_units: VersionVector::new(),
             syncer: None,
             owed: false,
+            own_confirmed,
         })
     }
 
@@ -839,6 +849,74 @@ impl<S: Store> Ledger<S> {
             }
         }
         Ok((receipts, logged))
+    }
+
+    /// The highest seq this data directory has handed out as origin (or taken back from a peer);
+    /// 0 before the first.
+    pub fn own_head(&self) -> u64 {
+        self.next_own_seq.saturating_sub(1)
+    }
+
+    /// The highest own seq a peer was seen to hold all of up to, as last recorded in the store
+    /// ([`Ledger::confirm_own`]); 0 when none was.
+    pub fn confirmed_own(&self) -> u64 {
+        self.own_confirmed
+    }
+
+    /// Records that a peer holds every own unit up to `seq` (a no-op unless it raises the
+    /// record). Written without a flush: the next store batch or checkpoint makes it durable,
+    /// and a lost update only lowers it, which costs duplicates, never units. A data directory
+    /// rolled back to a snapshot rolls this back with it, to at most the head it had then:
+    /// what lies above it when a peer shows the rollback is what may collide
+    /// (`Node::own_units_ahead`).
+    pub fn confirm_own(&mut self, seq: u64) -> Result<(), LedgerError> {
+        let seq = seq.min(self.own_head());
+        if seq > self.own_confirmed {
+            self.store.meta_put(OWN_CONFIRMED, &seq.to_le_bytes())?;
+            self.own_confirmed = seq;
+        }
+        Ok(())
+    }
+
+    /// Moves the next own seq past `seq`: a peer holds own units up to `seq` that this data
+    /// directory does not know it handed out (it was restored or rolled back, or copied to
+    /// another machine), and new units must not take those seqs again. The seqs skipped come
+    /// back from that peer through anti-entropy. Returns whether it moved.
+    pub fn skip_own_past(&mut self, seq: u64) -> bool {
+        let next = seq.saturating_add(1);
+        let moved = next > self.next_own_seq;
+        self.next_own_seq = self.next_own_seq.max(next);
+        moved
+    }
+
+    /// Issues `units` (own units already held) again under new own seqs, unchanged otherwise
+    /// (kind, physkey, times, payloads): their seqs were found to be held elsewhere by other
+    /// units ([`Ledger::skip_own_past`]), so the mesh would never take them under those. The
+    /// business record keeps its physkey, so an application sees a duplicate, never a loss.
+    /// Steps 1 and 2 like [`Ledger::submit_logged`], without receipts (nobody waits for them).
+    pub fn reissue_logged(
+        &mut self,
+        units: Vec<TransferUnit>,
+        now_ms: u64,
+    ) -> Result<Logged, LedgerError> {
+        if self.failure.is_some() {
+            return Err(LedgerError::Poisoned);
+        }
+        let mut seq = self.next_own_seq;
+        let mut fresh = Vec::with_capacity(units.len());
+        for unit in units {
+            fresh.push(TransferUnit { origin: self.own, seq, ..unit });
+            seq = seq.checked_add(1).ok_or(LedgerError::SeqExhausted(self.own))?;
+        }
+        let logged = self.log(fresh, &[], now_ms, Some(Haste::Now))?;
+        self.next_own_seq = seq;
+        if let (Some(first), Some(at)) =
+            (logged.units.first(), logged.refs.as_ref().and_then(|r| r.first()))
+        {
+            self.own_syncing
+                .push_back((first.seq, DatiPosition { nnnn: at.file, offset: at.offset }));
+        }
+        Ok(logged)
     }
 
     /// Runs the fdatasyncs of [`Ledger::submit_logged`] on a thread of their own, calling

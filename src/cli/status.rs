@@ -251,6 +251,16 @@ fn print_running(n: &serde_json::Value) {
     } else {
         outln!("UNSAFE    {unsafe_backlog} own units no main server holds yet");
     }
+    if let Some(c) = n["own_conflict"].as_object() {
+        let get = |k: &str| c.get(k).map(&text).unwrap_or_default();
+        outln!(
+            "CONFLICT  {} holds own units up to seq {}, beyond this node's head {}: this data directory was rolled back, restored or copied to another machine; new units skip those seqs, and {} own units were issued again (meshnode's log has the time)",
+            get("seen_at"),
+            get("their_head"),
+            get("our_head"),
+            get("reissued")
+        );
+    }
     let peers = n["peers"].as_array().cloned().unwrap_or_default();
     let up = peers.iter().filter(|p| p["state"] == "up").count();
     outln!("peers     {} known, {} up", peers.len(), up);

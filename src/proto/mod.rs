@@ -24,7 +24,7 @@ pub use io::{
     DatagramDest, Input, LinkId, LinkKind, Output, Protocol, ReceivedDatagram, RelayIndex,
     RelayOutput, Time,
 };
-pub use node::{ConfiguredPeer, Node, NodeConfig, NodeStats};
+pub use node::{ConfiguredPeer, Node, NodeConfig, NodeStats, OwnConflict};
 pub use peers::{DownReason, Peer, PeerState, Role};
 pub use status::{LinkStatus, NodeStatus, PeerStatus, Queues};
 

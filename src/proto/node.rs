@@ -37,6 +37,7 @@ use std::net::SocketAddr;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+pub use self::own_origin::OwnConflict;
 use crate::crypto::{KeySchedule, NonceSequence, Purpose};
 use crate::id::{DatabaseId, DeviceId, Environment, InstanceId, RmSystem};
 use crate::ledger::{Ledger, Logged, Receipt};
@@ -205,6 +206,11 @@ pub struct NodeStats {
     /// Times a peer's model disagreed with its total (or a `Have` was invalid) and a full
     /// `Have` was asked for.
     pub resyncs: u64,
+    /// Times own units were seen held elsewhere beyond this node's head (a data directory
+    /// rolled back, restored or copied; see [`own_origin`]).
+    pub own_conflicts: u64,
+    /// Own units issued again under new seqs after such a conflict.
+    pub units_reissued: u64,
     /// Bytes of the datagrams emitted (discovery and multicast units; each sent once per
     /// discovery interface, counted once), sealed, without UDP/IP headers.
     pub datagram_bytes_sent: u64,
@@ -330,6 +336,8 @@ pub struct Node<S: Store> {
     /// refusals behind them (answers keep submission order), and received units (delivered and
     /// sent on already; indexed once durable).
     submits_syncing: VecDeque<Unanswered>,
+    /// The last time own units were seen beyond this node's head ([`own_origin`]).
+    own_conflict: Option<OwnConflict>,
 }
 
 /// Batches waiting for their log sync.
@@ -352,6 +360,7 @@ mod discovery;
 mod inputs;
 mod links;
 mod nat;
+mod own_origin;
 mod padding;
 mod relay;
 mod submits;
@@ -437,6 +446,7 @@ impl<S: Store> Node<S> {
             push_have_at: None,
             push_have_last: Time(0),
             submits_syncing: VecDeque::new(),
+            own_conflict: None,
         };
         if node.cfg.role == Role::MainServer {
             let origins: Vec<DatabaseId> =
@@ -494,6 +504,12 @@ impl<S: Store> Node<S> {
             }
         }
         self.ledger.store().get(origin, seq)
+    }
+
+    /// What the node was started with (tests: a restart with the same settings).
+    #[cfg(test)]
+    pub(crate) fn config(&self) -> &NodeConfig {
+        &self.cfg
     }
 
     /// The ledger, to change (tests).
@@ -620,6 +636,7 @@ impl<S: Store> Node<S> {
             },
             relays: self.relay.relay_status(now),
             relay_path: self.relay.stats(),
+            own_conflict: self.own_conflict.clone(),
             relay_warning: (self.cfg.relay_path.relays == 1)
                 .then(|| "one relay configured: one observer sees every payload".to_string()),
         }

@@ -46,6 +46,9 @@ pub struct NodeStatus {
     pub relay_path: RelayPathStats,
     /// A warning for the operator about the relays ("one observer sees every payload").
     pub relay_warning: Option<String>,
+    /// The last time own units were seen held elsewhere beyond this node's head, since start
+    /// (a data directory rolled back, restored or copied).
+    pub own_conflict: Option<crate::proto::OwnConflict>,
 }
 
 /// One peer.

@@ -221,6 +221,43 @@ impl Harness {
         );
     }
 
+    /// Node `i` restarts over `store` (same dbid and settings): its links go down, and what it
+    /// had queued is gone.
+    pub fn restart(&mut self, i: usize, store: MemoryStore) {
+        let cfg = self.nodes[i].config().clone();
+        let dbid = self.nodes[i].dbid();
+        let ledger = Ledger::without_logs(store, dbid, 1 << 20).unwrap();
+        self.nodes[i] = Node::new(cfg, ledger);
+        let gone: Vec<((usize, LinkId), (usize, LinkId))> = self
+            .links
+            .iter()
+            .filter(|((a, _), (b, _))| *a == i || *b == i)
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        let now = self.now;
+        for ((a, la), (b, lb)) in gone {
+            self.links.remove(&(a, la));
+            if b != i {
+                self.push(now.plus_millis(1), b, Event::LinkDown { link: lb });
+            }
+        }
+        self.queue.retain(|_, (node, _)| *node != i);
+    }
+
+    /// Every payload node `i` holds.
+    pub fn payloads(&self, i: usize) -> std::collections::BTreeSet<Vec<u8>> {
+        let store = self.nodes[i].ledger().store();
+        let mut out = std::collections::BTreeSet::new();
+        for (origin, range) in store.version_vector().iter() {
+            for (start, end) in range.held_ranges() {
+                for seq in start..=end {
+                    out.insert(store.get(origin, seq).unwrap().unwrap().payload);
+                }
+            }
+        }
+        out
+    }
+
     /// Link pairs open between `i` and `j`.
     pub fn links_between(&self, i: usize, j: usize) -> usize {
         self.links.iter().filter(|((a, _), (b, _))| *a == i && *b == j).count()
@@ -984,4 +1021,62 @@ fn received_units_are_delivered_before_their_log_sync_and_indexed_after() {
     assert_eq!(node.ledger().store().units_total(), 5);
     assert_eq!(node.status().queues.received_syncing, 0);
     assert_eq!(node.unit(&origin, 5).unwrap().map(|u| u.payload), Some(b"sale 4".to_vec()));
+}
+
+/// A lane's data directory is rolled back (its VM snapshot reverted) after its last units
+/// reached the store server, and it sells offline before it meets the store server again: the
+/// seqs it hands out again are held there by the units it made before the revert.
+#[test]
+fn a_rolled_back_directory_skips_taken_seqs_and_issues_the_colliding_units_again() {
+    let roles = [Role::Lane, Role::StoreServer];
+    let mut h = Harness::new(&roles, &[true, true], &[]);
+    h.run_until(h.now.plus_millis(3_000));
+    for i in 0..5 {
+        h.submit(0, format!("sale {i}").as_bytes(), Urgency::Normal);
+    }
+    h.run_until(h.now.plus_millis(3_000));
+    let snapshot = h.nodes[0].ledger().store().clone();
+    for i in 5..10 {
+        h.submit(0, format!("sale {i}").as_bytes(), Urgency::Normal);
+    }
+    h.run_until(h.now.plus_millis(3_000));
+    assert_eq!(h.nodes[1].ledger().store().units_total(), 10);
+    assert!(h.nodes[0].ledger().confirmed_own() >= 5, "the peer's holdings were recorded");
+
+    h.restart(0, snapshot);
+    h.cut[0] = true;
+    for i in 0..3 {
+        h.submit(0, format!("sold after the revert {i}").as_bytes(), Urgency::Normal);
+    }
+    assert_eq!(h.nodes[0].ledger().own_head(), 8, "seqs 6-8 are handed out again");
+    h.run_until(h.now.plus_millis(1_000));
+    h.cut[0] = false;
+    h.run_until(h.now.plus_millis(30_000));
+
+    let own = h.nodes[0].dbid();
+    let at_server = h.payloads(1);
+    for i in 0..3 {
+        let payload = format!("sold after the revert {i}").into_bytes();
+        assert!(at_server.contains(&payload), "unit {i} sold after the revert reached the server");
+    }
+    for i in 0..10 {
+        assert!(at_server.contains(format!("sale {i}").as_bytes()), "sale {i} is still held");
+    }
+    let stats = h.nodes[0].stats().clone();
+    assert_eq!(stats.own_conflicts, 1);
+    // 6-8 collided; whatever lay above the recorded confirmation went again too.
+    assert!((3..=8).contains(&stats.units_reissued), "{}", stats.units_reissued);
+    let conflict = h.nodes[0].status().own_conflict.expect("status shows the conflict");
+    assert_eq!((conflict.our_head, conflict.their_head), (8, 10));
+    assert_eq!(conflict.seen_at, h.nodes[1].dbid().to_string());
+
+    // New units take fresh seqs and reach the server; both ends hold the same seqs.
+    h.submit(0, b"the next sale", Urgency::Normal);
+    h.run_until(h.now.plus_millis(3_000));
+    assert!(h.payloads(1).contains(b"the next sale".as_slice()));
+    assert!(h.nodes[0].ledger().own_head() > 10 + stats.units_reissued);
+    assert_eq!(
+        h.nodes[0].ledger().store().version_vector().get(&own),
+        h.nodes[1].ledger().store().version_vector().get(&own)
+    );
 }

@@ -38,6 +38,7 @@ impl<S: Store> Node<S> {
         };
         let applied = info.sync.apply_have(full, entries, &mut peer.vector);
         let consistent = total.is_none_or(|t| t == peer.vector.total());
+        let own = peer.vector.get(&self.ledger.own_dbid()).map(|r| (r.contiguous(), r.highest()));
         let main = peer.role == Role::MainServer;
         let (mut reported_safe, ok) = match applied {
             Ok(safe) => (safe, consistent),
@@ -57,6 +58,9 @@ impl<S: Store> Node<S> {
         let changed: Vec<DatabaseId> = reported_safe.iter().map(|(o, _)| *o).collect();
         for (origin, n) in reported_safe {
             self.raise_safe(origin, n);
+        }
+        if let Some((contiguous, highest)) = own.filter(|_| ok) {
+            self.own_origin_seen(dbid, contiguous, highest);
         }
         // A full `Have` may follow a reconnect after anything: look at every origin.
         self.plan(link, (!full).then_some(changed.as_slice()));

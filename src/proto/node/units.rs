@@ -54,6 +54,11 @@ impl<S: Store> Node<S> {
             self.ledger.wait_for_syncs();
             self.release_submits();
         }
+        // Own units beyond our head, before they move it: the same conflict a `Have` shows.
+        let own = self.dbid();
+        if let Some(highest) = units.iter().filter(|u| u.origin == own).map(|u| u.seq).max() {
+            self.own_units_ahead(None, highest);
+        }
         let now_ms = self.now.as_millis();
         let logged = match self.ledger.receive_logged(units, encoded, now_ms) {
             Ok(logged) => logged,
