@@ -253,10 +253,14 @@ pub struct Ledger<S: Store = SledStore> {
     owed: bool,
     /// [`Ledger::confirmed_own`].
     own_confirmed: u64,
+    /// The own head when this ledger was opened (see [`Ledger::reissue_floor`]).
+    opened_own_head: u64,
 }
 
 /// Store meta entry: [`Ledger::confirmed_own`], 8 bytes little-endian.
 const OWN_CONFIRMED: &str = "own_confirmed";
+/// Store meta entry: the last own seq skipped for a conflict ([`Ledger::skip_own_past`]).
+const OWN_SKIPPED: &str = "own_skipped";
 
 /// How the sync thread runs a job: [`SyncJob::run`], or a test's failing or gated disk.
 pub(crate) type SyncRunner = Box<dyn Fn(&SyncJob) -> Result<(), DatiError> + Send>;
@@ -645,11 +649,12 @@ impl<S: Store> Ledger<S> {
         own: DatabaseId,
         payload_limit: usize,
     ) -> Result<Self, LedgerError> {
-        let next_own_seq = store.next_seq(&own);
-        let own_confirmed = match store.meta_get(OWN_CONFIRMED)? {
-            Some(bytes) => bytes.try_into().map_or(0, u64::from_le_bytes),
-            None => 0,
+        let meta_u64 = |name: &str| -> Result<u64, StoreError> {
+            Ok(store.meta_get(name)?.and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes))
         };
+        let own_confirmed = meta_u64(OWN_CONFIRMED)?;
+        // Seqs skipped for a conflict are taken, whether or not their units came back yet.
+        let next_own_seq = store.next_seq(&own).max(meta_u64(OWN_SKIPPED)?.saturating_add(1));
         let floor = match next_own_seq.checked_sub(1).filter(|s| *s > 0) {
             Some(last) => store.get(&own, last)?.map(|u| {
                 u.physkey.generated_parts().map_or(u.created_ms, |p| p.time_ms.max(u.created_ms))
@@ -676,6 +681,7 @@ impl<S: Store> Ledger<S> {
             syncer: None,
             owed: false,
             own_confirmed,
+            opened_own_head: next_own_seq.saturating_sub(1),
         })
     }
 
@@ -864,13 +870,14 @@ impl<S: Store> Ledger<S> {
     }
 
     /// Records that a peer holds every own unit up to `seq` (a no-op unless it raises the
-    /// record). Written without a flush: the next store batch or checkpoint makes it durable,
-    /// and a lost update only lowers it, which costs duplicates, never units. A data directory
-    /// rolled back to a snapshot rolls this back with it, to at most the head it had then:
-    /// what lies above it when a peer shows the rollback is what may collide
-    /// (`Node::own_units_ahead`).
+    /// record), as far as this store holds them too: never past seqs skipped for a conflict and
+    /// not back yet. Written without a flush: the next store batch or checkpoint makes it
+    /// durable, and a lost update only lowers it, which costs duplicates, never units. A data
+    /// directory rolled back to a snapshot rolls this back with it, to at most the head it had
+    /// then (see [`Ledger::reissue_floor`]).
     pub fn confirm_own(&mut self, seq: u64) -> Result<(), LedgerError> {
-        let seq = seq.min(self.own_head());
+        let held = self.store.version_vector().get(&self.own).map_or(0, |r| r.contiguous());
+        let seq = seq.min(held);
         if seq > self.own_confirmed {
             self.store.meta_put(OWN_CONFIRMED, &seq.to_le_bytes())?;
             self.own_confirmed = seq;
@@ -878,15 +885,27 @@ impl<S: Store> Ledger<S> {
         Ok(())
     }
 
-    /// Moves the next own seq past `seq`: a peer holds own units up to `seq` that this data
-    /// directory does not know it handed out (it was restored or rolled back, or copied to
-    /// another machine), and new units must not take those seqs again. The seqs skipped come
-    /// back from that peer through anti-entropy. Returns whether it moved.
-    pub fn skip_own_past(&mut self, seq: u64) -> bool {
+    /// Below which own units cannot collide with units made before a rollback of this data
+    /// directory: both the recorded confirmation (rolled back with the directory, unless a peer
+    /// confirmed units made after the rollback since) and the head at this open (at most the
+    /// rollback's head, whether the process started after the revert or was reverted with it)
+    /// stay at or below it.
+    pub fn reissue_floor(&self) -> u64 {
+        self.own_confirmed.min(self.opened_own_head)
+    }
+
+    /// Moves the next own seq past `seq`, durably: a peer holds own units up to `seq` that this
+    /// data directory does not know it handed out (it was rolled back, or is in use on another
+    /// machine too), and new units must not take those seqs again, also after a restart before
+    /// they come back from that peer through anti-entropy. Returns whether it moved.
+    pub fn skip_own_past(&mut self, seq: u64) -> Result<bool, LedgerError> {
         let next = seq.saturating_add(1);
-        let moved = next > self.next_own_seq;
-        self.next_own_seq = self.next_own_seq.max(next);
-        moved
+        if next <= self.next_own_seq {
+            return Ok(false);
+        }
+        self.meta_put_durably(&[(OWN_SKIPPED, &seq.to_le_bytes())])?;
+        self.next_own_seq = next;
+        Ok(true)
     }
 
     /// Issues `units` (own units already held) again under new own seqs, unchanged otherwise
@@ -1206,7 +1225,7 @@ impl<S: Store> Ledger<S> {
                 sensitive: sub.sensitive,
             });
             receipts.push(Receipt { origin: self.own, seq, physkey, existing: false });
-            seq += 1;
+            seq = seq.checked_add(1).ok_or(LedgerError::SeqExhausted(self.own))?;
         }
         Ok(Prepared { receipts, units, next: seq, keyed: batch_keys })
     }

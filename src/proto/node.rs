@@ -207,7 +207,7 @@ pub struct NodeStats {
     /// `Have` was asked for.
     pub resyncs: u64,
     /// Times own units were seen held elsewhere beyond this node's head (a data directory
-    /// rolled back, restored or copied; see [`own_origin`]).
+    /// rolled back, restored or copied; see [`OwnConflict`]).
     pub own_conflicts: u64,
     /// Own units issued again under new seqs after such a conflict.
     pub units_reissued: u64,
@@ -338,6 +338,8 @@ pub struct Node<S: Store> {
     submits_syncing: VecDeque<Unanswered>,
     /// The last time own units were seen beyond this node's head ([`own_origin`]).
     own_conflict: Option<OwnConflict>,
+    /// Own seqs up to here were skipped or issued again for a conflict since start.
+    own_conflict_handled: u64,
 }
 
 /// Batches waiting for their log sync.
@@ -447,6 +449,7 @@ impl<S: Store> Node<S> {
             push_have_last: Time(0),
             submits_syncing: VecDeque::new(),
             own_conflict: None,
+            own_conflict_handled: 0,
         };
         if node.cfg.role == Role::MainServer {
             let origins: Vec<DatabaseId> =

@@ -221,10 +221,13 @@ impl Harness {
         );
     }
 
-    /// Node `i` restarts over `store` (same dbid and settings): its links go down, and what it
-    /// had queued is gone.
+    /// Node `i` restarts over `store` (same dbid and settings, a new process): its links go
+    /// down, and what it had queued is gone.
     pub fn restart(&mut self, i: usize, store: MemoryStore) {
-        let cfg = self.nodes[i].config().clone();
+        let mut cfg = self.nodes[i].config().clone();
+        // A new process: its own instance id (what its datagrams' nonces start from).
+        let instance = cfg.instance.0;
+        cfg.instance = InstanceId(std::array::from_fn(|b| instance[b].wrapping_add(0x40)));
         let dbid = self.nodes[i].dbid();
         let ledger = Ledger::without_logs(store, dbid, 1 << 20).unwrap();
         self.nodes[i] = Node::new(cfg, ledger);
@@ -1079,4 +1082,47 @@ fn a_rolled_back_directory_skips_taken_seqs_and_issues_the_colliding_units_again
         h.nodes[0].ledger().store().version_vector().get(&own),
         h.nodes[1].ledger().store().version_vector().get(&own)
     );
+}
+
+/// The same revert, but a LAN neighbour that never had the lane's last units before the revert
+/// takes (and confirms) what the lane sells after it, before the store server is back: those
+/// units must still go to the server, which holds other units under their seqs.
+#[test]
+fn units_a_neighbour_confirmed_after_a_revert_still_reach_the_server_that_holds_their_seqs() {
+    let roles = [Role::Lane, Role::Lane, Role::StoreServer];
+    let mut h = Harness::new(&roles, &[true, true, false], &[(0, 2)]);
+    h.run_until(h.now.plus_millis(3_000));
+    for i in 0..5 {
+        h.submit(0, format!("sale {i}").as_bytes(), Urgency::Normal);
+    }
+    h.run_until(h.now.plus_millis(3_000));
+    assert!(h.holds_all());
+    let snapshot = h.nodes[0].ledger().store().clone();
+    h.cut[1] = true;
+    for i in 5..10 {
+        h.submit(0, format!("sale {i}").as_bytes(), Urgency::Normal);
+    }
+    h.run_until(h.now.plus_millis(3_000));
+    assert_eq!(h.nodes[2].ledger().store().units_total(), 10);
+
+    h.restart(0, snapshot);
+    h.cut[1] = false;
+    h.cut[2] = true;
+    h.run_until(h.now.plus_millis(3_000));
+    for i in 0..3 {
+        h.submit(0, format!("sold after the revert {i}").as_bytes(), Urgency::Normal);
+    }
+    h.run_until(h.now.plus_millis(5_000));
+    assert_eq!(h.nodes[1].ledger().store().units_total(), 8, "the neighbour took 6-8");
+    assert!(h.nodes[0].ledger().confirmed_own() >= 8, "and confirmed them");
+    assert_eq!(h.nodes[0].stats().own_conflicts, 0);
+
+    h.cut[2] = false;
+    h.run_until(h.now.plus_millis(330_000));
+    assert_eq!(h.nodes[0].stats().own_conflicts, 1);
+    let at_server = h.payloads(2);
+    for i in 0..3 {
+        let payload = format!("sold after the revert {i}").into_bytes();
+        assert!(at_server.contains(&payload), "unit {i} sold after the revert reached the server");
+    }
 }

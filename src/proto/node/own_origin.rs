@@ -6,18 +6,21 @@
 //! ours: without this, every unit submitted between the rollback and the first contact with a
 //! peer would stay on this machine for good. When a peer's `Have` (or a received unit) shows an
 //! own seq above everything this node knows it handed out:
-//! - the next own seq moves past it, so nothing submitted from now on collides; the units
-//!   skipped over are the peer's, and come back through anti-entropy;
-//! - own units above the last seq a peer was recorded to hold ([`Ledger::confirmed_own`],
-//!   rolled back with the directory, so at most the snapshot's head) and up to the peer's head
-//!   are issued again under new seqs, same physkey and payload: those that collided reach the
-//!   mesh, those that did not become duplicates, which applications drop by physkey;
+//! - the next own seq moves past it, durably, so nothing submitted from now on collides; the
+//!   units skipped over are the peer's, and come back through anti-entropy;
+//! - own units above [`Ledger::reissue_floor`] (at most the rollback's head) and up to the
+//!   peer's head are issued again under new seqs, same physkey and payload: those that collided
+//!   reach the mesh, the others become duplicates, which applications drop by physkey;
 //! - the conflict is counted, logged as an error and shown by `--status`.
 //!
-//! What this does not repair: this node keeps its own units at the colliding seqs, so it never
-//! holds the peer's units there (units it made before the rollback, which the mesh has).
+//! What this does not catch or repair (a per-origin digest in `Have` would):
+//! - a conflict is seen only while a peer's head for our origin is above ours: a directory
+//!   that sells more after the rollback, before it meets a peer, than it lost in the rollback
+//!   looks in step, and the units at the colliding seqs stay apart;
+//! - this node, and any peer that took its units at the colliding seqs, keep those and never
+//!   hold the peer's units there (made before the rollback, held elsewhere in the mesh).
 //!
-//! [`Ledger::confirmed_own`]: crate::ledger::Ledger::confirmed_own
+//! [`Ledger::reissue_floor`]: crate::ledger::Ledger::reissue_floor
 
 use serde::Serialize;
 
@@ -31,6 +34,13 @@ use super::{Node, Unanswered};
 /// submitted since the rollback (a directory with no record of what peers held would
 /// otherwise issue its whole history again).
 const REISSUE_MAX: u64 = 65_536;
+/// Their payload bytes, at most (units may be large).
+const REISSUE_MAX_BYTES: usize = 64 << 20;
+
+/// How far beyond this node's head a peer may show our origin and be believed: more units than
+/// a rollback plausibly lost. A larger claim (a broken peer) would move the next own seq towards
+/// the end of the seq space, so it is logged and ignored.
+const PLAUSIBLE_AHEAD: u64 = 1 << 24;
 
 /// The last time this node's own origin was seen beyond its head.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -64,33 +74,50 @@ impl<S: Store> Node<S> {
         if highest <= our_head {
             return;
         }
+        let seen_at = peer.map_or_else(|| "a received unit".to_string(), |p| p.to_string());
+        if highest - our_head > PLAUSIBLE_AHEAD {
+            tracing::warn!(%seen_at, their_head = highest, our_head, "implausible own seq ignored");
+            return;
+        }
+        // Units issued again, and seqs skipped, for an earlier conflict are not candidates again.
+        let floor = self.ledger.reissue_floor().max(self.own_conflict_handled);
         let own = self.dbid();
-        let upto = our_head.min(highest);
-        let from = self.ledger.confirmed_own().max(upto.saturating_sub(REISSUE_MAX)) + 1;
+        let from = floor.max(our_head.saturating_sub(REISSUE_MAX)) + 1;
         let mut again = Vec::new();
-        for seq in from..=upto {
-            match self.own_unit(&own, seq) {
-                Some(unit) => again.push(unit),
-                None => self.stats.store_errors += 1,
+        let mut bytes = 0;
+        // Newest first, so the bounds keep the units most likely sold since the rollback.
+        for seq in (from..=our_head).rev() {
+            // Not held: skipped for an earlier conflict and not back yet.
+            if let Some(unit) = self.own_unit(&own, seq) {
+                bytes += unit.payload.len() + unit.sensitive.len();
+                if bytes > REISSUE_MAX_BYTES {
+                    break;
+                }
+                again.push(unit);
             }
         }
-        self.ledger.skip_own_past(highest);
+        again.reverse();
+        if self.ledger.skip_own_past(highest).is_err() {
+            // Nothing can be written (the ledger refuses submits too): seen again next time.
+            self.stats.store_errors += 1;
+            return;
+        }
         let reissued = again.len() as u64;
         if !again.is_empty() {
             match self.ledger.reissue_logged(again, self.now.as_millis()) {
                 // Indexed and sent once durable, like a group commit; nobody waits for receipts.
                 Ok(logged) => {
-                    self.submits_syncing
-                        .push_back(Unanswered::Syncing { receipts: Vec::new(), logged });
+                    let waiting = Unanswered::Syncing { receipts: Vec::new(), logged };
+                    self.submits_syncing.push_back(waiting);
                 }
                 Err(_) => self.stats.store_errors += 1,
             }
         }
-        let seen_at = peer.map_or_else(|| "a received unit".to_string(), |p| p.to_string());
+        self.own_conflict_handled = self.ledger.own_head();
         tracing::error!(
             %seen_at, their_head = highest, our_head, reissued,
             "own units beyond this node's head are held elsewhere: this data directory was \
-             rolled back or restored from a copy, or is in use on another machine too; new units \
+             rolled back or restored in place, or is in use on another machine too; new units \
              now skip those seqs, and the units that may share them were issued again"
         );
         self.stats.own_conflicts += 1;
@@ -116,5 +143,43 @@ impl<S: Store> Node<S> {
             }
             Unanswered::Refused { .. } => None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::proto::peers::Role;
+    use crate::proto::tests::Harness;
+    use crate::unit::Urgency;
+
+    #[test]
+    fn seqs_skipped_stay_skipped_after_a_restart_and_implausible_claims_are_ignored() {
+        let mut h = Harness::new(&[Role::Lane], &[true], &[]);
+        for i in 0..3 {
+            h.submit(0, format!("sale {i}").as_bytes(), Urgency::Normal);
+        }
+        assert_eq!(h.nodes[0].ledger().own_head(), 3);
+        // A broken peer claims our origin near the end of the seq space: not believed.
+        h.nodes[0].own_units_ahead(None, 3 + super::PLAUSIBLE_AHEAD + 1);
+        assert_eq!(h.nodes[0].ledger().own_head(), 3);
+        assert_eq!(h.nodes[0].stats().own_conflicts, 0);
+
+        h.nodes[0].own_units_ahead(None, 10);
+        assert_eq!(h.nodes[0].stats().own_conflicts, 1);
+        // 1-3 were issued again as 11-13 (nothing was confirmed by a peer).
+        assert_eq!(h.nodes[0].stats().units_reissued, 3);
+        assert_eq!(h.nodes[0].ledger().own_head(), 13);
+        // A second sighting does not issue the same units again.
+        h.nodes[0].own_units_ahead(None, 20);
+        assert_eq!(h.nodes[0].stats().units_reissued, 3);
+        assert_eq!(h.nodes[0].ledger().own_head(), 20);
+
+        // A restart before seqs 4-10 and 14-20 came back keeps them skipped.
+        let mut store = h.nodes[0].ledger().store().clone();
+        store.crash();
+        h.restart(0, store);
+        assert_eq!(h.nodes[0].ledger().own_head(), 20);
+        h.submit(0, b"after the restart", Urgency::Normal);
+        assert_eq!(h.nodes[0].ledger().own_head(), 21);
     }
 }
