@@ -251,16 +251,36 @@ pub struct Ledger<S: Store = SledStore> {
     /// ticket: at most one job of received units is out at a time (a burst per job kept a
     /// duplicated file handle each, and a stalled disk ran the node out of them).
     owed: bool,
-    /// [`Ledger::confirmed_own`].
-    own_confirmed: u64,
+    /// What peers were seen to hold of the own origin, and seqs skipped ([`OwnRecord`]).
+    own_record: OwnRecord,
     /// The own head when this ledger was opened (see [`Ledger::reissue_floor`]).
     opened_own_head: u64,
 }
 
-/// Store meta entry: [`Ledger::confirmed_own`], 8 bytes little-endian.
-const OWN_CONFIRMED: &str = "own_confirmed";
-/// Store meta entry: the last own seq skipped for a conflict ([`Ledger::skip_own_past`]).
-const OWN_SKIPPED: &str = "own_skipped";
+/// Store meta entry: the [`OwnRecord`], postcard.
+const OWN_RECORD: &str = "own_origin";
+
+/// How far beyond this node's head a peer may show our origin and be believed: more units than
+/// a rollback plausibly lost. A larger claim (a broken peer) would move the next own seq towards
+/// the end of the seq space; such units are not taken either.
+pub const OWN_PLAUSIBLE_AHEAD: u64 = 1 << 24;
+
+/// What this data directory knows of its own origin elsewhere, for conflicts after a rollback
+/// (`crate::proto::node::own_origin`). Kept for one dbid: a copied directory, which takes a new
+/// dbid with the same store, starts afresh.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct OwnRecord {
+    dbid: Option<DatabaseId>,
+    /// Per peer, the own seq it was seen to hold all of up to ([`Ledger::confirm_own`]).
+    confirmed: BTreeMap<DatabaseId, u64>,
+    /// The last own seq skipped for a conflict with nothing to issue again
+    /// ([`Ledger::skip_own_past`]).
+    skipped: u64,
+}
+
+fn encode_own_record(record: &OwnRecord) -> Result<Vec<u8>, LedgerError> {
+    postcard::to_allocvec(record).map_err(|_| LedgerError::BadMeta { name: OWN_RECORD })
+}
 
 /// How the sync thread runs a job: [`SyncJob::run`], or a test's failing or gated disk.
 pub(crate) type SyncRunner = Box<dyn Fn(&SyncJob) -> Result<(), DatiError> + Send>;
@@ -649,12 +669,11 @@ impl<S: Store> Ledger<S> {
         own: DatabaseId,
         payload_limit: usize,
     ) -> Result<Self, LedgerError> {
-        let meta_u64 = |name: &str| -> Result<u64, StoreError> {
-            Ok(store.meta_get(name)?.and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes))
-        };
-        let own_confirmed = meta_u64(OWN_CONFIRMED)?;
+        let own_record = meta_decode::<S, OwnRecord>(&store, OWN_RECORD)?
+            .filter(|r| r.dbid == Some(own))
+            .unwrap_or(OwnRecord { dbid: Some(own), ..OwnRecord::default() });
         // Seqs skipped for a conflict are taken, whether or not their units came back yet.
-        let next_own_seq = store.next_seq(&own).max(meta_u64(OWN_SKIPPED)?.saturating_add(1));
+        let next_own_seq = store.next_seq(&own).max(own_record.skipped.saturating_add(1));
         let floor = match next_own_seq.checked_sub(1).filter(|s| *s > 0) {
             Some(last) => store.get(&own, last)?.map(|u| {
                 u.physkey.generated_parts().map_or(u.created_ms, |p| p.time_ms.max(u.created_ms))
@@ -680,7 +699,7 @@ impl<S: Store> Ledger<S> {
             receiving_units: VersionVector::new(),
             syncer: None,
             owed: false,
-            own_confirmed,
+            own_record,
             opened_own_head: next_own_seq.saturating_sub(1),
         })
     }
@@ -863,47 +882,64 @@ impl<S: Store> Ledger<S> {
         self.next_own_seq.saturating_sub(1)
     }
 
-    /// The highest own seq a peer was seen to hold all of up to, as last recorded in the store
+    /// The highest own seq `peer` was seen to hold all of up to, as last recorded in the store
     /// ([`Ledger::confirm_own`]); 0 when none was.
-    pub fn confirmed_own(&self) -> u64 {
-        self.own_confirmed
+    pub fn confirmed_own(&self, peer: &DatabaseId) -> u64 {
+        self.own_record.confirmed.get(peer).copied().unwrap_or(0)
     }
 
-    /// Records that a peer holds every own unit up to `seq` (a no-op unless it raises the
+    /// Records that `peer` holds every own unit up to `seq` (a no-op unless it raises the
     /// record), as far as this store holds them too: never past seqs skipped for a conflict and
     /// not back yet. Written without a flush: the next store batch or checkpoint makes it
     /// durable, and a lost update only lowers it, which costs duplicates, never units. A data
     /// directory rolled back to a snapshot rolls this back with it, to at most the head it had
     /// then (see [`Ledger::reissue_floor`]).
-    pub fn confirm_own(&mut self, seq: u64) -> Result<(), LedgerError> {
+    pub fn confirm_own(&mut self, peer: DatabaseId, seq: u64) -> Result<(), LedgerError> {
         let held = self.store.version_vector().get(&self.own).map_or(0, |r| r.contiguous());
         let seq = seq.min(held);
-        if seq > self.own_confirmed {
-            self.store.meta_put(OWN_CONFIRMED, &seq.to_le_bytes())?;
-            self.own_confirmed = seq;
+        if seq > self.confirmed_own(&peer) {
+            let mut record = self.own_record.clone();
+            record.confirmed.insert(peer, seq);
+            self.store.meta_put(OWN_RECORD, &encode_own_record(&record)?)?;
+            self.own_record = record;
         }
         Ok(())
     }
 
-    /// Below which own units cannot collide with units made before a rollback of this data
-    /// directory: both the recorded confirmation (rolled back with the directory, unless a peer
-    /// confirmed units made after the rollback since) and the head at this open (at most the
-    /// rollback's head, whether the process started after the revert or was reverted with it)
-    /// stay at or below it.
-    pub fn reissue_floor(&self) -> u64 {
-        self.own_confirmed.min(self.opened_own_head)
+    /// Below which own units cannot collide with the units `peer` holds (any peer: `None`)
+    /// after a rollback of this data directory. The confirmation recorded for that peer was
+    /// rolled back with the directory (a peer that missed the rollback cannot have confirmed
+    /// units made since: it holds others under their seqs), so it is at most the rollback's
+    /// head; so is the head at this open when this process started after the revert or was
+    /// reverted with it. The lower of the two.
+    pub fn reissue_floor(&self, peer: Option<&DatabaseId>) -> u64 {
+        let confirmed = match peer {
+            Some(peer) => self.confirmed_own(peer),
+            None => self.own_record.confirmed.values().copied().min().unwrap_or(0),
+        };
+        confirmed.min(self.opened_own_head)
     }
 
-    /// Moves the next own seq past `seq`, durably: a peer holds own units up to `seq` that this
-    /// data directory does not know it handed out (it was rolled back, or is in use on another
-    /// machine too), and new units must not take those seqs again, also after a restart before
-    /// they come back from that peer through anti-entropy. Returns whether it moved.
-    pub fn skip_own_past(&mut self, seq: u64) -> Result<bool, LedgerError> {
+    /// Moves the next own seq past `seq`: a peer holds own units up to `seq` that this data
+    /// directory does not know it handed out (it was rolled back, or is in use on another
+    /// machine too), and new units must not take those seqs again. With `durable` the skip
+    /// holds across a restart before those units come back from the peer; without (units are
+    /// issued again above `seq`), their seqs hold it once synced, and if they are lost in a
+    /// crash, the conflict is seen again. Returns whether it moved.
+    pub fn skip_own_past(&mut self, seq: u64, durable: bool) -> Result<bool, LedgerError> {
+        if self.failure.is_some() {
+            return Err(LedgerError::Poisoned);
+        }
         let next = seq.saturating_add(1);
         if next <= self.next_own_seq {
             return Ok(false);
         }
-        self.meta_put_durably(&[(OWN_SKIPPED, &seq.to_le_bytes())])?;
+        if durable {
+            let mut record = self.own_record.clone();
+            record.skipped = seq;
+            self.meta_put_durably(&[(OWN_RECORD, &encode_own_record(&record)?)])?;
+            self.own_record = record;
+        }
         self.next_own_seq = next;
         Ok(true)
     }
@@ -1374,7 +1410,9 @@ impl<S: Store> Ledger<S> {
         let mut fresh = Vec::with_capacity(units.len());
         let mut plains = Vec::with_capacity(if encoded.is_empty() { 0 } else { units.len() });
         for (i, unit) in units.into_iter().enumerate() {
-            if (unit.origin == self.own && defer_own_from.is_some_and(|from| unit.seq >= from))
+            if (unit.origin == self.own
+                && (defer_own_from.is_some_and(|from| unit.seq >= from)
+                    || unit.seq > self.own_head().saturating_add(OWN_PLAUSIBLE_AHEAD)))
                 || self.store.contains(&unit.origin, unit.seq)
                 || (receiving && self.receiving_units.contains(&unit.origin, unit.seq))
                 || !(ordered || seen.insert((unit.origin, unit.seq)))
@@ -2074,5 +2112,47 @@ pub(crate) mod tests {
         assert_eq!(report.replayed, 0);
         assert_eq!(recorded(&ledger), Some(positions));
         assert_eq!(ledger.store().units_total(), 150);
+    }
+}
+
+#[cfg(test)]
+mod own_record_tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn own() -> DatabaseId {
+        DatabaseId::from_bytes(b"OWNDB0000000001").unwrap()
+    }
+
+    /// An own unit received from elsewhere far beyond our head (a broken peer) is not taken: it
+    /// would move the next own seq towards the end of the seq space for good.
+    #[test]
+    fn an_implausible_own_unit_from_elsewhere_is_not_taken() {
+        let mut ledger = Ledger::without_logs(MemoryStore::new(), own(), 1 << 20).unwrap();
+        ledger.submit_batch(vec![tests::sale(1)], 1_000).unwrap();
+        let unit = |seq| TransferUnit { seq, ..ledger.store().get(&own(), 1).unwrap().unwrap() };
+        let (far, near) = (unit(2 + OWN_PLAUSIBLE_AHEAD), unit(5));
+        assert!(ledger.accept_batch(vec![far], 2_000).unwrap().is_empty());
+        assert_eq!(ledger.own_head(), 1);
+        assert_eq!(ledger.accept_batch(vec![near], 2_000).unwrap().len(), 1);
+        assert_eq!(ledger.own_head(), 5);
+    }
+
+    /// The record of what peers confirmed belongs to one dbid: a copied directory (a new dbid,
+    /// the same store) does not inherit the skip or the confirmations.
+    #[test]
+    fn the_own_record_is_not_taken_over_by_a_new_dbid() {
+        let mut ledger = Ledger::without_logs(MemoryStore::new(), own(), 1 << 20).unwrap();
+        ledger.submit_batch(vec![tests::sale(1)], 1_000).unwrap();
+        let peer = DatabaseId::from_bytes(b"PEER00000000001").unwrap();
+        ledger.confirm_own(peer, 9).unwrap();
+        assert_eq!(ledger.confirmed_own(&peer), 1, "never beyond what the store holds");
+        ledger.skip_own_past(100, true).unwrap();
+        let store = ledger.store().clone();
+        let again = Ledger::without_logs(store.clone(), own(), 1 << 20).unwrap();
+        assert_eq!((again.own_head(), again.confirmed_own(&peer)), (100, 1));
+        let copy = DatabaseId::from_bytes(b"COPY00000000001").unwrap();
+        let copied = Ledger::without_logs(store, copy, 1 << 20).unwrap();
+        assert_eq!((copied.own_head(), copied.confirmed_own(&peer)), (0, 0));
     }
 }

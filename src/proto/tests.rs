@@ -1044,7 +1044,8 @@ fn a_rolled_back_directory_skips_taken_seqs_and_issues_the_colliding_units_again
     }
     h.run_until(h.now.plus_millis(3_000));
     assert_eq!(h.nodes[1].ledger().store().units_total(), 10);
-    assert!(h.nodes[0].ledger().confirmed_own() >= 5, "the peer's holdings were recorded");
+    let server = h.nodes[1].dbid();
+    assert!(h.nodes[0].ledger().confirmed_own(&server) >= 5, "the peer's holdings were recorded");
 
     h.restart(0, snapshot);
     h.cut[0] = true;
@@ -1114,7 +1115,8 @@ fn units_a_neighbour_confirmed_after_a_revert_still_reach_the_server_that_holds_
     }
     h.run_until(h.now.plus_millis(5_000));
     assert_eq!(h.nodes[1].ledger().store().units_total(), 8, "the neighbour took 6-8");
-    assert!(h.nodes[0].ledger().confirmed_own() >= 8, "and confirmed them");
+    let neighbour = h.nodes[1].dbid();
+    assert!(h.nodes[0].ledger().confirmed_own(&neighbour) >= 8, "and confirmed them");
     assert_eq!(h.nodes[0].stats().own_conflicts, 0);
 
     h.cut[2] = false;

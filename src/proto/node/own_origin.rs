@@ -25,6 +25,7 @@
 use serde::Serialize;
 
 use crate::id::DatabaseId;
+use crate::ledger::OWN_PLAUSIBLE_AHEAD;
 use crate::store::Store;
 use crate::unit::TransferUnit;
 
@@ -36,11 +37,6 @@ use super::{Node, Unanswered};
 const REISSUE_MAX: u64 = 65_536;
 /// Their payload bytes, at most (units may be large).
 const REISSUE_MAX_BYTES: usize = 64 << 20;
-
-/// How far beyond this node's head a peer may show our origin and be believed: more units than
-/// a rollback plausibly lost. A larger claim (a broken peer) would move the next own seq towards
-/// the end of the seq space, so it is logged and ignored.
-const PLAUSIBLE_AHEAD: u64 = 1 << 24;
 
 /// The last time this node's own origin was seen beyond its head.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -63,7 +59,7 @@ impl<S: Store> Node<S> {
     pub(super) fn own_origin_seen(&mut self, peer: DatabaseId, contiguous: u64, highest: u64) {
         if highest > self.ledger.own_head() {
             self.own_units_ahead(Some(peer), highest);
-        } else if self.ledger.confirm_own(contiguous).is_err() {
+        } else if self.ledger.confirm_own(peer, contiguous).is_err() {
             self.stats.store_errors += 1;
         }
     }
@@ -75,12 +71,13 @@ impl<S: Store> Node<S> {
             return;
         }
         let seen_at = peer.map_or_else(|| "a received unit".to_string(), |p| p.to_string());
-        if highest - our_head > PLAUSIBLE_AHEAD {
+        if highest - our_head > OWN_PLAUSIBLE_AHEAD {
             tracing::warn!(%seen_at, their_head = highest, our_head, "implausible own seq ignored");
             return;
         }
-        // Units issued again, and seqs skipped, for an earlier conflict are not candidates again.
-        let floor = self.ledger.reissue_floor().max(self.own_conflict_handled);
+        // Seqs skipped for an earlier conflict are not candidates again (the units issued again
+        // above them are: a peer further ahead may hold other units under their seqs too).
+        let floor = self.ledger.reissue_floor(peer.as_ref()).max(self.own_conflict_handled);
         let own = self.dbid();
         let from = floor.max(our_head.saturating_sub(REISSUE_MAX)) + 1;
         let mut again = Vec::new();
@@ -97,7 +94,7 @@ impl<S: Store> Node<S> {
             }
         }
         again.reverse();
-        if self.ledger.skip_own_past(highest).is_err() {
+        if self.ledger.skip_own_past(highest, again.is_empty()).is_err() {
             // Nothing can be written (the ledger refuses submits too): seen again next time.
             self.stats.store_errors += 1;
             return;
@@ -113,7 +110,7 @@ impl<S: Store> Node<S> {
                 Err(_) => self.stats.store_errors += 1,
             }
         }
-        self.own_conflict_handled = self.ledger.own_head();
+        self.own_conflict_handled = highest;
         tracing::error!(
             %seen_at, their_head = highest, our_head, reissued,
             "own units beyond this node's head are held elsewhere: this data directory was \
@@ -148,6 +145,8 @@ impl<S: Store> Node<S> {
 
 #[cfg(test)]
 mod tests {
+    use super::OWN_PLAUSIBLE_AHEAD;
+    use crate::id::DatabaseId;
     use crate::proto::peers::Role;
     use crate::proto::tests::Harness;
     use crate::unit::Urgency;
@@ -158,28 +157,36 @@ mod tests {
         for i in 0..3 {
             h.submit(0, format!("sale {i}").as_bytes(), Urgency::Normal);
         }
-        assert_eq!(h.nodes[0].ledger().own_head(), 3);
+        let restart = |h: &mut Harness| {
+            let mut store = h.nodes[0].ledger().store().clone();
+            store.crash();
+            h.restart(0, store);
+        };
         // A broken peer claims our origin near the end of the seq space: not believed.
-        h.nodes[0].own_units_ahead(None, 3 + super::PLAUSIBLE_AHEAD + 1);
-        assert_eq!(h.nodes[0].ledger().own_head(), 3);
-        assert_eq!(h.nodes[0].stats().own_conflicts, 0);
+        h.nodes[0].own_units_ahead(None, 3 + OWN_PLAUSIBLE_AHEAD + 1);
+        assert_eq!((h.nodes[0].ledger().own_head(), h.nodes[0].stats().own_conflicts), (3, 0));
 
-        h.nodes[0].own_units_ahead(None, 10);
-        assert_eq!(h.nodes[0].stats().own_conflicts, 1);
-        // 1-3 were issued again as 11-13 (nothing was confirmed by a peer).
-        assert_eq!(h.nodes[0].stats().units_reissued, 3);
-        assert_eq!(h.nodes[0].ledger().own_head(), 13);
-        // A second sighting does not issue the same units again.
-        h.nodes[0].own_units_ahead(None, 20);
-        assert_eq!(h.nodes[0].stats().units_reissued, 3);
-        assert_eq!(h.nodes[0].ledger().own_head(), 20);
+        // A peer that held 1-3 before shows 10: nothing to issue again, and the skip is
+        // durable, so a restart before 4-10 came back does not hand them out again.
+        restart(&mut h);
+        let peer = DatabaseId::from_bytes(b"PEER00000000001").unwrap();
+        h.nodes[0].ledger_mut().confirm_own(peer, 3).unwrap();
+        h.nodes[0].own_units_ahead(Some(peer), 10);
+        assert_eq!(h.nodes[0].stats().units_reissued, 0);
+        restart(&mut h);
+        assert_eq!(h.nodes[0].ledger().own_head(), 10);
 
-        // A restart before seqs 4-10 and 14-20 came back keeps them skipped.
-        let mut store = h.nodes[0].ledger().store().clone();
-        store.crash();
-        h.restart(0, store);
-        assert_eq!(h.nodes[0].ledger().own_head(), 20);
+        // A unit sold since goes again under a new seq, which holds the skip after a restart.
         h.submit(0, b"after the restart", Urgency::Normal);
+        assert_eq!(h.nodes[0].ledger().own_head(), 11);
+        h.nodes[0].own_units_ahead(None, 20);
+        assert_eq!(h.nodes[0].stats().units_reissued, 1);
         assert_eq!(h.nodes[0].ledger().own_head(), 21);
+        // A peer further ahead: the copy may collide there too, and goes again; 11 does not.
+        h.nodes[0].own_units_ahead(None, 30);
+        assert_eq!(h.nodes[0].stats().units_reissued, 2);
+        assert_eq!(h.nodes[0].stats().own_conflicts, 2);
+        restart(&mut h);
+        assert_eq!(h.nodes[0].ledger().own_head(), 31);
     }
 }
