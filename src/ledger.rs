@@ -862,11 +862,7 @@ impl<S: Store> Ledger<S> {
         let Prepared { receipts, units, next, keyed } = self.prepare(subs, now_ms)?;
         let logged = self.log(units, &[], now_ms, Some(Haste::Now))?;
         self.next_own_seq = next;
-        if let (Some(first), Some(at)) =
-            (logged.units.first(), logged.refs.as_ref().and_then(|r| r.first()))
-        {
-            self.own_syncing
-                .push_back((first.seq, DatiPosition { nnnn: at.file, offset: at.offset }));
+        if self.own_logged(&logged) {
             for (key, i) in keyed {
                 if let Some(unit) = logged.units.get(i) {
                     self.pending_keys.insert(key, (unit.origin, unit.seq));
@@ -965,13 +961,20 @@ impl<S: Store> Ledger<S> {
         }
         let logged = self.log(fresh, &[], now_ms, Some(Haste::Now))?;
         self.next_own_seq = seq;
-        if let (Some(first), Some(at)) =
-            (logged.units.first(), logged.refs.as_ref().and_then(|r| r.first()))
-        {
-            self.own_syncing
-                .push_back((first.seq, DatiPosition { nnnn: at.file, offset: at.offset }));
-        }
+        self.own_logged(&logged);
         Ok(logged)
+    }
+
+    /// Notes an own batch just logged (not yet indexed), so checkpoints stop before it; false
+    /// when it is not waiting (empty, or written without logs).
+    fn own_logged(&mut self, logged: &Logged) -> bool {
+        let (Some(first), Some(at)) =
+            (logged.units.first(), logged.refs.as_ref().and_then(|r| r.first()))
+        else {
+            return false;
+        };
+        self.own_syncing.push_back((first.seq, DatiPosition { nnnn: at.file, offset: at.offset }));
+        true
     }
 
     /// Runs the fdatasyncs of [`Ledger::submit_logged`] on a thread of their own, calling
