@@ -253,6 +253,8 @@ pub struct Ledger<S: Store = SledStore> {
     owed: bool,
     /// What peers were seen to hold of the own origin, and seqs skipped ([`OwnRecord`]).
     own_record: OwnRecord,
+    /// `own_record` changed since it was last written (it is written with checkpoints).
+    own_record_dirty: bool,
     /// The own head when this ledger was opened (see [`Ledger::reissue_floor`]).
     opened_own_head: u64,
 }
@@ -669,7 +671,16 @@ impl<S: Store> Ledger<S> {
         own: DatabaseId,
         payload_limit: usize,
     ) -> Result<Self, LedgerError> {
-        let own_record = meta_decode::<S, OwnRecord>(&store, OWN_RECORD)?
+        // One that does not decode (damaged, or an older format) is dropped: a lost skip is seen
+        // again as a conflict, lost confirmations cost duplicates.
+        let own_record = match meta_decode::<S, OwnRecord>(&store, OWN_RECORD) {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(%e, "own-origin record dropped");
+                None
+            }
+        };
+        let own_record = own_record
             .filter(|r| r.dbid == Some(own))
             .unwrap_or(OwnRecord { dbid: Some(own), ..OwnRecord::default() });
         // Seqs skipped for a conflict are taken, whether or not their units came back yet.
@@ -700,6 +711,7 @@ impl<S: Store> Ledger<S> {
             syncer: None,
             owed: false,
             own_record,
+            own_record_dirty: false,
             opened_own_head: next_own_seq.saturating_sub(1),
         })
     }
@@ -886,34 +898,36 @@ impl<S: Store> Ledger<S> {
 
     /// Records that `peer` holds every own unit up to `seq` (a no-op unless it raises the
     /// record), as far as this store holds them too: never past seqs skipped for a conflict and
-    /// not back yet. Written without a flush: the next store batch or checkpoint makes it
-    /// durable, and a lost update only lowers it, which costs duplicates, never units. A data
-    /// directory rolled back to a snapshot rolls this back with it, to at most the head it had
-    /// then (see [`Ledger::reissue_floor`]).
-    pub fn confirm_own(&mut self, peer: DatabaseId, seq: u64) -> Result<(), LedgerError> {
+    /// not back yet. Written with the next checkpoint: a lost update only lowers it, which
+    /// costs duplicates, never units. A data directory rolled back to a snapshot rolls this
+    /// back with it, to at most the head it had then (see [`Ledger::reissue_floor`]).
+    pub fn confirm_own(&mut self, peer: DatabaseId, seq: u64) {
         let held = self.store.version_vector().get(&self.own).map_or(0, |r| r.contiguous());
         let seq = seq.min(held);
         if seq > self.confirmed_own(&peer) {
-            let mut record = self.own_record.clone();
-            record.confirmed.insert(peer, seq);
-            self.store.meta_put(OWN_RECORD, &encode_own_record(&record)?)?;
-            self.own_record = record;
+            self.own_record.confirmed.insert(peer, seq);
+            self.own_record_dirty = true;
         }
-        Ok(())
     }
 
-    /// Below which own units cannot collide with the units `peer` holds (any peer: `None`)
-    /// after a rollback of this data directory. The confirmation recorded for that peer was
-    /// rolled back with the directory (a peer that missed the rollback cannot have confirmed
-    /// units made since: it holds others under their seqs), so it is at most the rollback's
-    /// head; so is the head at this open when this process started after the revert or was
-    /// reverted with it. The lower of the two.
-    pub fn reissue_floor(&self, peer: Option<&DatabaseId>) -> u64 {
-        let confirmed = match peer {
-            Some(peer) => self.confirmed_own(peer),
-            None => self.own_record.confirmed.values().copied().min().unwrap_or(0),
-        };
+    /// Below which own units cannot collide with units peers hold after a rollback of this
+    /// data directory: the lowest confirmation recorded for any peer (rolled back with the
+    /// directory; a peer that missed the rollback holds other units under the seqs sold since,
+    /// so it cannot have confirmed them), and the head at this open (at most the rollback's
+    /// head when this process started after the revert or was reverted with it). Not the
+    /// confirmation of the peer that shows the conflict: it may report what another holds.
+    pub fn reissue_floor(&self) -> u64 {
+        let confirmed = self.own_record.confirmed.values().copied().min().unwrap_or(0);
         confirmed.min(self.opened_own_head)
+    }
+
+    /// Writes the own-origin record if it changed (durable with the flush that follows).
+    fn put_own_record(&mut self) -> Result<(), LedgerError> {
+        if self.own_record_dirty {
+            self.store.meta_put(OWN_RECORD, &encode_own_record(&self.own_record)?)?;
+            self.own_record_dirty = false;
+        }
+        Ok(())
     }
 
     /// Moves the next own seq past `seq`: a peer holds own units up to `seq` that this data
@@ -935,6 +949,7 @@ impl<S: Store> Ledger<S> {
             record.skipped = seq;
             self.meta_put_durably(&[(OWN_RECORD, &encode_own_record(&record)?)])?;
             self.own_record = record;
+            self.own_record_dirty = false;
         }
         self.next_own_seq = next;
         Ok(true)
@@ -1476,6 +1491,7 @@ impl<S: Store> Ledger<S> {
     /// earlier background checkpoint is returned here.
     pub fn checkpoint(&mut self) -> Result<(), LedgerError> {
         self.may_checkpoint()?;
+        self.put_own_record()?;
         let (Some(background), Some(dati)) = (self.background.as_mut(), self.dati.as_ref()) else {
             return self.checkpoint_now();
         };
@@ -1514,6 +1530,7 @@ impl<S: Store> Ledger<S> {
     /// The checkpoint, on this thread.
     fn checkpoint_now(&mut self) -> Result<(), LedgerError> {
         self.may_checkpoint()?;
+        self.put_own_record()?;
         if let Some(background) = self.background.as_mut() {
             background.collect(true)?;
         }
@@ -2148,7 +2165,7 @@ mod own_record_tests {
         let mut ledger = Ledger::without_logs(MemoryStore::new(), own(), 1 << 20).unwrap();
         ledger.submit_batch(vec![tests::sale(1)], 1_000).unwrap();
         let peer = DatabaseId::from_bytes(b"PEER00000000001").unwrap();
-        ledger.confirm_own(peer, 9).unwrap();
+        ledger.confirm_own(peer, 9);
         assert_eq!(ledger.confirmed_own(&peer), 1, "never beyond what the store holds");
         ledger.skip_own_past(100, true).unwrap();
         let store = ledger.store().clone();
