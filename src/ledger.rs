@@ -890,8 +890,8 @@ impl<S: Store> Ledger<S> {
         self.next_own_seq.saturating_sub(1)
     }
 
-    /// The highest own seq `peer` was seen to hold all of up to, as last recorded in the store
-    /// ([`Ledger::confirm_own`]); 0 when none was.
+    /// The highest own seq `peer` was seen to hold all of up to ([`Ledger::confirm_own`]; kept
+    /// across restarts as of the last checkpoint); 0 when none was.
     pub fn confirmed_own(&self, peer: &DatabaseId) -> u64 {
         self.own_record.confirmed.get(peer).copied().unwrap_or(0)
     }
@@ -935,14 +935,14 @@ impl<S: Store> Ledger<S> {
     /// machine too), and new units must not take those seqs again. With `durable` the skip
     /// holds across a restart before those units come back from the peer; without (units are
     /// issued again above `seq`), their seqs hold it once synced, and if they are lost in a
-    /// crash, the conflict is seen again. Returns whether it moved.
-    pub fn skip_own_past(&mut self, seq: u64, durable: bool) -> Result<bool, LedgerError> {
+    /// crash, the conflict is seen again.
+    pub fn skip_own_past(&mut self, seq: u64, durable: bool) -> Result<(), LedgerError> {
         if self.failure.is_some() {
             return Err(LedgerError::Poisoned);
         }
         let next = seq.saturating_add(1);
         if next <= self.next_own_seq {
-            return Ok(false);
+            return Ok(());
         }
         if durable {
             let mut record = self.own_record.clone();
@@ -952,7 +952,7 @@ impl<S: Store> Ledger<S> {
             self.own_record_dirty = false;
         }
         self.next_own_seq = next;
-        Ok(true)
+        Ok(())
     }
 
     /// Issues `units` (own units already held) again under new own seqs, unchanged otherwise

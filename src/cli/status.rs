@@ -254,7 +254,7 @@ fn print_running(n: &serde_json::Value) {
     if let Some(c) = n["own_conflict"].as_object() {
         let get = |k: &str| c.get(k).map(&text).unwrap_or_default();
         outln!(
-            "CONFLICT  {} holds own units up to seq {}, beyond this node's head {}: this data directory was rolled back, restored or copied to another machine; new units skip those seqs, and {} own units were issued again (meshnode's log has the time)",
+            "CONFLICT  {} holds own units up to seq {}, beyond this node's head {}: this data directory was rolled back or restored in place, or is in use on another machine too; new units skip those seqs, and {} own units were issued again (meshnode's log has the time)",
             get("seen_at"),
             get("their_head"),
             get("our_head"),

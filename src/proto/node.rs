@@ -207,7 +207,7 @@ pub struct NodeStats {
     /// `Have` was asked for.
     pub resyncs: u64,
     /// Times own units were seen held elsewhere beyond this node's head (a data directory
-    /// rolled back, restored or copied; see [`OwnConflict`]).
+    /// rolled back in place, or in use on two machines; see [`OwnConflict`]).
     pub own_conflicts: u64,
     /// Own units issued again under new seqs after such a conflict.
     pub units_reissued: u64,

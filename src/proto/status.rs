@@ -47,7 +47,7 @@ pub struct NodeStatus {
     /// A warning for the operator about the relays ("one observer sees every payload").
     pub relay_warning: Option<String>,
     /// The last time own units were seen held elsewhere beyond this node's head, since start
-    /// (a data directory rolled back, restored or copied).
+    /// (a data directory rolled back in place, or in use on two machines).
     pub own_conflict: Option<crate::proto::OwnConflict>,
 }
 

@@ -1,6 +1,7 @@
-//! This node's own origin seen beyond its head elsewhere: the data directory was rolled back
-//! (a VM snapshot reverted, a backup restored) or copied to another machine, and seqs it hands
-//! out again are already taken by other units.
+//! This node's own origin seen beyond its head elsewhere: the data directory was rolled back in
+//! place (a VM snapshot reverted, a block-level restore; a copied directory takes a new dbid,
+//! see `crate::datadir`) or is in use on another machine too, and seqs it hands out again are
+//! already taken by other units.
 //!
 //! A unit is named by `(origin, seq)`, so a peer holding another unit under a seq never takes
 //! ours: without this, every unit submitted between the rollback and the first contact with a
