@@ -257,7 +257,27 @@ pub struct Ledger<S: Store = SledStore> {
     own_record_dirty: bool,
     /// The own head when this ledger was opened (see [`Ledger::reissue_floor`]).
     opened_own_head: u64,
+    /// Received units whose `(origin, seq)` is held here as another unit, not yet taken by
+    /// the caller ([`Ledger::take_rivals`]); at most [`RIVALS_MAX`].
+    rivals: Vec<Rival>,
 }
+
+/// A received unit under an `(origin, seq)` this store holds as another unit (another
+/// physkey): that origin handed the seq out twice, because its data directory was rolled back
+/// in place (a VM snapshot reverted) or is in use on two machines. Neither unit can reach the
+/// nodes holding the other under that seq; only the origin can issue one of them again, under
+/// a new seq (`crate::proto::node::own_origin`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rival {
+    /// What this store holds under the seq.
+    pub held: TransferUnit,
+    /// What arrived under it.
+    pub received: TransferUnit,
+}
+
+/// Rivals kept for the caller at most; more are dropped (the origin hears of the first ones,
+/// and a later offer of the same seqs finds the rest).
+pub const RIVALS_MAX: usize = 1024;
 
 /// Store meta entry: the [`OwnRecord`], postcard.
 const OWN_RECORD: &str = "own_origin";
@@ -713,6 +733,7 @@ impl<S: Store> Ledger<S> {
             own_record,
             own_record_dirty: false,
             opened_own_head: next_own_seq.saturating_sub(1),
+            rivals: Vec::new(),
         })
     }
 
@@ -1404,9 +1425,11 @@ impl<S: Store> Ledger<S> {
 
     /// What of `units` is new: not held, not being received, not our own from a batch still
     /// syncing, not repeated. `plains[i]`, where given, is the new unit's canonical encoding.
+    /// Units held here as another unit (another physkey under the same seq) are kept in
+    /// [`Ledger::take_rivals`].
     #[allow(clippy::type_complexity)]
     fn fresh<'a>(
-        &self,
+        &mut self,
         units: Vec<TransferUnit>,
         encoded: &'a [Vec<u8>],
     ) -> Result<(Vec<TransferUnit>, Vec<Option<&'a [u8]>>), LedgerError> {
@@ -1428,10 +1451,15 @@ impl<S: Store> Ledger<S> {
         let mut fresh = Vec::with_capacity(units.len());
         let mut plains = Vec::with_capacity(if encoded.is_empty() { 0 } else { units.len() });
         for (i, unit) in units.into_iter().enumerate() {
+            if self.store.contains(&unit.origin, unit.seq) {
+                // A copy again, as a rule (a unit is seldom sent twice to one node): worth one
+                // read to tell it from another unit under the same seq.
+                self.note_rival(unit);
+                continue;
+            }
             if (unit.origin == self.own
                 && (defer_own_from.is_some_and(|from| unit.seq >= from)
                     || unit.seq > self.own_head().saturating_add(OWN_PLAUSIBLE_AHEAD)))
-                || self.store.contains(&unit.origin, unit.seq)
                 || (receiving && self.receiving_units.contains(&unit.origin, unit.seq))
                 || !(ordered || seen.insert((unit.origin, unit.seq)))
             {
@@ -1443,6 +1471,24 @@ impl<S: Store> Ledger<S> {
             fresh.push(unit);
         }
         Ok((fresh, plains))
+    }
+
+    /// Keeps `received` as a [`Rival`] if this store holds another unit under its seq.
+    fn note_rival(&mut self, received: TransferUnit) {
+        if self.rivals.len() >= RIVALS_MAX {
+            return;
+        }
+        // A unit that cannot be read is not compared: the store's own errors surface elsewhere.
+        if let Ok(Some(held)) = self.store.get(&received.origin, received.seq) {
+            if held.physkey != received.physkey {
+                self.rivals.push(Rival { held, received });
+            }
+        }
+    }
+
+    /// Received units that arrived under a seq held here as another unit, since the last call.
+    pub fn take_rivals(&mut self) -> Vec<Rival> {
+        std::mem::take(&mut self.rivals)
     }
 
     /// Logs and stores `units` durably; hands them back, so callers can send them on without
@@ -2156,6 +2202,22 @@ mod own_record_tests {
         assert_eq!(ledger.own_head(), 1);
         assert_eq!(ledger.accept_batch(vec![near], 2_000).unwrap().len(), 1);
         assert_eq!(ledger.own_head(), 5);
+    }
+
+    /// A copy of a held unit is a duplicate; another unit under a held seq is a rival, kept
+    /// with the unit held, and not taken.
+    #[test]
+    fn another_unit_under_a_held_seq_is_a_rival() {
+        let mut ledger = Ledger::without_logs(MemoryStore::new(), own(), 1 << 20).unwrap();
+        ledger.submit_batch(vec![tests::sale(1)], 1_000).unwrap();
+        let held = ledger.store().get(&own(), 1).unwrap().unwrap();
+        assert!(ledger.accept_batch(vec![held.clone()], 2_000).unwrap().is_empty());
+        assert_eq!(ledger.take_rivals(), []);
+        let other = TransferUnit { physkey: "P".repeat(32).parse().unwrap(), ..held.clone() };
+        assert!(ledger.accept_batch(vec![other.clone()], 2_000).unwrap().is_empty());
+        assert_eq!(ledger.take_rivals(), [Rival { held: held.clone(), received: other }]);
+        assert_eq!(ledger.take_rivals(), [], "taken once");
+        assert_eq!(ledger.store().get(&own(), 1).unwrap(), Some(held));
     }
 
     /// The record of what peers confirmed belongs to one dbid: a copied directory (a new dbid,

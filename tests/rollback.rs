@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 
@@ -73,78 +73,144 @@ fn backlog(lane: &Path) -> Option<(u64, u64)> {
     Some((peer["we_lack"].as_u64()?, peer["it_lacks"].as_u64()?))
 }
 
-#[test]
-fn a_lane_put_back_to_a_copy_still_gets_what_it_sells_afterwards_to_the_server() {
+/// Every physkey held at `dir`, with the seqs it is held under.
+fn held(dir: &Path) -> BTreeSet<(String, u64)> {
+    units(dir)
+        .iter()
+        .map(|u| (u["physkey"].as_str().unwrap().to_string(), u["seq"].as_u64().unwrap()))
+        .collect()
+}
+
+/// A lane and a store server, the lane's data directory put back in place while the server is
+/// down: sales before a copy of the lane's directory, sales lost with the revert, and sales
+/// made after it. The two nodes are running again when it returns.
+struct Reverted {
+    sales: Sales,
+    node: Running,
+    srv: Running,
+}
+
+/// The two data directories, and the receipts of the three kinds of sale (seq -> physkey).
+struct Sales {
+    _tmp: tempfile::TempDir,
+    lane: PathBuf,
+    server: PathBuf,
+    before: BTreeMap<u64, String>,
+    lost: BTreeMap<u64, String>,
+    after: BTreeMap<u64, String>,
+}
+
+fn revert(before_n: usize, lost_n: usize, after_n: usize) -> Reverted {
     let tmp = tempfile::tempdir().unwrap();
     let (dirs, _) = new_system(tmp.path(), "5,6,7,8", &["lane", "server"]);
-    let (lane, server) = (&dirs[0], &dirs[1]);
+    let (lane, server) = (dirs[0].clone(), dirs[1].clone());
     let port = free_port();
-    let srv = Running::start_as(server, port, "127.0.0.1:0", "store-server");
-    let node = Running::start(lane, port);
-    let before = sell(lane, 5, "before the copy");
+    let srv = Running::start_as(&server, port, "127.0.0.1:0", "store-server");
+    let node = Running::start(&lane, port);
+    let before = sell(&lane, before_n, "before the copy");
     wait_for("the server to hold the first sales", &[&srv, &node], || {
-        units_total(server) == 5 && backlog(lane) == Some((0, 0))
+        units_total(&server) == before_n as u64 && backlog(&lane) == Some((0, 0))
     });
     node.stop();
     let copy = tmp.path().join("lane-copy");
-    copy_dir(lane, &copy);
+    copy_dir(&lane, &copy);
 
-    let node = Running::start(lane, port);
-    let lost = sell(lane, 5, "lost with the revert");
-    wait_for("the server to hold the next sales", &[&srv, &node], || units_total(server) == 10);
+    let node = Running::start(&lane, port);
+    let lost = sell(&lane, lost_n, "lost with the revert");
+    let total = (before_n + lost_n) as u64;
+    wait_for("the server to hold the next sales", &[&srv, &node], || units_total(&server) == total);
     node.stop();
     srv.stop();
 
     // The revert; the lane sells while the server is down.
     let marker = std::fs::metadata(lane.join("install.marker")).unwrap().ino();
-    revert_in_place(&copy, lane);
+    revert_in_place(&copy, &lane);
     assert_eq!(std::fs::metadata(lane.join("install.marker")).unwrap().ino(), marker);
-    let node = Running::start(lane, port);
-    let after = sell(lane, 3, "sold after the revert");
+    let node = Running::start(&lane, port);
+    let after = sell(&lane, after_n, "sold after the revert");
+    let first = before_n as u64 + 1;
     assert_eq!(
         after.keys().copied().collect::<Vec<_>>(),
-        [6, 7, 8],
-        "the copy hands 6-8 out again"
+        (first..first + after_n as u64).collect::<Vec<_>>(),
+        "the copy hands the lost seqs out again"
     );
     assert!(after.values().all(|k| !lost.values().any(|l| l == k)));
+    let srv = Running::start_as(&server, port, "127.0.0.1:0", "store-server");
+    Reverted { sales: Sales { _tmp: tmp, lane, server, before, lost, after }, node, srv }
+}
 
-    let srv = Running::start_as(server, port, "127.0.0.1:0", "store-server");
-    wait_for("the lane to notice and the two to converge", &[&srv, &node], || {
+impl Sales {
+    /// Every sale is held at both ends: those from before the revert under their seqs at the
+    /// server, and each physkey under some seq at the lane and the server.
+    fn every_sale_everywhere(&self, extra: &BTreeMap<u64, String>) {
+        let (at_lane, at_server) = (held(&self.lane), held(&self.server));
+        for (seq, key) in self.before.iter().chain(&self.lost) {
+            assert!(at_server.contains(&(key.clone(), *seq)), "sale {seq} from before the revert");
+        }
+        let all = self.before.values().chain(self.lost.values()).chain(self.after.values());
+        for key in all.chain(extra.values()) {
+            for (name, held) in [("lane", &at_lane), ("server", &at_server)] {
+                assert!(held.iter().any(|(k, _)| k == key), "{key} at the {name}: {held:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_lane_put_back_to_a_copy_still_gets_what_it_sells_afterwards_to_the_server() {
+    let r = revert(5, 5, 3);
+    let (lane, server) = (&r.sales.lane, &r.sales.server);
+    // Seen by heads (the server holds 10, the lane knows 8), then by content: the lane offers
+    // 6-8 for comparison, and the server sends its own units of those seqs back.
+    wait_for("the lane to notice twice and the two to converge", &[&r.srv, &r.node], || {
+        let st = status(lane);
+        st["node"]["counters"]["own_conflicts"] == 2 && backlog(lane) == Some((0, 0))
+    });
+    let st = status(lane);
+    let conflict = &st["node"]["own_conflict"];
+    assert_eq!(
+        (conflict["differing"].as_u64(), conflict["their_head"].as_u64()),
+        (Some(3), Some(8)),
+        "{conflict}"
+    );
+    // 6-8 went again at the first sight (only what lay above what the server was known to
+    // hold before the copy), the server's 6-8 at the second.
+    assert_eq!(st["node"]["counters"]["units_reissued"], 6, "{st}");
+    assert_eq!(conflict["reissued"], 3, "{conflict}");
+    let table = ok(&["--status", "--data-dir", s(lane)]);
+    assert!(table.contains("CONFLICT") && table.contains("3 own seqs (up to 8)"), "{table}");
+    assert!(r.node.log_text().contains("rolled back"), "{}", r.node.log_text());
+    // A sale now takes a seq nobody holds.
+    let next = sell(lane, 1, "the next sale");
+    assert!(next.keys().all(|&seq| seq > 16), "{next:?}");
+    wait_for("the server to hold the next sale", &[&r.srv, &r.node], || units_total(server) == 17);
+    r.node.stop();
+    r.srv.stop();
+    r.sales.every_sale_everywhere(&next);
+    ok(&["log", "verify", "--data-dir", s(lane)]);
+}
+
+/// The lane sells more after the revert than the revert took back: by heads the server looks
+/// behind it, and only the content shows the conflict.
+#[test]
+fn a_lane_that_sold_past_its_old_head_after_a_revert_is_found_by_content() {
+    let r = revert(5, 2, 5);
+    let (lane, server) = (&r.sales.lane, &r.sales.server);
+    wait_for("the lane to notice and the two to converge", &[&r.srv, &r.node], || {
         status(lane)["node"]["own_conflict"].is_object() && backlog(lane) == Some((0, 0))
     });
     let st = status(lane);
     let conflict = &st["node"]["own_conflict"];
     assert_eq!(
-        (conflict["our_head"].as_u64(), conflict["their_head"].as_u64()),
-        (Some(8), Some(10))
+        (conflict["differing"].as_u64(), conflict["their_head"].as_u64()),
+        (Some(2), Some(7)),
+        "{conflict}"
     );
-    // Only what lay above what the server was known to hold before the copy went again.
-    assert_eq!(conflict["reissued"], 3, "{conflict}");
-    assert_eq!(st["node"]["counters"]["own_conflicts"], 1);
-    let table = ok(&["--status", "--data-dir", s(lane)]);
-    assert!(table.contains("CONFLICT") && table.contains("up to seq 10"), "{table}");
-    assert!(node.log_text().contains("rolled back"), "{}", node.log_text());
-    // A sale now takes a seq nobody holds.
-    let next = sell(lane, 1, "the next sale");
-    assert!(next.keys().all(|&seq| seq > 13), "{next:?}");
-    wait_for("the server to hold the next sale", &[&srv, &node], || units_total(server) == 14);
-    node.stop();
-    srv.stop();
-
-    // Every sale reached the server: those from before the revert under their seqs, those sold
-    // after it under the new seqs they were issued again with (same physkeys).
-    let held: BTreeMap<String, u64> = units(server)
-        .iter()
-        .map(|u| (u["physkey"].as_str().unwrap().to_string(), u["seq"].as_u64().unwrap()))
-        .collect();
-    for (seq, key) in before.iter().chain(&lost) {
-        assert_eq!(held.get(key), Some(seq), "sale {seq} from before the revert");
-    }
-    for key in after.values().chain(next.values()) {
-        assert!(
-            held.get(key).is_some_and(|&seq| seq > 10),
-            "{key} sold after the revert: {held:?}"
-        );
-    }
-    ok(&["log", "verify", "--data-dir", s(lane)]);
+    assert_eq!(conflict["reissued"], 4, "ours and theirs of seqs 6-7: {conflict}");
+    let srv_status = status(server);
+    assert_eq!(srv_status["node"]["counters"]["units_diverged"], 2, "{srv_status}");
+    wait_for("the server to hold every unit", &[&r.srv, &r.node], || units_total(server) == 14);
+    r.node.stop();
+    r.srv.stop();
+    r.sales.every_sale_everywhere(&BTreeMap::new());
 }

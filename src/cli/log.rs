@@ -113,7 +113,7 @@ fn import(dir: &Path, files: &[PathBuf]) -> anyhow::Result<()> {
     let (datadir, mut ledger) = super::open_ledger(dir)?;
     let keys = datadir.key_schedule();
     let dati_dir = datadir.dati_path();
-    let (mut seen, mut new) = (0u64, 0usize);
+    let (mut seen, mut new, mut rivals) = (0u64, 0usize, 0usize);
     for path in files {
         if path.parent().map(|p| same_dir(p, &dati_dir)).unwrap_or(false) {
             bail!("{} is already one of this node's daily logs; import files carried from another machine", path.display());
@@ -128,14 +128,20 @@ fn import(dir: &Path, files: &[PathBuf]) -> anyhow::Result<()> {
         seen += units.len() as u64;
         for chunk in units.chunks(4096) {
             new += ledger.accept_batch(chunk.to_vec(), super::now_ms())?.len();
+            rivals += ledger.take_rivals().len();
         }
     }
     ledger.close()?;
     outln!(
         "imported {} files: {seen} units read, {new} new, {} already held",
         files.len(),
-        seen - new as u64
+        seen - new as u64 - rivals as u64
     );
+    if rivals > 0 {
+        outln!(
+            "{rivals} units read were not taken: this node holds other units under their seqs, so their origin handed those seqs out twice (its data directory was rolled back in place, or is in use on two machines). That origin's node issues both units of such a seq again once a peer linked to it holds the other one (README, \"A data directory put back in place\")"
+        );
+    }
     Ok(())
 }
 

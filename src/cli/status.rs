@@ -253,13 +253,23 @@ fn print_running(n: &serde_json::Value) {
     }
     if let Some(c) = n["own_conflict"].as_object() {
         let get = |k: &str| c.get(k).map(&text).unwrap_or_default();
-        outln!(
-            "CONFLICT  {} holds own units up to seq {}, beyond this node's head {}: this data directory was rolled back or restored in place, or is in use on another machine too; new units skip those seqs, and {} own units were issued again (meshnode's log has the time)",
-            get("seen_at"),
-            get("their_head"),
-            get("our_head"),
-            get("reissued")
-        );
+        if c.get("differing").and_then(serde_json::Value::as_u64).unwrap_or(0) > 0 {
+            outln!(
+                "CONFLICT  {} holds {} own seqs (up to {}) as other units: this data directory was rolled back or restored in place, or is in use on another machine too; both units of each seq went again under new seqs, {} units in all (meshnode's log has the time)",
+                get("seen_at"),
+                get("differing"),
+                get("their_head"),
+                get("reissued")
+            );
+        } else {
+            outln!(
+                "CONFLICT  {} holds own units up to seq {}, beyond this node's head {}: this data directory was rolled back or restored in place, or is in use on another machine too; new units skip those seqs, and {} own units were issued again (meshnode's log has the time)",
+                get("seen_at"),
+                get("their_head"),
+                get("our_head"),
+                get("reissued")
+            );
+        }
     }
     let peers = n["peers"].as_array().cloned().unwrap_or_default();
     let up = peers.iter().filter(|p| p["state"] == "up").count();

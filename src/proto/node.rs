@@ -211,6 +211,11 @@ pub struct NodeStats {
     pub own_conflicts: u64,
     /// Own units issued again under new seqs after such a conflict.
     pub units_reissued: u64,
+    /// Units of other origins that arrived under a seq held here as another unit (their
+    /// origin handed the seq out twice); ours went back to the origin where it is linked.
+    pub units_diverged: u64,
+    /// Own units sent to peers for comparison on new links ([`own_origin`]).
+    pub own_units_offered: u64,
     /// Bytes of the datagrams emitted (discovery and multicast units; each sent once per
     /// discovery interface, counted once), sealed, without UDP/IP headers.
     pub datagram_bytes_sent: u64,
@@ -248,6 +253,9 @@ pub(crate) struct LinkInfo {
     withheld_at: Time,
     /// Units we withheld from the peer on this link (status).
     withheld_by_us: VersionVector,
+    /// Own units the peer says it holds were sent to it on this link for comparison
+    /// ([`own_origin`]), once per link.
+    own_offered: bool,
     /// The peer's `Pads` arrived on this link: it is a build that knows sensitive parts, and
     /// (on a relay link) our pad cursors are past every offset it has opened.
     pads_heard: bool,
@@ -340,6 +348,12 @@ pub struct Node<S: Store> {
     own_conflict: Option<OwnConflict>,
     /// Own seqs up to here were skipped or issued again for a conflict since start.
     own_conflict_handled: u64,
+    /// Own seqs whose unit was issued again since start because a peer holds another unit
+    /// under them ([`own_origin`]); at most `REISSUE_MAX`, then started afresh.
+    own_rivals_done: BTreeSet<u64>,
+    /// Physkeys of units made under our origin elsewhere (before a rollback) issued again since
+    /// start, so a second copy from another peer is not issued again while the first syncs.
+    rival_keys: std::collections::HashSet<crate::id::Physkey>,
 }
 
 /// Batches waiting for their log sync.
@@ -450,6 +464,8 @@ impl<S: Store> Node<S> {
             submits_syncing: VecDeque::new(),
             own_conflict: None,
             own_conflict_handled: 0,
+            own_rivals_done: BTreeSet::new(),
+            rival_keys: std::collections::HashSet::new(),
         };
         if node.cfg.role == Role::MainServer {
             let origins: Vec<DatabaseId> =

@@ -1066,12 +1066,19 @@ fn a_rolled_back_directory_skips_taken_seqs_and_issues_the_colliding_units_again
     for i in 0..10 {
         assert!(at_server.contains(format!("sale {i}").as_bytes()), "sale {i} is still held");
     }
+    // The lane holds the server's units under 6-8 too: the server's next `Have` made the lane
+    // offer 6-8 for comparison, and the server sent its own units of those seqs back.
+    let at_lane = h.payloads(0);
+    for i in 0..10 {
+        assert!(at_lane.contains(format!("sale {i}").as_bytes()), "the lane holds sale {i}");
+    }
     let stats = h.nodes[0].stats().clone();
-    assert_eq!(stats.own_conflicts, 1);
-    // 6-8 collided; whatever lay above the recorded confirmation went again too.
-    assert!((3..=8).contains(&stats.units_reissued), "{}", stats.units_reissued);
+    assert_eq!(stats.own_conflicts, 2, "seen by heads, then by content");
+    // 6-8 collided; whatever lay above the recorded confirmation went again too; then the
+    // server's three, and not ours again.
+    assert!((6..=11).contains(&stats.units_reissued), "{}", stats.units_reissued);
     let conflict = h.nodes[0].status().own_conflict.expect("status shows the conflict");
-    assert_eq!((conflict.our_head, conflict.their_head), (8, 10));
+    assert_eq!((conflict.differing, conflict.their_head, conflict.reissued), (3, 8, 3));
     assert_eq!(conflict.seen_at, h.nodes[1].dbid().to_string());
 
     // New units take fresh seqs and reach the server; both ends hold the same seqs.
@@ -1079,6 +1086,60 @@ fn a_rolled_back_directory_skips_taken_seqs_and_issues_the_colliding_units_again
     h.run_until(h.now.plus_millis(3_000));
     assert!(h.payloads(1).contains(b"the next sale".as_slice()));
     assert!(h.nodes[0].ledger().own_head() > 10 + stats.units_reissued);
+    assert_eq!(
+        h.nodes[0].ledger().store().version_vector().get(&own),
+        h.nodes[1].ledger().store().version_vector().get(&own)
+    );
+}
+
+/// The revert of the test above, but the lane sells more while cut off than the revert took
+/// back: by heads the server looks behind the lane, and only the content shows the conflict.
+#[test]
+fn a_rolled_back_directory_that_sold_past_its_old_head_is_found_by_content() {
+    let roles = [Role::Lane, Role::StoreServer];
+    let mut h = Harness::new(&roles, &[true, true], &[]);
+    h.run_until(h.now.plus_millis(3_000));
+    for i in 0..5 {
+        h.submit(0, format!("sale {i}").as_bytes(), Urgency::Normal);
+    }
+    h.run_until(h.now.plus_millis(3_000));
+    let snapshot = h.nodes[0].ledger().store().clone();
+    for i in 5..10 {
+        h.submit(0, format!("sale {i}").as_bytes(), Urgency::Normal);
+    }
+    h.run_until(h.now.plus_millis(3_000));
+    assert_eq!(h.nodes[1].ledger().store().units_total(), 10);
+
+    h.restart(0, snapshot);
+    h.cut[0] = true;
+    for i in 0..8 {
+        h.submit(0, format!("sold after the revert {i}").as_bytes(), Urgency::Normal);
+    }
+    assert_eq!(h.nodes[0].ledger().own_head(), 13, "seqs 6-10 are handed out again, and 11-13");
+    h.run_until(h.now.plus_millis(1_000));
+    h.cut[0] = false;
+    h.run_until(h.now.plus_millis(30_000));
+
+    // Every sale is held at both ends: the server's 6-10 came back to the lane as rivals, and
+    // both units of each of those seqs went again under new seqs.
+    for i in [0, 1] {
+        let held = h.payloads(i);
+        for n in 0..10 {
+            assert!(held.contains(format!("sale {n}").as_bytes()), "node {i} holds sale {n}");
+        }
+        for n in 0..8 {
+            let sold = format!("sold after the revert {n}");
+            assert!(held.contains(sold.as_bytes()), "node {i} holds {sold}");
+        }
+    }
+    let stats = h.nodes[0].stats().clone();
+    assert!(stats.own_conflicts >= 1);
+    assert_eq!(stats.units_reissued, 10, "ours and theirs of seqs 6-10, once each");
+    assert_eq!(h.nodes[1].stats().units_diverged, 5);
+    let conflict = h.nodes[0].status().own_conflict.expect("status shows the conflict");
+    assert_eq!((conflict.differing, conflict.their_head), (5, 10));
+    assert_eq!(conflict.seen_at, h.nodes[1].dbid().to_string());
+    let own = h.nodes[0].dbid();
     assert_eq!(
         h.nodes[0].ledger().store().version_vector().get(&own),
         h.nodes[1].ledger().store().version_vector().get(&own)
@@ -1121,10 +1182,18 @@ fn units_a_neighbour_confirmed_after_a_revert_still_reach_the_server_that_holds_
 
     h.cut[2] = false;
     h.run_until(h.now.plus_millis(330_000));
-    assert_eq!(h.nodes[0].stats().own_conflicts, 1);
+    assert_eq!(h.nodes[0].stats().own_conflicts, 2, "seen by heads, then by content");
     let at_server = h.payloads(2);
     for i in 0..3 {
         let payload = format!("sold after the revert {i}").into_bytes();
         assert!(at_server.contains(&payload), "unit {i} sold after the revert reached the server");
+    }
+    // The server's units under 6-8 went back to the lane and out again under new seqs: every
+    // node holds every sale.
+    for node in 0..3 {
+        let held = h.payloads(node);
+        for i in 0..10 {
+            assert!(held.contains(format!("sale {i}").as_bytes()), "node {node} holds sale {i}");
+        }
     }
 }

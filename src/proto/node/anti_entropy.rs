@@ -60,7 +60,7 @@ impl<S: Store> Node<S> {
             self.raise_safe(origin, n);
         }
         if let Some((contiguous, highest)) = own.filter(|_| ok) {
-            self.own_origin_seen(dbid, contiguous, highest);
+            self.own_origin_seen(link, dbid, contiguous, highest);
         }
         // A full `Have` may follow a reconnect after anything: look at every origin.
         self.plan(link, (!full).then_some(changed.as_slice()));

@@ -1,25 +1,38 @@
-//! This node's own origin seen beyond its head elsewhere: the data directory was rolled back in
-//! place (a VM snapshot reverted, a block-level restore; a copied directory takes a new dbid,
-//! see `crate::datadir`) or is in use on another machine too, and seqs it hands out again are
-//! already taken by other units.
+//! This node's own origin seen elsewhere under seqs it handed out again: the data directory was
+//! rolled back in place (a VM snapshot reverted, a block-level restore; a copied directory takes
+//! a new dbid, see `crate::datadir`) or is in use on another machine too.
 //!
 //! A unit is named by `(origin, seq)`, so a peer holding another unit under a seq never takes
 //! ours: without this, every unit submitted between the rollback and the first contact with a
-//! peer would stay on this machine for good. When a peer's `Have` (or a received unit) shows an
-//! own seq above everything this node knows it handed out:
-//! - the next own seq moves past it, durably, so nothing submitted from now on collides; the
-//!   units skipped over are the peer's, and come back through anti-entropy;
-//! - own units above [`Ledger::reissue_floor`] (at most the rollback's head) and up to the
-//!   peer's head are issued again under new seqs, same physkey and payload: those that collided
-//!   reach the mesh, the others become duplicates, which applications drop by physkey;
-//! - the conflict is counted, logged as an error and shown by `--status`.
+//! peer would stay on this machine for good. Two ways show it:
+//! - **Heads.** A peer's `Have` (or a received unit) shows an own seq above everything this
+//!   node knows it handed out ([`Node::own_units_ahead`]):
+//!   - the next own seq moves past it, durably, so nothing submitted from now on collides; the
+//!     units skipped over are the peer's, and come back through anti-entropy;
+//!   - own units above [`Ledger::reissue_floor`] (at most the rollback's head) and up to the
+//!     peer's head are issued again under new seqs, same physkey and payload: those that
+//!     collided reach the mesh, the others become duplicates, which applications drop by
+//!     physkey.
+//! - **Content.** A node that receives a unit under an `(origin, seq)` it holds as another
+//!   unit keeps it as a [`Rival`] (one store read per copy received again). The origin's
+//!   own rivals ([`Node::own_rivals`]): both units go again under new seqs, ours (which the
+//!   nodes holding theirs never take under that seq) and theirs (a unit this origin made
+//!   before the rollback, which we and the nodes holding ours never take under it). Another
+//!   origin's rivals go back to that origin where it is linked ([`Node::return_rivals`]).
+//!   Own units reach such a peer by multicast as they are made; for those made while no peer
+//!   was in reach, the first `Have` on each link makes this node send the peer the own units
+//!   it says it holds beyond its last confirmation, the newest [`OFFER_MAX`]
+//!   ([`Node::offer_own`]): a peer that holds them already compares them.
 //!
-//! What this does not catch or repair (a per-origin digest in `Have` would):
-//! - a conflict is seen only while a peer's head for our origin is above ours: a directory
-//!   that sells more after the rollback, before it meets a peer, than it lost in the rollback
-//!   looks in step, and the units at the colliding seqs stay apart;
-//! - this node, and any peer that took its units at the colliding seqs, keep those and never
-//!   hold the peer's units there (made before the rollback, held elsewhere in the mesh);
+//! Each conflict is counted, logged as an error and shown by `--status`.
+//!
+//! What this does not catch or repair:
+//! - own units sold after the rollback more than [`OFFER_MAX`] beyond a peer's last
+//!   confirmation, before any peer was in reach, are compared only as far as that; relay
+//!   links get no offer (their sessions are bounded), so a peer reached only through relays
+//!   compares what reaches it by forwarding;
+//! - another origin's rivals go back only while that origin is linked here; it offers its
+//!   units again on its next link;
 //! - the skip goes to the peer's highest seq: a seq below it that the peer lacks and nobody
 //!   holds (a unit made just before the revert, which reached no one but beyond a lost
 //!   datagram) stays a hole, and peers' delivery of this origin stops there. Filling such holes
@@ -29,12 +42,16 @@
 
 use serde::Serialize;
 
-use crate::id::DatabaseId;
-use crate::ledger::OWN_PLAUSIBLE_AHEAD;
+use std::collections::BTreeMap;
+
+use crate::id::{DatabaseId, Physkey};
+use crate::ledger::{Rival, OWN_PLAUSIBLE_AHEAD};
+use crate::proto::io::LinkId;
 use crate::store::Store;
 use crate::unit::TransferUnit;
+use crate::wire::Tag;
 
-use super::{Node, Unanswered};
+use super::{Node, Source, Unanswered};
 
 /// Own units issued again for one conflict, at most: the newest ones, which are the ones
 /// submitted since the rollback (a directory with no record of what peers held would
@@ -42,6 +59,10 @@ use super::{Node, Unanswered};
 const REISSUE_MAX: u64 = 65_536;
 /// Their payload bytes, at most (units may be large).
 const REISSUE_MAX_BYTES: usize = 64 << 20;
+/// Own units sent to a peer for comparison on a new link, at most: the newest it holds beyond
+/// its last confirmation (a rollback that sold more than this while no peer was in reach is
+/// compared only this far).
+pub(crate) const OFFER_MAX: u64 = 1024;
 
 /// The last time this node's own origin was seen beyond its head.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -54,19 +75,175 @@ pub struct OwnConflict {
     pub our_head: u64,
     /// Own units issued again under new seqs.
     pub reissued: u64,
+    /// Own seqs found held there as other units (compared by content; 0 when seen by heads).
+    pub differing: u64,
     /// When (the core's clock, ms since the Unix epoch).
     pub at_unix_ms: u64,
 }
 
 impl<S: Store> Node<S> {
-    /// A peer holds every own unit up to `contiguous`, and none beyond `highest`: records what it
-    /// confirms, or handles a conflict when `highest` is beyond what this node handed out.
-    pub(super) fn own_origin_seen(&mut self, peer: DatabaseId, contiguous: u64, highest: u64) {
+    /// A peer's `Have` on `link` says it holds every own unit up to `contiguous`, and none beyond
+    /// `highest`: records what it confirms (after offering it for comparison, once per link),
+    /// or handles a conflict when `highest` is beyond what this node handed out.
+    pub(super) fn own_origin_seen(
+        &mut self,
+        link: LinkId,
+        peer: DatabaseId,
+        contiguous: u64,
+        highest: u64,
+    ) {
         if highest > self.ledger.own_head() {
             self.own_units_ahead(Some(peer), highest);
         } else {
+            self.offer_own(link, peer, contiguous);
             self.ledger.confirm_own(peer, contiguous);
         }
+    }
+
+    /// Sends the peer on `link`, once per link, the own units it says it holds beyond its last
+    /// recorded confirmation (the newest [`OFFER_MAX`]). It holds them already and only
+    /// compares: one that holds another unit under a seq sends its unit back (a rival). The
+    /// confirmation is rolled back with the data directory, so after a rollback this covers
+    /// every own unit sold since, and in steady state only those since the last checkpoint.
+    fn offer_own(&mut self, link: LinkId, peer: DatabaseId, contiguous: u64) {
+        let Some(info) = self.links.get_mut(&link) else { return };
+        if info.own_offered || link.is_relay() {
+            return;
+        }
+        info.own_offered = true;
+        let head = contiguous.min(self.ledger.own_head());
+        let from = self.ledger.confirmed_own(&peer).max(head.saturating_sub(OFFER_MAX)) + 1;
+        if from > head {
+            return;
+        }
+        let own = self.dbid();
+        let limit = usize::try_from(head - from + 1).unwrap_or(usize::MAX);
+        match self.ledger.store().range(&own, from, limit) {
+            Ok(units) if !units.is_empty() => {
+                self.stats.own_units_offered += units.len() as u64;
+                self.send_units(link, Tag::Tubt, &units, false);
+            }
+            Ok(_) => {}
+            Err(_) => self.stats.store_errors += 1,
+        }
+    }
+
+    /// Units of a received batch that arrived under seqs held here as other units.
+    pub(super) fn on_rivals(&mut self, source: Source, rivals: Vec<Rival>) {
+        let own = self.dbid();
+        let (mine, others): (Vec<Rival>, Vec<Rival>) =
+            rivals.into_iter().partition(|r| r.held.origin == own);
+        if !mine.is_empty() {
+            self.own_rivals(source, mine);
+        }
+        if !others.is_empty() {
+            self.return_rivals(others);
+        }
+    }
+
+    /// Another origin's seqs held here as other units: ours go to that origin where it is
+    /// linked, the one node that can issue them again (it does so in [`Node::own_rivals`]).
+    fn return_rivals(&mut self, rivals: Vec<Rival>) {
+        self.stats.units_diverged += rivals.len() as u64;
+        let mut by_origin: BTreeMap<DatabaseId, Vec<TransferUnit>> = BTreeMap::new();
+        for rival in rivals {
+            by_origin.entry(rival.held.origin).or_default().push(rival.held);
+        }
+        for (origin, held) in by_origin {
+            let link = self.peers.get(&origin).filter(|p| p.linked()).and_then(|p| p.link);
+            tracing::warn!(
+                %origin, units = held.len(), sent_back = link.is_some(),
+                "units arrived under seqs this node holds as other units: their origin handed \
+                 the seqs out twice (its data directory was rolled back in place, or is in use \
+                 on two machines); ours go back to it to be issued again"
+            );
+            if let Some(link) = link {
+                self.send_units(link, Tag::Tubt, &held, false);
+            }
+        }
+    }
+
+    /// Own seqs a peer holds as other units (made under our origin before a rollback): both go
+    /// again under new seqs. Ours, because the nodes holding theirs never take it under that
+    /// seq; theirs, because this node and the nodes holding ours never take it under that seq.
+    fn own_rivals(&mut self, source: Source, rivals: Vec<Rival>) {
+        let our_head = self.ledger.own_head();
+        let seen_at = self.source_name(source);
+        let differing = rivals.len() as u64;
+        let their_head = rivals.iter().map(|r| r.held.seq).max().unwrap_or(0);
+        if self.own_rivals_done.len() >= REISSUE_MAX as usize {
+            self.own_rivals_done.clear();
+        }
+        if self.rival_keys.len() >= REISSUE_MAX as usize {
+            self.rival_keys.clear();
+        }
+        let mut again = Vec::new();
+        for Rival { held, received } in rivals {
+            if self.own_rivals_done.insert(held.seq) {
+                again.push(held);
+            }
+            if !self.rival_keys.contains(&received.physkey) && !self.holds(&received.physkey) {
+                self.rival_keys.insert(received.physkey);
+                again.push(received);
+            }
+        }
+        let reissued = again.len() as u64;
+        if !self.issue_again(again) {
+            return;
+        }
+        tracing::error!(
+            %seen_at, differing, their_head, our_head, reissued,
+            "own seqs are held elsewhere as other units: this data directory was rolled back or \
+             restored in place, or is in use on another machine too; both units of each seq \
+             were issued again under new seqs"
+        );
+        self.conflict_seen(OwnConflict {
+            seen_at,
+            their_head,
+            our_head,
+            reissued,
+            differing,
+            at_unix_ms: self.now.as_millis(),
+        });
+    }
+
+    /// Whether a unit with `physkey` is held (under any seq).
+    fn holds(&self, physkey: &Physkey) -> bool {
+        !matches!(self.ledger.store().find_physkey(physkey), Ok(None))
+    }
+
+    fn source_name(&self, source: Source) -> String {
+        let peer = match source {
+            Source::Link(link) => self.links.get(&link).and_then(|l| l.peer),
+            Source::Local | Source::Multicast => None,
+        };
+        peer.map_or_else(|| "a received unit".to_string(), |p| p.to_string())
+    }
+
+    /// Issues own units (oldest first) again under new seqs: indexed and sent once durable,
+    /// like a group commit; nobody waits for receipts. False when the ledger refused them.
+    fn issue_again(&mut self, again: Vec<TransferUnit>) -> bool {
+        if again.is_empty() {
+            return true;
+        }
+        match self.ledger.reissue_logged(again, self.now.as_millis()) {
+            Ok(logged) => {
+                let waiting = Unanswered::Syncing { receipts: Vec::new(), logged };
+                self.submits_syncing.push_back(waiting);
+                true
+            }
+            Err(_) => {
+                self.stats.store_errors += 1;
+                false
+            }
+        }
+    }
+
+    fn conflict_seen(&mut self, conflict: OwnConflict) {
+        self.stats.own_conflicts += 1;
+        self.stats.units_reissued += conflict.reissued;
+        self.own_conflict = Some(conflict);
+        self.release_submits();
     }
 
     /// Own seqs up to `highest` are held elsewhere, beyond this node's head.
@@ -96,6 +273,9 @@ impl<S: Store> Node<S> {
                     break;
                 }
                 again.push(unit);
+                // A peer holding another unit here later sends it as a rival: only that one
+                // goes again then.
+                self.own_rivals_done.insert(seq);
             }
         }
         again.reverse();
@@ -105,16 +285,7 @@ impl<S: Store> Node<S> {
             return;
         }
         let reissued = again.len() as u64;
-        if !again.is_empty() {
-            match self.ledger.reissue_logged(again, self.now.as_millis()) {
-                // Indexed and sent once durable, like a group commit; nobody waits for receipts.
-                Ok(logged) => {
-                    let waiting = Unanswered::Syncing { receipts: Vec::new(), logged };
-                    self.submits_syncing.push_back(waiting);
-                }
-                Err(_) => self.stats.store_errors += 1,
-            }
-        }
+        self.issue_again(again);
         self.own_conflict_handled = highest;
         tracing::error!(
             %seen_at, their_head = highest, our_head, reissued,
@@ -122,16 +293,14 @@ impl<S: Store> Node<S> {
              rolled back or restored in place, or is in use on another machine too; new units \
              now skip those seqs, and the units that may share them were issued again"
         );
-        self.stats.own_conflicts += 1;
-        self.stats.units_reissued += reissued;
-        self.own_conflict = Some(OwnConflict {
+        self.conflict_seen(OwnConflict {
             seen_at,
             their_head: highest,
             our_head,
             reissued,
+            differing: 0,
             at_unix_ms: self.now.as_millis(),
         });
-        self.release_submits();
     }
 
     /// An own unit held here: in the store, or in a batch still waiting for its log sync.

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use crate::id::DatabaseId;
+use crate::ledger::Logged;
 use crate::proto::io::{DatagramDest, LinkId, Output};
 use crate::proto::message::{decode_units, Message};
 use crate::proto::peers::Role;
@@ -60,15 +61,27 @@ impl<S: Store> Node<S> {
             self.own_units_ahead(None, highest);
         }
         let now_ms = self.now.as_millis();
-        let logged = match self.ledger.receive_logged(units, encoded, now_ms) {
-            Ok(logged) => logged,
+        let received = self.ledger.receive_logged(units, encoded, now_ms);
+        // Handled after the batch is queued: batches are indexed in the order they were logged,
+        // and units issued again for a rival are logged after it.
+        let rivals = self.ledger.take_rivals();
+        let count = match received {
+            Ok(logged) => self.received_logged(source, logged),
             Err(_) => {
                 // Refused (disk full): what a peer reports holding is asked for again once the
                 // store takes writes.
                 self.stats.store_errors += 1;
-                return 0;
+                0
             }
         };
+        if !rivals.is_empty() {
+            self.on_rivals(source, rivals);
+        }
+        count
+    }
+
+    /// New received units, logged: sent on, delivered, and queued for their index.
+    fn received_logged(&mut self, source: Source, logged: Logged) -> usize {
         let count = logged.units().len();
         self.stats.units_new += count as u64;
         if count == 0 {
