@@ -813,6 +813,8 @@ fn throughput_trial(
 }
 
 fn lan(o: &Opts) -> anyhow::Result<Vec<String>> {
+    // Before any node runs, as until session 15: reported beside the rounds' own ceilings.
+    let ceiling_alone = datagram_ceiling(o.payload, CEILING_WINDOW)?;
     let header = {
         let unit = meshnode::TransferUnit {
             kind: UnitKind::Tubt,
@@ -948,6 +950,7 @@ fn lan(o: &Opts) -> anyhow::Result<Vec<String>> {
         "unit_header_bytes": header,
         "settle_ms": settle_ms,
         "datagram_ceiling_per_sec": ceiling.round(),
+        "datagram_ceiling_before_nodes_per_sec": ceiling_alone.round(),
         "throughput_units_per_sec": throughput.round(),
         "throughput_of_ceiling": throughput / ceiling,
         "all_accepted_at_node1_secs": accepted_secs,
@@ -993,7 +996,7 @@ fn lan(o: &Opts) -> anyhow::Result<Vec<String>> {
         );
         println!("  nodes linked after      {settle_ms} ms");
         println!(
-            "  datagram ceiling        {ceiling:.0} datagrams/s of {} bytes (the median round's)",
+            "  datagram ceiling        {ceiling:.0} datagrams/s of {} bytes (the median round's); {ceiling_alone:.0}/s before the nodes started",
             o.payload
         );
         println!(

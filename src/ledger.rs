@@ -262,11 +262,11 @@ pub struct Ledger<S: Store = SledStore> {
     rivals: Vec<Rival>,
 }
 
-/// A received unit under an `(origin, seq)` this store holds as another unit (another
-/// physkey): that origin handed the seq out twice, because its data directory was rolled back
+/// A received unit of our own origin under a seq this store holds as another unit (another
+/// physkey): this origin handed the seq out twice, because its data directory was rolled back
 /// in place (a VM snapshot reverted) or is in use on two machines. Neither unit can reach the
-/// nodes holding the other under that seq; only the origin can issue one of them again, under
-/// a new seq (`crate::proto::node::own_origin`).
+/// nodes holding the other under that seq; only this origin can issue them again, under new
+/// seqs (`crate::proto::node::own_origin`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rival {
     /// What this store holds under the seq.
@@ -275,9 +275,11 @@ pub struct Rival {
     pub received: TransferUnit,
 }
 
-/// Rivals kept for the caller at most; more are dropped (the origin hears of the first ones,
-/// and a later offer of the same seqs finds the rest).
+/// Rivals kept for the caller at most; more are dropped until the caller takes them (a peer
+/// sends back what differs of one offer, at most this many units).
 pub const RIVALS_MAX: usize = 1024;
+/// Their payload bytes, at most (and of what [`Ledger::differing`] returns).
+pub const RIVALS_MAX_BYTES: usize = 32 << 20;
 
 /// Store meta entry: the [`OwnRecord`], postcard.
 const OWN_RECORD: &str = "own_origin";
@@ -1425,7 +1427,7 @@ impl<S: Store> Ledger<S> {
 
     /// What of `units` is new: not held, not being received, not our own from a batch still
     /// syncing, not repeated. `plains[i]`, where given, is the new unit's canonical encoding.
-    /// Units held here as another unit (another physkey under the same seq) are kept in
+    /// Own units held here as another unit (another physkey under the same seq) are kept for
     /// [`Ledger::take_rivals`].
     #[allow(clippy::type_complexity)]
     fn fresh<'a>(
@@ -1452,9 +1454,12 @@ impl<S: Store> Ledger<S> {
         let mut plains = Vec::with_capacity(if encoded.is_empty() { 0 } else { units.len() });
         for (i, unit) in units.into_iter().enumerate() {
             if self.store.contains(&unit.origin, unit.seq) {
-                // A copy again, as a rule (a unit is seldom sent twice to one node): worth one
-                // read to tell it from another unit under the same seq.
-                self.note_rival(unit);
+                // An own unit from elsewhere is rare (a peer sends back what it holds under our
+                // seqs as other units): worth one read to tell it from a copy of ours. Other
+                // origins' units are compared only when offered ([`Ledger::differing`]).
+                if unit.origin == self.own {
+                    self.note_rival(unit);
+                }
                 continue;
             }
             if (unit.origin == self.own
@@ -1475,7 +1480,9 @@ impl<S: Store> Ledger<S> {
 
     /// Keeps `received` as a [`Rival`] if this store holds another unit under its seq.
     fn note_rival(&mut self, received: TransferUnit) {
-        if self.rivals.len() >= RIVALS_MAX {
+        let bytes = |u: &TransferUnit| u.payload.len() + u.sensitive.len();
+        let kept: usize = self.rivals.iter().map(|r| bytes(&r.held) + bytes(&r.received)).sum();
+        if self.rivals.len() >= RIVALS_MAX || kept >= RIVALS_MAX_BYTES {
             return;
         }
         // A unit that cannot be read is not compared: the store's own errors surface elsewhere.
@@ -1486,7 +1493,34 @@ impl<S: Store> Ledger<S> {
         }
     }
 
-    /// Received units that arrived under a seq held here as another unit, since the last call.
+    /// The units held under the seqs of `origin` in `offered` with other physkeys than offered
+    /// (that origin handed those seqs out twice), in order, at most [`RIVALS_MAX_BYTES`] of
+    /// payload. Costs one store read per offered seq held.
+    pub fn differing(
+        &self,
+        origin: &DatabaseId,
+        offered: &[(u64, Physkey)],
+    ) -> Result<Vec<TransferUnit>, LedgerError> {
+        let mut differing = Vec::new();
+        let mut bytes = 0;
+        for (seq, physkey) in offered {
+            if !self.store.contains(origin, *seq) {
+                continue;
+            }
+            if let Some(held) = self.store.get(origin, *seq)? {
+                if held.physkey != *physkey {
+                    bytes += held.payload.len() + held.sensitive.len();
+                    if bytes > RIVALS_MAX_BYTES {
+                        break;
+                    }
+                    differing.push(held);
+                }
+            }
+        }
+        Ok(differing)
+    }
+
+    /// Own units received under a seq held here as another unit, since the last call.
     pub fn take_rivals(&mut self) -> Vec<Rival> {
         std::mem::take(&mut self.rivals)
     }
@@ -2218,6 +2252,21 @@ mod own_record_tests {
         assert_eq!(ledger.take_rivals(), [Rival { held: held.clone(), received: other }]);
         assert_eq!(ledger.take_rivals(), [], "taken once");
         assert_eq!(ledger.store().get(&own(), 1).unwrap(), Some(held));
+    }
+
+    /// Offered `(seq, physkey)` pairs: what is held there under another physkey comes back;
+    /// seqs not held and the same physkeys do not.
+    #[test]
+    fn an_offer_is_answered_with_what_differs() {
+        let mut ledger = Ledger::without_logs(MemoryStore::new(), own(), 1 << 20).unwrap();
+        ledger.submit_batch(vec![tests::sale(1), tests::sale(2)], 1_000).unwrap();
+        let held = |seq| ledger.store().get(&own(), seq).unwrap().unwrap();
+        let (one, two) = (held(1), held(2));
+        let other: Physkey = "P".repeat(32).parse().unwrap();
+        let offered = [(1, one.physkey), (2, other), (3, other)];
+        assert_eq!(ledger.differing(&own(), &offered).unwrap(), [two]);
+        let stranger = DatabaseId::from_bytes(b"PEER00000000001").unwrap();
+        assert_eq!(ledger.differing(&stranger, &offered).unwrap(), []);
     }
 
     /// The record of what peers confirmed belongs to one dbid: a copied directory (a new dbid,

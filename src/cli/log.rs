@@ -126,7 +126,7 @@ fn import(dir: &Path, files: &[PathBuf]) -> anyhow::Result<()> {
                 format!("{} was not imported (nothing taken from it)", path.display())
             })?;
         seen += units.len() as u64;
-        for chunk in units.chunks(4096) {
+        for chunk in units.chunks(crate::ledger::RIVALS_MAX) {
             new += ledger.accept_batch(chunk.to_vec(), super::now_ms())?.len();
             rivals += ledger.take_rivals().len();
         }
@@ -139,7 +139,7 @@ fn import(dir: &Path, files: &[PathBuf]) -> anyhow::Result<()> {
     );
     if rivals > 0 {
         outln!(
-            "{rivals} units read were not taken: this node holds other units under their seqs, so their origin handed those seqs out twice (its data directory was rolled back in place, or is in use on two machines). That origin's node issues both units of such a seq again once a peer linked to it holds the other one (README, \"A data directory put back in place\")"
+            "{rivals} units read were not taken: they are this node's own units, made before its data directory was rolled back in place, under seqs it has handed out again since. Peers that hold them send them back once the node runs, and it issues them again under new seqs (README, \"A data directory put back in place\")"
         );
     }
     Ok(())

@@ -5,7 +5,7 @@
 //! | ---- | ------- | ---------- |
 //! | IDQY | [`Announce`] with `reply: false`: who is out there? | discovery group, tagged |
 //! | IDRP | [`Announce`] with `reply: true`: I am here | unicast to the asker, tagged |
-//! | TUBS | [`Message::Hello`], [`Message::Have`], [`Message::Want`], [`Message::Resync`]: link control and anti-entropy | link frames |
+//! | TUBS | [`Message::Hello`], [`Message::Have`], [`Message::Want`], [`Message::Resync`], [`Message::Offer`]: link control and anti-entropy | link frames |
 //! | TUBT | [`Message::Units`] pushed eagerly | environment group or link frames |
 //! | TUDA | [`Message::Units`] answering a `Want` (background synchronisation) | link frames |
 //!
@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::{DatabaseId, DeviceId, InstanceId};
+use crate::id::{DatabaseId, DeviceId, InstanceId, Physkey};
 use crate::proto::peers::Role;
 use crate::unit::{TransferUnit, UnitError};
 
@@ -180,6 +180,15 @@ pub enum Message {
     Withheld {
         /// (origin, seq).
         units: Vec<(DatabaseId, u64)>,
+    },
+    /// Own units of the sender that the receiver says it holds (its `Have`), by seq and
+    /// physkey: the receiver compares them with what it holds under those seqs, and sends back
+    /// as [`Message::Units`] the units it holds there under other physkeys (the sender handed
+    /// those seqs out twice: its data directory was rolled back in place). Only on a direct
+    /// link; see `crate::proto::node::own_origin`.
+    Offer {
+        /// (seq, physkey) of each unit.
+        units: Vec<(u64, Physkey)>,
     },
 }
 

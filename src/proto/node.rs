@@ -211,10 +211,10 @@ pub struct NodeStats {
     pub own_conflicts: u64,
     /// Own units issued again under new seqs after such a conflict.
     pub units_reissued: u64,
-    /// Units of other origins that arrived under a seq held here as another unit (their
-    /// origin handed the seq out twice); ours went back to the origin where it is linked.
+    /// Units held here under seqs a peer offered as other units of its own (it handed the seqs
+    /// out twice); ours went back to it.
     pub units_diverged: u64,
-    /// Own units sent to peers for comparison on new links ([`own_origin`]).
+    /// Own units sent to peers for comparison on new links.
     pub own_units_offered: u64,
     /// Bytes of the datagrams emitted (discovery and multicast units; each sent once per
     /// discovery interface, counted once), sealed, without UDP/IP headers.
@@ -348,12 +348,11 @@ pub struct Node<S: Store> {
     own_conflict: Option<OwnConflict>,
     /// Own seqs up to here were skipped or issued again for a conflict since start.
     own_conflict_handled: u64,
-    /// Own seqs whose unit was issued again since start because a peer holds another unit
-    /// under them ([`own_origin`]); at most `REISSUE_MAX`, then started afresh.
-    own_rivals_done: BTreeSet<u64>,
-    /// Physkeys of units made under our origin elsewhere (before a rollback) issued again since
-    /// start, so a second copy from another peer is not issued again while the first syncs.
-    rival_keys: std::collections::HashSet<crate::id::Physkey>,
+    /// Physkeys of own units issued again since start for a conflict ([`own_origin`]), ours and
+    /// those a peer sent back: each goes again once (two machines sharing one data directory
+    /// would otherwise issue each other's copies again for ever); at most `REISSUE_MAX`, then
+    /// started afresh.
+    reissued_keys: std::collections::HashSet<crate::id::Physkey>,
 }
 
 /// Batches waiting for their log sync.
@@ -464,8 +463,7 @@ impl<S: Store> Node<S> {
             submits_syncing: VecDeque::new(),
             own_conflict: None,
             own_conflict_handled: 0,
-            own_rivals_done: BTreeSet::new(),
-            rival_keys: std::collections::HashSet::new(),
+            reissued_keys: std::collections::HashSet::new(),
         };
         if node.cfg.role == Role::MainServer {
             let origins: Vec<DatabaseId> =

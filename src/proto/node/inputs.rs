@@ -135,6 +135,7 @@ impl<S: Store> Node<S> {
             | Message::PadAccepted { .. }
             | Message::PaddedUnits { .. }
             | Message::Withheld { .. }) => self.on_pad_message(link, dbid, message),
+            Message::Offer { units } => self.on_offer(link, dbid, &units),
             Message::Units { units, end } => {
                 let fresh = self.on_units(Source::Link(link), &units, link.is_relay());
                 if end {

@@ -13,26 +13,27 @@
 //!     peer's head are issued again under new seqs, same physkey and payload: those that
 //!     collided reach the mesh, the others become duplicates, which applications drop by
 //!     physkey.
-//! - **Content.** A node that receives a unit under an `(origin, seq)` it holds as another
-//!   unit keeps it as a [`Rival`] (one store read per copy received again). The origin's
-//!   own rivals ([`Node::own_rivals`]): both units go again under new seqs, ours (which the
-//!   nodes holding theirs never take under that seq) and theirs (a unit this origin made
-//!   before the rollback, which we and the nodes holding ours never take under it). Another
-//!   origin's rivals go back to that origin where it is linked ([`Node::return_rivals`]).
-//!   Own units reach such a peer by multicast as they are made; for those made while no peer
-//!   was in reach, the first `Have` on each link makes this node send the peer the own units
-//!   it says it holds beyond its last confirmation, the newest [`OFFER_MAX`]
-//!   ([`Node::offer_own`]): a peer that holds them already compares them.
+//! - **Content.** On the first `Have` of each direct link, this node offers the peer the own
+//!   units it says it holds beyond its last recorded confirmation, the newest [`OFFER_MAX`],
+//!   as `(seq, physkey)` ([`Message::Offer`], [`Node::offer_own`]). The peer sends back the
+//!   units it holds under those seqs as other units ([`Node::on_offer`], counter
+//!   `units_diverged`), then a `Have`, from which on this node records the offered units as
+//!   confirmed. Confirmations are rolled back with the data directory, so after a rollback
+//!   the offer covers every own unit sold since, also while no peer was in reach; in steady
+//!   state, those since the last checkpoint. An own unit received under a seq held here as
+//!   another unit is a [`Rival`] ([`Node::own_rivals`]): both go again under new seqs, ours
+//!   (which the nodes holding theirs never take under that seq) and theirs (a unit this origin
+//!   made before the rollback, which we and the nodes holding ours never take under it).
 //!
 //! Each conflict is counted, logged as an error and shown by `--status`.
 //!
 //! What this does not catch or repair:
 //! - own units sold after the rollback more than [`OFFER_MAX`] beyond a peer's last
-//!   confirmation, before any peer was in reach, are compared only as far as that; relay
-//!   links get no offer (their sessions are bounded), so a peer reached only through relays
-//!   compares what reaches it by forwarding;
-//! - another origin's rivals go back only while that origin is linked here; it offers its
-//!   units again on its next link;
+//!   confirmation are compared only that far; relay links get no offer (their sessions are
+//!   bounded), so a peer reached only through relays is not compared;
+//! - which units went again is kept in memory: a restart before the peers' confirmations
+//!   are checkpointed offers the same seqs again, and our unit of each such seq goes again once
+//!   more (a duplicate, which applications drop by physkey);
 //! - the skip goes to the peer's highest seq: a seq below it that the peer lacks and nobody
 //!   holds (a unit made just before the revert, which reached no one but beyond a lost
 //!   datagram) stays a hole, and peers' delivery of this origin stops there. Filling such holes
@@ -42,11 +43,10 @@
 
 use serde::Serialize;
 
-use std::collections::BTreeMap;
-
 use crate::id::{DatabaseId, Physkey};
 use crate::ledger::{Rival, OWN_PLAUSIBLE_AHEAD};
 use crate::proto::io::LinkId;
+use crate::proto::message::Message;
 use crate::store::Store;
 use crate::unit::TransferUnit;
 use crate::wire::Tag;
@@ -63,6 +63,8 @@ const REISSUE_MAX_BYTES: usize = 64 << 20;
 /// its last confirmation (a rollback that sold more than this while no peer was in reach is
 /// compared only this far).
 pub(crate) const OFFER_MAX: u64 = 1024;
+/// Units read from the store, and `(seq, physkey)` pairs sent in one `Offer`, at a time.
+const OFFER_CHUNK: usize = 256;
 
 /// The last time this node's own origin was seen beyond its head.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -83,8 +85,11 @@ pub struct OwnConflict {
 
 impl<S: Store> Node<S> {
     /// A peer's `Have` on `link` says it holds every own unit up to `contiguous`, and none beyond
-    /// `highest`: records what it confirms (after offering it for comparison, once per link),
-    /// or handles a conflict when `highest` is beyond what this node handed out.
+    /// `highest`. The first time on a link, the own units it holds beyond its last recorded
+    /// confirmation are offered for comparison ([`Node::offer_own`]); from the next `Have` on,
+    /// which the peer sends after it answered the offer (a link is one ordered stream), they
+    /// are recorded as confirmed. A conflict is handled when `highest` is beyond what this node
+    /// handed out.
     pub(super) fn own_origin_seen(
         &mut self,
         link: LinkId,
@@ -94,103 +99,120 @@ impl<S: Store> Node<S> {
     ) {
         if highest > self.ledger.own_head() {
             self.own_units_ahead(Some(peer), highest);
-        } else {
-            self.offer_own(link, peer, contiguous);
+        } else if !self.offer_own(link, peer, contiguous) {
             self.ledger.confirm_own(peer, contiguous);
         }
     }
 
-    /// Sends the peer on `link`, once per link, the own units it says it holds beyond its last
-    /// recorded confirmation (the newest [`OFFER_MAX`]). It holds them already and only
-    /// compares: one that holds another unit under a seq sends its unit back (a rival). The
-    /// confirmation is rolled back with the data directory, so after a rollback this covers
-    /// every own unit sold since, and in steady state only those since the last checkpoint.
-    fn offer_own(&mut self, link: LinkId, peer: DatabaseId, contiguous: u64) {
-        let Some(info) = self.links.get_mut(&link) else { return };
+    /// Offers the peer on `link`, once per link, the own units it says it holds beyond its last
+    /// recorded confirmation (the newest [`OFFER_MAX`]), as `(seq, physkey)`: it sends back what
+    /// it holds under those seqs as other units. The confirmation is rolled back with the data
+    /// directory, so after a rollback this covers every own unit sold since; in steady state,
+    /// those since the last checkpoint. True when units were offered (their answer is not in
+    /// yet).
+    fn offer_own(&mut self, link: LinkId, peer: DatabaseId, contiguous: u64) -> bool {
+        let Some(info) = self.links.get_mut(&link) else { return false };
         if info.own_offered || link.is_relay() {
-            return;
+            return false;
         }
         info.own_offered = true;
         let head = contiguous.min(self.ledger.own_head());
-        let from = self.ledger.confirmed_own(&peer).max(head.saturating_sub(OFFER_MAX)) + 1;
-        if from > head {
+        let mut from = self.ledger.confirmed_own(&peer).max(head.saturating_sub(OFFER_MAX)) + 1;
+        let own = self.dbid();
+        let mut offered = Vec::new();
+        // In pieces, keeping only the keys: units may be large.
+        while from <= head {
+            let units = match self.ledger.store().range(&own, from, OFFER_CHUNK) {
+                Ok(units) => units,
+                Err(_) => {
+                    self.stats.store_errors += 1;
+                    break;
+                }
+            };
+            let Some(last) = units.last().map(|u| u.seq) else { break };
+            offered.extend(units.iter().filter(|u| u.seq <= head).map(|u| (u.seq, u.physkey)));
+            from = last + 1;
+        }
+        if offered.is_empty() {
+            return false;
+        }
+        self.stats.own_units_offered += offered.len() as u64;
+        for piece in offered.chunks(OFFER_CHUNK) {
+            self.send_frame(link, Tag::Tubs, &Message::Offer { units: piece.to_vec() });
+        }
+        true
+    }
+
+    /// A peer's own units offered for comparison: what this node holds under their seqs as
+    /// other units goes back to it, the one node that can issue them again
+    /// ([`Node::own_rivals`]). Answered by a `Have` after those units, even an empty one: the
+    /// peer records the offered units as confirmed from then on.
+    pub(super) fn on_offer(
+        &mut self,
+        link: LinkId,
+        origin: DatabaseId,
+        offered: &[(u64, Physkey)],
+    ) {
+        let held = match self.ledger.differing(&origin, offered) {
+            Ok(held) => held,
+            Err(_) => {
+                // Not compared, and no `Have`: the peer offers them again on its next link.
+                self.stats.store_errors += 1;
+                return;
+            }
+        };
+        if !held.is_empty() {
+            self.stats.units_diverged += held.len() as u64;
+            tracing::warn!(
+                %origin, units = held.len(),
+                "a peer offered units under seqs this node holds as other units: it handed the \
+                 seqs out twice (its data directory was rolled back in place, or is in use on \
+                 two machines); ours go back to it to be issued again"
+            );
+            self.send_units(link, Tag::Tubt, &held, false);
+        }
+        self.send_have(link, true);
+    }
+
+    /// Own seqs a peer holds as other units (made under our origin before a rollback), from
+    /// the units it sent back: both go again under new seqs. Ours, because the nodes holding
+    /// theirs never take it under that seq; theirs, because this node and the nodes holding
+    /// ours never take it under that seq. Each physkey goes again once per process; a seq every
+    /// peer confirmed after comparing (at or below [`Ledger::reissue_floor`]) is not reopened.
+    ///
+    /// [`Ledger::reissue_floor`]: crate::ledger::Ledger::reissue_floor
+    pub(super) fn own_rivals(&mut self, source: Source, rivals: Vec<Rival>) {
+        let our_head = self.ledger.own_head();
+        let floor = self.ledger.reissue_floor();
+        let rivals: Vec<Rival> = rivals.into_iter().filter(|r| r.held.seq > floor).collect();
+        if rivals.is_empty() {
             return;
         }
-        let own = self.dbid();
-        let limit = usize::try_from(head - from + 1).unwrap_or(usize::MAX);
-        match self.ledger.store().range(&own, from, limit) {
-            Ok(units) if !units.is_empty() => {
-                self.stats.own_units_offered += units.len() as u64;
-                self.send_units(link, Tag::Tubt, &units, false);
-            }
-            Ok(_) => {}
-            Err(_) => self.stats.store_errors += 1,
-        }
-    }
-
-    /// Units of a received batch that arrived under seqs held here as other units.
-    pub(super) fn on_rivals(&mut self, source: Source, rivals: Vec<Rival>) {
-        let own = self.dbid();
-        let (mine, others): (Vec<Rival>, Vec<Rival>) =
-            rivals.into_iter().partition(|r| r.held.origin == own);
-        if !mine.is_empty() {
-            self.own_rivals(source, mine);
-        }
-        if !others.is_empty() {
-            self.return_rivals(others);
-        }
-    }
-
-    /// Another origin's seqs held here as other units: ours go to that origin where it is
-    /// linked, the one node that can issue them again (it does so in [`Node::own_rivals`]).
-    fn return_rivals(&mut self, rivals: Vec<Rival>) {
-        self.stats.units_diverged += rivals.len() as u64;
-        let mut by_origin: BTreeMap<DatabaseId, Vec<TransferUnit>> = BTreeMap::new();
-        for rival in rivals {
-            by_origin.entry(rival.held.origin).or_default().push(rival.held);
-        }
-        for (origin, held) in by_origin {
-            let link = self.peers.get(&origin).filter(|p| p.linked()).and_then(|p| p.link);
-            tracing::warn!(
-                %origin, units = held.len(), sent_back = link.is_some(),
-                "units arrived under seqs this node holds as other units: their origin handed \
-                 the seqs out twice (its data directory was rolled back in place, or is in use \
-                 on two machines); ours go back to it to be issued again"
-            );
-            if let Some(link) = link {
-                self.send_units(link, Tag::Tubt, &held, false);
-            }
-        }
-    }
-
-    /// Own seqs a peer holds as other units (made under our origin before a rollback): both go
-    /// again under new seqs. Ours, because the nodes holding theirs never take it under that
-    /// seq; theirs, because this node and the nodes holding ours never take it under that seq.
-    fn own_rivals(&mut self, source: Source, rivals: Vec<Rival>) {
-        let our_head = self.ledger.own_head();
         let seen_at = self.source_name(source);
         let differing = rivals.len() as u64;
         let their_head = rivals.iter().map(|r| r.held.seq).max().unwrap_or(0);
-        if self.own_rivals_done.len() >= REISSUE_MAX as usize {
-            self.own_rivals_done.clear();
+        if self.reissued_keys.len() >= REISSUE_MAX as usize {
+            self.reissued_keys.clear();
         }
-        if self.rival_keys.len() >= REISSUE_MAX as usize {
-            self.rival_keys.clear();
-        }
-        let mut again = Vec::new();
+        let mut again: Vec<TransferUnit> = Vec::new();
         for Rival { held, received } in rivals {
-            if self.own_rivals_done.insert(held.seq) {
+            let fresh = |u: &TransferUnit, again: &[TransferUnit]| {
+                !self.reissued_keys.contains(&u.physkey)
+                    && !again.iter().any(|a| a.physkey == u.physkey)
+            };
+            if fresh(&held, &again) {
                 again.push(held);
             }
-            if !self.rival_keys.contains(&received.physkey) && !self.holds(&received.physkey) {
-                self.rival_keys.insert(received.physkey);
+            if fresh(&received, &again) && !self.holds(&received.physkey) {
                 again.push(received);
             }
         }
+        let keys: Vec<Physkey> = again.iter().map(|u| u.physkey).collect();
         let reissued = again.len() as u64;
         if !self.issue_again(again) {
             return;
         }
+        self.reissued_keys.extend(keys);
         tracing::error!(
             %seen_at, differing, their_head, our_head, reissued,
             "own seqs are held elsewhere as other units: this data directory was rolled back or \
@@ -272,10 +294,10 @@ impl<S: Store> Node<S> {
                 if bytes > REISSUE_MAX_BYTES {
                     break;
                 }
+                // A peer holding another unit here later sends it back: only that one goes
+                // again then.
+                self.reissued_keys.insert(unit.physkey);
                 again.push(unit);
-                // A peer holding another unit here later sends it as a rival: only that one
-                // goes again then.
-                self.own_rivals_done.insert(seq);
             }
         }
         again.reverse();

@@ -75,7 +75,7 @@ impl<S: Store> Node<S> {
             }
         };
         if !rivals.is_empty() {
-            self.on_rivals(source, rivals);
+            self.own_rivals(source, rivals);
         }
         count
     }
