@@ -1495,29 +1495,32 @@ impl<S: Store> Ledger<S> {
 
     /// The units held under the seqs of `origin` in `offered` with other physkeys than offered
     /// (that origin handed those seqs out twice), in order, at most [`RIVALS_MAX_BYTES`] of
-    /// payload. Costs one store read per offered seq held.
+    /// payload; and the last offered seq compared (all of them unless that bound cut it short).
+    /// Costs one store read per offered seq held.
+    #[allow(clippy::type_complexity)]
     pub fn differing(
         &self,
         origin: &DatabaseId,
         offered: &[(u64, Physkey)],
-    ) -> Result<Vec<TransferUnit>, LedgerError> {
+    ) -> Result<(Vec<TransferUnit>, Option<u64>), LedgerError> {
         let mut differing = Vec::new();
         let mut bytes = 0;
+        let mut upto = None;
         for (seq, physkey) in offered {
-            if !self.store.contains(origin, *seq) {
-                continue;
-            }
-            if let Some(held) = self.store.get(origin, *seq)? {
-                if held.physkey != *physkey {
-                    bytes += held.payload.len() + held.sensitive.len();
-                    if bytes > RIVALS_MAX_BYTES {
-                        break;
+            if self.store.contains(origin, *seq) {
+                if let Some(held) = self.store.get(origin, *seq)? {
+                    if held.physkey != *physkey {
+                        bytes += held.payload.len() + held.sensitive.len();
+                        if bytes > RIVALS_MAX_BYTES && !differing.is_empty() {
+                            break;
+                        }
+                        differing.push(held);
                     }
-                    differing.push(held);
                 }
             }
+            upto = Some(*seq);
         }
-        Ok(differing)
+        Ok((differing, upto))
     }
 
     /// Own units received under a seq held here as another unit, since the last call.
@@ -2264,9 +2267,9 @@ mod own_record_tests {
         let (one, two) = (held(1), held(2));
         let other: Physkey = "P".repeat(32).parse().unwrap();
         let offered = [(1, one.physkey), (2, other), (3, other)];
-        assert_eq!(ledger.differing(&own(), &offered).unwrap(), [two]);
+        assert_eq!(ledger.differing(&own(), &offered).unwrap(), (vec![two], Some(3)));
         let stranger = DatabaseId::from_bytes(b"PEER00000000001").unwrap();
-        assert_eq!(ledger.differing(&stranger, &offered).unwrap(), []);
+        assert_eq!(ledger.differing(&stranger, &offered).unwrap(), (vec![], Some(3)));
     }
 
     /// The record of what peers confirmed belongs to one dbid: a copied directory (a new dbid,

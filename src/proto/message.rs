@@ -5,7 +5,7 @@
 //! | ---- | ------- | ---------- |
 //! | IDQY | [`Announce`] with `reply: false`: who is out there? | discovery group, tagged |
 //! | IDRP | [`Announce`] with `reply: true`: I am here | unicast to the asker, tagged |
-//! | TUBS | [`Message::Hello`], [`Message::Have`], [`Message::Want`], [`Message::Resync`], [`Message::Offer`]: link control and anti-entropy | link frames |
+//! | TUBS | [`Message::Hello`], [`Message::Have`], [`Message::Want`], [`Message::Resync`], [`Message::Offer`], [`Message::Compared`]: link control and anti-entropy | link frames |
 //! | TUBT | [`Message::Units`] pushed eagerly | environment group or link frames |
 //! | TUDA | [`Message::Units`] answering a `Want` (background synchronisation) | link frames |
 //!
@@ -189,6 +189,12 @@ pub enum Message {
     Offer {
         /// (seq, physkey) of each unit.
         units: Vec<(u64, Physkey)>,
+    },
+    /// Answers an [`Message::Offer`], after the units sent back for it: the sender compared the
+    /// offered seqs up to `upto` (all of them, unless its answer reached its bounds).
+    Compared {
+        /// The last offered seq compared.
+        upto: u64,
     },
 }
 

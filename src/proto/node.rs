@@ -226,6 +226,17 @@ pub struct NodeStats {
     pub pads: padding::PadStats,
 }
 
+/// The comparison of own units a peer holds, on one link ([`own_origin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OwnOffer {
+    /// Not offered yet: the peer's first `Have` offers.
+    NotYet,
+    /// Offered up to this seq; the peer's `Have`s confirm nothing until it has compared.
+    Pending(u64),
+    /// Compared (or nothing to offer): the peer's `Have`s confirm what they report.
+    Done,
+}
+
 /// Where a batch of units came from, for forwarding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Source {
@@ -253,9 +264,8 @@ pub(crate) struct LinkInfo {
     withheld_at: Time,
     /// Units we withheld from the peer on this link (status).
     withheld_by_us: VersionVector,
-    /// Own units the peer says it holds were sent to it on this link for comparison
-    /// ([`own_origin`]), once per link.
-    own_offered: bool,
+    /// Where the comparison of own units the peer holds stands on this link ([`own_origin`]).
+    own_offer: OwnOffer,
     /// The peer's `Pads` arrived on this link: it is a build that knows sensitive parts, and
     /// (on a relay link) our pad cursors are past every offset it has opened.
     pads_heard: bool,

@@ -136,6 +136,7 @@ impl<S: Store> Node<S> {
             | Message::PaddedUnits { .. }
             | Message::Withheld { .. }) => self.on_pad_message(link, dbid, message),
             Message::Offer { units } => self.on_offer(link, dbid, &units),
+            Message::Compared { upto } => self.on_compared(link, dbid, upto),
             Message::Units { units, end } => {
                 let fresh = self.on_units(Source::Link(link), &units, link.is_relay());
                 if end {

@@ -222,7 +222,7 @@ impl<S: Store> Node<S> {
                 withheld: VersionVector::new(),
                 withheld_at: since,
                 withheld_by_us: VersionVector::new(),
-                own_offered: false,
+                own_offer: super::OwnOffer::NotYet,
                 pads_heard: false,
                 padded_fresh: 0,
             },

@@ -17,8 +17,9 @@
 //!   units it says it holds beyond its last recorded confirmation, the newest [`OFFER_MAX`],
 //!   as `(seq, physkey)` ([`Message::Offer`], [`Node::offer_own`]). The peer sends back the
 //!   units it holds under those seqs as other units ([`Node::on_offer`], counter
-//!   `units_diverged`), then a `Have`, from which on this node records the offered units as
-//!   confirmed. Confirmations are rolled back with the data directory, so after a rollback
+//!   `units_diverged`), then [`Message::Compared`]; only then does this node record what the
+//!   peer reports as confirmed (a `Have` may have left before the peer saw the offer), and
+//!   never from a relay link. Confirmations are rolled back with the data directory, so after a rollback
 //!   the offer covers every own unit sold since, also while no peer was in reach; in steady
 //!   state, those since the last checkpoint. An own unit received under a seq held here as
 //!   another unit is a [`Rival`] ([`Node::own_rivals`]): both go again under new seqs, ours
@@ -51,7 +52,7 @@ use crate::store::Store;
 use crate::unit::TransferUnit;
 use crate::wire::Tag;
 
-use super::{Node, Source, Unanswered};
+use super::{Node, OwnOffer, Source, Unanswered};
 
 /// Own units issued again for one conflict, at most: the newest ones, which are the ones
 /// submitted since the rollback (a directory with no record of what peers held would
@@ -85,11 +86,11 @@ pub struct OwnConflict {
 
 impl<S: Store> Node<S> {
     /// A peer's `Have` on `link` says it holds every own unit up to `contiguous`, and none beyond
-    /// `highest`. The first time on a link, the own units it holds beyond its last recorded
-    /// confirmation are offered for comparison ([`Node::offer_own`]); from the next `Have` on,
-    /// which the peer sends after it answered the offer (a link is one ordered stream), they
-    /// are recorded as confirmed. A conflict is handled when `highest` is beyond what this node
-    /// handed out.
+    /// `highest`. On a direct link, the first such `Have` offers the own units it holds beyond
+    /// its last recorded confirmation for comparison ([`Node::offer_own`]); what it reports is
+    /// recorded as confirmed only once it has compared ([`Node::on_compared`]), and never from
+    /// a relay link (no offer goes there). A conflict is handled when `highest` is beyond what
+    /// this node handed out.
     pub(super) fn own_origin_seen(
         &mut self,
         link: LinkId,
@@ -99,23 +100,35 @@ impl<S: Store> Node<S> {
     ) {
         if highest > self.ledger.own_head() {
             self.own_units_ahead(Some(peer), highest);
-        } else if !self.offer_own(link, peer, contiguous) {
-            self.ledger.confirm_own(peer, contiguous);
+            return;
+        }
+        let Some(state) = self.links.get(&link).map(|l| l.own_offer) else { return };
+        if link.is_relay() {
+            return;
+        }
+        match state {
+            OwnOffer::NotYet => {
+                let offered = self.offer_own(link, peer, contiguous);
+                let state = offered.map_or(OwnOffer::Done, OwnOffer::Pending);
+                if let Some(info) = self.links.get_mut(&link) {
+                    info.own_offer = state;
+                }
+                if state == OwnOffer::Done {
+                    self.ledger.confirm_own(peer, contiguous);
+                }
+            }
+            // Possibly sent before the peer saw the offer.
+            OwnOffer::Pending(_) => {}
+            OwnOffer::Done => self.ledger.confirm_own(peer, contiguous),
         }
     }
 
-    /// Offers the peer on `link`, once per link, the own units it says it holds beyond its last
-    /// recorded confirmation (the newest [`OFFER_MAX`]), as `(seq, physkey)`: it sends back what
-    /// it holds under those seqs as other units. The confirmation is rolled back with the data
-    /// directory, so after a rollback this covers every own unit sold since; in steady state,
-    /// those since the last checkpoint. True when units were offered (their answer is not in
-    /// yet).
-    fn offer_own(&mut self, link: LinkId, peer: DatabaseId, contiguous: u64) -> bool {
-        let Some(info) = self.links.get_mut(&link) else { return false };
-        if info.own_offered || link.is_relay() {
-            return false;
-        }
-        info.own_offered = true;
+    /// Offers the peer on `link` the own units it says it holds beyond its last recorded
+    /// confirmation (the newest [`OFFER_MAX`]), as `(seq, physkey)`: it sends back what it holds
+    /// under those seqs as other units, then [`Message::Compared`]. The confirmation is rolled
+    /// back with the data directory, so after a rollback this covers every own unit sold since;
+    /// in steady state, those since the last checkpoint. The last seq offered, if any.
+    fn offer_own(&mut self, link: LinkId, peer: DatabaseId, contiguous: u64) -> Option<u64> {
         let head = contiguous.min(self.ledger.own_head());
         let mut from = self.ledger.confirmed_own(&peer).max(head.saturating_sub(OFFER_MAX)) + 1;
         let own = self.dbid();
@@ -133,30 +146,38 @@ impl<S: Store> Node<S> {
             offered.extend(units.iter().filter(|u| u.seq <= head).map(|u| (u.seq, u.physkey)));
             from = last + 1;
         }
-        if offered.is_empty() {
-            return false;
-        }
+        let last = offered.last().map(|(seq, _)| *seq)?;
         self.stats.own_units_offered += offered.len() as u64;
         for piece in offered.chunks(OFFER_CHUNK) {
             self.send_frame(link, Tag::Tubs, &Message::Offer { units: piece.to_vec() });
         }
-        true
+        Some(last)
+    }
+
+    /// The peer on `link` compared the own units offered to it up to `upto` (and sent back,
+    /// before this, what it holds there as other units): recorded as confirmed.
+    pub(super) fn on_compared(&mut self, link: LinkId, peer: DatabaseId, upto: u64) {
+        let Some(info) = self.links.get_mut(&link) else { return };
+        let OwnOffer::Pending(offered) = info.own_offer else { return };
+        if upto >= offered {
+            info.own_offer = OwnOffer::Done;
+        }
+        self.ledger.confirm_own(peer, upto.min(offered));
     }
 
     /// A peer's own units offered for comparison: what this node holds under their seqs as
     /// other units goes back to it, the one node that can issue them again
-    /// ([`Node::own_rivals`]). Answered by a `Have` after those units, even an empty one: the
-    /// peer records the offered units as confirmed from then on.
+    /// ([`Node::own_rivals`]), then [`Message::Compared`]. When the store cannot be read,
+    /// nothing is answered, and the peer's `Have`s on this link confirm nothing.
     pub(super) fn on_offer(
         &mut self,
         link: LinkId,
         origin: DatabaseId,
         offered: &[(u64, Physkey)],
     ) {
-        let held = match self.ledger.differing(&origin, offered) {
-            Ok(held) => held,
+        let (held, upto) = match self.ledger.differing(&origin, offered) {
+            Ok(answer) => answer,
             Err(_) => {
-                // Not compared, and no `Have`: the peer offers them again on its next link.
                 self.stats.store_errors += 1;
                 return;
             }
@@ -171,23 +192,17 @@ impl<S: Store> Node<S> {
             );
             self.send_units(link, Tag::Tubt, &held, false);
         }
-        self.send_have(link, true);
+        if let Some(upto) = upto {
+            self.send_frame(link, Tag::Tubs, &Message::Compared { upto });
+        }
     }
 
     /// Own seqs a peer holds as other units (made under our origin before a rollback), from
     /// the units it sent back: both go again under new seqs. Ours, because the nodes holding
     /// theirs never take it under that seq; theirs, because this node and the nodes holding
-    /// ours never take it under that seq. Each physkey goes again once per process; a seq every
-    /// peer confirmed after comparing (at or below [`Ledger::reissue_floor`]) is not reopened.
-    ///
-    /// [`Ledger::reissue_floor`]: crate::ledger::Ledger::reissue_floor
+    /// ours never take it under that seq. Each physkey goes again once per process.
     pub(super) fn own_rivals(&mut self, source: Source, rivals: Vec<Rival>) {
         let our_head = self.ledger.own_head();
-        let floor = self.ledger.reissue_floor();
-        let rivals: Vec<Rival> = rivals.into_iter().filter(|r| r.held.seq > floor).collect();
-        if rivals.is_empty() {
-            return;
-        }
         let seen_at = self.source_name(source);
         let differing = rivals.len() as u64;
         let their_head = rivals.iter().map(|r| r.held.seq).max().unwrap_or(0);
@@ -229,9 +244,10 @@ impl<S: Store> Node<S> {
         });
     }
 
-    /// Whether a unit with `physkey` is held (under any seq).
+    /// Whether a unit with `physkey` is held (under any seq); when the store cannot tell, not
+    /// (a duplicate rather than a loss).
     fn holds(&self, physkey: &Physkey) -> bool {
-        !matches!(self.ledger.store().find_physkey(physkey), Ok(None))
+        matches!(self.ledger.store().find_physkey(physkey), Ok(Some(_)))
     }
 
     fn source_name(&self, source: Source) -> String {
@@ -341,11 +357,45 @@ impl<S: Store> Node<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::OWN_PLAUSIBLE_AHEAD;
+    use super::{OwnOffer, OWN_PLAUSIBLE_AHEAD};
     use crate::id::DatabaseId;
     use crate::proto::peers::Role;
     use crate::proto::tests::Harness;
     use crate::unit::Urgency;
+
+    /// A peer's `Have`s confirm nothing between the offer and the peer's `Compared` (one may
+    /// have left before the peer saw the offer), and `Compared` confirms only what it covers.
+    #[test]
+    fn an_offer_holds_confirmations_until_the_peer_has_compared() {
+        let mut h = Harness::new(&[Role::Lane, Role::StoreServer], &[true, true], &[]);
+        h.run_until(h.now.plus_millis(3_000));
+        for i in 0..3 {
+            h.submit(0, format!("sale {i}").as_bytes(), Urgency::Normal);
+        }
+        h.run_until(h.now.plus_millis(3_000));
+        let server = h.nodes[1].dbid();
+        let link = h.nodes[0].peers.get(&server).and_then(|p| p.link).expect("linked");
+        assert_eq!(h.nodes[0].links[&link].own_offer, OwnOffer::Done);
+        // A peer never confirmed before, met on this link anew.
+        let peer = DatabaseId::from_bytes(b"PEER00000000001").unwrap();
+        let lane = &mut h.nodes[0];
+        lane.links.get_mut(&link).unwrap().own_offer = OwnOffer::NotYet;
+        let offered = lane.stats.own_units_offered;
+        lane.own_origin_seen(link, peer, 3, 3);
+        assert_eq!(lane.stats.own_units_offered - offered, 3);
+        assert_eq!(lane.links[&link].own_offer, OwnOffer::Pending(3));
+        lane.own_origin_seen(link, peer, 3, 3);
+        assert_eq!(lane.ledger().confirmed_own(&peer), 0, "a Have in flight confirms nothing");
+        lane.on_compared(link, peer, 2);
+        assert_eq!(lane.ledger().confirmed_own(&peer), 2);
+        assert_eq!(lane.links[&link].own_offer, OwnOffer::Pending(3));
+        lane.on_compared(link, peer, 3);
+        assert_eq!(lane.links[&link].own_offer, OwnOffer::Done);
+        assert_eq!(lane.ledger().confirmed_own(&peer), 3);
+        // No second offer on the link; `Have`s confirm again.
+        lane.own_origin_seen(link, peer, 3, 3);
+        assert_eq!(lane.stats.own_units_offered - offered, 3);
+    }
 
     #[test]
     fn seqs_skipped_stay_skipped_after_a_restart_and_implausible_claims_are_ignored() {
