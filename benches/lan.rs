@@ -5,8 +5,8 @@
 //! - `lan` (issue 5): three nodes of a fresh system (`meshnode init`, join files, `meshnode run
 //!   --discovery-if 127.0.0.1 --discovery-port P --listen 127.0.0.1:0`). Measures
 //!   - the loopback datagram ceiling: raw UDP datagrams of the payload size on 127.0.0.1 for
-//!     1 s, one sender thread, one receiver thread, measured again just before each
-//!     throughput round (below);
+//!     1 s, one sender thread, one receiver thread, measured before the nodes start and
+//!     again just before each throughput round (below), with every node stopped (SIGSTOP);
 //!   - latency: units submitted at node 1 at an offered load (`--rate`, default 1,000/s;
 //!     `--latency-units`, default 3,000) until node 2's control socket subscriber reads them
 //!     (it acknowledges every `--ack-every` units, default 50, as a batching application
@@ -255,6 +255,26 @@ impl Mesh {
 
     fn rss(&self) -> Vec<u64> {
         self.children.iter().map(|c| vm_rss(c.id())).collect()
+    }
+
+    /// Stops (`-STOP`) or resumes (`-CONT`) every node.
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        for child in &self.children {
+            let status = Command::new("kill").args([signal, &child.id().to_string()]).status()?;
+            if !status.success() {
+                bail!("kill {signal} {} failed", child.id());
+            }
+        }
+        Ok(())
+    }
+
+    /// The loopback datagram ceiling with every node stopped: the host's, whatever the mesh
+    /// still does after a round (syncs, checkpoints, `Have`s).
+    fn ceiling_with_nodes_stopped(&self, size: usize) -> anyhow::Result<f64> {
+        self.signal("-STOP")?;
+        let ceiling = datagram_ceiling(size, CEILING_WINDOW);
+        self.signal("-CONT")?;
+        ceiling
     }
 
     /// CPU time each node has used so far (user + system).
@@ -876,7 +896,7 @@ fn lan(o: &Opts) -> anyhow::Result<Vec<String>> {
     // round is judged.
     let mut trials = Vec::with_capacity(o.trials);
     for round in 0..o.trials {
-        let ceiling = datagram_ceiling(o.payload, CEILING_WINDOW)?;
+        let ceiling = mesh.ceiling_with_nodes_stopped(o.payload)?;
         let base = o.latency_units as u64 + (round * o.units) as u64;
         trials.push(throughput_trial(&mesh, &mut clients, o, base, ceiling)?);
     }

@@ -73,6 +73,12 @@ fn backlog(lane: &Path) -> Option<(u64, u64)> {
     Some((peer["we_lack"].as_u64()?, peer["it_lacks"].as_u64()?))
 }
 
+/// The own units the lane knows the server holds, compared with its own.
+fn confirmed(lane: &Path) -> Option<u64> {
+    let st = status(lane);
+    st["node"]["peers"].as_array()?.first()?["own_confirmed"].as_u64()
+}
+
 /// Every physkey held at `dir`, with the seqs it is held under.
 fn held(dir: &Path) -> BTreeSet<(String, u64)> {
     units(dir)
@@ -108,8 +114,9 @@ fn revert(before_n: usize, lost_n: usize, after_n: usize) -> Reverted {
     let srv = Running::start_as(&server, port, "127.0.0.1:0", "store-server");
     let node = Running::start(&lane, port);
     let before = sell(&lane, before_n, "before the copy");
+    // Until the lane has recorded it (the server compared them): the copy keeps that record.
     wait_for("the server to hold the first sales", &[&srv, &node], || {
-        units_total(&server) == before_n as u64 && backlog(&lane) == Some((0, 0))
+        units_total(&server) == before_n as u64 && confirmed(&lane) == Some(before_n as u64)
     });
     node.stop();
     let copy = tmp.path().join("lane-copy");
@@ -118,7 +125,9 @@ fn revert(before_n: usize, lost_n: usize, after_n: usize) -> Reverted {
     let node = Running::start(&lane, port);
     let lost = sell(&lane, lost_n, "lost with the revert");
     let total = (before_n + lost_n) as u64;
-    wait_for("the server to hold the next sales", &[&srv, &node], || units_total(&server) == total);
+    wait_for("the server to hold the next sales", &[&srv, &node], || {
+        units_total(&server) == total && confirmed(&lane) == Some(total)
+    });
     node.stop();
     srv.stop();
 
@@ -213,4 +222,43 @@ fn a_lane_that_sold_past_its_old_head_after_a_revert_is_found_by_content() {
     r.node.stop();
     r.srv.stop();
     r.sales.every_sale_everywhere(&BTreeMap::new());
+}
+
+/// The lane's own daily logs from before the revert, carried back and imported while no node
+/// runs: the units under the seqs handed out again go in under new seqs, with ours.
+#[test]
+fn importing_the_lanes_own_logs_from_before_a_revert_issues_both_units_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dirs, _) = new_system(tmp.path(), "5,6,7,8", &["lane"]);
+    let lane = &dirs[0];
+    let before = sell(lane, 5, "before the copy");
+    let copy = tmp.path().join("lane-copy");
+    copy_dir(lane, &copy);
+    let lost = sell(lane, 2, "lost with the revert");
+    let stick = tmp.path().join("stick");
+    std::fs::create_dir(&stick).unwrap();
+    let mut carried = Vec::new();
+    for f in dati_files(lane) {
+        let to = stick.join(f.file_name().unwrap());
+        std::fs::copy(&f, &to).unwrap();
+        carried.push(to);
+    }
+    revert_in_place(&copy, lane);
+    let after = sell(lane, 3, "sold after the revert");
+    assert_eq!(after.keys().copied().collect::<Vec<_>>(), [6, 7, 8]);
+
+    let mut args = vec!["log", "import", "--data-dir", s(lane)];
+    args.extend(carried.iter().map(|p| s(p)));
+    let out = ok(&args);
+    assert!(out.contains("2 units read are this node's own") && out.contains("(4 units"), "{out}");
+    let held = held(lane);
+    for key in before.values().chain(lost.values()).chain(after.values()) {
+        assert!(held.iter().any(|(k, _)| k == key), "{key}: {held:?}");
+    }
+    assert_eq!(held.len(), 12, "8 seqs, and 4 units again under 9-12: {held:?}");
+    // Imported again: nothing goes again.
+    let out = ok(&args);
+    assert!(out.contains("(0 units"), "{out}");
+    assert_eq!(units_total(lane), 12);
+    ok(&["log", "verify", "--data-dir", s(lane)]);
 }

@@ -12,6 +12,9 @@ use clap::Subcommand;
 use crate::crypto::KeySchedule;
 use crate::datadir::read_system_key;
 use crate::dati;
+use crate::ledger::{Ledger, Rival};
+use crate::store::Store;
+use crate::unit::TransferUnit;
 
 /// `meshnode log ...`.
 #[derive(Debug, Subcommand)]
@@ -113,7 +116,7 @@ fn import(dir: &Path, files: &[PathBuf]) -> anyhow::Result<()> {
     let (datadir, mut ledger) = super::open_ledger(dir)?;
     let keys = datadir.key_schedule();
     let dati_dir = datadir.dati_path();
-    let (mut seen, mut new, mut rivals) = (0u64, 0usize, 0usize);
+    let (mut seen, mut new, mut rivals, mut again) = (0u64, 0usize, 0usize, 0usize);
     for path in files {
         if path.parent().map(|p| same_dir(p, &dati_dir)).unwrap_or(false) {
             bail!("{} is already one of this node's daily logs; import files carried from another machine", path.display());
@@ -128,7 +131,9 @@ fn import(dir: &Path, files: &[PathBuf]) -> anyhow::Result<()> {
         seen += units.len() as u64;
         for chunk in units.chunks(crate::ledger::RIVALS_MAX) {
             new += ledger.accept_batch(chunk.to_vec(), super::now_ms())?.len();
-            rivals += ledger.take_rivals().len();
+            let taken = ledger.take_rivals();
+            rivals += taken.len();
+            again += issue_again(&mut ledger, taken)?;
         }
     }
     ledger.close()?;
@@ -139,10 +144,31 @@ fn import(dir: &Path, files: &[PathBuf]) -> anyhow::Result<()> {
     );
     if rivals > 0 {
         outln!(
-            "{rivals} units read were not taken: they are this node's own units, made before its data directory was rolled back in place, under seqs it has handed out again since. Peers that hold them send them back once the node runs, and it issues them again under new seqs (README, \"A data directory put back in place\")"
+            "{rivals} units read are this node's own, made before its data directory was rolled back in place, under seqs it has handed out again since: both units of each such seq were issued again under new seqs ({again} units; README, \"A data directory put back in place\")"
         );
     }
     Ok(())
+}
+
+/// Own units read under seqs this node holds as other units (its data directory was rolled
+/// back in place): both units of each such seq go again under new seqs, as a running node does
+/// (`crate::proto::node::own_origin`), unless the one read is held already (an earlier import,
+/// or a peer sent it back). Returns how many units went again.
+fn issue_again(ledger: &mut Ledger, rivals: Vec<Rival>) -> anyhow::Result<usize> {
+    let mut again: Vec<TransferUnit> = Vec::new();
+    for Rival { held, received } in rivals {
+        let held_already = matches!(ledger.store().find_physkey(&received.physkey), Ok(Some(_)));
+        if held_already || again.iter().any(|u| u.physkey == received.physkey) {
+            continue;
+        }
+        again.push(held);
+        again.push(received);
+    }
+    if again.is_empty() {
+        return Ok(0);
+    }
+    let logged = ledger.reissue_logged(again, super::now_ms())?;
+    Ok(ledger.index(logged)?.len())
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {

@@ -235,6 +235,9 @@ pub(crate) enum OwnOffer {
     Pending(u64),
     /// Compared (or nothing to offer): the peer's `Have`s confirm what they report.
     Done,
+    /// The comparison was cut short or its answer could not be taken: nothing more is
+    /// confirmed on this link, and the next link offers again.
+    Lost,
 }
 
 /// Where a batch of units came from, for forwarding.
@@ -625,6 +628,7 @@ impl<S: Store> Node<S> {
                     last_seen_ms_ago: now.0.saturating_sub(p.last_seen.0) / 1000,
                     we_lack,
                     it_lacks,
+                    own_confirmed: self.ledger.confirmed_own(&p.dbid),
                     failures: p.failures,
                     asking,
                     relay_session: p

@@ -78,6 +78,9 @@ pub struct PeerStatus {
     pub we_lack: u64,
     /// Units we hold that it lacks, per its last report.
     pub it_lacks: u64,
+    /// Own units it is known to hold, compared with ours (`crate::proto::node::own_origin`):
+    /// kept with checkpoints, it bounds what a rollback of this data directory can reopen.
+    pub own_confirmed: u64,
     /// Failed attempts in a row.
     pub failures: u32,
     /// A `Want` to it is in flight.

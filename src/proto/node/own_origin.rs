@@ -14,12 +14,14 @@
 //!     collided reach the mesh, the others become duplicates, which applications drop by
 //!     physkey.
 //! - **Content.** On the first `Have` of each direct link, this node offers the peer the own
-//!   units it says it holds beyond its last recorded confirmation, the newest [`OFFER_MAX`],
-//!   as `(seq, physkey)` ([`Message::Offer`], [`Node::offer_own`]). The peer sends back the
-//!   units it holds under those seqs as other units ([`Node::on_offer`], counter
-//!   `units_diverged`), then [`Message::Compared`]; only then does this node record what the
-//!   peer reports as confirmed (a `Have` may have left before the peer saw the offer), and
-//!   never from a relay link. Confirmations are rolled back with the data directory, so after a rollback
+//!   units it says it holds beyond its last recorded confirmation, up to its highest, the
+//!   newest [`OFFER_MAX`], as `(seq, physkey)` in one frame ([`Message::Offer`],
+//!   [`Node::offer_own`]). The peer sends back the units it holds under those seqs as other
+//!   units ([`Node::on_offer`], counter `units_diverged`), then [`Message::Compared`]; only
+//!   then does this node record what the peer's `Have`s report as confirmed (one may have
+//!   left before the peer saw the offer). A comparison cut short, or whose answer could not
+//!   be issued again, leaves the link confirming nothing more, and the next link offers again;
+//!   a relay link never confirms. Confirmations are rolled back with the data directory, so after a rollback
 //!   the offer covers every own unit sold since, also while no peer was in reach; in steady
 //!   state, those since the last checkpoint. An own unit received under a seq held here as
 //!   another unit is a [`Rival`] ([`Node::own_rivals`]): both go again under new seqs, ours
@@ -29,6 +31,10 @@
 //! Each conflict is counted, logged as an error and shown by `--status`.
 //!
 //! What this does not catch or repair:
+//! - units a peer takes after the comparison on a link are confirmed by its `Have`s unseen:
+//!   ours, sent on this link, as a rule; but one it gets from a third node that held a unit
+//!   from before the rollback under that seq is not compared;
+//! - a peer on an older build ignores the offer: its links confirm nothing;
 //! - own units sold after the rollback more than [`OFFER_MAX`] beyond a peer's last
 //!   confirmation are compared only that far; relay links get no offer (their sessions are
 //!   bounded), so a peer reached only through relays is not compared;
@@ -50,7 +56,7 @@ use crate::proto::io::LinkId;
 use crate::proto::message::Message;
 use crate::store::Store;
 use crate::unit::TransferUnit;
-use crate::wire::Tag;
+use crate::wire::{RejectReason, Tag};
 
 use super::{Node, OwnOffer, Source, Unanswered};
 
@@ -108,8 +114,11 @@ impl<S: Store> Node<S> {
         }
         match state {
             OwnOffer::NotYet => {
-                let offered = self.offer_own(link, peer, contiguous);
-                let state = offered.map_or(OwnOffer::Done, OwnOffer::Pending);
+                let state = match self.offer_own(link, peer, highest) {
+                    // The store could not be read: offered again at the next `Have`.
+                    Err(()) => return,
+                    Ok(offered) => offered.map_or(OwnOffer::Done, OwnOffer::Pending),
+                };
                 if let Some(info) = self.links.get_mut(&link) {
                     info.own_offer = state;
                 }
@@ -117,41 +126,43 @@ impl<S: Store> Node<S> {
                     self.ledger.confirm_own(peer, contiguous);
                 }
             }
-            // Possibly sent before the peer saw the offer.
-            OwnOffer::Pending(_) => {}
+            // Possibly sent before the peer saw the offer; or the comparison was lost.
+            OwnOffer::Pending(_) | OwnOffer::Lost => {}
             OwnOffer::Done => self.ledger.confirm_own(peer, contiguous),
         }
     }
 
     /// Offers the peer on `link` the own units it says it holds beyond its last recorded
-    /// confirmation (the newest [`OFFER_MAX`]), as `(seq, physkey)`: it sends back what it holds
-    /// under those seqs as other units, then [`Message::Compared`]. The confirmation is rolled
-    /// back with the data directory, so after a rollback this covers every own unit sold since;
-    /// in steady state, those since the last checkpoint. The last seq offered, if any.
-    fn offer_own(&mut self, link: LinkId, peer: DatabaseId, contiguous: u64) -> Option<u64> {
-        let head = contiguous.min(self.ledger.own_head());
+    /// confirmation, up to its highest (the newest [`OFFER_MAX`]), as `(seq, physkey)` in one
+    /// frame: it sends back what it holds under those seqs as other units, then
+    /// [`Message::Compared`]. The confirmation is rolled back with the data directory, so after
+    /// a rollback this covers every own unit sold since; in steady state, those since the last
+    /// checkpoint. The last seq offered, if any; `Err` when the store could not be read.
+    fn offer_own(
+        &mut self,
+        link: LinkId,
+        peer: DatabaseId,
+        highest: u64,
+    ) -> Result<Option<u64>, ()> {
+        let head = highest.min(self.ledger.own_head());
         let mut from = self.ledger.confirmed_own(&peer).max(head.saturating_sub(OFFER_MAX)) + 1;
         let own = self.dbid();
         let mut offered = Vec::new();
         // In pieces, keeping only the keys: units may be large.
         while from <= head {
-            let units = match self.ledger.store().range(&own, from, OFFER_CHUNK) {
-                Ok(units) => units,
-                Err(_) => {
-                    self.stats.store_errors += 1;
-                    break;
-                }
+            let Ok(units) = self.ledger.store().range(&own, from, OFFER_CHUNK) else {
+                self.stats.store_errors += 1;
+                return Err(());
             };
             let Some(last) = units.last().map(|u| u.seq) else { break };
             offered.extend(units.iter().filter(|u| u.seq <= head).map(|u| (u.seq, u.physkey)));
             from = last + 1;
         }
-        let last = offered.last().map(|(seq, _)| *seq)?;
+        let Some(last) = offered.last().map(|(seq, _)| *seq) else { return Ok(None) };
         self.stats.own_units_offered += offered.len() as u64;
-        for piece in offered.chunks(OFFER_CHUNK) {
-            self.send_frame(link, Tag::Tubs, &Message::Offer { units: piece.to_vec() });
-        }
-        Some(last)
+        // One frame (about 42 KiB at most), answered by one `Compared`.
+        self.send_frame(link, Tag::Tubs, &Message::Offer { units: offered });
+        Ok(Some(last))
     }
 
     /// The peer on `link` compared the own units offered to it up to `upto` (and sent back,
@@ -159,9 +170,8 @@ impl<S: Store> Node<S> {
     pub(super) fn on_compared(&mut self, link: LinkId, peer: DatabaseId, upto: u64) {
         let Some(info) = self.links.get_mut(&link) else { return };
         let OwnOffer::Pending(offered) = info.own_offer else { return };
-        if upto >= offered {
-            info.own_offer = OwnOffer::Done;
-        }
+        // Cut short by the peer's bounds: what was not compared stays unconfirmed on this link.
+        info.own_offer = if upto >= offered { OwnOffer::Done } else { OwnOffer::Lost };
         self.ledger.confirm_own(peer, upto.min(offered));
     }
 
@@ -175,6 +185,11 @@ impl<S: Store> Node<S> {
         origin: DatabaseId,
         offered: &[(u64, Physkey)],
     ) {
+        if link.is_relay() {
+            // Never sent there (relay sessions are metered); an answer could be 32 MiB.
+            self.stats.rejects.record_reason(RejectReason::UnknownType);
+            return;
+        }
         let (held, upto) = match self.ledger.differing(&origin, offered) {
             Ok(answer) => answer,
             Err(_) => {
@@ -222,9 +237,21 @@ impl<S: Store> Node<S> {
                 again.push(received);
             }
         }
+        if again.is_empty() {
+            // Both units of each seq went again already (another peer, or another link, sent
+            // the same back).
+            return;
+        }
         let keys: Vec<Physkey> = again.iter().map(|u| u.physkey).collect();
         let reissued = again.len() as u64;
         if !self.issue_again(again) {
+            // Not issued: the link they came on confirms nothing more, so the next link offers
+            // them again.
+            if let Source::Link(link) = source {
+                if let Some(info) = self.links.get_mut(&link) {
+                    info.own_offer = OwnOffer::Lost;
+                }
+            }
             return;
         }
         self.reissued_keys.extend(keys);
@@ -386,15 +413,21 @@ mod tests {
         assert_eq!(lane.links[&link].own_offer, OwnOffer::Pending(3));
         lane.own_origin_seen(link, peer, 3, 3);
         assert_eq!(lane.ledger().confirmed_own(&peer), 0, "a Have in flight confirms nothing");
-        lane.on_compared(link, peer, 2);
-        assert_eq!(lane.ledger().confirmed_own(&peer), 2);
-        assert_eq!(lane.links[&link].own_offer, OwnOffer::Pending(3));
         lane.on_compared(link, peer, 3);
         assert_eq!(lane.links[&link].own_offer, OwnOffer::Done);
         assert_eq!(lane.ledger().confirmed_own(&peer), 3);
         // No second offer on the link; `Have`s confirm again.
         lane.own_origin_seen(link, peer, 3, 3);
         assert_eq!(lane.stats.own_units_offered - offered, 3);
+
+        // An answer cut short confirms what it covers, and nothing more on that link.
+        let other = DatabaseId::from_bytes(b"PEER00000000002").unwrap();
+        lane.links.get_mut(&link).unwrap().own_offer = OwnOffer::NotYet;
+        lane.own_origin_seen(link, other, 3, 3);
+        lane.on_compared(link, other, 2);
+        assert_eq!(lane.links[&link].own_offer, OwnOffer::Lost);
+        lane.own_origin_seen(link, other, 3, 3);
+        assert_eq!(lane.ledger().confirmed_own(&other), 2);
     }
 
     #[test]
