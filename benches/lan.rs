@@ -257,23 +257,25 @@ impl Mesh {
         self.children.iter().map(|c| vm_rss(c.id())).collect()
     }
 
-    /// Stops (`-STOP`) or resumes (`-CONT`) every node.
-    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+    /// Sends `signal` to every node; fails after trying them all if one could not be sent.
+    fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        let mut failed = None;
         for child in &self.children {
-            let status = Command::new("kill").args([signal, &child.id().to_string()]).status()?;
-            if !status.success() {
-                bail!("kill {signal} {} failed", child.id());
+            let pid = libc::pid_t::try_from(child.id())?;
+            // SAFETY: kill(2) on a child this process spawned and has not waited for.
+            if unsafe { libc::kill(pid, signal) } != 0 {
+                failed = Some(std::io::Error::last_os_error());
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), |e| Err(anyhow::anyhow!("signal {signal} to a node: {e}")))
     }
 
-    /// The loopback datagram ceiling with every node stopped: the host's, whatever the mesh
-    /// still does after a round (syncs, checkpoints, `Have`s).
+    /// The loopback datagram ceiling with every node stopped (SIGSTOP): the host's, whatever
+    /// the mesh still does after a round (syncs, checkpoints, `Have`s). Resumed also on failure.
     fn ceiling_with_nodes_stopped(&self, size: usize) -> anyhow::Result<f64> {
-        self.signal("-STOP")?;
-        let ceiling = datagram_ceiling(size, CEILING_WINDOW);
-        self.signal("-CONT")?;
+        let stopped = self.signal(libc::SIGSTOP);
+        let ceiling = stopped.and_then(|()| datagram_ceiling(size, CEILING_WINDOW));
+        self.signal(libc::SIGCONT)?;
         ceiling
     }
 

@@ -116,7 +116,10 @@ fn import(dir: &Path, files: &[PathBuf]) -> anyhow::Result<()> {
     let (datadir, mut ledger) = super::open_ledger(dir)?;
     let keys = datadir.key_schedule();
     let dati_dir = datadir.dati_path();
-    let (mut seen, mut new, mut rivals, mut again) = (0u64, 0usize, 0usize, 0usize);
+    let (mut seen, mut new) = (0u64, 0usize);
+    // Issued again once every file is in: a later file may hold own units above this node's
+    // head, whose seqs the copies must not take.
+    let mut rivals = Vec::new();
     for path in files {
         if path.parent().map(|p| same_dir(p, &dati_dir)).unwrap_or(false) {
             bail!("{} is already one of this node's daily logs; import files carried from another machine", path.display());
@@ -131,20 +134,19 @@ fn import(dir: &Path, files: &[PathBuf]) -> anyhow::Result<()> {
         seen += units.len() as u64;
         for chunk in units.chunks(crate::ledger::RIVALS_MAX) {
             new += ledger.accept_batch(chunk.to_vec(), super::now_ms())?.len();
-            let taken = ledger.take_rivals();
-            rivals += taken.len();
-            again += issue_again(&mut ledger, taken)?;
+            rivals.extend(ledger.take_rivals());
         }
     }
+    let (found, again) = (rivals.len(), issue_again(&mut ledger, rivals)?);
     ledger.close()?;
     outln!(
         "imported {} files: {seen} units read, {new} new, {} already held",
         files.len(),
-        seen - new as u64 - rivals as u64
+        seen - new as u64 - found as u64
     );
-    if rivals > 0 {
+    if found > 0 {
         outln!(
-            "{rivals} units read are this node's own, made before its data directory was rolled back in place, under seqs it has handed out again since: both units of each such seq were issued again under new seqs ({again} units; README, \"A data directory put back in place\")"
+            "{found} units read are this node's own, made before its data directory was rolled back in place, under seqs it has handed out again since: both units of each such seq go again under new seqs, unless held already ({again} units went again; README, \"A data directory put back in place\")"
         );
     }
     Ok(())

@@ -172,7 +172,12 @@ impl<S: Store> Node<S> {
         let OwnOffer::Pending(offered) = info.own_offer else { return };
         // Cut short by the peer's bounds: what was not compared stays unconfirmed on this link.
         info.own_offer = if upto >= offered { OwnOffer::Done } else { OwnOffer::Lost };
-        self.ledger.confirm_own(peer, upto.min(offered));
+        // Only what it holds without a gap: a seq it lacks was not compared, and may come to it
+        // from a node holding a unit from before a rollback.
+        let own = self.dbid();
+        let held =
+            self.peers.get(&peer).and_then(|p| p.vector.get(&own)).map_or(0, |r| r.contiguous());
+        self.ledger.confirm_own(peer, upto.min(offered).min(held));
     }
 
     /// A peer's own units offered for comparison: what this node holds under their seqs as
@@ -185,9 +190,10 @@ impl<S: Store> Node<S> {
         origin: DatabaseId,
         offered: &[(u64, Physkey)],
     ) {
-        if link.is_relay() {
-            // Never sent there (relay sessions are metered); an answer could be 32 MiB.
-            self.stats.rejects.record_reason(RejectReason::UnknownType);
+        if link.is_relay() || offered.len() > OFFER_MAX as usize {
+            // Never sent on a relay link (sessions are metered; an answer could be 32 MiB), nor
+            // longer: each pair costs a store read on this node's loop.
+            self.stats.rejects.record_reason(RejectReason::Malformed);
             return;
         }
         let (held, upto) = match self.ledger.differing(&origin, offered) {
@@ -403,9 +409,15 @@ mod tests {
         let server = h.nodes[1].dbid();
         let link = h.nodes[0].peers.get(&server).and_then(|p| p.link).expect("linked");
         assert_eq!(h.nodes[0].links[&link].own_offer, OwnOffer::Done);
-        // A peer never confirmed before, met on this link anew.
+        // A peer never confirmed before, met on this link anew, holding what the server holds.
         let peer = DatabaseId::from_bytes(b"PEER00000000001").unwrap();
+        let other = DatabaseId::from_bytes(b"PEER00000000002").unwrap();
         let lane = &mut h.nodes[0];
+        for dbid in [peer, other] {
+            let mut model = lane.peers[&server].clone();
+            model.dbid = dbid;
+            lane.peers.insert(dbid, model);
+        }
         lane.links.get_mut(&link).unwrap().own_offer = OwnOffer::NotYet;
         let offered = lane.stats.own_units_offered;
         lane.own_origin_seen(link, peer, 3, 3);
@@ -421,7 +433,6 @@ mod tests {
         assert_eq!(lane.stats.own_units_offered - offered, 3);
 
         // An answer cut short confirms what it covers, and nothing more on that link.
-        let other = DatabaseId::from_bytes(b"PEER00000000002").unwrap();
         lane.links.get_mut(&link).unwrap().own_offer = OwnOffer::NotYet;
         lane.own_origin_seen(link, other, 3, 3);
         lane.on_compared(link, other, 2);
