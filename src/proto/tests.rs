@@ -1026,11 +1026,10 @@ fn received_units_are_delivered_before_their_log_sync_and_indexed_after() {
     assert_eq!(node.unit(&origin, 5).unwrap().map(|u| u.payload), Some(b"sale 4".to_vec()));
 }
 
-/// A lane's data directory is rolled back (its VM snapshot reverted) after its last units
-/// reached the store server, and it sells offline before it meets the store server again: the
-/// seqs it hands out again are held there by the units it made before the revert.
-#[test]
-fn a_rolled_back_directory_skips_taken_seqs_and_issues_the_colliding_units_again() {
+/// A lane and a store server: the lane sells "sale 0" to "sale 9", all reach the server, and
+/// the lane's data directory is put back in place to its state after the first five (a VM
+/// snapshot reverted: the same dbid).
+fn lane_reverted_after_ten_sales() -> Harness {
     let roles = [Role::Lane, Role::StoreServer];
     let mut h = Harness::new(&roles, &[true, true], &[]);
     h.run_until(h.now.plus_millis(3_000));
@@ -1046,8 +1045,16 @@ fn a_rolled_back_directory_skips_taken_seqs_and_issues_the_colliding_units_again
     assert_eq!(h.nodes[1].ledger().store().units_total(), 10);
     let server = h.nodes[1].dbid();
     assert!(h.nodes[0].ledger().confirmed_own(&server) >= 5, "the peer's holdings were recorded");
-
     h.restart(0, snapshot);
+    h
+}
+
+/// A lane's data directory is rolled back (its VM snapshot reverted) after its last units
+/// reached the store server, and it sells offline before it meets the store server again: the
+/// seqs it hands out again are held there by the units it made before the revert.
+#[test]
+fn a_rolled_back_directory_skips_taken_seqs_and_issues_the_colliding_units_again() {
+    let mut h = lane_reverted_after_ten_sales();
     h.cut[0] = true;
     for i in 0..3 {
         h.submit(0, format!("sold after the revert {i}").as_bytes(), Urgency::Normal);
@@ -1096,21 +1103,7 @@ fn a_rolled_back_directory_skips_taken_seqs_and_issues_the_colliding_units_again
 /// back: by heads the server looks behind the lane, and only the content shows the conflict.
 #[test]
 fn a_rolled_back_directory_that_sold_past_its_old_head_is_found_by_content() {
-    let roles = [Role::Lane, Role::StoreServer];
-    let mut h = Harness::new(&roles, &[true, true], &[]);
-    h.run_until(h.now.plus_millis(3_000));
-    for i in 0..5 {
-        h.submit(0, format!("sale {i}").as_bytes(), Urgency::Normal);
-    }
-    h.run_until(h.now.plus_millis(3_000));
-    let snapshot = h.nodes[0].ledger().store().clone();
-    for i in 5..10 {
-        h.submit(0, format!("sale {i}").as_bytes(), Urgency::Normal);
-    }
-    h.run_until(h.now.plus_millis(3_000));
-    assert_eq!(h.nodes[1].ledger().store().units_total(), 10);
-
-    h.restart(0, snapshot);
+    let mut h = lane_reverted_after_ten_sales();
     h.cut[0] = true;
     for i in 0..8 {
         h.submit(0, format!("sold after the revert {i}").as_bytes(), Urgency::Normal);
