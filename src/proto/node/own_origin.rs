@@ -227,9 +227,7 @@ impl<S: Store> Node<S> {
         let seen_at = self.source_name(source);
         let differing = rivals.len() as u64;
         let their_head = rivals.iter().map(|r| r.held.seq).max().unwrap_or(0);
-        if self.reissued_keys.len() >= REISSUE_MAX as usize {
-            self.reissued_keys.clear();
-        }
+        self.bound_reissued_keys();
         let mut again: Vec<TransferUnit> = Vec::new();
         for Rival { held, received } in rivals {
             let fresh = |u: &TransferUnit, again: &[TransferUnit]| {
@@ -275,6 +273,14 @@ impl<S: Store> Node<S> {
             differing,
             at_unix_ms: self.now.as_millis(),
         });
+    }
+
+    /// Starts `reissued_keys` afresh once it reaches [`REISSUE_MAX`] (at worst a unit goes
+    /// again once more); each caller then adds at most that many.
+    fn bound_reissued_keys(&mut self) {
+        if self.reissued_keys.len() >= REISSUE_MAX as usize {
+            self.reissued_keys.clear();
+        }
     }
 
     /// Whether a unit with `physkey` is held (under any seq); when the store cannot tell, not
@@ -335,6 +341,7 @@ impl<S: Store> Node<S> {
         let from = floor.max(our_head.saturating_sub(REISSUE_MAX)) + 1;
         let mut again = Vec::new();
         let mut bytes = 0;
+        self.bound_reissued_keys();
         // Newest first, so the bounds keep the units most likely sold since the rollback.
         for seq in (from..=our_head).rev() {
             // Not held: skipped for an earlier conflict and not back yet.
