@@ -194,6 +194,12 @@ impl Running {
         }
     }
 
+    /// SIGKILL: no flush, no destructors, no clean stop; returns once the process is gone.
+    pub fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// What the node logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
