@@ -3,9 +3,12 @@
 //! without them each test says why and passes (CI runs as root and installs both).
 //!
 //! - five nodes on one bridge, no configuration beyond the join file, converge on 10,000
-//!   units submitted across them, every node with its ring of peers up;
-//! - a partitioned node neither gets nor gives units; after the heal everyone converges;
-//! - a node killed with -9 in the middle of a sync restarts and catches up, losing nothing;
+//!   units submitted across them (half before they start, half while they run), every node
+//!   knowing the four others and with its ring of peers up;
+//! - a node cut off while linked neither gets nor gives units, its peers see it go quiet;
+//!   after the heal everyone converges and it is up again;
+//! - a node killed with -9 in the middle of a sync (its link throttled, so the kill lands
+//!   with part of the units in) restarts and catches up, losing nothing it held;
 //! - a node that comes back with a changed IP address is found and linked again.
 
 #![cfg(target_os = "linux")]
@@ -49,9 +52,14 @@ fn units(dir: &Path) -> u64 {
 }
 
 fn up_peers(dir: &Path) -> usize {
+    peer_states(dir).iter().filter(|s| *s == "up").count()
+}
+
+/// The state of each peer `dir` knows, as its status shows it.
+fn peer_states(dir: &Path) -> Vec<String> {
     let st = status(dir);
     let peers = st["node"]["peers"].as_array().cloned().unwrap_or_default();
-    peers.iter().filter(|p| p["state"] == "up").count()
+    peers.iter().map(|p| p["state"].as_str().unwrap_or("?").to_string()).collect()
 }
 
 fn wait_for(what: &str, nodes: &[&LabChild], mut check: impl FnMut() -> bool) {
@@ -92,13 +100,20 @@ fn five_nodes_on_a_bridge_converge_on_10000_units() {
     let dirs = member_dirs(root.path(), 5);
     let names = lan(&mut lab, 31, 5);
     for (i, d) in dirs.iter().enumerate() {
-        submit_many(d, 2_000, &format!("n{i}"));
+        submit_many(d, 1_000, &format!("n{i}"));
     }
     let nodes: Vec<LabChild> = names.iter().zip(&dirs).map(|(n, d)| start(&lab, n, d)).collect();
     let refs: Vec<&LabChild> = nodes.iter().collect();
-    wait_for("all five to hold 10,000 units with their peers up", &refs, || {
-        dirs.iter().all(|d| units(d) == 10_000 && up_peers(d) >= 2)
+    // Every node discovers the four others; LAN links form a ring (each node linked to at
+    // least its two neighbours; the others idle, multicast carries the units).
+    wait_for("each node to know the four others, with its ring neighbours up", &refs, || {
+        dirs.iter().all(|d| peer_states(d).len() == 4 && up_peers(d) >= 2)
     });
+    // The second half goes in through the running nodes, so it travels as live pushes.
+    for (i, d) in dirs.iter().enumerate() {
+        submit_many(d, 1_000, &format!("live-n{i}"));
+    }
+    wait_for("all five to hold 10,000 units", &refs, || dirs.iter().all(|d| units(d) == 10_000));
     for n in &nodes {
         stop(n);
     }
@@ -113,15 +128,27 @@ fn a_partitioned_node_catches_up_after_the_heal() {
     for (i, d) in dirs.iter().enumerate() {
         submit_many(d, 100, &format!("n{i}"));
     }
-    lab.partition("n2").unwrap();
     let nodes: Vec<LabChild> = names.iter().zip(&dirs).map(|(n, d)| start(&lab, n, d)).collect();
     let refs: Vec<&LabChild> = nodes.iter().collect();
-    wait_for("n0 and n1 to converge without n2", &refs, || {
-        units(&dirs[0]) == 200 && units(&dirs[1]) == 200
+    wait_for("all three linked and holding 300", &refs, || {
+        dirs.iter().all(|d| units(d) == 300 && up_peers(d) == 2)
     });
-    assert_eq!(units(&dirs[2]), 100, "the partitioned node got nothing");
+    // Cut n2 off with its links up; both sides keep selling.
+    lab.partition("n2").unwrap();
+    submit_many(&dirs[0], 100, "n0-cut");
+    submit_many(&dirs[2], 100, "n2-cut");
+    wait_for("n1 to get n0's sales of the partition", &refs, || units(&dirs[1]) == 400);
+    // Nothing crosses: n2's link goes quiet and its peers stop counting it up (suspect after
+    // three keepalives), while it holds only its own new sales.
+    wait_for("n0 and n1 to see n2 quiet, and n2 to see both quiet", &refs, || {
+        [&dirs[0], &dirs[1]].iter().all(|d| up_peers(d) == 1) && up_peers(&dirs[2]) == 0
+    });
+    assert_eq!(units(&dirs[2]), 400, "the partitioned node got nothing and kept its own");
+    assert_eq!(units(&dirs[0]), 400, "n0 got nothing from the partitioned node");
     lab.heal("n2").unwrap();
-    wait_for("everyone to hold 300 after the heal", &refs, || dirs.iter().all(|d| units(d) == 300));
+    wait_for("everyone to hold 500 after the heal, with n2 up again", &refs, || {
+        dirs.iter().all(|d| units(d) == 500 && up_peers(d) == 2)
+    });
     for n in &nodes {
         stop(n);
     }
@@ -134,19 +161,42 @@ fn kill_9_mid_sync_then_restart_loses_nothing() {
     let dirs = member_dirs(root.path(), 2);
     let names = lan(&mut lab, 33, 2);
     submit_many(&dirs[0], 20_000, "n0");
+    // The sink takes at most 1 MB/s (the units are about 7 MB on the wire), so the kill below
+    // lands in the middle of the sync on any machine.
+    lab.nft(&names[1], THROTTLE).unwrap();
     let source = start(&lab, &names[0], &dirs[0]);
     let sink = start(&lab, &names[1], &dirs[1]);
     wait_for("n1 to start receiving", &[&source, &sink], || units(&dirs[1]) > 0);
     sink.kill().unwrap();
+    // Read from its store with the node dead: what it had made durable.
+    let held = common::units(&dirs[1]);
+    assert!(
+        !held.is_empty() && held.len() < 20_000,
+        "the kill should land mid-sync, with {} of 20,000 held",
+        held.len()
+    );
+    lab.heal(&names[1]).unwrap();
     let sink = start(&lab, &names[1], &dirs[1]);
     wait_for("n1 to hold all 20,000 after the restart", &[&source, &sink], || {
         units(&dirs[1]) == 20_000
     });
     stop(&sink);
     stop(&source);
+    let after: std::collections::HashSet<String> =
+        common::units(&dirs[1]).iter().map(|u| u["physkey"].to_string()).collect();
+    assert!(
+        held.iter().all(|u| after.contains(&u["physkey"].to_string())),
+        "a unit held at the kill is gone after the restart"
+    );
     let verify = common::run(&["log", "verify", "--data-dir", s(&dirs[1])]);
     assert!(verify.status.success(), "{}", common::text(&verify.stderr));
 }
+
+/// A node's input limited to 1 MB/s (in `table inet lab`, so `Lab::heal` removes it).
+const THROTTLE: &str = "table inet lab {
+  chain input { type filter hook input priority 0; policy accept; iifname \"lo\" accept; limit rate over 1 mbytes/second counter drop; };
+}
+";
 
 #[test]
 fn a_node_back_with_a_new_address_is_linked_again() {
