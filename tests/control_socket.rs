@@ -601,3 +601,51 @@ fn a_request_behind_pipelined_acknowledgements_is_answered_after_them() {
     node_a.stop();
     node_b.stop();
 }
+
+/// An application that acknowledged part of what it read and then crashed, on a node that is
+/// then killed with -9: the next subscriber gets exactly the units after the last acknowledged
+/// one, in order. The acknowledged ones never come again (the `acked` reply means durable),
+/// and the unacknowledged ones the crashed application had read come again.
+#[test]
+fn after_a_crash_of_the_application_and_a_kill_9_of_the_node_delivery_resumes_after_the_last_ack() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = member_dirs(root.path(), &["a", "b"]);
+    let (a, b) = (&dirs[0], &dirs[1]);
+    let port = free_port();
+    let node_a = Running::start(a, port);
+    let node_b = Running::start(b, port);
+    let (units, acked) = (200u64, 120u64);
+    submit_jsonl(a, &sale_lines(0, units as usize, 10));
+    let origin = dbid(a);
+
+    // The application reads every unit but acknowledges only the first 120, then crashes: its
+    // connection drops with no goodbye.
+    {
+        let stream = UnixStream::connect(socket(b)).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let mut lines = BufReader::new(stream).lines();
+        let mut next =
+            || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+        writer.write_all(b"{\"op\":\"subscribe\"}\n").unwrap();
+        assert!(next()["subscribed"].is_object());
+        for seq in 1..=units {
+            assert_eq!(next()["seq"].as_u64(), Some(seq));
+        }
+        let ack = format!("{{\"op\":\"ack\",\"origin\":\"{origin}\",\"seq\":{acked}}}\n");
+        writer.write_all(ack.as_bytes()).unwrap();
+        assert_eq!(next()["acked"]["seq"].as_u64(), Some(acked));
+    }
+    node_b.kill_9();
+    let node_b = Running::start(b, port);
+    let sub = Subscriber::start(b, &[]);
+    let again = sub.take((units - acked) as usize);
+    assert_eq!(seqs(&again), (acked + 1..=units).collect::<Vec<_>>());
+    assert!(again.iter().all(|l| l["origin"] == origin.as_str()));
+    // Nothing more: one unit submitted now is the very next line.
+    submit_jsonl(a, &sale_lines(units as usize, units as usize + 1, 10));
+    assert_eq!(seqs(&sub.take(1)), [units + 1]);
+    sub.stop();
+    node_a.stop();
+    node_b.stop();
+}
