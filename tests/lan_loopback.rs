@@ -65,6 +65,20 @@ fn three_nodes_on_loopback_find_each_other_and_converge() {
     let node = &status(&dirs[0])["node"];
     assert!(node["discovery_group"].as_str().is_some_and(|g| g.starts_with("239.192.6.83:")));
     assert!(node["uptime_secs"].as_u64().is_some());
+    // Converged, every peer says so both ways (the Haves after the last unit may lag the units).
+    wait_for("each peer to show nothing lacking either way", &refs, || {
+        dirs.iter().all(|d| {
+            let peers = status(d)["node"]["peers"].as_array().cloned().unwrap_or_default();
+            peers.iter().all(|p| p["we_lack"] == 0 && p["it_lacks"] == 0)
+        })
+    });
+    for d in &dirs {
+        shows_what_the_issue_asks(&status(d));
+    }
+    // Lanes with no main server: every own unit is unsafe, and the table says so.
+    assert_eq!(status(&dirs[0])["node"]["unsafe_backlog"], 300);
+    assert!(table.contains("UNSAFE    300 own units no main server holds yet"), "{table}");
+    assert!(table.contains("we lack it lacks"), "{table}");
     for d in &dirs {
         let disk = &status(d)["node"]["disk"];
         assert!(disk["log_syncs"].as_u64().is_some_and(|n| n >= 1), "{disk}");
@@ -84,6 +98,47 @@ fn three_nodes_on_loopback_find_each_other_and_converge() {
         let st = status(d);
         assert_eq!(st["running"], false);
         assert_eq!(st["units_total"], 320);
+    }
+}
+
+/// The status fields issue 5 names, on a running node linked to two peers: instance id,
+/// groups, listen addresses, each peer's dbid, addresses, link, state, role, rtt and last seen,
+/// the queues, and a rejection counter for every reason.
+fn shows_what_the_issue_asks(st: &serde_json::Value) {
+    let node = &st["node"];
+    let hex32 = |v: &serde_json::Value| {
+        v.as_str().is_some_and(|s| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    assert!(hex32(&node["instance_id"]), "{node}");
+    let env_group = node["env_group"].as_str().unwrap_or_default();
+    assert!(env_group.starts_with("239.192.6.") && !env_group.starts_with("239.192.6.83:"));
+    let listen = node["listen"].as_array().cloned().unwrap_or_default();
+    assert!(listen.iter().any(|a| a.as_str().is_some_and(|a| a.starts_with("127.0.0.1:"))));
+    let peers = node["peers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(peers.len(), 2, "{node}");
+    for p in &peers {
+        assert_eq!(p["dbid"].as_str().map(str::len), Some(15), "{p}");
+        assert!(p["addrs"].as_array().is_some_and(|a| !a.is_empty()), "{p}");
+        assert!(p["link"] == "quic" || p["link"] == "tcp", "{p}");
+        assert_eq!((&p["state"], &p["role"]), (&"up".into(), &"lane".into()), "{p}");
+        assert!(p["rtt_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{p}");
+        // Links keep alive every 10 s, so a linked peer was heard from within a minute.
+        assert!(p["last_seen_ms_ago"].as_u64().is_some_and(|ms| ms < 60_000), "{p}");
+    }
+    for q in ["outputs", "links", "connecting", "wants_in_flight", "submits_syncing"] {
+        assert!(node["queues"][q].as_u64().is_some(), "queue {q}: {node}");
+    }
+    let rejects = &node["counters"]["rejects"];
+    for reason in [
+        "foreign_system",
+        "bad_tag",
+        "decrypt_failure",
+        "replay",
+        "malformed",
+        "unknown_type",
+        "non_member_link",
+    ] {
+        assert!(rejects[reason].as_u64().is_some(), "reason {reason}: {rejects}");
     }
 }
 

@@ -541,6 +541,46 @@ fn foreign_systems_and_forgeries_are_counted_never_peered() {
     assert_eq!(node.stats().rejects.total(), 3);
 }
 
+/// Datagrams sealed with the system's own key whose content is wrong (a member's bug, or a
+/// newer build's message on the unit group) are counted by what is wrong, in the status's
+/// rejection counters, and change nothing.
+#[test]
+fn sealed_datagrams_with_wrong_content_are_counted_as_malformed_or_unknown_type() {
+    use crate::crypto::{NonceSequence, Purpose};
+    use crate::wire::{DatagramSealer, RejectReason, Tag};
+    let mut h = Harness::new(&[Role::Lane], &[true], &[]);
+    let now = h.now;
+    let mut sealer = DatagramSealer::new(
+        keys(),
+        Purpose::LanDatagram,
+        "1,2,3,4".parse().unwrap(),
+        &"live".parse().unwrap(),
+        NonceSequence::new(InstanceId([9; 16])),
+    );
+    let secs = now.as_secs();
+    let not_units = crate::proto::message::Message::Compared { upto: 5 }.encode();
+    let datagrams = [
+        sealer.seal(Tag::Tubt, secs, &not_units).unwrap(),
+        sealer.seal(Tag::Tubt, secs, b"\xff\xff\xff not a message").unwrap(),
+        sealer.seal_visible(Tag::Idqy, secs, b"\xff\xff not an announcement").unwrap(),
+    ];
+    let from: SocketAddr = "10.0.0.99:7000".parse().unwrap();
+    for (bytes, group) in
+        datagrams.iter().zip(["239.192.6.20:7083", "239.192.6.20:7083", "239.192.6.83:7083"])
+    {
+        let to = DatagramDest::Group(group.parse().unwrap());
+        h.nodes[0].handle(now, Input::Datagram { from, to, bytes });
+    }
+    let node = &h.nodes[0];
+    assert_eq!(node.stats().rejects.get(RejectReason::UnknownType), 1);
+    assert_eq!(node.stats().rejects.get(RejectReason::Malformed), 2);
+    assert_eq!(node.stats().rejects.total(), 3);
+    assert_eq!(node.peers().count(), 0, "nobody was peered");
+    let json = serde_json::to_value(node.status()).unwrap();
+    assert_eq!(json["counters"]["rejects"]["unknown_type"], 1);
+    assert_eq!(json["counters"]["rejects"]["malformed"], 2);
+}
+
 /// Relay link ids belong to the core (design §2.1): a driver's frame or link on one is refused
 /// and counted, never opened; a core without relays posts nothing.
 #[test]
