@@ -40,6 +40,9 @@
 //!   its control socket by one client, timed until the last receipt. No target: compare
 //!   builds (`--bin PATH` runs another build of meshnode).
 //!
+//! - `demo` (issue 5, task 4): `meshnode demo` run `--trials` times (default 5), each timed
+//!   from start to exit. Target: every run exits 0 in under 10 s ("well under 10 seconds").
+//!
 //! Run: `cargo bench --bench lan -- lan [--json]` (or `scripts/bench lan`). Temp data goes
 //! under ./target (a real disk, as fsync costs matter; `--dir D` puts it elsewhere, e.g. a
 //! tmpfs to take the disk out) and is removed, and every node killed, also on failure.
@@ -101,7 +104,7 @@ fn opts() -> anyhow::Result<Opts> {
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
-            "lan" | "control" => o.what = a.clone(),
+            "lan" | "control" | "demo" => o.what = a.clone(),
             "--json" => o.json = true,
             "--units" => o.units = value()?.parse()?,
             "--payload" => o.payload = value()?.parse()?,
@@ -133,7 +136,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let result = if o.what == "control" { control(&o) } else { lan(&o) };
+    let result = match o.what.as_str() {
+        "control" => control(&o),
+        "demo" => demo(&o),
+        _ => lan(&o),
+    };
     match result {
         Ok(missed) => std::process::exit(i32::from(!missed.is_empty())),
         Err(e) => {
@@ -417,6 +424,44 @@ fn control(o: &Opts) -> anyhow::Result<Vec<String>> {
 }
 
 // ----- lan -----
+
+/// `meshnode demo`, `--trials` times.
+fn demo(o: &Opts) -> anyhow::Result<Vec<String>> {
+    let mut secs = Vec::with_capacity(o.trials);
+    let mut missed = Vec::new();
+    for _ in 0..o.trials {
+        let start = Instant::now();
+        let out = Command::new(&o.bin).arg("demo").stdin(Stdio::null()).output()?;
+        let took = start.elapsed().as_secs_f64();
+        if !out.status.success() {
+            bail!("meshnode demo failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        if took >= 10.0 {
+            missed.push(format!("a demo run took {took:.1} s (target < 10 s)"));
+        }
+        secs.push(took);
+    }
+    let mut sorted = secs.clone();
+    sorted.sort_by(f64::total_cmp);
+    let (median, max) = (sorted[(sorted.len() - 1) / 2], sorted[sorted.len() - 1]);
+    if o.json {
+        println!(
+            "{}",
+            json!({"bench": "demo", "runs_secs": secs, "median_secs": median, "max_secs": max, "missed": missed})
+        );
+    } else {
+        let each: Vec<String> = secs.iter().map(|t| format!("{t:.2}")).collect();
+        println!(
+            "demo: {} runs, {} s; median {median:.2} s, slowest {max:.2} s (target < 10 s)",
+            secs.len(),
+            each.join(", ")
+        );
+        for m in &missed {
+            println!("MISSED: {m}");
+        }
+    }
+    Ok(missed)
+}
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
