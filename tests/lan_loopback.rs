@@ -142,6 +142,28 @@ fn shows_what_the_issue_asks(st: &serde_json::Value) {
     }
 }
 
+/// Ctrl-C (SIGINT) stops a node cleanly, and it closes its links on the way out: its peer
+/// sees the link closed at once (`link_closed`), long before silence would tell (a minute).
+#[test]
+fn sigint_stops_a_node_cleanly_and_its_peer_sees_the_link_closed() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = member_dirs(root.path(), &["a", "b"]);
+    let port = free_port();
+    let a = Running::start(&dirs[0], port);
+    let b = Running::start(&dirs[1], port);
+    let peer_of_a = || status(&dirs[0])["node"]["peers"][0].clone();
+    wait_for("the two to link", &[&a, &b], || peer_of_a()["state"] == "up");
+    submit_many(&dirs[1], 5);
+    b.stop_with(libc::SIGINT);
+    assert_eq!(status(&dirs[1])["units_total"], 5, "flushed at the stop");
+    wait_for("a to see b's link closed", &[&a], || {
+        let p = peer_of_a();
+        p["state"] == "down" && p["reason"] == "link_closed"
+    });
+    assert_eq!(status(&dirs[0])["node"]["counters"]["links_silent"], 0);
+    a.stop();
+}
+
 #[test]
 fn a_node_of_another_system_is_never_peered_and_is_counted() {
     let root = tempfile::tempdir().unwrap();

@@ -179,8 +179,14 @@ impl Running {
     }
 
     /// SIGTERM, then a clean exit within [`NODE_DEADLINE`] that removes the control socket.
-    pub fn stop(mut self) {
-        signal(&self.child, libc::SIGTERM);
+    pub fn stop(self) {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// `sig` (SIGTERM or SIGINT), then a clean exit within [`NODE_DEADLINE`] that removes the
+    /// control socket.
+    pub fn stop_with(mut self, sig: libc::c_int) {
+        signal(&self.child, sig);
         let deadline = std::time::Instant::now() + NODE_DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
