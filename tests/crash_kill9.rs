@@ -19,8 +19,9 @@ type Receipt = (String, u64, String);
 
 /// One round: stream units into `submit --jsonl -`, kill -9 after `kill_after` receipts (or
 /// at once if 0), and return the receipts seen (origin, seq, physkey). With `node`, the
-/// submits go through that running node and the node is the one killed; the receipts it
-/// answered before it died are read to the end.
+/// submits go through that running node and the node is the one killed, after at least one
+/// receipt (so the client is connected to it, not to the store); the receipts the client
+/// printed before it saw the node gone are counted too.
 fn round(
     d: &std::path::Path,
     round_no: u64,
@@ -49,6 +50,7 @@ fn round(
             i += 1;
         }
     });
+    let kill_after = if node.is_some() { kill_after.max(1) } else { kill_after };
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut acked = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -62,8 +64,10 @@ fn round(
     match node {
         Some(node) => {
             node.kill_9();
-            // Every receipt the node wrote before it died is an acknowledgement; the client
-            // then says the node closed the connection and exits.
+            // No more input, so the client ends whatever it does next. Every receipt it
+            // printed is an acknowledgement of the node's; then it says the node closed the
+            // connection and exits.
+            stop.store(true, Ordering::Relaxed);
             acked.extend(stdout.map_while(|line| receipt(&line.ok()?)));
         }
         None => child.kill().unwrap(),
