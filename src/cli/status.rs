@@ -229,6 +229,36 @@ fn print_pads(peers: &[serde_json::Value]) {
     }
 }
 
+/// The table's lines for origins whose delivery waits on a seq this node lacks: `WAITING`
+/// while a peer holds it (anti-entropy fetches it), `STUCK` when none reports it.
+fn gap_lines(n: &serde_json::Value) -> Vec<String> {
+    let gaps = n["gaps"].as_array().cloned().unwrap_or_default();
+    let mut lines: Vec<String> = gaps
+        .iter()
+        .map(|g| {
+            let origin = g["origin"].as_str().unwrap_or("-");
+            let seq = g["waiting_for"].as_u64().unwrap_or(0);
+            let beyond = g["held_beyond"].as_u64().unwrap_or(0);
+            match g["held_by"].as_u64().unwrap_or(0) {
+                0 => format!(
+                    "STUCK     {beyond} units of {origin} wait behind its seq {seq}, which no peer reports holding: bring the machine that has it back into reach (README: \"A seq no node holds\")"
+                ),
+                peers => format!(
+                    "WAITING   {beyond} units of {origin} wait behind its seq {seq}, which {peers} peer(s) hold: being fetched"
+                ),
+            }
+        })
+        .collect();
+    let total = n["origins_with_gaps"].as_u64().unwrap_or(0);
+    if let Some(more) = total.checked_sub(gaps.len() as u64).filter(|m| *m > 0) {
+        lines.push(format!(
+            "          and {more} more origins wait on a seq this node lacks (--status --json lists {})",
+            gaps.len()
+        ));
+    }
+    lines
+}
+
 fn print_running(n: &serde_json::Value) {
     let text = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
@@ -270,6 +300,9 @@ fn print_running(n: &serde_json::Value) {
                 get("reissued")
             );
         }
+    }
+    for line in gap_lines(n) {
+        outln!("{line}");
     }
     let peers = n["peers"].as_array().cloned().unwrap_or_default();
     let up = peers.iter().filter(|p| p["state"] == "up").count();
@@ -374,5 +407,32 @@ fn print_running(n: &serde_json::Value) {
         if !nonzero.is_empty() {
             outln!("refused   {}", nonzero.join(", "));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gap_lines;
+    use serde_json::json;
+
+    #[test]
+    fn gaps_read_as_waiting_while_a_peer_holds_the_seq_and_stuck_when_none_does() {
+        let n = json!({
+            "gaps": [
+                {"origin": "AAAAAAAAAAAAAAA", "waiting_for": 3, "held_beyond": 40, "held_by": 0},
+                {"origin": "BBBBBBBBBBBBBBB", "waiting_for": 9, "held_beyond": 2, "held_by": 2},
+            ],
+            "origins_with_gaps": 5,
+        });
+        let lines = gap_lines(&n);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[0].starts_with("STUCK     40 units of AAAAAAAAAAAAAAA wait behind its seq 3,")
+        );
+        assert!(lines[1].starts_with("WAITING   2 units of BBBBBBBBBBBBBBB wait behind its seq 9,"));
+        assert!(lines[1].contains("2 peer(s) hold"));
+        assert!(lines[2].contains("and 3 more origins"), "{lines:?}");
+        assert!(gap_lines(&json!({"gaps": [], "origins_with_gaps": 0})).is_empty());
+        assert!(gap_lines(&json!({})).is_empty(), "an older node's status has no gaps");
     }
 }

@@ -640,6 +640,11 @@ impl<S: Store> Node<S> {
                 }
             })
             .collect();
+        let (gaps, origins_with_gaps) = super::status::gaps(
+            self.ledger.store().version_vector(),
+            &self.dbid(),
+            self.peers.values().map(|p| &p.vector),
+        );
         NodeStatus {
             dbid: self.dbid().to_string(),
             instance_id: self.cfg.instance.to_string(),
@@ -668,6 +673,8 @@ impl<S: Store> Node<S> {
             relays: self.relay.relay_status(now),
             relay_path: self.relay.stats(),
             own_conflict: self.own_conflict.clone(),
+            gaps,
+            origins_with_gaps,
             relay_warning: (self.cfg.relay_path.relays == 1)
                 .then(|| "one relay configured: one observer sees every payload".to_string()),
         }

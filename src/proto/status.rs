@@ -4,10 +4,12 @@
 
 use serde::Serialize;
 
+use crate::id::DatabaseId;
 use crate::proto::io::LinkKind;
 use crate::proto::node::NodeStats;
 use crate::proto::peers::{DownReason, PeerState, Role};
 use crate::proto::relaypath::{RelayPathStats, RelayStatus, SessionStatus};
+use crate::store::VersionVector;
 
 /// The node as the core sees it.
 #[derive(Debug, Clone, Serialize)]
@@ -49,6 +51,58 @@ pub struct NodeStatus {
     /// The last time own units were seen held elsewhere beyond this node's head, since start
     /// (a data directory rolled back in place, or in use on two machines).
     pub own_conflict: Option<crate::proto::OwnConflict>,
+    /// Origins of other nodes whose delivery waits on a seq this node lacks while it holds
+    /// later ones (units are delivered in per-origin order), most units held beyond first; at
+    /// most [`GAPS_SHOWN`]. Short-lived after a lost datagram (anti-entropy fetches it); one
+    /// that stays, with no peer holding the seq, is stuck.
+    pub gaps: Vec<GapStatus>,
+    /// How many origins have such a gap (`gaps` lists at most [`GAPS_SHOWN`]).
+    pub origins_with_gaps: usize,
+}
+
+/// Most origins [`NodeStatus::gaps`] lists.
+pub const GAPS_SHOWN: usize = 16;
+
+/// An origin whose delivery waits on a seq this node lacks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GapStatus {
+    /// The origin's dbid.
+    pub origin: String,
+    /// The first seq lacked: delivery of the origin's units waits here.
+    pub waiting_for: u64,
+    /// Units of the origin held beyond it, waiting.
+    pub held_beyond: u64,
+    /// Peers whose last `Have` shows that seq. None: no peer this node knows reports it, so
+    /// anti-entropy cannot fetch it (it may have been lost with a machine that was rolled back
+    /// or replaced).
+    pub held_by: usize,
+}
+
+/// The gaps of `ours` in other origins than `own`, with how many of `peers` hold each first
+/// missing seq: at most [`GAPS_SHOWN`], most units waiting first, and how many origins have
+/// one.
+pub fn gaps<'a>(
+    ours: &VersionVector,
+    own: &DatabaseId,
+    peers: impl Iterator<Item = &'a VersionVector> + Clone,
+) -> (Vec<GapStatus>, usize) {
+    let mut found: Vec<GapStatus> = ours
+        .iter()
+        .filter(|(origin, range)| *origin != own && range.count() > range.contiguous())
+        .map(|(origin, range)| {
+            let waiting_for = range.contiguous() + 1;
+            GapStatus {
+                origin: origin.to_string(),
+                waiting_for,
+                held_beyond: range.count() - range.contiguous(),
+                held_by: peers.clone().filter(|v| v.contains(origin, waiting_for)).count(),
+            }
+        })
+        .collect();
+    let total = found.len();
+    found.sort_by(|a, b| b.held_beyond.cmp(&a.held_beyond).then_with(|| a.origin.cmp(&b.origin)));
+    found.truncate(GAPS_SHOWN);
+    (found, total)
 }
 
 /// One peer.
@@ -167,5 +221,64 @@ impl PeerStatus {
     /// Whether the peer is usable now.
     pub fn is_up(&self) -> bool {
         matches!(self.state, PeerState::Up | PeerState::Suspect)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{gaps, GapStatus, GAPS_SHOWN};
+    use crate::id::DatabaseId;
+    use crate::store::VersionVector;
+
+    fn id(name: &str) -> DatabaseId {
+        DatabaseId::from_bytes(format!("{name:0<15}").as_bytes()).unwrap()
+    }
+
+    fn vector(held: &[(&str, &[u64])]) -> VersionVector {
+        let mut v = VersionVector::new();
+        for (origin, seqs) in held {
+            for seq in *seqs {
+                v.insert(id(origin), *seq);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn a_gap_is_listed_with_how_many_peers_hold_its_seq() {
+        let ours = vector(&[
+            ("OWN", &[1, 2, 4]),
+            ("A", &[1, 2, 3]),
+            ("B", &[1, 2, 5, 6, 7]),
+            ("C", &[2, 3]),
+        ]);
+        let peers = [vector(&[("B", &[1, 2, 3, 4, 5, 6, 7])]), vector(&[("B", &[1, 2])])];
+        let (found, total) = gaps(&ours, &id("OWN"), peers.iter());
+        assert_eq!(total, 2, "no gap of A, and our own origin's is not delivery's: {found:?}");
+        assert_eq!(
+            found,
+            [
+                GapStatus {
+                    origin: id("B").to_string(),
+                    waiting_for: 3,
+                    held_beyond: 3,
+                    held_by: 1
+                },
+                GapStatus {
+                    origin: id("C").to_string(),
+                    waiting_for: 1,
+                    held_beyond: 2,
+                    held_by: 0
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn at_most_gaps_shown_are_listed_and_every_one_is_counted() {
+        let names: Vec<String> = (0..GAPS_SHOWN + 4).map(|i| format!("O{i:02}")).collect();
+        let held: Vec<(&str, &[u64])> = names.iter().map(|n| (n.as_str(), &[2u64][..])).collect();
+        let (found, total) = gaps(&vector(&held), &id("OWN"), std::iter::empty());
+        assert_eq!((found.len(), total), (GAPS_SHOWN, GAPS_SHOWN + 4));
     }
 }

@@ -444,11 +444,23 @@ fn a_missed_multicast_is_fetched_once() {
     h.run_until(h.now.plus_millis(100));
     assert_eq!(h.nodes[2].ledger().store().units_total(), 0);
     h.deaf[2] = false;
+    // The next sales arrive by multicast at once; they wait behind the 20 missed ones, and
+    // status says so.
+    for i in 20..25 {
+        h.submit(4, format!("sale {i}").as_bytes(), Urgency::Normal);
+    }
+    h.run_until(h.now.plus_millis(20));
+    let status = h.nodes[2].status();
+    assert_eq!(status.origins_with_gaps, 1);
+    let gap = &status.gaps[0];
+    assert_eq!(gap.origin, h.nodes[4].dbid().to_string());
+    assert_eq!((gap.waiting_for, gap.held_beyond), (1, 5), "{gap:?}");
     // The next `Have` from any neighbour shows what lane 2 lacks; it asks one of them.
     h.run_until(h.now.plus_millis(5_000));
     assert!(h.holds_all());
+    assert_eq!(h.nodes[2].status().origins_with_gaps, 0);
     let stats = h.nodes[2].stats();
-    assert_eq!(stats.units_received, 20, "each unit came once, not once per neighbour");
+    assert_eq!(stats.units_received, 25, "each unit came once, not once per neighbour");
     assert!(stats.wants_sent >= 1);
     assert_exactly_once_in_order(&h);
 }
