@@ -177,9 +177,25 @@ fn sigint_stops_a_node_cleanly_and_its_peer_sees_the_link_closed() {
 
 #[test]
 fn a_node_of_another_system_is_never_peered_and_is_counted() {
+    a_stranger_is_never_peered_and_is_counted(&["--system", "9,9,9,9"], "foreign_system");
+}
+
+/// The test environment of the same RmSystem (its own `init --env test`) on the same LAN as
+/// live: its units go to another group, its announcements are refused by what differs.
+#[test]
+fn the_test_environment_of_the_same_system_never_meets_live() {
+    a_stranger_is_never_peered_and_is_counted(
+        &["--system", "1,2,3,4", "--env", "test"],
+        "foreign_environment",
+    );
+}
+
+/// Two members and a stranger made by `init <stranger>` on one discovery port: the members
+/// converge, count the stranger's datagrams under `reason`, and none of them peers it.
+fn a_stranger_is_never_peered_and_is_counted(stranger: &[&str], reason: &str) {
     let root = tempfile::tempdir().unwrap();
     let dirs = member_dirs(root.path(), &["m1", "m2"]);
-    let stranger = common::init(root.path(), "stranger", &["--system", "9,9,9,9"]);
+    let stranger = common::init(root.path(), "stranger", stranger);
     submit_many(&dirs[0], 10);
     submit_many(&stranger, 10);
     let port = free_port();
@@ -189,7 +205,7 @@ fn a_node_of_another_system_is_never_peered_and_is_counted() {
     wait_for("the members to converge and count the stranger", &refs, || {
         let a = status(&dirs[0]);
         let b = status(&dirs[1]);
-        let rejects = a["node"]["counters"]["rejects"]["foreign_system"].as_u64().unwrap_or(0);
+        let rejects = a["node"]["counters"]["rejects"][reason].as_u64().unwrap_or(0);
         a["units_total"] == 10 && b["units_total"] == 10 && rejects > 0
     });
     let st = status(&stranger);

@@ -6,7 +6,8 @@
 //!   wrong key) get nothing from the members and give them nothing; the members count them;
 //! - garbage, truncated, tampered and replayed datagrams at the discovery and environment
 //!   groups, and junk and half handshakes at the link port, are refused and counted while two
-//!   members keep converging;
+//!   members keep converging; the members' own multicast (an IDQY, a unit) leaves with IP TTL
+//!   1, so it ends at the first router;
 //! - two store LANs and head office: a unit of a lane in store 2 reaches head office (reachable
 //!   only from store 1's server) over two configured links, becomes safe at the lane, and
 //!   reaches the lane of store 1.
@@ -263,19 +264,68 @@ fn group_listener(lab: &Lab, node: &str, segment: &str, group: SocketAddrV4) -> 
         let socket = UdpSocket::bind(group).unwrap();
         socket.join_multicast_v4(group.ip(), &iface).unwrap();
         socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        // Each datagram's IP TTL comes with it (see `recv_with_ttl`).
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt on a socket we own, with a pointer to a c_int and its size.
+        let set = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::IPPROTO_IP,
+                libc::IP_RECVTTL,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0, "IP_RECVTTL: {}", std::io::Error::last_os_error());
         socket
     })
     .unwrap()
 }
 
+/// One datagram, its sender, and the IP TTL it arrived with (the socket has IP_RECVTTL on).
+fn recv_with_ttl(socket: &UdpSocket, buf: &mut [u8]) -> Option<(usize, Ipv4Addr, u8)> {
+    // SAFETY: recvmsg on a socket we own into buffers that outlive the call; the control
+    // messages are walked with the libc macros over the length the kernel wrote.
+    unsafe {
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let mut from: libc::sockaddr_in = std::mem::zeroed();
+        let mut control = [0u64; 16];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = (&mut from as *mut libc::sockaddr_in).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        let n = libc::recvmsg(std::os::fd::AsRawFd::as_raw_fd(socket), &mut msg, 0);
+        if n < 0 {
+            return None;
+        }
+        let mut ttl = None;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_TTL {
+                let value = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int);
+                ttl = u8::try_from(value).ok();
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        let sender = Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr));
+        Some((n as usize, sender, ttl.expect("IP_TTL control message")))
+    }
+}
+
 /// The first datagram of packet type `tag` from `sender` that `socket` receives within `secs`
-/// seconds.
+/// seconds. It must have left its sender with IP TTL 1 (it arrives unrouted, so with 1 still):
+/// multicast ends at the first router.
 fn capture(socket: &UdpSocket, tag: &[u8; 4], sender: Ipv4Addr, secs: u64) -> Vec<u8> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut buf = vec![0u8; 65_536];
     while Instant::now() < deadline {
-        if let Ok((n, from)) = socket.recv_from(&mut buf) {
-            if buf[..n].starts_with(tag) && from.ip() == sender {
+        if let Some((n, from, ttl)) = recv_with_ttl(socket, &mut buf) {
+            if buf[..n].starts_with(tag) && from == sender {
+                let tag = String::from_utf8_lossy(tag);
+                assert_eq!(ttl, 1, "{tag} from {sender} left with TTL {ttl}");
                 return buf[..n].to_vec();
             }
         }
