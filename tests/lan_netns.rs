@@ -9,7 +9,9 @@
 //!   after the heal everyone converges and it is up again;
 //! - a node killed with -9 in the middle of a sync (its link throttled, so the kill lands
 //!   with part of the units in) restarts and catches up, losing nothing it held;
-//! - a node that comes back with a changed IP address is found and linked again.
+//! - a node that comes back with a changed IP address is found and linked again;
+//! - a store server with two LAN interfaces named by `--discovery-if` (twice) finds the lanes
+//!   on both, and carries units between LANs that multicast never joins.
 
 #![cfg(target_os = "linux")]
 
@@ -37,8 +39,14 @@ fn member_dirs(root: &Path, n: usize) -> Vec<PathBuf> {
 /// interface) and a fixed link port. The namespaces share the host's /etc/machine-id, so the
 /// device id is the one `init` saw and the dbid stays.
 fn start(lab: &Lab, node: &str, dir: &Path) -> LabChild {
+    start_with(lab, node, dir, &[])
+}
+
+/// [`start`] with more arguments for `meshnode run`.
+fn start_with(lab: &Lab, node: &str, dir: &Path, extra: &[&str]) -> LabChild {
     let mut c = Command::new(common::bin());
     c.args(["run", "--data-dir", s(dir), "--listen", "0.0.0.0:7070"])
+        .args(extra)
         .env("MESHNODE_LOG", "meshnode=info");
     lab.spawn(node, c).expect("spawn meshnode in the lab")
 }
@@ -303,6 +311,34 @@ fn udp_blocked_node_links_over_tcp_and_returns_to_quic() {
         .collect();
     assert!(!rtts.is_empty() && rtts.iter().all(|ms| *ms < 1_000.0), "rtt per peer: {rtts:?}");
     for n in &nodes {
+        stop(n);
+    }
+}
+
+#[test]
+fn a_server_with_two_discovery_interfaces_joins_two_lans() {
+    let Some(mut lab) = lab_or_skip("mtwo") else { return };
+    let root = tempfile::tempdir().unwrap();
+    let dirs = member_dirs(root.path(), 3);
+    lab.segment("lan1").unwrap();
+    lab.segment("lan2").unwrap();
+    lab.node("srv", &[("lan1", "10.77.36.10/24"), ("lan2", "10.77.37.10/24")]).unwrap();
+    lab.node("a", &[("lan1", "10.77.36.11/24")]).unwrap();
+    lab.node("b", &[("lan2", "10.77.37.11/24")]).unwrap();
+    submit_many(&dirs[1], 30, "a");
+    submit_many(&dirs[2], 20, "b");
+    let discover = ["--discovery-if", "10.77.36.10", "--discovery-if", "10.77.37.10"];
+    let srv = start_with(&lab, "srv", &dirs[0], &discover);
+    let a = start(&lab, "a", &dirs[1]);
+    let b = start(&lab, "b", &dirs[2]);
+    wait_for("the server to peer both lanes, and everyone to hold 50", &[&srv, &a, &b], || {
+        up_peers(&dirs[0]) == 2 && dirs.iter().all(|d| units(d) == 50)
+    });
+    // The lanes' LANs never meet: each lane knows the server alone.
+    for d in &dirs[1..] {
+        assert_eq!(peer_states(d), ["up"], "a lane knows only the server");
+    }
+    for n in [&srv, &a, &b] {
         stop(n);
     }
 }
