@@ -39,6 +39,41 @@ fn member_dirs(root: &Path, names: &[&str]) -> Vec<PathBuf> {
     dirs
 }
 
+/// Two members of a new system under `root`, both running on loopback on one discovery port:
+/// their directories, the port, and the nodes.
+fn running_pair(root: &Path) -> (Vec<PathBuf>, u16, Running, Running) {
+    let dirs = member_dirs(root, &["a", "b"]);
+    let port = free_port();
+    let node_a = Running::start(&dirs[0], port);
+    let node_b = Running::start(&dirs[1], port);
+    (dirs, port, node_a, node_b)
+}
+
+/// A control-socket connection of the test's own, as an application holds one: JSON lines
+/// out, one reply line at a time in (each within [`DEADLINE`]).
+struct RawClient {
+    writer: UnixStream,
+    lines: std::io::Lines<BufReader<UnixStream>>,
+}
+
+impl RawClient {
+    fn connect(dir: &Path) -> RawClient {
+        let stream = UnixStream::connect(socket(dir)).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        RawClient { writer: stream.try_clone().unwrap(), lines: BufReader::new(stream).lines() }
+    }
+
+    /// Writes `lines` (each ending in a newline).
+    fn send(&mut self, lines: &str) {
+        self.writer.write_all(lines.as_bytes()).unwrap();
+    }
+
+    /// The next reply line, as JSON.
+    fn next(&mut self) -> Value {
+        serde_json::from_str(&self.lines.next().unwrap().unwrap()).unwrap()
+    }
+}
+
 fn dbid(dir: &Path) -> String {
     status(dir)["dbid"].as_str().unwrap().to_string()
 }
@@ -169,12 +204,9 @@ fn seqs(lines: &[Value]) -> Vec<u64> {
 #[test]
 fn submit_through_a_running_node_reaches_a_subscriber_on_another_node() {
     let root = tempfile::tempdir().unwrap();
-    let dirs = member_dirs(root.path(), &["a", "b"]);
+    let (dirs, _, node_a, node_b) = running_pair(root.path());
     let (a, b) = (&dirs[0], &dirs[1]);
     let origin = dbid(a);
-    let port = free_port();
-    let node_a = Running::start(a, port);
-    let node_b = Running::start(b, port);
     let mode = std::fs::metadata(socket(a)).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the control socket is for the owner only");
 
@@ -287,11 +319,8 @@ fn garbage_on_the_socket_gets_an_error_line_and_the_node_keeps_running() {
 #[test]
 fn a_subscriber_killed_mid_stream_loses_nothing_and_repeats_at_most_one_line() {
     let root = tempfile::tempdir().unwrap();
-    let dirs = member_dirs(root.path(), &["a", "b"]);
+    let (dirs, _, node_a, node_b) = running_pair(root.path());
     let (a, b) = (&dirs[0], &dirs[1]);
-    let port = free_port();
-    let node_a = Running::start(a, port);
-    let node_b = Running::start(b, port);
     // ~1 KB lines: far more than a pipe holds, so the subscriber blocks on stdout mid-stream.
     const N: u64 = 400;
     submit_jsonl(a, &sale_lines(0, N as usize, 1000));
@@ -332,11 +361,8 @@ fn a_subscriber_killed_mid_stream_loses_nothing_and_repeats_at_most_one_line() {
 #[test]
 fn a_subscriber_stopped_while_its_consumer_does_not_read_repeats_nothing() {
     let root = tempfile::tempdir().unwrap();
-    let dirs = member_dirs(root.path(), &["a", "b"]);
+    let (dirs, _, node_a, node_b) = running_pair(root.path());
     let (a, b) = (&dirs[0], &dirs[1]);
-    let port = free_port();
-    let node_a = Running::start(a, port);
-    let node_b = Running::start(b, port);
     const N: u64 = 400;
     submit_jsonl(a, &sale_lines(0, N as usize, 1000));
     wait_for("b to hold every unit", &[&node_a, &node_b], || status(b)["units_total"] == N);
@@ -388,11 +414,8 @@ fn a_subscriber_stopped_while_its_consumer_does_not_read_repeats_nothing() {
 #[test]
 fn clean_restarts_of_the_node_and_the_subscriber_print_each_unit_once() {
     let root = tempfile::tempdir().unwrap();
-    let dirs = member_dirs(root.path(), &["a", "b"]);
+    let (dirs, port, node_a, node_b) = running_pair(root.path());
     let (a, b) = (&dirs[0], &dirs[1]);
-    let port = free_port();
-    let node_a = Running::start(a, port);
-    let node_b = Running::start(b, port);
     submit_jsonl(a, &sale_lines(0, 10, 10));
     let sub = Subscriber::start(b, &[]);
     assert_eq!(seqs(&sub.take(10)), (1..=10).collect::<Vec<_>>());
@@ -553,44 +576,37 @@ fn a_request_behind_pipelined_submits_is_answered_after_their_receipts() {
 #[test]
 fn a_request_behind_pipelined_acknowledgements_is_answered_after_them() {
     let root = tempfile::tempdir().unwrap();
-    let dirs = member_dirs(root.path(), &["a", "b"]);
+    let (dirs, port, node_a, node_b) = running_pair(root.path());
     let (a, b) = (&dirs[0], &dirs[1]);
-    let port = free_port();
-    let node_a = Running::start(a, port);
-    let node_b = Running::start(b, port);
     let units = 300;
     submit_jsonl(a, &sale_lines(0, units, 10));
     let origin = dbid(a);
 
-    let stream = UnixStream::connect(socket(b)).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let mut lines = BufReader::new(stream).lines();
-    let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
-    writer.write_all(b"{\"op\":\"subscribe\"}\n").unwrap();
-    assert!(next()["subscribed"].is_object());
+    let mut app = RawClient::connect(b);
+    app.send("{\"op\":\"subscribe\"}\n");
+    assert!(app.next()["subscribed"].is_object());
     for seq in 1..=units as u64 {
-        let line = next();
+        let line = app.next();
         assert_eq!((line["origin"].as_str(), line["seq"].as_u64()), (Some(&*origin), Some(seq)));
     }
     let mut request: String = (1..=units)
         .map(|seq| format!("{{\"op\":\"ack\",\"origin\":\"{origin}\",\"seq\":{seq}}}\n"))
         .collect();
     request.push_str("{\"op\":\"status\"}\n");
-    writer.write_all(request.as_bytes()).unwrap();
+    app.send(&request);
     for seq in 1..=units as u64 {
-        let line = next();
+        let line = app.next();
         assert_eq!(line["acked"]["seq"].as_u64(), Some(seq), "answer {seq}: {line}");
         assert_eq!(line["acked"]["origin"], origin.as_str(), "{line}");
     }
-    let last = next();
+    let last = app.next();
     // Delivered before their own log sync (the origin made them durable), so some may still
     // wait for it: held or syncing, every unit is in.
     let status = &last["status"];
     let held = status["units_total"].as_u64().unwrap_or(0);
     let syncing = status["queues"]["received_syncing"].as_u64().unwrap_or(0);
     assert_eq!(held + syncing, units as u64, "{last}");
-    drop(writer);
+    drop(app);
     // Durable: after a restart the next subscriber starts past every acknowledged unit.
     node_b.stop();
     let node_b = Running::start(b, port);
@@ -609,11 +625,8 @@ fn a_request_behind_pipelined_acknowledgements_is_answered_after_them() {
 #[test]
 fn after_a_crash_of_the_application_and_a_kill_9_of_the_node_delivery_resumes_after_the_last_ack() {
     let root = tempfile::tempdir().unwrap();
-    let dirs = member_dirs(root.path(), &["a", "b"]);
+    let (dirs, port, node_a, node_b) = running_pair(root.path());
     let (a, b) = (&dirs[0], &dirs[1]);
-    let port = free_port();
-    let node_a = Running::start(a, port);
-    let node_b = Running::start(b, port);
     let (units, acked) = (200u64, 120u64);
     submit_jsonl(a, &sale_lines(0, units as usize, 10));
     let origin = dbid(a);
@@ -621,20 +634,14 @@ fn after_a_crash_of_the_application_and_a_kill_9_of_the_node_delivery_resumes_af
     // The application reads every unit but acknowledges only the first 120, then crashes: its
     // connection drops with no goodbye.
     {
-        let stream = UnixStream::connect(socket(b)).unwrap();
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        let mut writer = stream.try_clone().unwrap();
-        let mut lines = BufReader::new(stream).lines();
-        let mut next =
-            || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
-        writer.write_all(b"{\"op\":\"subscribe\"}\n").unwrap();
-        assert!(next()["subscribed"].is_object());
+        let mut app = RawClient::connect(b);
+        app.send("{\"op\":\"subscribe\"}\n");
+        assert!(app.next()["subscribed"].is_object());
         for seq in 1..=units {
-            assert_eq!(next()["seq"].as_u64(), Some(seq));
+            assert_eq!(app.next()["seq"].as_u64(), Some(seq));
         }
-        let ack = format!("{{\"op\":\"ack\",\"origin\":\"{origin}\",\"seq\":{acked}}}\n");
-        writer.write_all(ack.as_bytes()).unwrap();
-        assert_eq!(next()["acked"]["seq"].as_u64(), Some(acked));
+        app.send(&format!("{{\"op\":\"ack\",\"origin\":\"{origin}\",\"seq\":{acked}}}\n"));
+        assert_eq!(app.next()["acked"]["seq"].as_u64(), Some(acked));
     }
     node_b.kill_9();
     let node_b = Running::start(b, port);
