@@ -332,7 +332,9 @@ fn a_server_with_two_discovery_interfaces_joins_two_lans() {
     let a = start(&lab, "a", &dirs[1]);
     let b = start(&lab, "b", &dirs[2]);
     wait_for("the server to peer both lanes, and everyone to hold 50", &[&srv, &a, &b], || {
-        up_peers(&dirs[0]) == 2 && dirs.iter().all(|d| units(d) == 50)
+        up_peers(&dirs[0]) == 2
+            && dirs[1..].iter().all(|d| up_peers(d) == 1)
+            && dirs.iter().all(|d| units(d) == 50)
     });
     // The lanes' LANs never meet: each lane knows the server alone.
     for d in &dirs[1..] {

@@ -282,8 +282,9 @@ fn group_listener(lab: &Lab, node: &str, segment: &str, group: SocketAddrV4) -> 
     .unwrap()
 }
 
-/// One datagram, its sender, and the IP TTL it arrived with (the socket has IP_RECVTTL on).
-fn recv_with_ttl(socket: &UdpSocket, buf: &mut [u8]) -> Option<(usize, Ipv4Addr, u8)> {
+/// One datagram, its sender, and the IP TTL it arrived with (the socket has IP_RECVTTL on;
+/// `None` if the kernel gave none, or cut the control messages short).
+fn recv_with_ttl(socket: &UdpSocket, buf: &mut [u8]) -> Option<(usize, Ipv4Addr, Option<u8>)> {
     // SAFETY: recvmsg on a socket we own into buffers that outlive the call; the control
     // messages are walked with the libc macros over the length the kernel wrote.
     unsafe {
@@ -296,22 +297,30 @@ fn recv_with_ttl(socket: &UdpSocket, buf: &mut [u8]) -> Option<(usize, Ipv4Addr,
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control);
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
         let n = libc::recvmsg(std::os::fd::AsRawFd::as_raw_fd(socket), &mut msg, 0);
         if n < 0 {
             return None;
         }
         let mut ttl = None;
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        let mut cmsg = if msg.msg_flags & libc::MSG_CTRUNC == 0 {
+            libc::CMSG_FIRSTHDR(&msg)
+        } else {
+            std::ptr::null_mut()
+        };
+        let int_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize;
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_TTL {
+            if (*cmsg).cmsg_level == libc::IPPROTO_IP
+                && (*cmsg).cmsg_type == libc::IP_TTL
+                && (*cmsg).cmsg_len as usize >= int_len
+            {
                 let value = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int);
                 ttl = u8::try_from(value).ok();
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
         let sender = Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr));
-        Some((n as usize, sender, ttl.expect("IP_TTL control message")))
+        Some((n as usize, sender, ttl))
     }
 }
 
@@ -325,7 +334,7 @@ fn capture(socket: &UdpSocket, tag: &[u8; 4], sender: Ipv4Addr, secs: u64) -> Ve
         if let Some((n, from, ttl)) = recv_with_ttl(socket, &mut buf) {
             if buf[..n].starts_with(tag) && from == sender {
                 let tag = String::from_utf8_lossy(tag);
-                assert_eq!(ttl, 1, "{tag} from {sender} left with TTL {ttl}");
+                assert_eq!(ttl, Some(1), "{tag} from {sender} left with TTL {ttl:?}");
                 return buf[..n].to_vec();
             }
         }

@@ -229,8 +229,8 @@ fn print_pads(peers: &[serde_json::Value]) {
     }
 }
 
-/// The table's lines for origins whose delivery waits on a seq this node lacks: `WAITING`
-/// while a peer holds it (anti-entropy fetches it), `STUCK` when none reports it.
+/// The table's lines for origins whose delivery waits on a seq this node lacks, saying whether
+/// a linked peer holds it (anti-entropy fetches it) or none reports it.
 fn gap_lines(n: &serde_json::Value) -> Vec<String> {
     let gaps = n["gaps"].as_array().cloned().unwrap_or_default();
     let mut lines: Vec<String> = gaps
@@ -241,10 +241,10 @@ fn gap_lines(n: &serde_json::Value) -> Vec<String> {
             let beyond = g["held_beyond"].as_u64().unwrap_or(0);
             match g["held_by"].as_u64().unwrap_or(0) {
                 0 => format!(
-                    "STUCK     {beyond} units of {origin} wait behind its seq {seq}, which no peer reports holding: bring the machine that has it back into reach (README: \"A seq no node holds\")"
+                    "GAP       {beyond} units of {origin} wait behind its seq {seq}, which no linked peer reports holding: if this stays, the unit is only on a machine out of reach, or nowhere (README: \"A seq no node holds\")"
                 ),
                 peers => format!(
-                    "WAITING   {beyond} units of {origin} wait behind its seq {seq}, which {peers} peer(s) hold: being fetched"
+                    "GAP       {beyond} units of {origin} wait behind its seq {seq}, which {peers} linked peer(s) hold: anti-entropy fetches it"
                 ),
             }
         })
@@ -416,7 +416,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn gaps_read_as_waiting_while_a_peer_holds_the_seq_and_stuck_when_none_does() {
+    fn gaps_say_whether_a_linked_peer_holds_the_seq() {
         let n = json!({
             "gaps": [
                 {"origin": "AAAAAAAAAAAAAAA", "waiting_for": 3, "held_beyond": 40, "held_by": 0},
@@ -427,10 +427,11 @@ mod tests {
         let lines = gap_lines(&n);
         assert_eq!(lines.len(), 3, "{lines:?}");
         assert!(
-            lines[0].starts_with("STUCK     40 units of AAAAAAAAAAAAAAA wait behind its seq 3,")
+            lines[0].starts_with("GAP       40 units of AAAAAAAAAAAAAAA wait behind its seq 3,")
         );
-        assert!(lines[1].starts_with("WAITING   2 units of BBBBBBBBBBBBBBB wait behind its seq 9,"));
-        assert!(lines[1].contains("2 peer(s) hold"));
+        assert!(lines[0].contains("no linked peer reports holding"), "{lines:?}");
+        assert!(lines[1].starts_with("GAP       2 units of BBBBBBBBBBBBBBB wait behind its seq 9,"));
+        assert!(lines[1].contains("2 linked peer(s) hold"), "{lines:?}");
         assert!(lines[2].contains("and 3 more origins"), "{lines:?}");
         assert!(gap_lines(&json!({"gaps": [], "origins_with_gaps": 0})).is_empty());
         assert!(gap_lines(&json!({})).is_empty(), "an older node's status has no gaps");

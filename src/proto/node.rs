@@ -642,8 +642,9 @@ impl<S: Store> Node<S> {
             .collect();
         let (gaps, origins_with_gaps) = super::status::gaps(
             self.ledger.store().version_vector(),
+            self.ledger.receiving(),
             &self.dbid(),
-            self.peers.values().map(|p| &p.vector),
+            self.peers.values().filter(|p| p.linked()).map(|p| &p.vector),
         );
         NodeStatus {
             dbid: self.dbid().to_string(),

@@ -9,7 +9,10 @@ use crate::proto::io::LinkKind;
 use crate::proto::node::NodeStats;
 use crate::proto::peers::{DownReason, PeerState, Role};
 use crate::proto::relaypath::{RelayPathStats, RelayStatus, SessionStatus};
-use crate::store::VersionVector;
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+
+use crate::store::{OriginRange, VersionVector};
 
 /// The node as the core sees it.
 #[derive(Debug, Clone, Serialize)]
@@ -72,37 +75,63 @@ pub struct GapStatus {
     pub waiting_for: u64,
     /// Units of the origin held beyond it, waiting.
     pub held_beyond: u64,
-    /// Peers whose last `Have` shows that seq. None: no peer this node knows reports it, so
-    /// anti-entropy cannot fetch it (it may have been lost with a machine that was rolled back
-    /// or replaced).
+    /// Peers linked now whose last `Have` shows that seq (anti-entropy asks one of them). 0:
+    /// none does, either because their `Have`s have not come yet (just after a start), or
+    /// because the unit exists only on machines out of reach, or nowhere (lost with a machine
+    /// that was rolled back or replaced).
     pub held_by: usize,
 }
 
-/// The gaps of `ours` in other origins than `own`, with how many of `peers` hold each first
-/// missing seq: at most [`GAPS_SHOWN`], most units waiting first, and how many origins have
-/// one.
+/// The gaps in what this node holds of other origins than `own`: `held` (the store's vector)
+/// together with `receiving` (units logged and waiting for their sync, which delivery already
+/// serves), with how many of `linked` (the vectors of the peers linked now) hold each first
+/// missing seq. At most [`GAPS_SHOWN`], most units waiting first, and how many origins have one.
 pub fn gaps<'a>(
-    ours: &VersionVector,
+    held: &VersionVector,
+    receiving: &VersionVector,
     own: &DatabaseId,
-    peers: impl Iterator<Item = &'a VersionVector> + Clone,
+    linked: impl Iterator<Item = &'a VersionVector> + Clone,
 ) -> (Vec<GapStatus>, usize) {
-    let mut found: Vec<GapStatus> = ours
-        .iter()
-        .filter(|(origin, range)| *origin != own && range.count() > range.contiguous())
-        .map(|(origin, range)| {
-            let waiting_for = range.contiguous() + 1;
-            GapStatus {
-                origin: origin.to_string(),
-                waiting_for,
-                held_beyond: range.count() - range.contiguous(),
-                held_by: peers.clone().filter(|v| v.contains(origin, waiting_for)).count(),
+    let merged = |origin: &DatabaseId| -> Cow<'_, OriginRange> {
+        let ours = held.get(origin);
+        match receiving.get(origin) {
+            None => ours.map_or_else(|| Cow::Owned(OriginRange::default()), Cow::Borrowed),
+            Some(more) => {
+                let mut range = ours.cloned().unwrap_or_default();
+                for (start, end) in more.held_ranges() {
+                    for seq in start..=end {
+                        range.insert(seq);
+                    }
+                }
+                Cow::Owned(range)
             }
+        }
+    };
+    let origins: BTreeSet<&DatabaseId> = held.origins().chain(receiving.origins()).collect();
+    // (units waiting, origin, the seq they wait behind); the peers are asked for the shown
+    // ones only.
+    let mut found: Vec<(u64, &DatabaseId, u64)> = origins
+        .into_iter()
+        .filter(|origin| *origin != own)
+        .filter_map(|origin| {
+            let range = merged(origin);
+            let beyond = range.count() - range.contiguous();
+            (beyond > 0).then(|| (beyond, origin, range.contiguous() + 1))
         })
         .collect();
     let total = found.len();
-    found.sort_by(|a, b| b.held_beyond.cmp(&a.held_beyond).then_with(|| a.origin.cmp(&b.origin)));
+    found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
     found.truncate(GAPS_SHOWN);
-    (found, total)
+    let shown = found
+        .into_iter()
+        .map(|(held_beyond, origin, waiting_for)| GapStatus {
+            origin: origin.to_string(),
+            waiting_for,
+            held_beyond,
+            held_by: linked.clone().filter(|v| v.contains(origin, waiting_for)).count(),
+        })
+        .collect();
+    (shown, total)
 }
 
 /// One peer.
@@ -253,7 +282,7 @@ mod tests {
             ("C", &[2, 3]),
         ]);
         let peers = [vector(&[("B", &[1, 2, 3, 4, 5, 6, 7])]), vector(&[("B", &[1, 2])])];
-        let (found, total) = gaps(&ours, &id("OWN"), peers.iter());
+        let (found, total) = gaps(&ours, &VersionVector::new(), &id("OWN"), peers.iter());
         assert_eq!(total, 2, "no gap of A, and our own origin's is not delivery's: {found:?}");
         assert_eq!(
             found,
@@ -274,11 +303,25 @@ mod tests {
         );
     }
 
+    /// Units logged and waiting for their sync are held for delivery: they fill a gap of the
+    /// store's vector, and may have one of their own.
+    #[test]
+    fn units_waiting_for_their_sync_count_as_held() {
+        let held = vector(&[("A", &[1, 2, 4]), ("B", &[1])]);
+        let receiving = vector(&[("A", &[3]), ("B", &[3, 4]), ("C", &[2])]);
+        let (found, total) = gaps(&held, &receiving, &id("OWN"), std::iter::empty());
+        let waiting: Vec<(String, u64, u64)> =
+            found.into_iter().map(|g| (g.origin, g.waiting_for, g.held_beyond)).collect();
+        assert_eq!(total, 2);
+        assert_eq!(waiting, [(id("B").to_string(), 2, 2), (id("C").to_string(), 1, 1)]);
+    }
+
     #[test]
     fn at_most_gaps_shown_are_listed_and_every_one_is_counted() {
         let names: Vec<String> = (0..GAPS_SHOWN + 4).map(|i| format!("O{i:02}")).collect();
         let held: Vec<(&str, &[u64])> = names.iter().map(|n| (n.as_str(), &[2u64][..])).collect();
-        let (found, total) = gaps(&vector(&held), &id("OWN"), std::iter::empty());
+        let none = VersionVector::new();
+        let (found, total) = gaps(&vector(&held), &none, &id("OWN"), std::iter::empty());
         assert_eq!((found.len(), total), (GAPS_SHOWN, GAPS_SHOWN + 4));
     }
 }
