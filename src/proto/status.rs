@@ -2,6 +2,8 @@
 //! as the operator's table. Every counter and reason the core keeps is here, so "why is this
 //! peer down" and "why was this refused" have an answer without a debugger.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 use crate::id::DatabaseId;
@@ -9,9 +11,6 @@ use crate::proto::io::LinkKind;
 use crate::proto::node::NodeStats;
 use crate::proto::peers::{DownReason, PeerState, Role};
 use crate::proto::relaypath::{RelayPathStats, RelayStatus, SessionStatus};
-use std::borrow::Cow;
-use std::collections::BTreeSet;
-
 use crate::store::{OriginRange, VersionVector};
 
 /// The node as the core sees it.
@@ -107,11 +106,13 @@ pub fn gaps<'a>(
             }
         }
     };
-    let origins: BTreeSet<&DatabaseId> = held.origins().chain(receiving.origins()).collect();
+    // Every origin once: the store's, then those only being received.
+    let only_receiving = receiving.origins().filter(|origin| held.get(origin).is_none());
     // (units waiting, origin, the seq they wait behind); the peers are asked for the shown
     // ones only.
-    let mut found: Vec<(u64, &DatabaseId, u64)> = origins
-        .into_iter()
+    let mut found: Vec<(u64, &DatabaseId, u64)> = held
+        .origins()
+        .chain(only_receiving)
         .filter(|origin| *origin != own)
         .filter_map(|origin| {
             let range = merged(origin);

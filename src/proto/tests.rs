@@ -41,6 +41,18 @@ pub(crate) struct Harness {
     pub accepted: Vec<(DatabaseId, u64)>,
 }
 
+/// A sealer of LAN datagrams with the harness system's own key, as a member (or a forger who
+/// holds the key) seals them, with nonces of `instance`.
+fn member_lan_sealer(instance: u8) -> crate::wire::DatagramSealer {
+    crate::wire::DatagramSealer::new(
+        keys(),
+        crate::crypto::Purpose::LanDatagram,
+        "1,2,3,4".parse().unwrap(),
+        &"live".parse().unwrap(),
+        crate::crypto::NonceSequence::new(InstanceId([instance; 16])),
+    )
+}
+
 pub(crate) fn keys() -> KeySchedule {
     KeySchedule::new(
         &SystemKey::from_bytes([5; 32]),
@@ -558,17 +570,10 @@ fn foreign_systems_and_forgeries_are_counted_never_peered() {
 /// rejection counters, and change nothing.
 #[test]
 fn sealed_datagrams_with_wrong_content_are_counted_as_malformed_or_unknown_type() {
-    use crate::crypto::{NonceSequence, Purpose};
-    use crate::wire::{DatagramSealer, RejectReason, Tag};
+    use crate::wire::{RejectReason, Tag};
     let mut h = Harness::new(&[Role::Lane], &[true], &[]);
     let now = h.now;
-    let mut sealer = DatagramSealer::new(
-        keys(),
-        Purpose::LanDatagram,
-        "1,2,3,4".parse().unwrap(),
-        &"live".parse().unwrap(),
-        NonceSequence::new(InstanceId([9; 16])),
-    );
+    let mut sealer = member_lan_sealer(9);
     let secs = now.as_secs();
     let not_units = crate::proto::message::Message::Compared { upto: 5 }.encode();
     let datagrams = [
@@ -848,9 +853,8 @@ fn an_acknowledge_batch_is_durable_when_answered() {
 /// datagram that carries one (a forgery by a key holder, or a broken node) is refused.
 #[test]
 fn a_sensitive_part_never_travels_in_a_datagram() {
-    use crate::crypto::{NonceSequence, Purpose};
     use crate::proto::message::Message;
-    use crate::wire::{DatagramSealer, Tag};
+    use crate::wire::Tag;
     let mut h = Harness::new(&[Role::Lane, Role::Lane], &[true, true], &[]);
     let until = h.now.plus_millis(10_000);
     h.run_until(until);
@@ -890,13 +894,7 @@ fn a_sensitive_part_never_travels_in_a_datagram() {
     let mut forged = held.clone();
     forged.seq = 2;
     forged.sensitive = b"injected".to_vec();
-    let mut sealer = DatagramSealer::new(
-        keys(),
-        Purpose::LanDatagram,
-        "1,2,3,4".parse().unwrap(),
-        &"live".parse().unwrap(),
-        NonceSequence::new(InstanceId([77; 16])),
-    );
+    let mut sealer = member_lan_sealer(77);
     let message = Message::units(&[forged], false).encode();
     let bytes = sealer.seal(Tag::Tubt, now.as_secs(), &message).unwrap();
     let from = h.addrs[0];

@@ -230,8 +230,18 @@ pub fn free_port() -> u16 {
 
 /// Polls `check` until it holds or [`NODE_DEADLINE`] passes (then fails with `what` and the
 /// nodes' logs).
-pub fn wait_for(what: &str, nodes: &[&Running], mut check: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + NODE_DEADLINE;
+pub fn wait_for(what: &str, nodes: &[&Running], check: impl FnMut() -> bool) {
+    wait_within(what, NODE_DEADLINE, nodes, check)
+}
+
+/// [`wait_for`] with a deadline of `within` from now, for a test whose point is how soon.
+pub fn wait_within(
+    what: &str,
+    within: std::time::Duration,
+    nodes: &[&Running],
+    mut check: impl FnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + within;
     while !check() {
         if std::time::Instant::now() > deadline {
             let logs: Vec<String> = nodes.iter().map(|n| n.log_text()).collect();
